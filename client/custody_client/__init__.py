@@ -1,0 +1,1 @@
+"""Custody client: typed gRPC client and the `custody` CLI for pipeline agents."""

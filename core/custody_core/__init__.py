@@ -1,0 +1,1 @@
+"""Custody in-toto core: pure metadata, envelopes and verification (no I/O)."""

@@ -1,0 +1,1 @@
+"""Custody server: the gRPC signing and verification service."""
