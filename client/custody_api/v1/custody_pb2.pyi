@@ -1,0 +1,276 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Envelope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENVELOPE_UNSPECIFIED: _ClassVar[Envelope]
+    ENVELOPE_METABLOCK: _ClassVar[Envelope]
+    ENVELOPE_DSSE: _ClassVar[Envelope]
+    ENVELOPE_STATEMENT: _ClassVar[Envelope]
+
+class KeyAlgorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_ALGORITHM_UNSPECIFIED: _ClassVar[KeyAlgorithm]
+    KEY_ALGORITHM_ECDSA_P256: _ClassVar[KeyAlgorithm]
+    KEY_ALGORITHM_ECDSA_P384: _ClassVar[KeyAlgorithm]
+    KEY_ALGORITHM_ED25519: _ClassVar[KeyAlgorithm]
+    KEY_ALGORITHM_RSA_3072: _ClassVar[KeyAlgorithm]
+ENVELOPE_UNSPECIFIED: Envelope
+ENVELOPE_METABLOCK: Envelope
+ENVELOPE_DSSE: Envelope
+ENVELOPE_STATEMENT: Envelope
+KEY_ALGORITHM_UNSPECIFIED: KeyAlgorithm
+KEY_ALGORITHM_ECDSA_P256: KeyAlgorithm
+KEY_ALGORITHM_ECDSA_P384: KeyAlgorithm
+KEY_ALGORITHM_ED25519: KeyAlgorithm
+KEY_ALGORITHM_RSA_3072: KeyAlgorithm
+
+class Artifact(_message.Message):
+    __slots__ = ("path", "digest")
+    class DigestEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    digest: _containers.ScalarMap[str, str]
+    def __init__(self, path: _Optional[str] = ..., digest: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Byproducts(_message.Message):
+    __slots__ = ("stdout", "stderr", "return_value")
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    RETURN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    stdout: str
+    stderr: str
+    return_value: int
+    def __init__(self, stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., return_value: _Optional[int] = ...) -> None: ...
+
+class SignLinkRequest(_message.Message):
+    __slots__ = ("step_name", "command", "materials", "products", "byproducts", "environment", "key_alias", "envelope")
+    class EnvironmentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STEP_NAME_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    MATERIALS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    BYPRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    step_name: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    materials: _containers.RepeatedCompositeFieldContainer[Artifact]
+    products: _containers.RepeatedCompositeFieldContainer[Artifact]
+    byproducts: Byproducts
+    environment: _containers.ScalarMap[str, str]
+    key_alias: str
+    envelope: Envelope
+    def __init__(self, step_name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., materials: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., products: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., byproducts: _Optional[_Union[Byproducts, _Mapping]] = ..., environment: _Optional[_Mapping[str, str]] = ..., key_alias: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, str]] = ...) -> None: ...
+
+class SignLinkResponse(_message.Message):
+    __slots__ = ("signed", "file_name", "keyid", "key_alias", "key_version", "envelope", "sha256")
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEYID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    signed: bytes
+    file_name: str
+    keyid: str
+    key_alias: str
+    key_version: int
+    envelope: Envelope
+    sha256: str
+    def __init__(self, signed: _Optional[bytes] = ..., file_name: _Optional[str] = ..., keyid: _Optional[str] = ..., key_alias: _Optional[str] = ..., key_version: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class SignLayoutRequest(_message.Message):
+    __slots__ = ("layout", "key_alias", "envelope")
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    layout: bytes
+    key_alias: str
+    envelope: Envelope
+    def __init__(self, layout: _Optional[bytes] = ..., key_alias: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, str]] = ...) -> None: ...
+
+class SignLayoutResponse(_message.Message):
+    __slots__ = ("signed", "keyid", "key_alias", "key_version", "envelope", "sha256", "warnings")
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    KEYID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    signed: bytes
+    keyid: str
+    key_alias: str
+    key_version: int
+    envelope: Envelope
+    sha256: str
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, signed: _Optional[bytes] = ..., keyid: _Optional[str] = ..., key_alias: _Optional[str] = ..., key_version: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., sha256: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TrustedKey(_message.Message):
+    __slots__ = ("alias", "public_key_json", "public_key_pem")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_JSON_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    public_key_json: str
+    public_key_pem: str
+    def __init__(self, alias: _Optional[str] = ..., public_key_json: _Optional[str] = ..., public_key_pem: _Optional[str] = ...) -> None: ...
+
+class MetadataFile(_message.Message):
+    __slots__ = ("path", "content")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    content: bytes
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("layout", "layout_keys", "links", "inspection_links", "parameters")
+    class ParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    INSPECTION_LINKS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    layout: bytes
+    layout_keys: _containers.RepeatedCompositeFieldContainer[TrustedKey]
+    links: _containers.RepeatedCompositeFieldContainer[MetadataFile]
+    inspection_links: _containers.RepeatedCompositeFieldContainer[MetadataFile]
+    parameters: _containers.ScalarMap[str, str]
+    def __init__(self, layout: _Optional[bytes] = ..., layout_keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., inspection_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., parameters: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class VerifyFailure(_message.Message):
+    __slots__ = ("stage", "step", "rule", "paths", "reason")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    step: str
+    rule: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    def __init__(self, stage: _Optional[str] = ..., step: _Optional[str] = ..., rule: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class VerifyWarning(_message.Message):
+    __slots__ = ("stage", "step", "message")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    step: str
+    message: str
+    def __init__(self, stage: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("passed", "failures", "warnings", "verdict_json")
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_JSON_FIELD_NUMBER: _ClassVar[int]
+    passed: bool
+    failures: _containers.RepeatedCompositeFieldContainer[VerifyFailure]
+    warnings: _containers.RepeatedCompositeFieldContainer[VerifyWarning]
+    verdict_json: str
+    def __init__(self, passed: _Optional[bool] = ..., failures: _Optional[_Iterable[_Union[VerifyFailure, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[VerifyWarning, _Mapping]]] = ..., verdict_json: _Optional[str] = ...) -> None: ...
+
+class KeyVersion(_message.Message):
+    __slots__ = ("version", "keyid", "state", "created", "verify_until")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEYID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    keyid: str
+    state: str
+    created: _timestamp_pb2.Timestamp
+    verify_until: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., keyid: _Optional[str] = ..., state: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verify_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class KeyInfo(_message.Message):
+    __slots__ = ("alias", "algorithm", "scheme", "keyid", "public_key_pem", "public_key_json", "versions")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    KEYID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_JSON_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    algorithm: KeyAlgorithm
+    scheme: str
+    keyid: str
+    public_key_pem: str
+    public_key_json: str
+    versions: _containers.RepeatedCompositeFieldContainer[KeyVersion]
+    def __init__(self, alias: _Optional[str] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., scheme: _Optional[str] = ..., keyid: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., public_key_json: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ...) -> None: ...
+
+class CreateKeyRequest(_message.Message):
+    __slots__ = ("alias", "algorithm")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    algorithm: KeyAlgorithm
+    def __init__(self, alias: _Optional[str] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ...) -> None: ...
+
+class CreateKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: KeyInfo
+    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyInfo]
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ...) -> None: ...
+
+class GetPublicKeyRequest(_message.Message):
+    __slots__ = ("alias",)
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    def __init__(self, alias: _Optional[str] = ...) -> None: ...
+
+class GetPublicKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: KeyInfo
+    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ...) -> None: ...
