@@ -1,0 +1,110 @@
+"""Assemble the service: key store, key ring, services, servicers, gRPC server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from custody_api.v1 import custody_pb2, custody_pb2_grpc
+from custody_server.audit_events import AuditSink
+from custody_server.config import ServerConfig
+from custody_server.errors import ConfigError
+from custody_server.keyring import KeyRing
+from custody_server.signing import SigningService
+from custody_server.transport.interceptor import RpcInterceptor
+from custody_server.transport.servicer import CustodyServicer, KeyAdminServicer
+from custody_server.verification import VerificationService
+
+SERVICE_NAMES = (
+    custody_pb2.DESCRIPTOR.services_by_name["Custody"].full_name,
+    custody_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name,
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    keys: KeyRing
+
+    def set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop taking new calls, let in-flight calls finish within `grace` seconds."""
+        self.set_serving(False)
+        event: threading.Event = self.server.stop(grace)
+        return event
+
+
+def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
+                 clock: Callable[[], datetime] = utc_now) -> RunningServer:
+    """Create and start the gRPC server on config.listen (port 0 picks a free port)."""
+    limits = config.limits
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=limits.max_workers,
+                                   thread_name_prefix="custody-rpc"),
+        interceptors=[RpcInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+        ],
+    )
+    signing = SigningService(keys=keys, audit=audit,
+                             max_artifacts=limits.max_artifacts_per_link)
+    verification = VerificationService(keys=keys, audit=audit, clock=clock)
+    custody_pb2_grpc.add_CustodyServicer_to_server(
+        CustodyServicer(signing=signing, verification=verification,
+                        default_link_key=config.default_link_key,
+                        default_layout_key=config.default_layout_key),
+        server,
+    )
+    custody_pb2_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(keys=keys), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = _bind(server, config)
+    server.start()
+    running = RunningServer(server=server, port=port, health=health_servicer, keys=keys)
+    running.set_serving(True)
+    return running
+
+
+def _bind(server: grpc.Server, config: ServerConfig) -> int:
+    tls = config.tls
+    if tls.enabled:
+        if tls.key is None:
+            raise ConfigError("tls.cert is set but tls.key is not")
+        try:
+            chain = tls.cert.read_bytes() if tls.cert else b""
+            key = tls.key.read_bytes()
+            client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+        except OSError as error:
+            raise ConfigError(f"cannot read TLS material: {error}") from None
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {config.listen}")
+    return port

@@ -1,0 +1,52 @@
+"""Open the key store a config names; for the embedded default, make it first.
+
+The embedded default keeps everything under the state directory: a SoftHSM
+token (hsm/), its PIN file (mode 0600) and the default keys `build` (signs
+links) and `owner` (signs layouts), created on first start.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from custody_server.config import ServerConfig
+from custody_server.keyring import KeyRing
+from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.softhsm import find_softhsm_module, init_token
+
+
+@dataclass
+class Opened:
+    store: Pkcs11KeyStore
+    keys: KeyRing
+    notes: list[str] = field(default_factory=list)  # what was created and where, for the operator
+
+
+def open_keystore(config: ServerConfig) -> Opened:
+    hsm = config.hsm
+    notes: list[str] = []
+    if hsm.embedded:
+        token_dir = config.state_dir / "hsm"
+        fresh = not (token_dir / "softhsm2.conf").exists()
+        token = init_token(token_dir, label=hsm.token_label)
+        # SoftHSM reads its config once, when the module is first loaded.
+        os.environ["SOFTHSM2_CONF"] = str(token.conf_path)
+        module = token.module_path
+        pin = Path(token.pin_file).read_text().strip()
+        notes.append(("created" if fresh else "using")
+                     + f" SoftHSM token {hsm.token_label!r} in {token_dir}")
+    else:
+        module = hsm.module or find_softhsm_module()
+        pin = hsm.read_pin()
+        notes.append(f"using PKCS#11 module {module}, token {hsm.token_label!r}")
+    store = Pkcs11KeyStore.open(module_path=module, token_label=hsm.token_label, pin=pin)
+    keys = KeyRing(store)
+    if hsm.embedded:
+        for alias in (config.default_link_key, config.default_layout_key):
+            if not keys.exists(alias):
+                key = keys.create(alias, KeyAlgorithm.ECDSA_P256)
+                notes.append(f"created key {alias!r} (ecdsa-sha2-nistp256, "
+                             f"keyid {key.active.public_key.keyid})")
+    return Opened(store=store, keys=keys, notes=notes)

@@ -1,0 +1,169 @@
+"""Server configuration: defaults for the embedded setup, TOML for production.
+
+A config file looks like this (every key is optional; see README "Configuration"):
+
+    listen = "0.0.0.0:50051"
+    state_dir = "/var/lib/custody"
+    default_link_key = "build"
+    default_layout_key = "owner"
+
+    [hsm]
+    module = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label = "custody"
+    pin_file = "/run/secrets/custody-pin"   # or pin_env = "CUSTODY_PIN"
+
+    [tls]
+    cert = "/etc/custody/server.pem"
+    key = "/etc/custody/server.key"
+    client_ca = "/etc/custody/clients-ca.pem"   # require client certificates
+
+    [limits]
+    max_message_bytes = 67108864
+    max_artifacts_per_link = 200000
+    max_workers = 16
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from custody_server.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_TOKEN_LABEL = "custody"
+
+
+def default_state_dir() -> Path:
+    """Where the embedded default keeps its token and files."""
+    if env := os.environ.get("CUSTODY_STATE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "custody"
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    """Which PKCS#11 token to use. No module means: the embedded SoftHSM token."""
+
+    module: str | None = None
+    token_label: str = DEFAULT_TOKEN_LABEL
+    pin_env: str | None = None
+    pin_file: Path | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.module is None
+
+    def read_pin(self) -> str:
+        """The user PIN from its source. Never logged, never in an error message."""
+        if self.pin_env:
+            pin = os.environ.get(self.pin_env)
+            if not pin:
+                raise ConfigError(f"hsm.pin_env names {self.pin_env}, which is not set")
+            return pin
+        if self.pin_file:
+            try:
+                pin = self.pin_file.read_text().strip()
+            except OSError as error:
+                raise ConfigError(f"cannot read hsm.pin_file {self.pin_file}: "
+                                  f"{error.strerror}") from None
+            if not pin:
+                raise ConfigError(f"hsm.pin_file {self.pin_file} is empty")
+            return pin
+        raise ConfigError("no PIN source: set hsm.pin_env or hsm.pin_file")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_artifacts_per_link: int = 200_000
+    max_workers: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_artifacts_per_link", "max_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"limits.{name} must be at least 1")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    state_dir: Path = field(default_factory=default_state_dir)
+    default_link_key: str = "build"
+    default_layout_key: str = "owner"
+    hsm: HsmConfig = field(default_factory=HsmConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: Limits = field(default_factory=Limits)
+    shutdown_grace_seconds: float = 10.0
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Read a TOML config file; unknown keys are errors, so typos do not go unnoticed."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config {path} is not valid TOML: {error}") from None
+    return config_from_dict(data, base=path.parent)
+
+
+def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
+    table = dict(data)
+    hsm = _section(table.pop("hsm", {}), "hsm", {"module", "token_label", "pin_env", "pin_file"})
+    tls = _section(table.pop("tls", {}), "tls", {"cert", "key", "client_ca"})
+    limits = _section(table.pop("limits", {}), "limits",
+                      {"max_message_bytes", "max_artifacts_per_link", "max_workers"})
+    top = _section(table, "", {"listen", "state_dir", "default_link_key", "default_layout_key",
+                                "shutdown_grace_seconds"})
+    try:
+        return ServerConfig(
+            listen=str(top.get("listen", DEFAULT_LISTEN)),
+            state_dir=_path(top["state_dir"], base) if "state_dir" in top
+            else default_state_dir(),
+            default_link_key=str(top.get("default_link_key", "build")),
+            default_layout_key=str(top.get("default_layout_key", "owner")),
+            shutdown_grace_seconds=float(top.get("shutdown_grace_seconds", 10.0)),
+            hsm=HsmConfig(
+                module=hsm.get("module"),
+                token_label=str(hsm.get("token_label", DEFAULT_TOKEN_LABEL)),
+                pin_env=hsm.get("pin_env"),
+                pin_file=_path(hsm["pin_file"], base) if "pin_file" in hsm else None,
+            ),
+            tls=TlsConfig(**{k: _path(v, base) for k, v in tls.items()}),
+            limits=Limits(**{k: int(v) for k, v in limits.items()}),
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"bad config value: {error}") from None
+
+
+def _section(value: Any, name: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        where = f"[{name}]" if name else "the top level"
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    return value
+
+
+def _path(value: Any, base: Path) -> Path:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a path string, got {type(value).__name__}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path

@@ -1,0 +1,21 @@
+"""The server's own error kinds, under the one root in custody_core.errors."""
+
+from __future__ import annotations
+
+from custody_core.errors import CustodyError
+
+
+class ConfigError(CustodyError):
+    """The configuration file or a setting in it is wrong; the server does not start."""
+
+
+class RequestError(CustodyError):
+    """A request field is missing, malformed or over a limit (INVALID_ARGUMENT)."""
+
+
+class LimitExceededError(RequestError):
+    """A request is over a configured size limit (INVALID_ARGUMENT, says which limit)."""
+
+
+class AuditUnavailableError(CustodyError):
+    """The audit record could not be written, so nothing is signed (UNAVAILABLE)."""

@@ -1,0 +1,89 @@
+"""`custody-server`: run the service.
+
+With no arguments it runs the embedded default: a SoftHSM token and default
+keys under the state directory (created on first start), listening on
+127.0.0.1:50051. `--config FILE` reads a TOML file for production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from custody_core.errors import CustodyError
+from custody_server.app import build_server
+from custody_server.audit_file import JsonLinesAuditSink
+from custody_server.bootstrap import open_keystore
+from custody_server.config import ServerConfig, load_config
+from custody_server.logging_setup import configure_logging
+
+log = structlog.get_logger("custody.server")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="custody-server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="TOML config file (production)")
+    parser.add_argument("--state-dir", type=Path, help="state directory (overrides config)")
+    parser.add_argument("--listen", help="host:port to listen on (overrides config)")
+    parser.add_argument("--log-format", choices=("json", "console"), default="json")
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def make_config(options: argparse.Namespace) -> ServerConfig:
+    config = load_config(options.config) if options.config else ServerConfig()
+    changes: dict[str, object] = {}
+    if options.state_dir:
+        changes["state_dir"] = options.state_dir
+    if options.listen:
+        changes["listen"] = options.listen
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    configure_logging(level=options.log_level, json_output=options.log_format == "json")
+    try:
+        config = make_config(options)
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        opened = open_keystore(config)
+        audit = JsonLinesAuditSink(config.state_dir / "audit.log")
+        running = build_server(config=config, keys=opened.keys, audit=audit)
+    except CustodyError as error:
+        print(f"custody-server: {error}", file=sys.stderr)
+        return 2
+    for note in opened.notes:
+        print(f"custody-server: {note}", file=sys.stderr)
+    host = config.listen.rsplit(":", 1)[0]
+    print(f"custody-server: state in {config.state_dir}; audit log {audit.path}",
+          file=sys.stderr)
+    print(f"custody-server: listening on {host}:{running.port}"
+          + (" (TLS)" if config.tls.enabled else " (plaintext: local use only)"),
+          file=sys.stderr, flush=True)
+    log.info("server.start", listen=f"{host}:{running.port}")
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("server.stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopping.wait()
+    running.stop(config.shutdown_grace_seconds).wait()
+    opened.store.close()
+    log.info("server.stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

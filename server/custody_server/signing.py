@@ -1,0 +1,203 @@
+"""SignLink and SignLayout: build what to sign (core), sign (HSM), audit, return.
+
+Data flows one way: request -> build metadata -> sign -> audit -> response.
+No signature leaves this module unless its audit record was written first.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from custody_core.canonical import encode_canonical
+from custody_core.envelope import PAYLOAD_TYPE_INTOTO, pae, sign_dsse, sign_metablock
+from custody_core.errors import CustodyError, MetadataError
+from custody_core.link import build_link, link_file_name, link_to_statement
+from custody_core.models import Layout
+from custody_core.signer import Signer
+from custody_server.audit_events import AuditEvent, AuditSink
+from custody_server.errors import AuditUnavailableError, LimitExceededError, RequestError
+from custody_server.jsonlimits import loads_limited
+from custody_server.keyring import KeyRing, KeyVersion
+
+ALIAS_PREFIX = "alias:"
+
+
+class EnvelopeKind(enum.Enum):
+    METABLOCK = "metablock"
+    DSSE = "dsse"
+    STATEMENT = "statement"
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    step_name: str
+    command: tuple[str, ...]
+    materials: Mapping[str, Mapping[str, str]]
+    products: Mapping[str, Mapping[str, str]]
+    byproducts: Mapping[str, Any]
+    environment: Mapping[str, str]
+    key_alias: str
+    envelope: EnvelopeKind
+
+
+@dataclass(frozen=True)
+class SignedMetadata:
+    content: bytes  # the file to write, exactly
+    key: KeyVersion
+    envelope: EnvelopeKind
+    signed_sha256: str  # hex SHA-256 of the exact bytes the signature covers
+    file_name: str = ""
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class _Signed:
+    content: bytes
+    signed_bytes: bytes
+
+
+class SigningService:
+    def __init__(self, *, keys: KeyRing, audit: AuditSink, max_artifacts: int) -> None:
+        self._keys = keys
+        self._audit = audit
+        self._max_artifacts = max_artifacts
+
+    def sign_link(self, request: LinkRequest, *, caller: str) -> SignedMetadata:
+        if not request.step_name:
+            raise RequestError("step_name is required")
+        count = len(request.materials) + len(request.products)
+        if count > self._max_artifacts:
+            raise LimitExceededError(
+                f"{count} artifacts is over the limit of {self._max_artifacts} per link"
+            )
+        details: dict[str, Any] = {"step": request.step_name, "key_alias": request.key_alias,
+                                   "caller": caller, "envelope": request.envelope.value}
+        try:
+            link = build_link(
+                name=request.step_name,
+                command=request.command,
+                materials=request.materials,
+                products=request.products,
+                byproducts=request.byproducts,
+                environment=request.environment,
+            )
+            version, signer = self._keys.signer(request.key_alias)
+            signed = _sign(link, request.envelope, signer)
+        except CustodyError as error:
+            self._audit_failure("sign-link", error, details)
+            raise
+        result = SignedMetadata(
+            content=signed.content,
+            key=version,
+            envelope=request.envelope,
+            signed_sha256=hashlib.sha256(signed.signed_bytes).hexdigest(),
+            file_name=link_file_name(request.step_name, version.public_key.keyid),
+        )
+        self._audit_success("sign-link", result, details)
+        return result
+
+    def sign_layout(self, layout: bytes, *, key_alias: str, envelope: EnvelopeKind,
+                    caller: str) -> SignedMetadata:
+        details: dict[str, Any] = {"key_alias": key_alias, "caller": caller,
+                                   "envelope": envelope.value}
+        try:
+            if envelope is EnvelopeKind.STATEMENT:
+                raise RequestError("a layout is signed as METABLOCK or DSSE, not STATEMENT")
+            payload = self._resolve_functionaries(_unsigned_layout(layout))
+            details["layout_readme"] = str(payload.get("readme", ""))[:200]
+            Layout.from_payload(payload)  # reject what a verifier would reject
+            version, signer = self._keys.signer(key_alias)
+            signed = _sign(payload, envelope, signer)
+        except CustodyError as error:
+            self._audit_failure("sign-layout", error, details)
+            raise
+        result = SignedMetadata(
+            content=signed.content,
+            key=version,
+            envelope=envelope,
+            signed_sha256=hashlib.sha256(signed.signed_bytes).hexdigest(),
+        )
+        self._audit_success("sign-layout", result, details)
+        return result
+
+    def _resolve_functionaries(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Replace "alias:NAME" entries in steps' pubkeys with the alias's keyids."""
+        keys = payload.get("keys")
+        steps = payload.get("steps")
+        if not isinstance(keys, dict) or not isinstance(steps, list):
+            return payload  # the layout model names the problem precisely
+        for step in steps:
+            pubkeys = step.get("pubkeys") if isinstance(step, dict) else None
+            if not isinstance(pubkeys, list):
+                continue
+            resolved: list[Any] = []
+            for entry in pubkeys:
+                if isinstance(entry, str) and entry.startswith(ALIAS_PREFIX):
+                    for version in self._keys.get(entry[len(ALIAS_PREFIX):]).versions:
+                        keys[version.public_key.keyid] = version.public_key.to_dict()
+                        resolved.append(version.public_key.keyid)
+                else:
+                    resolved.append(entry)
+            step["pubkeys"] = list(dict.fromkeys(resolved))
+        return payload
+
+    def _audit_success(self, action: str, result: SignedMetadata,
+                       details: Mapping[str, Any]) -> None:
+        event = AuditEvent(action=action, category="process", outcome="success", details={
+            **details,
+            "key_alias": result.key.alias,
+            "key_version": result.key.version,
+            "keyid": result.key.public_key.keyid,
+            "signed_sha256": result.signed_sha256,
+        })
+        try:
+            self._audit.record(event)
+        except Exception as error:  # any failure to audit withholds the signature
+            raise AuditUnavailableError("audit log unavailable: signature withheld") from error
+
+    def _audit_failure(self, action: str, error: CustodyError,
+                       details: Mapping[str, Any]) -> None:
+        event = AuditEvent(action=action, category="process", outcome="failure",
+                           reason=str(error)[:500], details=details)
+        try:
+            self._audit.record(event)
+        except Exception as audit_error:
+            raise AuditUnavailableError("audit log unavailable") from audit_error
+
+
+def _sign(signed: Mapping[str, Any], envelope: EnvelopeKind, signer: Signer) -> _Signed:
+    if envelope is EnvelopeKind.METABLOCK:
+        return _Signed(sign_metablock(signed, [signer]), encode_canonical(signed))
+    body = link_to_statement(signed) if envelope is EnvelopeKind.STATEMENT else signed
+    payload = encode_canonical(body)
+    content = sign_dsse(payload, payload_type=PAYLOAD_TYPE_INTOTO, signers=[signer])
+    return _Signed(content, pae(PAYLOAD_TYPE_INTOTO, payload))
+
+
+def _unsigned_layout(data: bytes) -> dict[str, Any]:
+    value = loads_limited(data, what="layout")
+    if not isinstance(value, dict):
+        raise MetadataError("layout must be a JSON object")
+    if "signed" in value:  # a Metablock: re-sign its `signed` part
+        value = value["signed"]
+        if not isinstance(value, dict):
+            raise MetadataError("layout Metablock 'signed' must be a JSON object")
+    if value.get("_type") != "layout":
+        raise MetadataError(f"layout _type must be 'layout', got {value.get('_type')!r}")
+    return value
+
+
+def parse_artifacts(items: Sequence[tuple[str, Mapping[str, str]]],
+                    *, what: str) -> dict[str, dict[str, str]]:
+    """Artifacts from the wire, with duplicate paths refused rather than merged."""
+    result: dict[str, dict[str, str]] = {}
+    for path, digest in items:
+        if path in result:
+            raise RequestError(f"{what}: duplicate artifact path {path[:200]!r}")
+        result[path] = dict(digest)
+    return result
+

@@ -1,0 +1,1 @@
+"""gRPC transport: protobuf <-> domain conversion, error mapping, interceptors."""

@@ -1,0 +1,200 @@
+"""The gRPC servicers: convert protobuf to domain values at the edge and back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from custody_api.v1 import custody_pb2 as pb
+from custody_api.v1 import custody_pb2_grpc as pb_grpc
+from custody_core.verdict import Verdict
+from custody_server.errors import RequestError
+from custody_server.keyring import KeyRing, ServiceKey
+from custody_server.keystore import KeyAlgorithm
+from custody_server.signing import (
+    EnvelopeKind,
+    LinkRequest,
+    SignedMetadata,
+    SigningService,
+    parse_artifacts,
+)
+from custody_server.verification import TrustedKeySpec, VerificationService, VerifyInput
+
+ENVELOPES = {
+    pb.ENVELOPE_UNSPECIFIED: EnvelopeKind.METABLOCK,
+    pb.ENVELOPE_METABLOCK: EnvelopeKind.METABLOCK,
+    pb.ENVELOPE_DSSE: EnvelopeKind.DSSE,
+    pb.ENVELOPE_STATEMENT: EnvelopeKind.STATEMENT,
+}
+ENVELOPE_TO_PB = {
+    EnvelopeKind.METABLOCK: pb.ENVELOPE_METABLOCK,
+    EnvelopeKind.DSSE: pb.ENVELOPE_DSSE,
+    EnvelopeKind.STATEMENT: pb.ENVELOPE_STATEMENT,
+}
+ALGORITHMS = {
+    pb.KEY_ALGORITHM_UNSPECIFIED: KeyAlgorithm.ECDSA_P256,
+    pb.KEY_ALGORITHM_ECDSA_P256: KeyAlgorithm.ECDSA_P256,
+    pb.KEY_ALGORITHM_ECDSA_P384: KeyAlgorithm.ECDSA_P384,
+    pb.KEY_ALGORITHM_ED25519: KeyAlgorithm.ED25519,
+    pb.KEY_ALGORITHM_RSA_3072: KeyAlgorithm.RSA_3072,
+}
+ALGORITHM_TO_PB = {v: k for k, v in ALGORITHMS.items() if k != pb.KEY_ALGORITHM_UNSPECIFIED}
+
+
+def caller_identity(context: grpc.ServicerContext) -> str:
+    """Who is calling: the client certificate's identity when there is one, else the peer."""
+    auth = context.auth_context()
+    for name in (b"x509_subject_alternative_name", b"x509_common_name"):
+        values = auth.get(name.decode()) or auth.get(name)  # type: ignore[call-overload]
+        if values:
+            return bytes(values[0]).decode("utf-8", "replace")
+    return str(context.peer())
+
+
+def _envelope(value: int) -> EnvelopeKind:
+    try:
+        return ENVELOPES[value]
+    except KeyError:
+        raise RequestError(f"unknown envelope {value}") from None
+
+
+class CustodyServicer(pb_grpc.CustodyServicer):
+    def __init__(self, *, signing: SigningService, verification: VerificationService,
+                 default_link_key: str, default_layout_key: str) -> None:
+        self._signing = signing
+        self._verification = verification
+        self._default_link_key = default_link_key
+        self._default_layout_key = default_layout_key
+
+    def SignLink(self, request: pb.SignLinkRequest,  # noqa: N802 (gRPC method name)
+                 context: grpc.ServicerContext) -> pb.SignLinkResponse:
+        byproducts: dict[str, Any] = {}
+        if request.HasField("byproducts"):
+            byproducts = {"stdout": request.byproducts.stdout,
+                          "stderr": request.byproducts.stderr}
+            if request.byproducts.HasField("return_value"):
+                byproducts["return-value"] = request.byproducts.return_value
+        link = LinkRequest(
+            step_name=request.step_name,
+            command=tuple(request.command),
+            materials=parse_artifacts([(a.path, a.digest) for a in request.materials],
+                                      what="materials"),
+            products=parse_artifacts([(a.path, a.digest) for a in request.products],
+                                     what="products"),
+            byproducts=byproducts,
+            environment=dict(request.environment),
+            key_alias=request.key_alias or self._default_link_key,
+            envelope=_envelope(request.envelope),
+        )
+        signed = self._signing.sign_link(link, caller=caller_identity(context))
+        return pb.SignLinkResponse(
+            signed=signed.content,
+            file_name=signed.file_name,
+            **_key_fields(signed),
+        )
+
+    def SignLayout(self, request: pb.SignLayoutRequest,  # noqa: N802
+                   context: grpc.ServicerContext) -> pb.SignLayoutResponse:
+        signed = self._signing.sign_layout(
+            request.layout,
+            key_alias=request.key_alias or self._default_layout_key,
+            envelope=_envelope(request.envelope),
+            caller=caller_identity(context),
+        )
+        return pb.SignLayoutResponse(signed=signed.content, warnings=list(signed.warnings),
+                                     **_key_fields(signed))
+
+    def Verify(self, request: pb.VerifyRequest,  # noqa: N802
+               context: grpc.ServicerContext) -> pb.VerifyResponse:
+        verdict = self._verification.verify(VerifyInput(
+            layout=request.layout,
+            layout_keys=tuple(
+                TrustedKeySpec(alias=k.alias, public_key_json=k.public_key_json,
+                               public_key_pem=k.public_key_pem)
+                for k in request.layout_keys
+            ),
+            links=_files(request.links, what="links"),
+            inspection_links=_files(request.inspection_links, what="inspection_links"),
+            parameters=dict(request.parameters),
+        ), caller=caller_identity(context))
+        return verdict_to_pb(verdict)
+
+
+def _key_fields(signed: SignedMetadata) -> dict[str, Any]:
+    return {
+        "keyid": signed.key.public_key.keyid,
+        "key_alias": signed.key.alias,
+        "key_version": signed.key.version,
+        "envelope": ENVELOPE_TO_PB[signed.envelope],
+        "sha256": signed.signed_sha256,
+    }
+
+
+def _files(files: Any, *, what: str) -> dict[str, bytes]:
+    result: dict[str, bytes] = {}
+    for item in files:
+        if not item.path:
+            raise RequestError(f"{what}: a file has an empty path")
+        if item.path in result:
+            raise RequestError(f"{what}: duplicate path {item.path[:200]!r}")
+        result[item.path] = item.content
+    return result
+
+
+def verdict_to_pb(verdict: Verdict) -> pb.VerifyResponse:
+    return pb.VerifyResponse(
+        passed=verdict.passed,
+        failures=[
+            pb.VerifyFailure(stage=f.stage, step=f.step or "", rule=f.rule or "",
+                             paths=list(f.paths), reason=f.reason)
+            for f in verdict.failures
+        ],
+        warnings=[
+            pb.VerifyWarning(stage=w.stage, step=w.step or "", message=w.message)
+            for w in verdict.warnings
+        ],
+        verdict_json=json.dumps(verdict.to_dict(), sort_keys=True),
+    )
+
+
+class KeyAdminServicer(pb_grpc.KeyAdminServicer):
+    def __init__(self, *, keys: KeyRing) -> None:
+        self._keys = keys
+
+    def CreateKey(self, request: pb.CreateKeyRequest,  # noqa: N802
+                  context: grpc.ServicerContext) -> pb.CreateKeyResponse:
+        algorithm = ALGORITHMS.get(request.algorithm)
+        if algorithm is None:
+            raise RequestError(f"unknown key algorithm {request.algorithm}")
+        if not request.alias:
+            raise RequestError("alias is required")
+        return pb.CreateKeyResponse(key=key_info(self._keys.create(request.alias, algorithm)))
+
+    def ListKeys(self, request: pb.ListKeysRequest,  # noqa: N802
+                 context: grpc.ServicerContext) -> pb.ListKeysResponse:
+        return pb.ListKeysResponse(keys=[key_info(k) for k in self._keys.all()])
+
+    def GetPublicKey(self, request: pb.GetPublicKeyRequest,  # noqa: N802
+                     context: grpc.ServicerContext) -> pb.GetPublicKeyResponse:
+        if not request.alias:
+            raise RequestError("alias is required")
+        return pb.GetPublicKeyResponse(key=key_info(self._keys.get(request.alias)))
+
+
+def key_info(key: ServiceKey) -> pb.KeyInfo:
+    active = key.active.public_key
+    return pb.KeyInfo(
+        alias=key.alias,
+        algorithm=ALGORITHM_TO_PB[key.algorithm],
+        scheme=active.scheme,
+        keyid=active.keyid,
+        public_key_pem=active.public if active.keytype != "ed25519" else "",
+        public_key_json=json.dumps(active.to_dict(), sort_keys=True),
+        versions=[
+            pb.KeyVersion(version=v.version, keyid=v.public_key.keyid,
+                          state="active" if v is key.active else "verify-only")
+            for v in key.versions
+        ],
+    )
