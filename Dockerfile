@@ -1,0 +1,19 @@
+# Custody server image: the service plus SoftHSM2 for the embedded/dev token.
+# For a hardware HSM, mount its PKCS#11 module and set [hsm].module in the config.
+FROM python:3.11-slim-bookworm
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends softhsm2 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/custody
+COPY pyproject.toml README.md ./
+COPY core ./core
+COPY client ./client
+COPY server ./server
+COPY softhsm ./softhsm
+RUN pip install --no-cache-dir '.[server]'
+RUN useradd --system --home /var/lib/custody custody && mkdir -p /var/lib/custody \
+    && chown custody /var/lib/custody
+USER custody
+EXPOSE 50051
+ENTRYPOINT ["custody-server"]
+CMD ["--config", "/etc/custody/custody.toml"]

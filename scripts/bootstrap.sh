@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what Custody needs on a Debian-like machine: SoftHSM2 (apt) and the
+# project in a virtual environment at .venv (pip). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v softhsm2-util >/dev/null 2>&1; then
+    echo "bootstrap: installing SoftHSM2 from Debian's packages" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 >/dev/null
+fi
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "bootstrap: creating .venv" >&2
+    "$python" -m venv .venv
+fi
+stamp=.venv/.custody-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "bootstrap: installing Custody and its test tools into .venv" >&2
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[server,test]'
+    touch "$stamp"
+fi
