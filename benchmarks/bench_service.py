@@ -1,0 +1,127 @@
+"""Service benchmark: SignLink against an empty RPC and raw SoftHSM signing, in one run.
+
+Starts `custody-server` as a separate process on a fresh embedded state
+directory, then measures, for 1 and 8 requests in flight:
+  - the empty RPC: grpc.health.v1.Health/Check on the same server (the baseline),
+  - SignLink with an ECDSA P-256 key (Metablock),
+and raw SoftHSM ECDSA P-256 signing in this process on a separate token.
+Prints throughput and p50/p99 latency and the ratios against the baseline.
+Targets (issue 2): SignLink >= 70% of the empty RPC's throughput, p99 < 5 ms at 8 in flight.
+
+    python benchmarks/bench_service.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from custody_api.v1 import custody_pb2 as pb
+from custody_api.v1 import custody_pb2_grpc
+
+
+def measure(call: Callable[[], object], *, in_flight: int, seconds: float) -> dict[str, float]:
+    latencies: list[list[float]] = [[] for _ in range(in_flight)]
+    deadline = time.perf_counter() + seconds
+
+    def worker(index: int) -> None:
+        own = latencies[index]
+        while (start := time.perf_counter()) < deadline:
+            call()
+            own.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(in_flight)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    merged = sorted(x for own in latencies for x in own)
+    quantiles = statistics.quantiles(merged, n=100)
+    return {"rps": len(merged) / elapsed, "p50_ms": quantiles[49] * 1000,
+            "p99_ms": quantiles[98] * 1000, "count": len(merged)}
+
+
+def start_server(state: Path) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "custody_server.main", "--state-dir", str(state),
+         "--listen", "127.0.0.1:0", "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if match := re.search(r"listening on (\S+)", line):
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return process, match.group(1)
+    raise SystemExit("server did not start")
+
+
+def raw_softhsm(seconds: float, in_flight: int) -> dict[str, float]:
+    from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+    from custody_server.softhsm import init_token
+
+    token = init_token(Path(tempfile.mkdtemp(prefix="custody-bench-hsm-")), label="bench")
+    os.environ["SOFTHSM2_CONF"] = str(token.conf_path)
+    store = Pkcs11KeyStore.open(module_path=token.module_path, token_label="bench",
+                                pin=Path(token.pin_file).read_text().strip())
+    store.generate_key(label="bench", algorithm=KeyAlgorithm.ECDSA_P256)
+    payload = b"x" * 600
+    return measure(lambda: store.sign("bench", payload), in_flight=in_flight, seconds=seconds)
+
+
+def row(name: str, result: dict[str, float], baseline: dict[str, float] | None) -> str:
+    ratio = f"{result['rps'] / baseline['rps']:6.0%}" if baseline else "   -  "
+    return (f"{name:<34}{result['rps']:>10.0f}/s {result['p50_ms']:>8.2f} "
+            f"{result['p99_ms']:>8.2f}   {ratio}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    seconds = parser.parse_args().seconds
+    state = Path(tempfile.mkdtemp(prefix="custody-bench-"))
+    process, address = start_server(state)
+    try:
+        channel = grpc.insecure_channel(address)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        health = health_pb2_grpc.HealthStub(channel)
+        custody = custody_pb2_grpc.CustodyStub(channel)
+        link = pb.SignLinkRequest(
+            step_name="build", command=["make"], key_alias="build",
+            materials=[pb.Artifact(path=f"src/{i}.c", digest={"sha256": "ab" * 32})
+                       for i in range(5)],
+            products=[pb.Artifact(path="bin/app", digest={"sha256": "cd" * 32})],
+        )
+        empty = health_pb2.HealthCheckRequest()
+        custody.SignLink(link)  # warm up: key handle cache, connections
+        print(f"{'':<34}{'throughput':>12} {'p50 ms':>8} {'p99 ms':>8}   vs empty RPC")
+        for in_flight in (1, 8):
+            base = measure(lambda: health.Check(empty), in_flight=in_flight, seconds=seconds)
+            sign = measure(lambda: custody.SignLink(link), in_flight=in_flight, seconds=seconds)
+            raw = raw_softhsm(seconds, in_flight) if in_flight == 1 else None
+            print(row(f"empty RPC (health), {in_flight} in flight", base, None))
+            print(row(f"SignLink P-256, {in_flight} in flight", sign, base))
+            if raw:
+                print(row("raw SoftHSM P-256 sign, 1 thread", raw, None))
+        channel.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
