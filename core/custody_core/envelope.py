@@ -1,0 +1,237 @@
+"""Signed envelopes: the classic in-toto Metablock and DSSE.
+
+Signatures are checked over exactly the bytes they cover: the canonical JSON of
+`signed` as received (Metablock) or PAE(payloadType, payload) over the payload
+bytes as received (DSSE). Nothing is rebuilt from a model before verification.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from custody_core.canonical import encode_canonical, encode_canonical_presorted
+from custody_core.errors import MetadataError, SignatureError
+from custody_core.keys import PublicKey
+from custody_core.signer import Signer
+from custody_core.strict_json import DEFAULT_MAX_DEPTH, parse_json
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "PAYLOAD_TYPE_INTOTO",
+    "Envelope",
+    "EnvelopeKind",
+    "Signature",
+    "pae",
+    "parse_envelope",
+    "sign_dsse",
+    "sign_metablock",
+]
+
+PAYLOAD_TYPE_INTOTO = "application/vnd.in-toto+json"
+EnvelopeKind = Literal["metablock", "dsse"]
+
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding: the bytes a DSSE signature covers."""
+    type_bytes = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(payload), payload)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One signature of an envelope; `sig` already decoded from hex or base64."""
+
+    keyid: str
+    sig: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keyid, str) or not isinstance(self.sig, bytes):
+            raise MetadataError("signature: keyid must be a string and sig bytes")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed envelope. `payload` is compared and hashed through `signed_bytes`."""
+
+    kind: EnvelopeKind
+    signed_bytes: bytes
+    payload: Mapping[str, Any] = field(compare=False, hash=False)
+    payload_type: str | None
+    signatures: tuple[Signature, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("metablock", "dsse"):
+            raise MetadataError(f"envelope: unknown kind {self.kind!r}")
+        if (self.kind == "dsse") != isinstance(self.payload_type, str):
+            raise MetadataError("envelope: payload_type is set for DSSE and only for DSSE")
+
+    def verified_keyids(self, keys: Mapping[str, PublicKey]) -> frozenset[str]:
+        """The keyids of `keys` that have at least one valid signature.
+
+        A signature counts for a key only if its keyid equals the key's keyid
+        exactly as given; keyids are never recomputed.
+        """
+        sigs_by_keyid: dict[str, list[bytes]] = {}
+        for signature in self.signatures:
+            sigs_by_keyid.setdefault(signature.keyid, []).append(signature.sig)
+        verified: set[str] = set()
+        for name, key in keys.items():
+            candidates = sigs_by_keyid.get(key.keyid, ())
+            if any(key.verify(sig, self.signed_bytes) for sig in candidates):
+                verified.add(name)
+        return frozenset(verified)
+
+
+def parse_envelope(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Envelope:
+    """Parse a Metablock or a DSSE envelope; MetadataError on anything malformed."""
+    parsed = parse_json(data, what="envelope", max_depth=max_depth)
+    document = parsed.value
+    if not isinstance(document, dict):
+        raise MetadataError("envelope: must be a JSON object")
+    if "payload" in document and "signed" in document:
+        raise MetadataError("envelope: has both 'payload' (DSSE) and 'signed' (Metablock)")
+    if "payload" in document:
+        return _parse_dsse(document, max_depth=max_depth)
+    if "signed" in document:
+        signed = document["signed"]
+        if not isinstance(signed, dict):
+            raise MetadataError("envelope: 'signed' must be a JSON object")
+        # The parser sorted every dict; with floats somewhere, the checking encoder
+        # says whether they are inside `signed` (where canonical JSON refuses them).
+        if parsed.has_floats:
+            signed_bytes = encode_canonical(signed)
+        else:
+            signed_bytes = encode_canonical_presorted(signed)
+        return Envelope(
+            kind="metablock",
+            signed_bytes=signed_bytes,
+            payload=signed,
+            payload_type=None,
+            signatures=_parse_signatures(document, decode=_decode_hex, encoding="hex"),
+        )
+    raise MetadataError("envelope: neither a Metablock ('signed') nor DSSE ('payload')")
+
+
+def _parse_dsse(document: dict[str, Any], *, max_depth: int) -> Envelope:
+    payload_b64 = document["payload"]
+    payload_type = document.get("payloadType")
+    if not isinstance(payload_b64, str):
+        raise MetadataError("envelope: DSSE 'payload' must be a base64 string")
+    if not isinstance(payload_type, str):
+        raise MetadataError("envelope: DSSE 'payloadType' must be a string")
+    payload = _decode_base64(payload_b64, where="DSSE 'payload'")
+    statement = parse_json(payload, what="DSSE payload", max_depth=max_depth).value
+    if not isinstance(statement, dict):
+        raise MetadataError("envelope: DSSE payload must be a JSON object")
+    return Envelope(
+        kind="dsse",
+        signed_bytes=pae(payload_type, payload),
+        payload=statement,
+        payload_type=payload_type,
+        signatures=_parse_signatures(document, decode=_decode_base64, encoding="base64"),
+    )
+
+
+def _parse_signatures(
+    document: dict[str, Any], *, decode: _Decoder, encoding: str
+) -> tuple[Signature, ...]:
+    entries = document.get("signatures")
+    if not isinstance(entries, list):
+        raise MetadataError("envelope: 'signatures' must be a list")
+    signatures = []
+    for index, entry in enumerate(entries):
+        where = f"signatures[{index}]"
+        if not isinstance(entry, dict):
+            raise MetadataError(f"envelope: {where} must be a JSON object")
+        if "sig" not in entry and "other_headers" in entry:
+            raise MetadataError(f"envelope: {where} is a GPG signature (not supported)")
+        # DSSE makes keyid optional; a missing keyid can never match a key.
+        keyid = entry.get("keyid", "" if encoding == "base64" else None)
+        if not isinstance(keyid, str):
+            raise MetadataError(f"envelope: {where}.keyid must be a string")
+        sig = entry.get("sig")
+        if not isinstance(sig, str) or not sig:
+            raise MetadataError(f"envelope: {where}.sig must be a non-empty {encoding} string")
+        signatures.append(Signature(keyid=keyid, sig=decode(sig, where=f"{where}.sig")))
+    return tuple(signatures)
+
+
+class _Decoder(Protocol):
+    def __call__(self, text: str, *, where: str) -> bytes: ...  # pragma: no cover
+
+
+def _decode_hex(text: str, *, where: str) -> bytes:
+    if not _HEX.fullmatch(text):
+        raise MetadataError(f"envelope: {where} is not an even-length hex string")
+    return bytes.fromhex(text)
+
+
+def _decode_base64(text: str, *, where: str) -> bytes:
+    """Standard or URL-safe base64 (DSSE allows both), padding optional."""
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        if _BASE64.fullmatch(text):
+            return base64.b64decode(padded, validate=True)
+        if _BASE64_URLSAFE.fullmatch(text):
+            return base64.urlsafe_b64decode(padded)
+    except (binascii.Error, ValueError) as exc:
+        raise MetadataError(f"envelope: {where} is not valid base64") from exc
+    raise MetadataError(f"envelope: {where} is not valid base64")
+
+
+def sign_metablock(signed: Mapping[str, Any], signers: Sequence[Signer]) -> bytes:
+    """Sign the canonical JSON of `signed`; return the Metablock JSON bytes.
+
+    Written the way in-toto 3.1 writes metadata (`json.dumps(indent=1,
+    separators=(",", ": "), sort_keys=True)`), so the reference loads it.
+    """
+    signed_value = dict(signed)
+    canonical = encode_canonical(signed_value)
+    signatures = [
+        {"keyid": signer.public_key.keyid, "sig": _checked_signature(signer, canonical).hex()}
+        for signer in signers
+    ]
+    return _dump({"signatures": signatures, "signed": signed_value})
+
+
+def sign_dsse(payload: bytes, *, payload_type: str, signers: Sequence[Signer]) -> bytes:
+    """Sign PAE(payload_type, payload); return the DSSE envelope JSON bytes."""
+    signed_bytes = pae(payload_type, payload)
+    signatures = [
+        {
+            "keyid": signer.public_key.keyid,
+            "sig": base64.b64encode(_checked_signature(signer, signed_bytes)).decode("ascii"),
+        }
+        for signer in signers
+    ]
+    return _dump(
+        {
+            "payload": base64.b64encode(payload).decode("ascii"),
+            "payloadType": payload_type,
+            "signatures": signatures,
+        }
+    )
+
+
+def _checked_signature(signer: Signer, data: bytes) -> bytes:
+    """Sign and verify at once: a faulty signer must not hand out a bad signature."""
+    signature = signer.sign(data)
+    if not signer.public_key.verify(signature, data):
+        raise SignatureError(
+            f"signer {signer.public_key.keyid} produced a signature that does not verify"
+        )
+    return signature
+
+
+def _dump(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, indent=1, separators=(",", ": "), sort_keys=True).encode("utf-8")

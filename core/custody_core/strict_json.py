@@ -1,0 +1,114 @@
+"""Strict parsing of untrusted JSON: UTF-8 only, no duplicate keys, bounded depth.
+
+Every failure is a MetadataError with a message that says what was wrong and
+where; no RecursionError, UnicodeDecodeError or JSONDecodeError escapes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import pairwise
+from operator import itemgetter
+from typing import Any
+
+from custody_core.errors import MetadataError
+
+__all__ = ["DEFAULT_MAX_DEPTH", "ParsedJson", "parse_json"]
+
+DEFAULT_MAX_DEPTH = 64
+
+_by_key = itemgetter(0)
+
+
+@dataclass(frozen=True)
+class ParsedJson:
+    """A parsed document. Its dicts list their keys in sorted order.
+
+    `has_floats` says whether any number was written with a fraction or an
+    exponent (canonical JSON refuses floats).
+    """
+
+    value: Any
+    has_floats: bool
+
+
+def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH) -> ParsedJson:
+    """Parse `data`; `what` names the document in error messages."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MetadataError(f"{what}: expected bytes, got {type(data).__name__}")
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{what}: not valid UTF-8 (at byte {exc.start})") from exc
+    float_count = 0
+
+    def parse_float(literal: str) -> float:
+        nonlocal float_count
+        float_count += 1
+        return float(literal)
+
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_sorted_unique_object,
+            parse_float=parse_float,
+            parse_constant=_refuse_constant,
+        )
+    except json.JSONDecodeError as exc:
+        raise MetadataError(
+            f"{what}: invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from exc
+    except RecursionError as exc:
+        raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels") from exc
+    except _DuplicateKeyError as exc:
+        raise MetadataError(f"{what}: duplicate key {exc.key!r} in a JSON object") from exc
+    except _ConstantError as exc:
+        raise MetadataError(f"{what}: JSON constant {exc} is not allowed") from exc
+    except ValueError as exc:  # e.g. an integer longer than Python will convert
+        raise MetadataError(f"{what}: invalid JSON value: {exc}") from exc
+    if _depth_exceeds(value, max_depth):
+        raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels")
+    return ParsedJson(value=value, has_floats=float_count > 0)
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key if len(key) <= 64 else key[:64] + "..."
+
+
+def _sorted_unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) < 2:
+        return dict(pairs)
+    pairs.sort(key=_by_key)  # stable: equal keys stay adjacent
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        for (key, _), (next_key, _) in pairwise(pairs):
+            if key == next_key:
+                raise _DuplicateKeyError(key)
+    return result
+
+
+class _ConstantError(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _ConstantError(name)
+
+
+def _depth_exceeds(root: Any, max_depth: int) -> bool:
+    """Whether containers nest more than `max_depth` deep (top level is depth 1)."""
+    level = [root] if isinstance(root, (dict, list)) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > max_depth:
+            return True
+        next_level: list[Any] = []
+        for container in level:
+            values = container.values() if type(container) is dict else container
+            next_level.extend([v for v in values if type(v) is dict or type(v) is list])
+        level = next_level
+    return False
