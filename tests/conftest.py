@@ -19,10 +19,8 @@ import grpc
 import pytest
 
 from custody_api.v1 import custody_pb2_grpc
-from custody_server.app import RunningServer, build_server
 from custody_server.audit_events import MemoryAuditSink
 from custody_server.config import ServerConfig
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 from custody_server.softhsm import SoftHsmError, SoftHsmToken, find_softhsm_module, init_token
 
@@ -84,9 +82,9 @@ def unique_label() -> str:
 
 @dataclass
 class Service:
-    running: RunningServer
+    running: Any  # custody_server.app.RunningServer
     store: Pkcs11KeyStore
-    keys: KeyRing
+    keys: Any  # custody_server.keyring.KeyRing
     audit: MemoryAuditSink
     address: str
 
@@ -94,6 +92,10 @@ class Service:
 @pytest.fixture(scope="session")
 def service(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Service]:
+    # Imported here so that a broken server module fails its own tests, not the whole suite.
+    from custody_server.app import build_server
+    from custody_server.keyring import KeyRing
+
     keys = KeyRing(keystore)
     for alias in ("build", "owner"):
         if not keys.exists(alias):
