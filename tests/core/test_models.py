@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from custody_core.errors import CustodyError, KeyFormatError, MetadataError
 from custody_core.models import Layout, Link
 from custody_core.rules import RuleKind
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 DEMO = Path("/work/shared/conformance/in-toto-python/demo_files")
 

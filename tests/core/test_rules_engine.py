@@ -6,9 +6,10 @@ import time
 from collections.abc import Mapping
 
 import pytest
+from rule_oracle import Arts, reference_queues
+
 from custody_core.errors import MetadataError
 from custody_core.rules import ArtifactRule, ArtifactType, apply_rules, filter_paths, parse_rules
-from rule_oracle import Arts, reference_queues
 
 H1 = {"sha256": "aa"}
 H2 = {"sha256": "bb"}

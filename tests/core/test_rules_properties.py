@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from custody_core.errors import MetadataError
-from custody_core.rules import ArtifactRule, ArtifactType, RuleKind, apply_rules, parse_rules
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rule_oracle import Arts, reference_queues
+
+from custody_core.errors import MetadataError
+from custody_core.rules import ArtifactRule, ArtifactType, RuleKind, apply_rules, parse_rules
 
 segment = st.sampled_from(["a", "b", "src", "x.py", "y.c"])
 paths = st.lists(segment, min_size=1, max_size=3).map("/".join)
