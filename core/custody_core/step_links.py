@@ -1,0 +1,191 @@
+"""Pipeline stages over a step's links: load by authorized key id, verify, count, agree.
+
+Kept apart from verify.py so that each stays small. Every function returns values and
+findings; none raises for a verification failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from custody_core.envelope import PAYLOAD_TYPE_INTOTO, Envelope, parse_envelope
+from custody_core.errors import MetadataError
+from custody_core.key_policy import KeyPolicy
+from custody_core.link import link_file_name, link_payload_from_envelope
+from custody_core.models import Layout, Link, Step
+from custody_core.verdict import Failure, Stage, VerdictWarning, failure, warning
+
+
+def sublayout_dir(step_name: str, keyid: str) -> str:
+    """The directory (with trailing slash) that holds a sublayout's links."""
+    return f"{step_name}.{keyid[:8]}/"
+
+
+@dataclass(frozen=True)
+class LoadedLink:
+    """A step's link file as received: a link or, for a delegated step, a sublayout."""
+
+    file_name: str
+    keyid: str
+    envelope: Envelope
+    link: Link | None = None
+    sublayout: Layout | None = None
+
+
+def parse_link_file(file_name: str, keyid: str, data: bytes) -> LoadedLink:
+    """Parse one link file (Metablock or DSSE; a link, a Statement or a sublayout).
+
+    MetadataError names the file. The signature is checked later, over these same bytes.
+    """
+    try:
+        envelope = parse_envelope(data)
+        if envelope.kind == "dsse" and envelope.payload_type != PAYLOAD_TYPE_INTOTO:
+            raise MetadataError(f"DSSE payloadType must be {PAYLOAD_TYPE_INTOTO}")
+        if envelope.payload.get("_type") == "layout":
+            sublayout = Layout.from_payload(envelope.payload)
+            return LoadedLink(file_name, keyid, envelope, sublayout=sublayout)
+        link = Link.from_payload(link_payload_from_envelope(envelope))
+    except MetadataError as exc:
+        raise MetadataError(f"{file_name}: {exc}") from None
+    return LoadedLink(file_name, keyid, envelope, link=link)
+
+
+def load_step_links(
+    layout: Layout, links: Mapping[str, bytes], *, prefix: str
+) -> tuple[dict[str, list[LoadedLink]], list[Failure]]:
+    """For each step, the link files of its authorized key ids that are present.
+
+    Like the reference, a file that is present but malformed fails the verification,
+    whoever signed it: the verdict must not depend on which files an attacker can drop.
+    """
+    loaded: dict[str, list[LoadedLink]] = {}
+    failures: list[Failure] = []
+    for step in layout.steps:
+        step_links: list[LoadedLink] = []
+        for keyid in dict.fromkeys(step.pubkeys):
+            file_name = prefix + link_file_name(step.name, keyid)
+            data = links.get(file_name)
+            if data is None:
+                continue
+            try:
+                step_links.append(parse_link_file(file_name, keyid, data))
+            except MetadataError as exc:
+                failures.append(failure(Stage.LINKS, f"malformed link: {exc}", step=step.name))
+        loaded[step.name] = step_links
+    return loaded, failures
+
+
+@dataclass(frozen=True)
+class StepLinks:
+    """The links of one step that count: validly signed by authorized, unrefused keys."""
+
+    step: Step
+    accepted: tuple[LoadedLink, ...]
+    functionaries: frozenset[str]
+
+
+def _refusal(
+    step: Step, loaded: LoadedLink, layout: Layout, policy: KeyPolicy, now: datetime
+) -> str | None:
+    """Why this link does not count for the step, or None if it does."""
+    key = layout.keys.get(loaded.keyid)
+    if key is None:
+        return f"key {loaded.keyid[:8]} is authorized but not in the layout's keys"
+    refused = policy.refusal(loaded.keyid, now)
+    if refused is not None:
+        return f"key {loaded.keyid[:8]} is refused: {refused}"
+    if loaded.keyid not in loaded.envelope.verified_keyids({loaded.keyid: key}):
+        return f"no valid signature by key {loaded.keyid[:8]}"
+    if loaded.link is not None and loaded.link.name != step.name:
+        return f"the link names step '{loaded.link.name}', not '{step.name}'"
+    return None
+
+
+def verify_thresholds(
+    *,
+    layout: Layout,
+    loaded: Mapping[str, list[LoadedLink]],
+    policy: KeyPolicy,
+    now: datetime,
+) -> tuple[list[StepLinks], list[Failure], list[VerdictWarning]]:
+    """Keep the acceptable links of each step and count distinct functionaries."""
+    result: list[StepLinks] = []
+    failures: list[Failure] = []
+    warnings: list[VerdictWarning] = []
+    for step in layout.steps:
+        accepted: list[LoadedLink] = []
+        functionaries: dict[str, str] = {}
+        ignored: list[str] = []
+        for candidate in loaded.get(step.name, []):
+            refusal = _refusal(step, candidate, layout, policy, now)
+            if refusal is not None:
+                ignored.append(f"{candidate.file_name}: {refusal}")
+                warnings.append(warning(Stage.THRESHOLD, f"ignored {ignored[-1]}", step=step.name))
+                continue
+            functionary = policy.functionary_of(candidate.keyid)
+            if functionary in functionaries:
+                warnings.append(
+                    warning(
+                        Stage.THRESHOLD,
+                        f"{candidate.file_name} and {functionaries[functionary]} are signed by "
+                        f"one functionary ({functionary[:16]}): counted once",
+                        step=step.name,
+                    )
+                )
+            else:
+                functionaries[functionary] = candidate.file_name
+            accepted.append(candidate)
+        if len(functionaries) < step.threshold:
+            found = f"found {len(functionaries)}"
+            if ignored:
+                found += " (ignored " + "; ".join(ignored) + ")"
+            elif not loaded.get(step.name):
+                found += " (no link file for any authorized key)"
+            failures.append(
+                failure(
+                    Stage.THRESHOLD,
+                    f"step '{step.name}' needs {step.threshold} link(s) signed by distinct "
+                    f"authorized functionaries, {found}",
+                    step=step.name,
+                )
+            )
+        result.append(StepLinks(step, tuple(accepted), frozenset(functionaries)))
+    return result, failures, warnings
+
+
+def artifact_differences(first: Link, other: Link) -> tuple[str, ...]:
+    """The material and product paths on which two links disagree (sorted)."""
+    paths: set[str] = set()
+    for mine, theirs in ((first.materials, other.materials), (first.products, other.products)):
+        if mine != theirs:
+            paths.update(p for p in mine.keys() | theirs.keys() if mine.get(p) != theirs.get(p))
+    return tuple(sorted(paths))
+
+
+def verify_threshold_agreement(
+    steps: list[tuple[Step, list[tuple[str, Link]]]],
+) -> list[Failure]:
+    """For steps with threshold > 1, all accepted links report the same artifacts.
+
+    Like the reference, a threshold-1 step is not checked; its first link is used.
+    """
+    failures = []
+    for step, named_links in steps:
+        if step.threshold <= 1 or not named_links:
+            continue
+        first_name, first = named_links[0]
+        for other_name, other in named_links[1:]:
+            differences = artifact_differences(first, other)
+            if differences:
+                failures.append(
+                    failure(
+                        Stage.THRESHOLD_ARTIFACTS,
+                        f"{first_name} and {other_name} report different artifacts "
+                        f"({len(differences)} path(s))",
+                        step=step.name,
+                        paths=differences,
+                    )
+                )
+    return failures
