@@ -1,0 +1,173 @@
+"""Canonical JSON: byte-equal to securesystemslib, and refuses what it must."""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from securesystemslib.formats import encode_canonical as reference_encode_canonical
+
+from custody_core.canonical import (
+    MAX_CANONICAL_DEPTH,
+    encode_canonical,
+    encode_canonical_presorted,
+)
+from custody_core.errors import MetadataError
+from custody_core.strict_json import parse_json
+
+# Any Unicode text but lone surrogates (not encodable as UTF-8, refused on both sides),
+# with control characters, quotes and backslashes made likely.
+_tricky = st.sampled_from(['"', "\\", "\n", "\x00", "\x1f", "\x7f", "\u2028", "é", "😀", "/"])
+text = st.lists(st.one_of(st.characters(exclude_categories=["Cs"]), _tricky), max_size=12).map(
+    "".join
+)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**200), max_value=2**200),
+    text,
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.lists(children, max_size=4).map(tuple),
+        st.dictionaries(text, children, max_size=6),
+    ),
+    max_leaves=40,
+)
+
+
+def reference_bytes(value: Any) -> bytes:
+    encoded = reference_encode_canonical(value)
+    assert isinstance(encoded, str)
+    return encoded.encode("utf-8")
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_byte_equal_to_securesystemslib(value: Any) -> None:
+    expected = reference_bytes(value)
+    assert encode_canonical(value) == expected
+    # The envelope path: json.dumps keeps insertion order, the strict parser sorts
+    # keys, and the presorted encoder skips the type walk.
+    parsed = parse_json(json.dumps(value).encode("utf-8"), what="test", max_depth=1000)
+    assert not parsed.has_floats
+    assert encode_canonical_presorted(parsed.value) == expected
+    assert encode_canonical(parsed.value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "plain",
+        'quote " and backslash \\ and \\n literally',
+        "newline\n tab\t cr\r nul\x00 unit-sep\x1f del\x7f",
+        "\\\n",  # backslash right before a control character
+        "\\u0001 is text, \x01 is a control character",
+        {"b": 1, "a": [True, False, None], "c": {"z": "\b\f", "y": -0}},
+        {"\n": "key with a control character", '"': "quote key"},
+        [2**100, -(2**70), 0],
+        ("tuple", ["list"]),
+    ],
+)
+def test_known_tricky_values(value: Any) -> None:
+    assert encode_canonical(value) == reference_bytes(value)
+
+
+def test_control_characters_are_written_raw() -> None:
+    assert encode_canonical({"s": "a\nb"}) == b'{"s":"a\nb"}'
+    assert encode_canonical("é") == "\"é\"".encode()
+
+
+def test_insertion_order_does_not_matter() -> None:
+    forward = {"a": 1, "b": {"x": 1, "y": 2}}
+    backward = {"b": {"y": 2, "x": 1}, "a": 1}
+    assert encode_canonical(forward) == encode_canonical(backward) == b'{"a":1,"b":{"x":1,"y":2}}'
+
+
+def test_shared_sub_objects_are_fine() -> None:
+    shared = {"sha256": "ab"}
+    value = {"m": {"a": shared, "b": shared}, "p": [shared, shared]}
+    assert encode_canonical(value) == reference_bytes(value)
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+def _self_referencing_list() -> list[Any]:
+    items: list[Any] = []
+    items.append(items)
+    return items
+
+
+def _wide_cycle() -> list[Any]:
+    items: list[Any] = []
+    items.extend([items] * 50)
+    return items
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (1.5, "floats"),
+        (1.0, "floats"),
+        ({"a": [1, 2, {"b": 0.0}]}, "floats"),
+        (float("nan"), "floats"),
+        ({1: "int key"}, "key must be a string"),
+        ({None: "none key"}, "key must be a string"),
+        ({("t",): "tuple key"}, "key must be a string"),
+        ({"a": b"bytes"}, "cannot encode type bytes"),
+        ({"a": {1, 2}}, "cannot encode type set"),
+        ([Colour.RED], "cannot encode type Colour"),
+        ("lone surrogate \ud800", "not valid Unicode"),
+        ({"k\udfff": 1}, "not valid Unicode"),
+        ([10**5000], "cannot encode"),
+        (_self_referencing_list(), "cannot encode value"),
+        (_wide_cycle(), "cannot encode value"),
+    ],
+    ids=lambda case: type(case).__name__ if not isinstance(case, str) else case[:12],
+)
+def test_refused_values_raise_metadata_error(value: Any, message: str) -> None:
+    with pytest.raises(MetadataError, match=message):
+        encode_canonical(value)
+
+
+def test_nesting_limit() -> None:
+    def nested(depth: int) -> Any:
+        value: Any = "leaf"
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    assert encode_canonical(nested(MAX_CANONICAL_DEPTH)) == reference_bytes(
+        nested(MAX_CANONICAL_DEPTH)
+    )
+    with pytest.raises(MetadataError, match="nesting deeper"):
+        encode_canonical(nested(MAX_CANONICAL_DEPTH + 1))
+    with pytest.raises(MetadataError):
+        encode_canonical(nested(100_000))
+
+
+def test_large_link_is_byte_equal() -> None:
+    artifacts = {
+        f"src/pkg{index % 17}/file-{index}.py": {"sha256": f"{index:064x}"}
+        for index in range(5_000, 0, -1)
+    }
+    link = {
+        "_type": "link",
+        "name": "build",
+        "command": ["make", "-j8"],
+        "materials": artifacts,
+        "products": dict(artifacts),
+        "byproducts": {"stdout": 'ok\n"done"\\', "stderr": "", "return-value": 0},
+        "environment": {},
+    }
+    assert encode_canonical(link) == reference_bytes(link)
