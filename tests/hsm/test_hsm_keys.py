@@ -259,3 +259,16 @@ def test_wrong_pin_or_token_is_refused_without_revealing_the_pin(
             token_label="no-such-token",
             pin=wrong_pin,
         )
+
+
+def test_a_signer_never_signs_with_a_key_that_replaced_its_own(
+    keystore: Pkcs11KeyStore, unique_label: str
+) -> None:
+    keystore.generate_key(label=unique_label, algorithm=KeyAlgorithm.ECDSA_P256)
+    signer = keystore.signer(unique_label)
+    keystore.destroy_key(unique_label)
+    replacement = keystore.generate_key(label=unique_label, algorithm=KeyAlgorithm.ECDSA_P256)
+    with pytest.raises(KeyNotFoundError, match="replaced"):
+        signer.sign(b"data")
+    assert replacement.verify(keystore.signer(unique_label).sign(b"data"), b"data")
+    keystore.destroy_key(unique_label)

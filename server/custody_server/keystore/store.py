@@ -60,7 +60,8 @@ class Pkcs11Signer:
     public_key: PublicKey
 
     def sign(self, data: bytes) -> bytes:
-        return self.store.sign(self.label, data)
+        # Pinned to the public key handed out: never sign with a key that replaced it.
+        return self.store._sign(self.label, data, expected_public_key=self.public_key)
 
 
 class Pkcs11KeyStore:
@@ -122,6 +123,7 @@ class Pkcs11KeyStore:
 
         def generate(session: pkcs11.Session) -> PublicKey:
             generate_key_pair(session, label=label, profile=profile)
+            self._live().key_cache.pop(label, None)  # a peer may have removed a cached key
             return self._cached_key(session, label).public_key
 
         return self._run(generate)
@@ -138,6 +140,9 @@ class Pkcs11KeyStore:
 
     def sign(self, label: str, data: bytes) -> bytes:
         """Sign `data` as in-toto encodes it: DER for ECDSA, raw for Ed25519, PSS for RSA."""
+        return self._sign(label, data, expected_public_key=None)
+
+    def _sign(self, label: str, data: bytes, *, expected_public_key: PublicKey | None) -> bytes:
         connection = self._live()
         peeked = connection.key_cache.get(label)  # lock-free: only to hash outside the lock
         profile = peeked.profile if peeked is not None else self._key(label).profile
@@ -145,6 +150,8 @@ class Pkcs11KeyStore:
 
         def sign_with_token(session: pkcs11.Session) -> tuple[CachedKey, bytes]:
             key = self._cached_key(session, label)
+            if expected_public_key is not None and key.public_key != expected_public_key:
+                raise KeyNotFoundError(f"key {label!r} was replaced since its signer was made")
             # The key may have been replaced since the peek: then hash again, for its profile.
             to_sign = message if key.profile is profile else key.profile.prepare_message(data)
             return key, key.private_key.sign(to_sign, **key.profile.sign_arguments())
