@@ -98,7 +98,10 @@ def verify_supply_chain(
     """
     if now.tzinfo is None:
         raise ValueError("now must be a timezone-aware datetime")
-    envelope = parse_envelope(layout)
+    try:
+        envelope = parse_envelope(layout)
+    except MetadataError as exc:
+        raise MetadataError(f"layout {exc}") from None
     if envelope.kind == "dsse" and envelope.payload_type != PAYLOAD_TYPE_INTOTO:
         raise MetadataError(f"layout: DSSE payloadType must be {PAYLOAD_TYPE_INTOTO}")
     context = _Context(
