@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,7 +174,10 @@ def _sign(signed: Mapping[str, Any], envelope: EnvelopeKind, signer: Signer) -> 
     if envelope is EnvelopeKind.METABLOCK:
         return _Signed(sign_metablock(signed, [signer]), encode_canonical(signed))
     body = link_to_statement(signed) if envelope is EnvelopeKind.STATEMENT else signed
-    payload = encode_canonical(body)
+    # DSSE signs the payload bytes as they are, so no canonical form is needed; plain
+    # sorted JSON (as in-toto writes it) also escapes the newlines in PEM keys, which
+    # canonical JSON would leave raw and strict JSON parsers reject.
+    payload = json.dumps(body, sort_keys=True).encode()
     content = sign_dsse(payload, payload_type=PAYLOAD_TYPE_INTOTO, signers=[signer])
     return _Signed(content, pae(PAYLOAD_TYPE_INTOTO, payload))
 

@@ -72,7 +72,7 @@ def test_statement_envelope(custody: Any, key_admin: Any) -> None:
     key = _reference_key(key_admin, "build")
     from securesystemslib.dsse import Envelope
 
-    Envelope.from_dict(envelope).verify({key.keyid: key}, 1)
+    Envelope.from_dict(envelope).verify([key], 1)
     payload_type = envelope["payloadType"].encode()
     payload = base64.b64decode(envelope["payload"])
     pae = b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type, len(payload), payload)
