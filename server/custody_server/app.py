@@ -68,13 +68,15 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     signing = SigningService(keys=keys, audit=audit,
                              max_artifacts=limits.max_artifacts_per_link)
     verification = VerificationService(keys=keys, audit=audit, clock=clock)
-    custody_pb2_grpc.add_CustodyServicer_to_server(
+    custody_pb2_grpc.add_CustodyServicer_to_server(  # type: ignore[no-untyped-call]
         CustodyServicer(signing=signing, verification=verification,
                         default_link_key=config.default_link_key,
                         default_layout_key=config.default_layout_key),
         server,
     )
-    custody_pb2_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(keys=keys), server)
+    custody_pb2_grpc.add_KeyAdminServicer_to_server(  # type: ignore[no-untyped-call]
+        KeyAdminServicer(keys=keys), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -34,7 +34,7 @@ from typing import Any
 from custody_server.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_TOKEN_LABEL = "custody"
+DEFAULT_TOKEN_LABEL = "custody"  # noqa: S105 (a label, not a secret)
 
 
 def default_state_dir() -> Path:

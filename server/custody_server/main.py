@@ -40,12 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_config(options: argparse.Namespace) -> ServerConfig:
     config = load_config(options.config) if options.config else ServerConfig()
-    changes: dict[str, object] = {}
     if options.state_dir:
-        changes["state_dir"] = options.state_dir
+        config = dataclasses.replace(config, state_dir=options.state_dir)
     if options.listen:
-        changes["listen"] = options.listen
-    return dataclasses.replace(config, **changes) if changes else config
+        config = dataclasses.replace(config, listen=options.listen)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ STATUS_BY_ERROR: dict[type[CustodyError], grpc.StatusCode] = {
 def status_for(error: CustodyError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+            return STATUS_BY_ERROR[cls]
     return grpc.StatusCode.INTERNAL
 
 

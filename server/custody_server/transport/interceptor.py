@@ -18,7 +18,7 @@ log = structlog.get_logger("custody.rpc")
 REQUEST_ID_HEADER = "x-request-id"
 
 
-class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps unary-unary handlers; other kinds (health watch, reflection) pass through."""
 
     def intercept_service(self, continuation: Callable[[Any], Any],

@@ -54,10 +54,10 @@ def caller_identity(context: grpc.ServicerContext) -> str:
 
 
 def _envelope(value: int) -> EnvelopeKind:
-    try:
-        return ENVELOPES[value]
-    except KeyError:
-        raise RequestError(f"unknown envelope {value}") from None
+    kind: EnvelopeKind | None = ENVELOPES.get(value)  # type: ignore[call-overload]
+    if kind is None:
+        raise RequestError(f"unknown envelope {value}")
+    return kind
 
 
 class CustodyServicer(pb_grpc.CustodyServicer):
@@ -68,7 +68,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
         self._default_link_key = default_link_key
         self._default_layout_key = default_layout_key
 
-    def SignLink(self, request: pb.SignLinkRequest,  # noqa: N802 (gRPC method name)
+    def SignLink(self, request: pb.SignLinkRequest,
                  context: grpc.ServicerContext) -> pb.SignLinkResponse:
         byproducts: dict[str, Any] = {}
         if request.HasField("byproducts"):
@@ -95,7 +95,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             **_key_fields(signed),
         )
 
-    def SignLayout(self, request: pb.SignLayoutRequest,  # noqa: N802
+    def SignLayout(self, request: pb.SignLayoutRequest,
                    context: grpc.ServicerContext) -> pb.SignLayoutResponse:
         signed = self._signing.sign_layout(
             request.layout,
@@ -106,7 +106,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
         return pb.SignLayoutResponse(signed=signed.content, warnings=list(signed.warnings),
                                      **_key_fields(signed))
 
-    def Verify(self, request: pb.VerifyRequest,  # noqa: N802
+    def Verify(self, request: pb.VerifyRequest,
                context: grpc.ServicerContext) -> pb.VerifyResponse:
         verdict = self._verification.verify(VerifyInput(
             layout=request.layout,
@@ -163,7 +163,7 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
     def __init__(self, *, keys: KeyRing) -> None:
         self._keys = keys
 
-    def CreateKey(self, request: pb.CreateKeyRequest,  # noqa: N802
+    def CreateKey(self, request: pb.CreateKeyRequest,
                   context: grpc.ServicerContext) -> pb.CreateKeyResponse:
         algorithm = ALGORITHMS.get(request.algorithm)
         if algorithm is None:
@@ -172,11 +172,11 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
             raise RequestError("alias is required")
         return pb.CreateKeyResponse(key=key_info(self._keys.create(request.alias, algorithm)))
 
-    def ListKeys(self, request: pb.ListKeysRequest,  # noqa: N802
+    def ListKeys(self, request: pb.ListKeysRequest,
                  context: grpc.ServicerContext) -> pb.ListKeysResponse:
         return pb.ListKeysResponse(keys=[key_info(k) for k in self._keys.all()])
 
-    def GetPublicKey(self, request: pb.GetPublicKeyRequest,  # noqa: N802
+    def GetPublicKey(self, request: pb.GetPublicKeyRequest,
                      context: grpc.ServicerContext) -> pb.GetPublicKeyResponse:
         if not request.alias:
             raise RequestError("alias is required")
