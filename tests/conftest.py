@@ -120,12 +120,12 @@ def channel(service: Service) -> Iterator[grpc.Channel]:
 
 @pytest.fixture
 def custody(channel: grpc.Channel) -> Any:
-    return custody_pb2_grpc.CustodyStub(channel)
+    return custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture
 def key_admin(channel: grpc.Channel) -> Any:
-    return custody_pb2_grpc.KeyAdminStub(channel)
+    return custody_pb2_grpc.KeyAdminStub(channel)  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="session")
