@@ -68,16 +68,17 @@ class SigningService:
         self._max_artifacts = max_artifacts
 
     def sign_link(self, request: LinkRequest, *, caller: str) -> SignedMetadata:
-        if not request.step_name:
-            raise RequestError("step_name is required")
-        count = len(request.materials) + len(request.products)
-        if count > self._max_artifacts:
-            raise LimitExceededError(
-                f"{count} artifacts is over the limit of {self._max_artifacts} per link"
-            )
-        details: dict[str, Any] = {"step": request.step_name, "key_alias": request.key_alias,
+        details: dict[str, Any] = {"step": request.step_name[:200],
+                                   "key_alias": request.key_alias[:100],
                                    "caller": caller, "envelope": request.envelope.value}
         try:
+            if not request.step_name:
+                raise RequestError("step_name is required")
+            count = len(request.materials) + len(request.products)
+            if count > self._max_artifacts:
+                raise LimitExceededError(
+                    f"{count} artifacts is over the limit of {self._max_artifacts} per link"
+                )
             link = build_link(
                 name=request.step_name,
                 command=request.command,

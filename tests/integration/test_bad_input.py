@@ -123,4 +123,6 @@ def test_too_many_artifacts_is_refused_before_signing(service: Any) -> None:
                           envelope=EnvelopeKind.METABLOCK)
     with pytest.raises(LimitExceededError, match="3 artifacts is over the limit of 2"):
         signing.sign_link(request, caller="test")
-    assert audit.events == []  # nothing was signed, so no key use to record
+    [event] = audit.events  # the refusal is on the record, and nothing was signed
+    assert (event.action, event.outcome) == ("sign-link", "failure")
+    assert "limit" in event.reason
