@@ -1,0 +1,91 @@
+"""SHA-256 of many files, in parallel, with large reads.
+
+hashlib releases the GIL while it hashes a large buffer and the kernel reads without it,
+so a few threads keep the disk and the cores busy. Files are handed out in small batches
+(one future per file costs more than hashing a small file) and results come back in
+order, with a bounded number of batches in flight, so a caller can stream them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from custody_client.errors import RecordingError
+
+READ_SIZE = 1 << 20  # 1 MiB reads: far fewer syscalls than in-toto's 4 KiB
+BATCH_FILES = 64
+_PARALLEL_THRESHOLD = 2 * BATCH_FILES  # below this, threads cost more than they save
+
+Progress = Callable[[int], None]
+
+
+def default_workers() -> int:
+    return min(8, (os.cpu_count() or 1) + 2)
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes; RecordingError if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise RecordingError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        digest = hashlib.sha256()
+        while True:
+            chunk = os.read(fd, READ_SIZE)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+    except OSError as error:
+        raise RecordingError(f"cannot read {path}: {error.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _hash_batch(paths: Sequence[str]) -> list[str]:
+    return [sha256_file(path) for path in paths]
+
+
+def sha256_files(
+    paths: Sequence[str], *, workers: int | None = None, progress: Progress | None = None
+) -> Iterator[str]:
+    """Yield the hex SHA-256 of each path, in the order given.
+
+    `progress` is called in the caller's thread with the number of files done so far.
+    """
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or len(paths) < _PARALLEL_THRESHOLD:
+        for done, path in enumerate(paths, start=1):
+            yield sha256_file(path)
+            if progress is not None and done % BATCH_FILES == 0:
+                progress(done)
+        if progress is not None:
+            progress(len(paths))
+        return
+    batches = (paths[i : i + BATCH_FILES] for i in range(0, len(paths), BATCH_FILES))
+    max_in_flight = 4 * workers
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="custody-hash") as pool:
+        pending: deque[Future[list[str]]] = deque()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(_hash_batch, batch))
+                if len(pending) >= max_in_flight:
+                    digests = pending.popleft().result()
+                    done += len(digests)
+                    yield from digests
+                    if progress is not None:
+                        progress(done)
+            while pending:
+                digests = pending.popleft().result()
+                done += len(digests)
+                yield from digests
+                if progress is not None:
+                    progress(done)
+        finally:
+            for future in pending:
+                future.cancel()
