@@ -1,0 +1,130 @@
+"""An AuditEvent as an Elastic Common Schema document (without its chain fields).
+
+ECS names for what ECS has a name for (`@timestamp`, `event.*`, `service.name`,
+`user.name`, `source.ip`); Custody's own fields under `custody.*`. The writer adds
+`event.sequence` and `event.hash`. Values are sanitized: strings are capped, numbers
+that are not integers become strings (the canonical form has no floats), and any
+field whose name says it holds a secret is replaced by "[redacted]".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from custody_server.audit_events import AuditEvent
+
+ECS_VERSION = "8.11.0"
+SERVICE_NAME = "custody"
+DATASET = "custody.audit"
+MAX_STRING = 1024
+REDACTED = "[redacted]"
+
+# Details keys the services use, moved to their ECS or custody.* place.
+_KEY_FIELDS = {"key_alias": "alias", "key_version": "version", "keyid": "id"}
+_SECRET_WORDS = frozenset({"pin", "password", "passphrase", "secret", "private", "payload"})
+_WORD = re.compile(r"[a-z0-9]+")
+_PEER = re.compile(r"^(?P<family>ipv4|ipv6):(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)$")
+
+# ECS event.type by action; anything else is "info".
+_TYPES: Mapping[str, tuple[str, ...]] = {
+    "sign-link": ("creation",),
+    "sign-layout": ("creation",),
+    "key-create": ("creation",),
+    "key-rotate": ("change",),
+    "key-retire": ("deletion",),
+    "key-delete": ("deletion",),
+    "server-start": ("start",),
+    "server-stop": ("end",),
+    "audit-open": ("start",),
+}
+
+
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ecs_entry(event: AuditEvent, *, event_id: str,
+              request: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry for `event`; `request` is the RPC's context (request_id, rpc, peer).
+
+    `@timestamp` is set by the writer, in sequence order.
+    """
+    ecs_event: dict[str, Any] = {
+        "action": event.action,
+        "category": [event.category],
+        "type": list(_event_types(event)),
+        "outcome": event.outcome,
+        "kind": "event",
+        "dataset": DATASET,
+        "id": event_id,
+    }
+    if event.reason:
+        ecs_event["reason"] = _clean(event.reason)
+    custody: dict[str, Any] = {}
+    key: dict[str, Any] = {}
+    caller = ""
+    for name, value in event.details.items():
+        if name in _KEY_FIELDS:
+            key[_KEY_FIELDS[name]] = _value(name, value)
+        elif name == "caller":
+            caller = str(value)
+        else:
+            custody[name] = _value(name, value)
+    if key:
+        custody["key"] = key
+    for name in ("request_id", "rpc"):
+        if request.get(name):
+            custody[name] = _clean(str(request[name]))
+    entry: dict[str, Any] = {
+        "ecs": {"version": ECS_VERSION},
+        "service": {"name": SERVICE_NAME},
+        "event": ecs_event,
+        "custody": custody,
+    }
+    peer = str(request.get("peer") or (caller if _PEER.match(caller) else ""))
+    if source := _source(peer):
+        entry["source"] = source
+    if caller and caller != peer:
+        entry["user"] = {"name": _clean(caller)}  # the client certificate's identity
+    return entry
+
+
+def _event_types(event: AuditEvent) -> tuple[str, ...]:
+    if event.outcome == "failure" and event.category in ("authentication", "iam"):
+        return ("denied",)
+    return _TYPES.get(event.action, ("info",))
+
+
+def _source(peer: str) -> dict[str, Any] | None:
+    match = _PEER.match(peer)
+    if not match:
+        return None
+    host = match["host"].strip("[]")
+    return {"ip": host, "address": host, "port": int(match["port"])}
+
+
+def _value(name: str, value: Any, depth: int = 0) -> Any:
+    if _is_secret(name):
+        return REDACTED
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return _clean(value)
+    if depth < 4 and isinstance(value, Mapping):
+        return {str(k): _value(str(k), v, depth + 1) for k, v in value.items()}
+    if depth < 4 and isinstance(value, list | tuple):
+        return [_value(name, v, depth + 1) for v in value[:100]]
+    return _clean(str(value))
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in _SECRET_WORDS for word in _WORD.findall(name.lower()))
+
+
+def _clean(text: str) -> str:
+    """Capped, and valid UTF-8 (a lone surrogate cannot be written)."""
+    capped = text[:MAX_STRING]
+    return capped.encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,163 @@
+"""The audit files on disk: the active file, durable appends, torn tails, rotated files.
+
+The active file is `audit.log`; a rotated file is `audit.<first>-<last>.log` with the
+first and last sequence numbers it holds (zero-padded, so names sort in chain order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from custody_client.audit_verify import EntryError, parse_entry
+
+ACTIVE_NAME = "audit.log"
+_ROTATED = re.compile(r"^audit\.(?P<first>\d{12})-(?P<last>\d{12})\.log$")
+_TAIL_WINDOW = 1 << 20  # an entry is far smaller than this
+
+
+class AuditFileError(OSError):
+    """The audit file cannot be used: not ours, corrupt, or not where we left it."""
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, status: os.stat_result) -> FileIdentity:
+        return cls(device=status.st_dev, inode=status.st_ino)
+
+
+@dataclass(frozen=True)
+class Tail:
+    """What an existing file holds at its ends; `torn` is an unfinished last line."""
+
+    first_entry: dict[str, Any] | None
+    last_entry: dict[str, Any] | None
+    torn: bytes
+    size: int  # the size without the torn bytes
+
+
+class ActiveFile:
+    """The open active file. Only the writer thread touches it."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        status = os.fstat(fd)
+        self.identity = FileIdentity.of(status)
+        self.size = status.st_size  # bytes known to be durable (after a rollback too)
+
+    @classmethod
+    def open(cls, path: Path) -> ActiveFile:
+        """Open `path` for appending, creating it (and making the creation durable)."""
+        existed = path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if not existed:
+                fsync_directory(path.parent)
+            return cls(path, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read_tail(self) -> Tail:
+        """The first and last complete entries, and a torn last line if there is one."""
+        size = os.fstat(self._fd).st_size
+        window = min(size, _TAIL_WINDOW)
+        end = os.pread(self._fd, window, size - window)
+        cut = end.rfind(b"\n") + 1  # just after the last line break; 0: none
+        torn = end[cut:]
+        if cut == 0:
+            if size > window:
+                raise AuditFileError(f"{self.path}: no line break in its last {window} bytes")
+            return Tail(first_entry=None, last_entry=None, torn=torn, size=0)
+        start = end.rfind(b"\n", 0, cut - 1) + 1
+        if start == 0 and size > window:
+            raise AuditFileError(f"{self.path}: its last line is longer than {window} bytes")
+        first_line = os.pread(self._fd, window, 0).split(b"\n", 1)[0]
+        return Tail(first_entry=_entry(self.path, first_line),
+                    last_entry=_entry(self.path, end[start:cut - 1]),
+                    torn=torn, size=size - len(torn))
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        os.fsync(self._fd)
+        self.size = size
+
+    def append(self, data: bytes) -> None:
+        """Write `data` at the end and fsync; on failure remove what was written, then raise."""
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+            if not self.still_at_path():
+                raise AuditFileError(f"{self.path} was removed or replaced")
+        except OSError:
+            with contextlib.suppress(OSError):  # the next open truncates if this fails
+                os.ftruncate(self._fd, self.size)
+            raise
+        self.size += len(data)
+
+    def still_at_path(self) -> bool:
+        try:
+            return FileIdentity.of(os.stat(self.path)) == self.identity
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def _entry(path: Path, line: bytes) -> dict[str, Any]:
+    try:
+        return parse_entry(line)
+    except EntryError as error:
+        raise AuditFileError(f"{path}: an entry is not valid ({error}); move the file "
+                             "aside and check it with `custody audit verify`") from None
+
+
+def rotated_name(first: int, last: int) -> str:
+    return f"audit.{first:012d}-{last:012d}.log"
+
+
+def newest_rotated(directory: Path) -> Path | None:
+    """The rotated file with the highest sequence numbers, if any."""
+    best: tuple[int, Path] | None = None
+    for path in directory.iterdir():
+        match = _ROTATED.match(path.name)
+        if match and (best is None or int(match["last"]) > best[0]):
+            best = (int(match["last"]), path)
+    return best[1] if best else None
+
+
+def trail_files(directory: Path) -> list[Path]:
+    """The rotated files in chain order, then the active file."""
+    rotated = sorted(p for p in directory.iterdir() if _ROTATED.match(p.name))
+    active = directory / ACTIVE_NAME
+    return rotated + ([active] if active.exists() else [])
+
+
+def last_entry_of(path: Path) -> dict[str, Any] | None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return ActiveFile(path, fd).read_tail().last_entry
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,83 @@
+"""Entries to chained JSON lines, with a dedicated structlog processor chain.
+
+The chain is not the application's logging: its processors number each entry, hash
+it onto the chain, and render the canonical line; its "logger" collects the lines of
+one group commit, which the writer then appends and fsyncs in one go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from custody_client.audit_verify import GENESIS_CHAIN, encode_entry, next_chain
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """The last entry written: its sequence number and chain hash."""
+
+    sequence: int
+    chain: str
+
+    def __post_init__(self) -> None:
+        if self.sequence < 0 or len(self.chain) != 64:
+            raise ValueError(f"invalid chain state {self.sequence}/{self.chain[:16]}")
+
+    @classmethod
+    def genesis(cls) -> ChainState:
+        return cls(sequence=0, chain=GENESIS_CHAIN)
+
+    @classmethod
+    def of_entry(cls, entry: dict[str, Any]) -> ChainState:
+        return cls(sequence=entry["event"]["sequence"], chain=entry["event"]["hash"])
+
+
+class _LineCollector:
+    """The structlog logger at the end of the chain: keeps the rendered lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def msg(self, line: bytes) -> None:
+        self.lines.append(line)
+
+
+class EntryRenderer:
+    """Renders entries after a given chain state; used by the writer thread only."""
+
+    def __init__(self) -> None:
+        self._collector = _LineCollector()
+        self._state = ChainState.genesis()
+        self._log = structlog.wrap_logger(
+            self._collector,
+            processors=[self._number_and_chain, _render_line],
+            wrapper_class=structlog.BoundLogger,
+            context_class=dict,
+            cache_logger_on_first_use=False,
+        )
+
+    def render(self, entries: Sequence[dict[str, Any]], *, after: ChainState
+               ) -> tuple[list[bytes], ChainState]:
+        """The lines for `entries` continuing from `after`, and the state they lead to."""
+        self._state = after
+        self._collector.lines = []
+        for entry in entries:
+            self._log.msg(**entry)  # the entry's "event" object is structlog's event
+        return self._collector.lines, self._state
+
+    def _number_and_chain(self, _logger: Any, _method: str,
+                          event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        sequence = self._state.sequence + 1
+        event_dict["event"] = {**event_dict["event"], "sequence": sequence}
+        chain = next_chain(self._state.chain, event_dict)
+        event_dict["event"]["hash"] = chain
+        self._state = ChainState(sequence=sequence, chain=chain)
+        return event_dict
+
+
+def _render_line(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> bytes:
+    return encode_entry(event_dict) + b"\n"
