@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,7 @@ from custody_server.audit_events import AuditSink
 from custody_server.config import ServerConfig
 from custody_server.errors import ConfigError
 from custody_server.keyring import KeyRing
+from custody_server.metrics import ServiceMetrics
 from custody_server.signing import SigningService
 from custody_server.transport.interceptor import RpcInterceptor
 from custody_server.transport.servicer import CustodyServicer, KeyAdminServicer
@@ -53,13 +55,18 @@ class RunningServer:
 
 
 def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
-                 clock: Callable[[], datetime] = utc_now) -> RunningServer:
+                 clock: Callable[[], datetime] = utc_now,
+                 metrics: ServiceMetrics | None = None) -> RunningServer:
     """Create and start the gRPC server on config.listen (port 0 picks a free port)."""
     limits = config.limits
+    interceptors: list[Any] = [RpcInterceptor()]
+    if metrics is not None:  # outermost, so that it sees the final status code
+        interceptors.insert(0, metrics.interceptor())
+        audit = metrics.observed(audit)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.max_workers,
                                    thread_name_prefix="custody-rpc"),
-        interceptors=[RpcInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),

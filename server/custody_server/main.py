@@ -19,10 +19,12 @@ import structlog
 
 from custody_core.errors import CustodyError
 from custody_server.app import build_server
-from custody_server.audit_file import JsonLinesAuditSink
+from custody_server.audit import add_audit_arguments, audit_settings_from_args, open_audit_trail
+from custody_server.audit_events import AuditEvent
 from custody_server.bootstrap import open_keystore
 from custody_server.config import ServerConfig, load_config
 from custody_server.logging_setup import configure_logging
+from custody_server.metrics import MetricsServer, ServiceMetrics
 
 log = structlog.get_logger("custody.server")
 
@@ -35,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen", help="host:port to listen on (overrides config)")
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--metrics-listen", help="host:port for Prometheus /metrics (off if unset)")
+    add_audit_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -54,8 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         config = make_config(options)
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         opened = open_keystore(config)
-        audit = JsonLinesAuditSink(config.state_dir / "audit.log")
-        running = build_server(config=config, keys=opened.keys, audit=audit)
+        metrics = ServiceMetrics()
+        audit = open_audit_trail(audit_settings_from_args(options, state_dir=config.state_dir),
+                                 keys=opened.keys, observer=metrics)
+        running = build_server(config=config, keys=opened.keys, audit=audit, metrics=metrics)
+        audit.set_health_listener(running.set_serving)  # NOT_SERVING while it cannot write
+        metrics.watch_audit(lambda: audit.healthy)
+        metrics.watch_keys(lambda: {key.alias: len(key.versions) for key in opened.keys.all()})
+        metrics_server = (MetricsServer.start(metrics, listen=options.metrics_listen)
+                          if options.metrics_listen else None)
     except CustodyError as error:
         print(f"custody-server: {error}", file=sys.stderr)
         return 2
@@ -68,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
           + (" (TLS)" if config.tls.enabled else " (plaintext: local use only)"),
           file=sys.stderr, flush=True)
     log.info("server.start", listen=f"{host}:{running.port}")
+    if metrics_server is not None:
+        print(f"custody-server: metrics on port {metrics_server.port}", file=sys.stderr,
+              flush=True)
+    audit.record(AuditEvent(action="server-start", category="process", outcome="success",
+                            details={"listen": f"{host}:{running.port}"}))
 
     stopping = threading.Event()
 
@@ -78,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stopping.wait()
+    audit.set_health_listener(None)
     running.stop(config.shutdown_grace_seconds).wait()
+    audit.record(AuditEvent(action="server-stop", category="process", outcome="success"))
+    audit.close()  # seals the trail with a closing checkpoint
+    if metrics_server is not None:
+        metrics_server.close()
     opened.store.close()
     log.info("server.stop")
     return 0
