@@ -178,7 +178,7 @@ class AuditTrail:
             if time.monotonic() >= self._next_retry:
                 self._recover()
             if self._failure is not None:
-                _finish(batch, self._failure)
+                self._refuse(batch, self._failure)
                 return
         entries = [p.entry for p in batch if p.entry is not None]
         checkpoint = ("requested" if len(entries) < len(batch)
@@ -190,13 +190,18 @@ class AuditTrail:
             self._writer.commit(entries, checkpoint=checkpoint)
         except Exception as error:
             self._fail(error)
-            _finish(batch, error)
+            self._refuse(batch, error)
             return
         _finish(batch, None)
         try:
             self._writer.rotate_if_full()
         except Exception as error:
             self._fail(error)
+
+    def _refuse(self, batch: list[_Pending], error: BaseException) -> None:
+        with self._cond:
+            self._refused += len(batch)
+        _finish(batch, error)
 
     def _fail(self, error: BaseException) -> None:
         log.error("audit.write_failed", error=f"{type(error).__name__}: {error}"[:300])

@@ -24,6 +24,7 @@ from custody_server.audit.entry import ecs_entry, format_timestamp
 from custody_server.audit.files import (
     ACTIVE_NAME,
     ActiveFile,
+    AuditFileError,
     FileIdentity,
     fsync_directory,
     last_entry_of,
@@ -137,14 +138,21 @@ class TrailWriter:
             if self._known and file.identity == self._known[0] and file.size > self._known[1]:
                 file.truncate(self._known[1])  # what the failed write left behind
             tail = file.read_tail()
-            if tail.last_entry is None or ChainState.of_entry(tail.last_entry) == self._state:
-                if tail.torn:
-                    file.truncate(tail.size)
-                self._adopt(file, last=tail.last_entry, first=tail.first_entry)
-                return {"file": "reopened"}
+        except AuditFileError:
+            tail = None  # not a file of this trail
         except BaseException:
             file.close()
             raise
+        if tail and (tail.last_entry is None
+                     or ChainState.of_entry(tail.last_entry) == self._state):
+            try:
+                if tail.torn:
+                    file.truncate(tail.size)
+                self._adopt(file, last=tail.last_entry, first=tail.first_entry)
+            except BaseException:
+                file.close()
+                raise
+            return {"file": "reopened"}
         # Not the file we wrote: keep it for inspection and start a new one.
         file.close()
         stamp = format_timestamp(self._clock()).replace(":", "")
