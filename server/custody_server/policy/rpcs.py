@@ -1,0 +1,62 @@
+"""The RPCs the policy can name, read from the API's descriptors.
+
+A new RPC in the proto is known here at once and denied until a policy grants it.
+Which key alias an RPC uses decides which list of a grant limits it:
+SignLink -> `link_keys` (and `steps`), SignLayout -> `layout_keys`, a KeyAdmin
+RPC whose request has an `alias` field -> `admin_keys`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from google.protobuf.descriptor import FileDescriptor
+
+from custody_api.v1 import custody_pb2
+
+
+class KeyScope(enum.Enum):
+    LINK = "link_keys"
+    LAYOUT = "layout_keys"
+    ADMIN = "admin_keys"
+
+
+@dataclass(frozen=True)
+class RpcInfo:
+    name: str  # e.g. "SignLink": the name a policy uses
+    method: str  # e.g. "/custody.v1.Custody/SignLink": what gRPC calls it
+    key_scope: KeyScope | None  # which grant list limits its key alias, if any
+    key_field: str  # the request field naming the alias ("" when key_scope is None)
+    step_field: str  # the request field naming a step ("" when none)
+
+
+def build_catalog(descriptor: FileDescriptor) -> Mapping[str, RpcInfo]:
+    """Every RPC of the file's services, by gRPC method path; names must be unique."""
+    catalog: dict[str, RpcInfo] = {}
+    for service in descriptor.services_by_name.values():
+        for method in service.methods:
+            fields = method.input_type.fields_by_name
+            scope: KeyScope | None = None
+            key_field = step_field = ""
+            if method.name == "SignLink":
+                scope, key_field, step_field = KeyScope.LINK, "key_alias", "step_name"
+            elif method.name == "SignLayout":
+                scope, key_field = KeyScope.LAYOUT, "key_alias"
+            elif service.name == "KeyAdmin" and "alias" in fields:
+                scope, key_field = KeyScope.ADMIN, "alias"
+            info = RpcInfo(name=method.name, method=f"/{service.full_name}/{method.name}",
+                           key_scope=scope, key_field=key_field, step_field=step_field)
+            catalog[info.method] = info
+    names = [info.name for info in catalog.values()]
+    if len(names) != len(set(names)):
+        raise ValueError(f"RPC names are not unique across services: {sorted(names)}")
+    return MappingProxyType(catalog)
+
+
+RPC_CATALOG: Mapping[str, RpcInfo] = build_catalog(custody_pb2.DESCRIPTOR)
+RPCS_BY_NAME: Mapping[str, RpcInfo] = MappingProxyType(
+    {info.name: info for info in RPC_CATALOG.values()}
+)

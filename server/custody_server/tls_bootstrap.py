@@ -1,0 +1,273 @@
+"""Local mTLS material for the embedded default: a CA, a server and a client certificate.
+
+On first start the server creates, in `<state_dir>/tls/` (mode 0700):
+
+    ca.pem, ca-key.pem            the local CA (ECDSA P-256, 10 years)
+    server.pem, server-key.pem    the server (localhost, 127.0.0.1, ::1, the host name)
+    client.pem, client-key.pem    the local client, URI SAN LOCAL_CLIENT_IDENTITY
+
+Private keys are written with mode 0600. The CA key stays in the state directory
+so that more client certificates can be issued (`issue_certificate`); whoever can
+read the state directory can also read the token's PIN file, so it adds no new
+exposure. Leaf certificates are re-issued when missing, when they expire within
+RENEW_BEFORE, or (server) when a needed name is missing; a missing CA starts over.
+
+The client side finds these files with custody_client.local_tls (same names).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+LOCAL_CLIENT_IDENTITY = "spiffe://custody.local/client/local-admin"
+CA_LIFETIME = timedelta(days=3650)
+LEAF_LIFETIME = timedelta(days=730)
+RENEW_BEFORE = timedelta(days=30)
+_BACKDATE = timedelta(minutes=5)  # tolerate small clock skew between client and server
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA certificate and its private key, in memory."""
+
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def create(cls, *, common_name: str, now: datetime) -> CertificateAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _BACKDATE)
+            .not_valid_after(now + CA_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificate=certificate, private_key=key)
+
+    @classmethod
+    def load(cls, *, cert_file: Path, key_file: Path) -> CertificateAuthority:
+        certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{key_file} is not an EC private key")
+        return cls(certificate=certificate, private_key=key)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return _key_pem(self.private_key)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+@dataclass(frozen=True)
+class CertificateRequest:
+    """What a leaf certificate says about its holder. Empty lists are fine."""
+
+    common_name: str
+    uri_names: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    server: bool = False  # serverAuth EKU
+    client: bool = True  # clientAuth EKU
+
+    def __post_init__(self) -> None:
+        if not (self.server or self.client):
+            raise ValueError("a certificate must be for a server, a client or both")
+        for address in self.ip_addresses:
+            ipaddress.ip_address(address)  # ValueError names the bad address
+
+
+def issue_certificate(ca: CertificateAuthority, request: CertificateRequest, *,
+                      now: datetime, lifetime: timedelta = LEAF_LIFETIME) -> IssuedCertificate:
+    """A new key pair and a certificate for it, signed by `ca`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in request.uri_names]
+    names += [x509.DNSName(d) for d in request.dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in request.ip_addresses]
+    usages = [oid for wanted, oid in ((request.server, ExtendedKeyUsageOID.SERVER_AUTH),
+                                      (request.client, ExtendedKeyUsageOID.CLIENT_AUTH)) if wanted]
+    subject = ([x509.NameAttribute(NameOID.COMMON_NAME, request.common_name)]
+               if request.common_name else [])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(min(now + lifetime, ca.certificate.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            ca.private_key.public_key()), critical=False)
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names),
+                                        critical=not subject)
+    certificate = builder.sign(ca.private_key, hashes.SHA256())
+    return IssuedCertificate(cert_pem=certificate.public_bytes(serialization.Encoding.PEM),
+                             key_pem=_key_pem(key))
+
+
+@dataclass(frozen=True)
+class LocalTls:
+    """Where the embedded default's TLS files are (see the module docstring)."""
+
+    directory: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca-key.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server-key.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.directory / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "client-key.pem"
+
+    def authority(self) -> CertificateAuthority:
+        return CertificateAuthority.load(cert_file=self.ca_cert, key_file=self.ca_key)
+
+
+def local_tls_dir(state_dir: Path) -> Path:
+    return state_dir / "tls"
+
+
+def ensure_local_tls(state_dir: Path, *, listen_host: str = "",
+                     now: datetime | None = None) -> tuple[LocalTls, list[str]]:
+    """Create or renew the local CA, server and client certificates; say what was done."""
+    now = now or datetime.now(UTC)
+    files = LocalTls(local_tls_dir(state_dir))
+    files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    notes: list[str] = []
+    if files.ca_cert.exists() and files.ca_key.exists():
+        ca = files.authority()
+    else:
+        ca = CertificateAuthority.create(common_name="Custody local CA", now=now)
+        _write(files.ca_key, ca.key_pem, private=True)
+        _write(files.ca_cert, ca.cert_pem, private=False)
+        for stale in (files.server_cert, files.client_cert):
+            stale.unlink(missing_ok=True)  # signed by a CA that is gone
+        notes.append(f"created a local CA in {files.directory}")
+    server_request = CertificateRequest(
+        common_name="custody-server", server=True, client=False,
+        **_server_names(listen_host),
+    )
+    if _needs_issue(files.server_cert, now=now, request=server_request):
+        _write_pair(files.server_cert, files.server_key,
+                    issue_certificate(ca, server_request, now=now))
+        notes.append(f"issued the server certificate {files.server_cert}")
+    client_request = CertificateRequest(common_name="custody-local-client",
+                                        uri_names=(LOCAL_CLIENT_IDENTITY,))
+    if _needs_issue(files.client_cert, now=now, request=client_request):
+        _write_pair(files.client_cert, files.client_key,
+                    issue_certificate(ca, client_request, now=now))
+        notes.append(f"issued the local client certificate {files.client_cert} "
+                     f"(identity {LOCAL_CLIENT_IDENTITY})")
+    return files, notes
+
+
+def _server_names(listen_host: str) -> dict[str, tuple[str, ...]]:
+    dns = ["localhost"]
+    ips = ["127.0.0.1", "::1"]
+    host_name = socket.gethostname()
+    if host_name and host_name not in dns:
+        dns.append(host_name)
+    host = listen_host.strip("[]")
+    if host and host not in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host not in dns:
+                dns.append(host)
+        else:
+            if host not in ips:
+                ips.append(host)
+    return {"dns_names": tuple(dns), "ip_addresses": tuple(ips)}
+
+
+def _needs_issue(cert_file: Path, *, now: datetime, request: CertificateRequest) -> bool:
+    if not cert_file.exists() or not cert_file.with_name(
+            cert_file.stem + "-key.pem").exists():
+        return True
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return True
+    if certificate.not_valid_after_utc - RENEW_BEFORE < now:
+        return True
+    have_dns = set(sans.get_values_for_type(x509.DNSName))
+    have_uri = set(sans.get_values_for_type(x509.UniformResourceIdentifier))
+    have_ips = {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
+    wanted_ips = {str(ipaddress.ip_address(a)) for a in request.ip_addresses}
+    return not (set(request.dns_names) <= have_dns and set(request.uri_names) <= have_uri
+                and wanted_ips <= have_ips)
+
+
+def _write_pair(cert_file: Path, key_file: Path, issued: IssuedCertificate) -> None:
+    _write(key_file, issued.key_pem, private=True)
+    _write(cert_file, issued.cert_pem, private=False)
+
+
+def _write(path: Path, data: bytes, *, private: bool) -> None:
+    """Write atomically; private files are created 0600 (never briefly world-readable)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
