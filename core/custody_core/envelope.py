@@ -22,6 +22,7 @@ from custody_core.signer import Signer
 from custody_core.strict_json import DEFAULT_MAX_DEPTH, parse_json
 
 __all__ = [
+    "COMPACT_ABOVE_BYTES",
     "DEFAULT_MAX_DEPTH",
     "PAYLOAD_TYPE_INTOTO",
     "Envelope",
@@ -35,6 +36,8 @@ __all__ = [
 
 PAYLOAD_TYPE_INTOTO = "application/vnd.in-toto+json"
 EnvelopeKind = Literal["metablock", "dsse"]
+# Above this canonical size the signing functions write compact JSON by default.
+COMPACT_ABOVE_BYTES = 1 << 20
 
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -189,11 +192,16 @@ def _decode_base64(text: str, *, where: str) -> bytes:
     raise MetadataError(f"envelope: {where} is not valid base64")
 
 
-def sign_metablock(signed: Mapping[str, Any], signers: Sequence[Signer]) -> bytes:
+def sign_metablock(
+    signed: Mapping[str, Any], signers: Sequence[Signer], *, compact: bool | None = None
+) -> bytes:
     """Sign the canonical JSON of `signed`; return the Metablock JSON bytes.
 
-    Written the way in-toto 3.1 writes metadata (`json.dumps(indent=1,
-    separators=(",", ": "), sort_keys=True)`), so the reference loads it.
+    Written in one of the two styles in-toto 3.1 writes (`Metablock.__repr__`),
+    sorted keys and ASCII-only either way: indented (`indent=1`, its default) or,
+    with `compact`, its `compact_json` style. By default documents whose
+    canonical form exceeds COMPACT_ABOVE_BYTES are compact: the standard library
+    indents in pure Python, which costs seconds for a link with 100,000 artifacts.
     """
     signed_value = dict(signed)
     canonical = encode_canonical(signed_value)
@@ -201,11 +209,23 @@ def sign_metablock(signed: Mapping[str, Any], signers: Sequence[Signer]) -> byte
         {"keyid": signer.public_key.keyid, "sig": _checked_signature(signer, canonical).hex()}
         for signer in signers
     ]
-    return _dump({"signatures": signatures, "signed": signed_value})
+    if compact is None:
+        compact = len(canonical) > COMPACT_ABOVE_BYTES
+    return _dump({"signatures": signatures, "signed": signed_value}, compact=compact)
 
 
-def sign_dsse(payload: bytes, *, payload_type: str, signers: Sequence[Signer]) -> bytes:
-    """Sign PAE(payload_type, payload); return the DSSE envelope JSON bytes."""
+def sign_dsse(
+    payload: bytes,
+    *,
+    payload_type: str,
+    signers: Sequence[Signer],
+    compact: bool | None = None,
+) -> bytes:
+    """Sign PAE(payload_type, payload); return the DSSE envelope JSON bytes.
+
+    `compact` as for `sign_metablock` (the envelope is small: only the payload
+    size decides).
+    """
     signed_bytes = pae(payload_type, payload)
     signatures = [
         {
@@ -214,12 +234,15 @@ def sign_dsse(payload: bytes, *, payload_type: str, signers: Sequence[Signer]) -
         }
         for signer in signers
     ]
+    if compact is None:
+        compact = len(payload) > COMPACT_ABOVE_BYTES
     return _dump(
         {
             "payload": base64.b64encode(payload).decode("ascii"),
             "payloadType": payload_type,
             "signatures": signatures,
-        }
+        },
+        compact=compact,
     )
 
 
@@ -233,5 +256,9 @@ def _checked_signature(signer: Signer, data: bytes) -> bytes:
     return signature
 
 
-def _dump(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, indent=1, separators=(",", ": "), sort_keys=True).encode("utf-8")
+def _dump(document: dict[str, Any], *, compact: bool) -> bytes:
+    if compact:
+        text = json.dumps(document, separators=(",", ":"), sort_keys=True)
+    else:
+        text = json.dumps(document, indent=1, separators=(",", ": "), sort_keys=True)
+    return text.encode("ascii")

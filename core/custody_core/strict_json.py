@@ -6,9 +6,12 @@ where; no RecursionError, UnicodeDecodeError or JSONDecodeError escapes.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import chain, pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -49,12 +52,13 @@ def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH) ->
         return float(literal)
 
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_sorted_unique_object,
-            parse_float=parse_float,
-            parse_constant=_refuse_constant,
-        )
+        with _garbage_collection_paused():
+            value = json.loads(
+                text,
+                object_pairs_hook=_sorted_unique_object,
+                parse_float=parse_float,
+                parse_constant=_refuse_constant,
+            )
     except json.JSONDecodeError as exc:
         raise MetadataError(
             f"{what}: invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
@@ -70,6 +74,23 @@ def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH) ->
     if _depth_exceeds(value, max_depth):
         raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels")
     return ParsedJson(value=value, has_floats=float_count > 0)
+
+
+@contextlib.contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Pause the cyclic GC while parsing: a link with 100,000 artifacts allocates
+    hundreds of thousands of dicts, and the collections they trigger (which can
+    find no garbage, parsing makes no cycles) cost about a quarter of the parse.
+    Nested or concurrent pauses are safe: only the outermost one that found the
+    collector enabled turns it back on, and a collection delayed is not lost.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _DuplicateKeyError(ValueError):
@@ -99,16 +120,27 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _depth_exceeds(root: Any, max_depth: int) -> bool:
-    """Whether containers nest more than `max_depth` deep (top level is depth 1)."""
-    level = [root] if isinstance(root, (dict, list)) else []
+    """Whether containers nest more than `max_depth` deep (top level is depth 1).
+
+    Level by level, with comprehensions over the whole level rather than a call
+    per container: a link has one level with 100,000 small dicts.
+    """
+    level = [root] if type(root) is dict or type(root) is list else []
     depth = 0
     while level:
         depth += 1
         if depth > max_depth:
             return True
-        next_level: list[Any] = []
-        for container in level:
-            values = container.values() if type(container) is dict else container
-            next_level.extend([v for v in values if type(v) is dict or type(v) is list])
-        level = next_level
+        dicts = [container for container in level if type(container) is dict]
+        children = list(chain.from_iterable(map(dict.values, dicts)))
+        if len(dicts) != len(level):
+            children.extend(
+                chain.from_iterable(container for container in level if type(container) is list)
+            )
+        if set(map(type, children)).isdisjoint(_CONTAINER_TYPES):
+            return False
+        level = [child for child in children if type(child) is dict or type(child) is list]
     return False
+
+
+_CONTAINER_TYPES = frozenset({dict, list})
