@@ -1,23 +1,52 @@
 """Service keys by alias and version, on top of the PKCS#11 key store.
 
-A key version lives in the token under the label `custody:<alias>:v<version>`.
-This module is the only place that knows that naming.
+A key version lives in the token under the label `custody:<alias>:v<version>`, and the
+alias's lifecycle record (which version signs, which verify until when) beside it as a
+data object (see lifecycle.token_state). This module is the only place that knows that
+naming.
+
+Every replica reads the same token, so every replica sees the same versions and windows.
+A replica's view is cached for `cache_ttl` seconds (default 5): a change made through
+another replica is seen here within that delay. If re-reading the token fails, the old
+view is served for at most one more TTL, then the call fails (UNAVAILABLE).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+import structlog
 
 from custody_core.keys import PublicKey
 from custody_core.signer import Signer
 from custody_server.errors import RequestError
-from custody_server.keystore import KeyAlgorithm, KeyNotFoundError, Pkcs11KeyStore
+from custody_server.keystore import (
+    KeyAlgorithm,
+    KeyExistsError,
+    KeyNotFoundError,
+    KeystoreUnavailableError,
+    Pkcs11KeyStore,
+    StoredKey,
+)
+from custody_server.lifecycle import settings
+from custody_server.lifecycle.guard import LifecycleGuard, default_guard
+from custody_server.lifecycle.model import KeyVersion, ServiceKey, key_label
+from custody_server.lifecycle.policy import VersionLifecycle
+from custody_server.lifecycle.token_state import TokenLifecycleStore
+
+__all__ = ["KeyRing", "KeyVersion", "ServiceKey", "TokenKeys", "key_label", "validate_alias"]
+
+log = structlog.get_logger("custody.keyring")
 
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _LABEL = re.compile(r"^custody:(?P<alias>[a-z0-9][a-z0-9._-]{0,62}):v(?P<version>[1-9][0-9]*)$")
+DEFAULT_CACHE_TTL_SECONDS = settings.DEFAULT_CACHE_TTL_SECONDS
 
 
 def validate_alias(alias: str) -> str:
@@ -29,94 +58,167 @@ def validate_alias(alias: str) -> str:
     return alias
 
 
-def key_label(alias: str, version: int) -> str:
-    return f"custody:{alias}:v{version}"
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
-class KeyVersion:
-    alias: str
-    version: int
-    algorithm: KeyAlgorithm
-    public_key: PublicKey
+class TokenKeys:
+    """One alias as the token holds it right now: its record and its key pairs by version."""
 
-    @property
-    def label(self) -> str:
-        return key_label(self.alias, self.version)
+    alias: str
+    key: ServiceKey | None  # None: no key of this alias (or only a crashed create's)
+    stored: Mapping[int, StoredKey]
+    has_record: bool
 
 
 @dataclass(frozen=True)
-class ServiceKey:
-    """One alias and its versions, oldest first; the newest one signs."""
-
-    alias: str
-    versions: tuple[KeyVersion, ...]
-
-    @property
-    def active(self) -> KeyVersion:
-        return self.versions[-1]
-
-    @property
-    def algorithm(self) -> KeyAlgorithm:
-        return self.active.algorithm
+class _View:
+    keys: Mapping[str, ServiceKey]
+    by_keyid: Mapping[str, KeyVersion]
+    loaded_at: float
 
 
 class KeyRing:
-    """Resolves aliases to key versions and signers; caches the token's key list."""
+    """Resolves aliases to key versions and signers; caches the token's view for cache_ttl s."""
 
-    def __init__(self, store: Pkcs11KeyStore) -> None:
+    def __init__(
+        self,
+        store: Pkcs11KeyStore,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        cache_ttl: float = DEFAULT_CACHE_TTL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+        guard: LifecycleGuard | None = None,
+    ) -> None:
+        if cache_ttl < 0:
+            raise ValueError("cache_ttl must not be negative")
         self._store = store
+        self._records = TokenLifecycleStore(store)
+        self._clock = clock
+        self._monotonic = monotonic
+        self.cache_ttl = cache_ttl
+        self.guard = guard if guard is not None else default_guard()
         self._lock = threading.Lock()
-        self._keys: dict[str, ServiceKey] | None = None
+        self._view: _View | None = None
 
-    def _load(self) -> dict[str, ServiceKey]:
+    def now(self) -> datetime:
+        return self._clock()
+
+    # The cached view
+
+    def _current(self) -> _View:
         with self._lock:
-            if self._keys is None:
-                self._keys = self._read_token()
-            return self._keys
+            view, now = self._view, self._monotonic()
+            if view is not None and now - view.loaded_at < self.cache_ttl:
+                return view
+            try:
+                self._view = self._load(now)
+            except KeystoreUnavailableError:
+                if view is None or now - view.loaded_at >= 2 * self.cache_ttl:
+                    raise
+                log.warning("keyring.refresh_failed", serving_view_age=now - view.loaded_at)
+                return view
+            return self._view
 
-    def _read_token(self) -> dict[str, ServiceKey]:
-        versions: dict[str, list[KeyVersion]] = {}
-        for stored in self._store.list_keys():
-            match = _LABEL.match(stored.label)
-            if not match:
-                continue  # not ours: other applications may share the token
-            alias = match["alias"]
-            versions.setdefault(alias, []).append(KeyVersion(
-                alias=alias,
-                version=int(match["version"]),
-                algorithm=stored.algorithm,
-                public_key=stored.public_key,
-            ))
-        return {
-            alias: ServiceKey(alias=alias, versions=tuple(sorted(v, key=lambda k: k.version)))
-            for alias, v in versions.items()
-        }
+    def _load(self, loaded_at: float) -> _View:
+        keys = {}
+        for alias, stored in _group_by_alias(self._store.list_keys()).items():
+            key = self._read_alias(alias, stored).key
+            if key is not None:
+                keys[alias] = key
+        by_keyid = {v.keyid: v for key in keys.values() for v in key.versions}
+        return _View(MappingProxyType(keys), MappingProxyType(by_keyid), loaded_at)
 
     def refresh(self) -> None:
+        """Forget the cached view: the next call reads the token."""
         with self._lock:
-            self._keys = None
+            self._view = None
 
     def all(self) -> Sequence[ServiceKey]:
-        return sorted(self._load().values(), key=lambda k: k.alias)
+        return sorted(self._current().keys.values(), key=lambda k: k.alias)
 
     def get(self, alias: str) -> ServiceKey:
-        key = self._load().get(validate_alias(alias))
+        key = self._current().keys.get(validate_alias(alias))
         if key is None:
             raise KeyNotFoundError(f"no key with alias {alias!r}")
         return key
 
     def exists(self, alias: str) -> bool:
-        return validate_alias(alias) in self._load()
+        return validate_alias(alias) in self._current().keys
 
-    def create(self, alias: str, algorithm: KeyAlgorithm) -> ServiceKey:
-        validate_alias(alias)
-        label = key_label(alias, 1)
-        self._store.generate_key(label=label, algorithm=algorithm)
-        self.refresh()
-        return self.get(alias)
+    def find_keyid(self, keyid: str) -> KeyVersion | None:
+        """The service key version with this keyid, in any state, or None."""
+        return self._current().by_keyid.get(keyid)
+
+    def versions_by_keyid(self) -> Mapping[str, KeyVersion]:
+        return self._current().by_keyid
 
     def signer(self, alias: str) -> tuple[KeyVersion, Signer]:
         """The version that signs for `alias` now, and a signer for it."""
         version = self.get(alias).active
         return version, self._store.signer(version.label)
+
+    # Reading fresh and changing the token: lifecycle changes, under the guard
+
+    def read_fresh(self, alias: str) -> TokenKeys:
+        """The alias as the token holds it now, bypassing the cache."""
+        stored = _group_by_alias(self._store.list_keys()).get(validate_alias(alias), {})
+        return self._read_alias(alias, stored)
+
+    def _read_alias(self, alias: str, stored: Mapping[int, StoredKey]) -> TokenKeys:
+        record = self._records.read(alias)
+        if record is not None:
+            return TokenKeys(alias, ServiceKey(alias, record), stored, has_record=True)
+        if not stored:
+            return TokenKeys(alias, None, stored, has_record=False)
+        # A key made before lifecycle tracking: its newest version signs; its age is unknown.
+        newest = stored[max(stored)]
+        legacy = _version(alias, max(stored), newest.algorithm, newest.public_key,
+                          VersionLifecycle(version=max(stored), created=None))
+        return TokenKeys(alias, ServiceKey(alias, (legacy,)), stored, has_record=False)
+
+    def write(self, key: ServiceKey) -> None:
+        """Store the alias's lifecycle record (caller holds the guard) and drop the cache."""
+        self._records.write(key)
+        self.refresh()
+
+    def generate(self, alias: str, version: int, algorithm: KeyAlgorithm) -> PublicKey:
+        return self._store.generate_key(label=key_label(alias, version), algorithm=algorithm)
+
+    def destroy(self, version: KeyVersion) -> bool:
+        """Remove the version's key pair from the token; False if it was already gone."""
+        try:
+            self._store.destroy_key(version.label)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    def create(self, alias: str, algorithm: KeyAlgorithm) -> ServiceKey:
+        """Generate v1 of a new alias, active from now. KeyExistsError if the alias exists."""
+        validate_alias(alias)
+        with self.guard.hold():
+            current = self.read_fresh(alias)
+            if current.key is not None:
+                raise KeyExistsError(f"a key with alias {alias!r} already exists")
+            public_key = self.generate(alias, 1, algorithm)
+            created = _version(alias, 1, algorithm, public_key,
+                               VersionLifecycle(version=1, created=self.now()))
+            key = ServiceKey(alias, (created,))
+            self.write(key)
+        return key
+
+
+def _version(alias: str, number: int, algorithm: KeyAlgorithm, public_key: PublicKey,
+             lifecycle: VersionLifecycle) -> KeyVersion:
+    return KeyVersion(alias=alias, version=number, algorithm=algorithm,
+                      public_key=public_key, lifecycle=lifecycle)
+
+
+def _group_by_alias(stored: Sequence[StoredKey]) -> dict[str, dict[int, StoredKey]]:
+    grouped: dict[str, dict[int, StoredKey]] = {}
+    for key in stored:
+        match = _LABEL.match(key.label)
+        if match:  # other applications' keys may share the token
+            grouped.setdefault(match["alias"], {})[int(match["version"])] = key
+    return grouped

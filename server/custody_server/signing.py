@@ -23,8 +23,12 @@ from custody_server.audit_events import AuditEvent, AuditSink
 from custody_server.errors import AuditUnavailableError, LimitExceededError, RequestError
 from custody_server.jsonlimits import loads_limited
 from custody_server.keyring import KeyRing, KeyVersion
+from custody_server.lifecycle.functionaries import resolve_functionaries
 
 ALIAS_PREFIX = "alias:"
+# The link's environment records who asked for it (the client certificate's identity,
+# docs/SECURITY.md); a client cannot set this key itself.
+REQUESTED_BY = "custody.requested-by"
 
 
 class EnvelopeKind(enum.Enum):
@@ -85,7 +89,7 @@ class SigningService:
                 materials=request.materials,
                 products=request.products,
                 byproducts=request.byproducts,
-                environment=request.environment,
+                environment=_recorded_environment(request.environment, caller=caller),
             )
             version, signer = self._keys.signer(request.key_alias)
             signed = _sign(link, request.envelope, signer)
@@ -109,7 +113,7 @@ class SigningService:
         try:
             if envelope is EnvelopeKind.STATEMENT:
                 raise RequestError("a layout is signed as METABLOCK or DSSE, not STATEMENT")
-            payload = self._resolve_functionaries(_unsigned_layout(layout))
+            payload, warnings = self._resolve_functionaries(_unsigned_layout(layout))
             details["layout_readme"] = str(payload.get("readme", ""))[:200]
             Layout.from_payload(payload)  # reject what a verifier would reject
             version, signer = self._keys.signer(key_alias)
@@ -122,30 +126,18 @@ class SigningService:
             key=version,
             envelope=envelope,
             signed_sha256=hashlib.sha256(signed.signed_bytes).hexdigest(),
+            warnings=warnings,
         )
         self._audit_success("sign-layout", result, details)
         return result
 
-    def _resolve_functionaries(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Replace "alias:NAME" entries in steps' pubkeys with the alias's keyids."""
-        keys = payload.get("keys")
-        steps = payload.get("steps")
-        if not isinstance(keys, dict) or not isinstance(steps, list):
-            return payload  # the layout model names the problem precisely
-        for step in steps:
-            pubkeys = step.get("pubkeys") if isinstance(step, dict) else None
-            if not isinstance(pubkeys, list):
-                continue
-            resolved: list[Any] = []
-            for entry in pubkeys:
-                if isinstance(entry, str) and entry.startswith(ALIAS_PREFIX):
-                    for version in self._keys.get(entry[len(ALIAS_PREFIX):]).versions:
-                        keys[version.public_key.keyid] = version.public_key.to_dict()
-                        resolved.append(version.public_key.keyid)
-                else:
-                    resolved.append(entry)
-            step["pubkeys"] = list(dict.fromkeys(resolved))
-        return payload
+    def _resolve_functionaries(
+        self, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """Replace "alias:NAME" entries in steps' pubkeys with the keyids of the versions
+        that verify now (only the active one in steps with threshold > 1): see
+        custody_server.lifecycle.functionaries. Returns the warnings for the response."""
+        return resolve_functionaries(payload, keys=self._keys, now=self._keys.now())
 
     def _audit_success(self, action: str, result: SignedMetadata,
                        details: Mapping[str, Any]) -> None:
@@ -205,4 +197,11 @@ def parse_artifacts(items: Sequence[tuple[str, Mapping[str, str]]],
             raise RequestError(f"{what}: duplicate artifact path {path[:200]!r}")
         result[path] = dict(digest)
     return result
+
+
+def _recorded_environment(environment: Mapping[str, str], *, caller: str) -> dict[str, str]:
+    if REQUESTED_BY in environment:
+        raise RequestError(f"environment key {REQUESTED_BY!r} is set by the service, "
+                           "not by the client")
+    return {**environment, REQUESTED_BY: caller}
 

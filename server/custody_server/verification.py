@@ -11,14 +11,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from custody_core.errors import CustodyError
+from custody_core.envelope import parse_envelope
+from custody_core.errors import CustodyError, MetadataError
 from custody_core.keys import PublicKey
-from custody_core.verdict import Verdict
+from custody_core.verdict import Stage, Verdict, warning
 from custody_core.verify import verify_supply_chain
 from custody_server.audit_events import AuditEvent, AuditSink
 from custody_server.errors import AuditUnavailableError, RequestError
 from custody_server.jsonlimits import loads_limited
-from custody_server.keyring import KeyRing
+from custody_server.keyring import KeyRing, KeyVersion
+from custody_server.lifecycle.policy import KeyState, format_time
+from custody_server.lifecycle.verify_policy import ServiceKeyPolicy
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,18 @@ class VerificationService:
         try:
             if not request.layout:
                 raise RequestError("layout is required")
-            layout_keys = self.resolve_keys(request.layout_keys)
+            now = self._clock()
+            layout_keys = self.resolve_keys(request.layout_keys, layout=request.layout, now=now)
             verdict = verify_supply_chain(
                 layout=request.layout,
                 layout_keys=layout_keys,
                 links=request.links,
                 inspection_links=request.inspection_links,
                 parameters=request.parameters,
-                now=self._clock(),
+                now=now,
+                key_policy=ServiceKeyPolicy(self._keys.versions_by_keyid()),
             )
+            verdict = self._warn_layout_key_windows(verdict, layout_keys, now)
         except CustodyError as error:
             self._record(AuditEvent(action="verify", category="process", outcome="failure",
                                     reason=str(error)[:500], details=details))
@@ -80,18 +86,24 @@ class VerificationService:
         ))
         return verdict
 
-    def resolve_keys(self, specs: Sequence[TrustedKeySpec]) -> dict[str, PublicKey]:
+    def resolve_keys(self, specs: Sequence[TrustedKeySpec], *, layout: bytes,
+                     now: datetime) -> dict[str, PublicKey]:
+        """The trusted layout keys by keyid. The core requires a signature by each one, so a
+        service alias stands for the one version of it that signed `layout` (the newest
+        that verifies at `now`, else the newest that signed, which the core then refuses
+        with the reason), or its active version if none signed."""
         if not specs:
             raise RequestError("at least one trusted layout key is required")
         keys: dict[str, PublicKey] = {}
         for index, spec in enumerate(specs):
-            for key in self._resolve_one(spec, index):
+            for key in self._resolve_one(spec, index, layout=layout, now=now):
                 keys[key.keyid] = key
         return keys
 
-    def _resolve_one(self, spec: TrustedKeySpec, index: int) -> list[PublicKey]:
+    def _resolve_one(self, spec: TrustedKeySpec, index: int, *, layout: bytes,
+                     now: datetime) -> list[PublicKey]:
         if spec.alias:
-            return [v.public_key for v in self._keys.get(spec.alias).versions]
+            return [self._layout_key_version(spec.alias, layout, now).public_key]
         if spec.public_key_json:
             data = loads_limited(spec.public_key_json.encode(), what=f"layout key {index}")
             if not isinstance(data, dict):
@@ -100,6 +112,38 @@ class VerificationService:
         if spec.public_key_pem:
             return [PublicKey.from_pem(spec.public_key_pem)]
         raise RequestError(f"layout key {index} is empty: give an alias, a key dict or a PEM")
+
+    def _layout_key_version(self, alias: str, layout: bytes, now: datetime) -> KeyVersion:
+        key = self._keys.get(alias)
+        try:
+            envelope = parse_envelope(layout)
+        except MetadataError:
+            return key.active  # the core reports the malformed layout
+        signed = envelope.verified_keyids({v.keyid: v.public_key for v in key.versions})
+        signers = [v for v in key.versions if v.keyid in signed]
+        usable = [v for v in signers if v.verifies_at(now)]
+        return (usable or signers or [key.active])[-1]
+
+    def _warn_layout_key_windows(self, verdict: Verdict, layout_keys: Mapping[str, PublicKey],
+                                 now: datetime) -> Verdict:
+        """A layout signed by an owner version inside its window passes, with a warning that
+        says when it must be re-signed."""
+        warnings = []
+        for keyid in layout_keys:
+            version = self._keys.find_keyid(keyid)
+            if version is None or version.state_at(now) is not KeyState.VERIFY_ONLY:
+                continue
+            until = format_time(version.lifecycle.verify_until or now)
+            active = self._keys.get(version.alias).active
+            warnings.append(warning(
+                Stage.LAYOUT_SIGNATURE,
+                f"the layout is signed by {version.name} (keyid {keyid[:8]}), which verifies "
+                f"only until {until}: re-sign it with {active.name} before then",
+            ))
+        if not warnings:
+            return verdict
+        return Verdict.of(failures=verdict.failures, warnings=(*warnings, *verdict.warnings),
+                          trace=verdict.trace)
 
     def _record(self, event: AuditEvent) -> None:
         try:

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ustody/v1/custody.proto\x12\ncustody.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"y\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x30\n\x06\x64igest\x18\x02 \x03(\x0b\x32 .custody.v1.Artifact.DigestEntry\x1a-\n\x0b\x44igestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\nByproducts\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x19\n\x0creturn_value\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_return_value\"\xe4\x02\n\x0fSignLinkRequest\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\'\n\tmaterials\x18\x03 \x03(\x0b\x32\x14.custody.v1.Artifact\x12&\n\x08products\x18\x04 \x03(\x0b\x32\x14.custody.v1.Artifact\x12*\n\nbyproducts\x18\x05 \x01(\x0b\x32\x16.custody.v1.Byproducts\x12\x41\n\x0b\x65nvironment\x18\x06 \x03(\x0b\x32,.custody.v1.SignLinkRequest.EnvironmentEntry\x12\x11\n\tkey_alias\x18\x07 \x01(\t\x12&\n\x08\x65nvelope\x18\x08 \x01(\x0e\x32\x14.custody.v1.Envelope\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x10SignLinkResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05keyid\x18\x03 \x01(\t\x12\x11\n\tkey_alias\x18\x04 \x01(\t\x12\x13\n\x0bkey_version\x18\x05 \x01(\r\x12&\n\x08\x65nvelope\x18\x06 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"^\n\x11SignLayoutRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12&\n\x08\x65nvelope\x18\x03 \x01(\x0e\x32\x14.custody.v1.Envelope\"\xa5\x01\n\x12SignLayoutResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\x11\n\tkey_alias\x18\x03 \x01(\t\x12\x13\n\x0bkey_version\x18\x04 \x01(\r\x12&\n\x08\x65nvelope\x18\x05 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\"\\\n\nTrustedKey\x12\x0f\n\x05\x61lias\x18\x01 \x01(\tH\x00\x12\x19\n\x0fpublic_key_json\x18\x02 \x01(\tH\x00\x12\x18\n\x0epublic_key_pem\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"-\n\x0cMetadataFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x9b\x02\n\rVerifyRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12+\n\x0blayout_keys\x18\x02 \x03(\x0b\x32\x16.custody.v1.TrustedKey\x12\'\n\x05links\x18\x03 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12\x32\n\x10inspection_links\x18\x04 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12=\n\nparameters\x18\x05 \x03(\x0b\x32).custody.v1.VerifyRequest.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rVerifyFailure\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"=\n\rVerifyWarning\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x90\x01\n\x0eVerifyResponse\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12+\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x19.custody.v1.VerifyFailure\x12+\n\x08warnings\x18\x03 \x03(\x0b\x32\x19.custody.v1.VerifyWarning\x12\x14\n\x0cverdict_json\x18\x04 \x01(\t\"\x9a\x01\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cverify_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x07KeyInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\r\n\x05keyid\x18\x04 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x05 \x01(\t\x12\x17\n\x0fpublic_key_json\x18\x06 \x01(\t\x12(\n\x08versions\x18\x07 \x03(\x0b\x32\x16.custody.v1.KeyVersion\"N\n\x10\x43reateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"5\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"\x11\n\x0fListKeysRequest\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.custody.v1.KeyInfo\"$\n\x13GetPublicKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\"8\n\x14GetPublicKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo*g\n\x08\x45nvelope\x12\x18\n\x14\x45NVELOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NVELOPE_METABLOCK\x10\x01\x12\x11\n\rENVELOPE_DSSE\x10\x02\x12\x16\n\x12\x45NVELOPE_STATEMENT\x10\x03*\xa0\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P256\x10\x01\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P384\x10\x02\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x03\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x04\x32\xde\x01\n\x07\x43ustody\x12\x45\n\x08SignLink\x12\x1b.custody.v1.SignLinkRequest\x1a\x1c.custody.v1.SignLinkResponse\x12K\n\nSignLayout\x12\x1d.custody.v1.SignLayoutRequest\x1a\x1e.custody.v1.SignLayoutResponse\x12?\n\x06Verify\x12\x19.custody.v1.VerifyRequest\x1a\x1a.custody.v1.VerifyResponse2\xee\x01\n\x08KeyAdmin\x12H\n\tCreateKey\x12\x1c.custody.v1.CreateKeyRequest\x1a\x1d.custody.v1.CreateKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.custody.v1.ListKeysRequest\x1a\x1c.custody.v1.ListKeysResponse\x12Q\n\x0cGetPublicKey\x12\x1f.custody.v1.GetPublicKeyRequest\x1a .custody.v1.GetPublicKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ustody/v1/custody.proto\x12\ncustody.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"y\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x30\n\x06\x64igest\x18\x02 \x03(\x0b\x32 .custody.v1.Artifact.DigestEntry\x1a-\n\x0b\x44igestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\nByproducts\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x19\n\x0creturn_value\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_return_value\"\xe4\x02\n\x0fSignLinkRequest\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\'\n\tmaterials\x18\x03 \x03(\x0b\x32\x14.custody.v1.Artifact\x12&\n\x08products\x18\x04 \x03(\x0b\x32\x14.custody.v1.Artifact\x12*\n\nbyproducts\x18\x05 \x01(\x0b\x32\x16.custody.v1.Byproducts\x12\x41\n\x0b\x65nvironment\x18\x06 \x03(\x0b\x32,.custody.v1.SignLinkRequest.EnvironmentEntry\x12\x11\n\tkey_alias\x18\x07 \x01(\t\x12&\n\x08\x65nvelope\x18\x08 \x01(\x0e\x32\x14.custody.v1.Envelope\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x10SignLinkResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05keyid\x18\x03 \x01(\t\x12\x11\n\tkey_alias\x18\x04 \x01(\t\x12\x13\n\x0bkey_version\x18\x05 \x01(\r\x12&\n\x08\x65nvelope\x18\x06 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"^\n\x11SignLayoutRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12&\n\x08\x65nvelope\x18\x03 \x01(\x0e\x32\x14.custody.v1.Envelope\"\xa5\x01\n\x12SignLayoutResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\x11\n\tkey_alias\x18\x03 \x01(\t\x12\x13\n\x0bkey_version\x18\x04 \x01(\r\x12&\n\x08\x65nvelope\x18\x05 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\"\\\n\nTrustedKey\x12\x0f\n\x05\x61lias\x18\x01 \x01(\tH\x00\x12\x19\n\x0fpublic_key_json\x18\x02 \x01(\tH\x00\x12\x18\n\x0epublic_key_pem\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"-\n\x0cMetadataFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x9b\x02\n\rVerifyRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12+\n\x0blayout_keys\x18\x02 \x03(\x0b\x32\x16.custody.v1.TrustedKey\x12\'\n\x05links\x18\x03 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12\x32\n\x10inspection_links\x18\x04 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12=\n\nparameters\x18\x05 \x03(\x0b\x32).custody.v1.VerifyRequest.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rVerifyFailure\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"=\n\rVerifyWarning\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x90\x01\n\x0eVerifyResponse\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12+\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x19.custody.v1.VerifyFailure\x12+\n\x08warnings\x18\x03 \x03(\x0b\x32\x19.custody.v1.VerifyWarning\x12\x14\n\x0cverdict_json\x18\x04 \x01(\t\"\x8f\x02\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cverify_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07retired\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tdestroyed\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpublic_key_json\x18\x08 \x01(\t\"\xbe\x02\n\x07KeyInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\r\n\x05keyid\x18\x04 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x05 \x01(\t\x12\x17\n\x0fpublic_key_json\x18\x06 \x01(\t\x12(\n\x08versions\x18\x07 \x03(\x0b\x32\x16.custody.v1.KeyVersion\x12\x16\n\x0e\x61\x63tive_version\x18\x08 \x01(\r\x12\x32\n\x0frotation_period\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\rnext_rotation\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x10\x43reateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"5\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"\x11\n\x0fListKeysRequest\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.custody.v1.KeyInfo\"$\n\x13GetPublicKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\"8\n\x14GetPublicKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"z\n\x10RotateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\talgorithm\x18\x03 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"\xb1\x01\n\x11RotateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x18\n\x10previous_version\x18\x02 \x01(\r\x12\x13\n\x0bnew_version\x18\x03 \x01(\r\x12\x39\n\x15previous_verify_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08warnings\x18\x05 \x03(\t\"2\n\x10RetireKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"5\n\x11RetireKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo*g\n\x08\x45nvelope\x12\x18\n\x14\x45NVELOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NVELOPE_METABLOCK\x10\x01\x12\x11\n\rENVELOPE_DSSE\x10\x02\x12\x16\n\x12\x45NVELOPE_STATEMENT\x10\x03*\xa0\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P256\x10\x01\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P384\x10\x02\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x03\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x04\x32\xde\x01\n\x07\x43ustody\x12\x45\n\x08SignLink\x12\x1b.custody.v1.SignLinkRequest\x1a\x1c.custody.v1.SignLinkResponse\x12K\n\nSignLayout\x12\x1d.custody.v1.SignLayoutRequest\x1a\x1e.custody.v1.SignLayoutResponse\x12?\n\x06Verify\x12\x19.custody.v1.VerifyRequest\x1a\x1a.custody.v1.VerifyResponse2\x82\x03\n\x08KeyAdmin\x12H\n\tCreateKey\x12\x1c.custody.v1.CreateKeyRequest\x1a\x1d.custody.v1.CreateKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.custody.v1.ListKeysRequest\x1a\x1c.custody.v1.ListKeysResponse\x12Q\n\x0cGetPublicKey\x12\x1f.custody.v1.GetPublicKeyRequest\x1a .custody.v1.GetPublicKeyResponse\x12H\n\tRotateKey\x12\x1c.custody.v1.RotateKeyRequest\x1a\x1d.custody.v1.RotateKeyResponse\x12H\n\tRetireKey\x12\x1c.custody.v1.RetireKeyRequest\x1a\x1d.custody.v1.RetireKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,58 +39,66 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNLINKREQUEST_ENVIRONMENTENTRY']._serialized_options = b'8\001'
   _globals['_VERIFYREQUEST_PARAMETERSENTRY']._loaded_options = None
   _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_ENVELOPE']._serialized_start=2460
-  _globals['_ENVELOPE']._serialized_end=2563
-  _globals['_KEYALGORITHM']._serialized_start=2566
-  _globals['_KEYALGORITHM']._serialized_end=2726
-  _globals['_ARTIFACT']._serialized_start=73
-  _globals['_ARTIFACT']._serialized_end=194
-  _globals['_ARTIFACT_DIGESTENTRY']._serialized_start=149
-  _globals['_ARTIFACT_DIGESTENTRY']._serialized_end=194
-  _globals['_BYPRODUCTS']._serialized_start=196
-  _globals['_BYPRODUCTS']._serialized_end=284
-  _globals['_SIGNLINKREQUEST']._serialized_start=287
-  _globals['_SIGNLINKREQUEST']._serialized_end=643
-  _globals['_SIGNLINKREQUEST_ENVIRONMENTENTRY']._serialized_start=593
-  _globals['_SIGNLINKREQUEST_ENVIRONMENTENTRY']._serialized_end=643
-  _globals['_SIGNLINKRESPONSE']._serialized_start=646
-  _globals['_SIGNLINKRESPONSE']._serialized_end=810
-  _globals['_SIGNLAYOUTREQUEST']._serialized_start=812
-  _globals['_SIGNLAYOUTREQUEST']._serialized_end=906
-  _globals['_SIGNLAYOUTRESPONSE']._serialized_start=909
-  _globals['_SIGNLAYOUTRESPONSE']._serialized_end=1074
-  _globals['_TRUSTEDKEY']._serialized_start=1076
-  _globals['_TRUSTEDKEY']._serialized_end=1168
-  _globals['_METADATAFILE']._serialized_start=1170
-  _globals['_METADATAFILE']._serialized_end=1215
-  _globals['_VERIFYREQUEST']._serialized_start=1218
-  _globals['_VERIFYREQUEST']._serialized_end=1501
-  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_start=1452
-  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_end=1501
-  _globals['_VERIFYFAILURE']._serialized_start=1503
-  _globals['_VERIFYFAILURE']._serialized_end=1592
-  _globals['_VERIFYWARNING']._serialized_start=1594
-  _globals['_VERIFYWARNING']._serialized_end=1655
-  _globals['_VERIFYRESPONSE']._serialized_start=1658
-  _globals['_VERIFYRESPONSE']._serialized_end=1802
-  _globals['_KEYVERSION']._serialized_start=1805
-  _globals['_KEYVERSION']._serialized_end=1959
-  _globals['_KEYINFO']._serialized_start=1962
-  _globals['_KEYINFO']._serialized_end=2153
-  _globals['_CREATEKEYREQUEST']._serialized_start=2155
-  _globals['_CREATEKEYREQUEST']._serialized_end=2233
-  _globals['_CREATEKEYRESPONSE']._serialized_start=2235
-  _globals['_CREATEKEYRESPONSE']._serialized_end=2288
-  _globals['_LISTKEYSREQUEST']._serialized_start=2290
-  _globals['_LISTKEYSREQUEST']._serialized_end=2307
-  _globals['_LISTKEYSRESPONSE']._serialized_start=2309
-  _globals['_LISTKEYSRESPONSE']._serialized_end=2362
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=2364
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=2400
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=2402
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=2458
-  _globals['_CUSTODY']._serialized_start=2729
-  _globals['_CUSTODY']._serialized_end=2951
-  _globals['_KEYADMIN']._serialized_start=2954
-  _globals['_KEYADMIN']._serialized_end=3192
+  _globals['_ENVELOPE']._serialized_start=3147
+  _globals['_ENVELOPE']._serialized_end=3250
+  _globals['_KEYALGORITHM']._serialized_start=3253
+  _globals['_KEYALGORITHM']._serialized_end=3413
+  _globals['_ARTIFACT']._serialized_start=105
+  _globals['_ARTIFACT']._serialized_end=226
+  _globals['_ARTIFACT_DIGESTENTRY']._serialized_start=181
+  _globals['_ARTIFACT_DIGESTENTRY']._serialized_end=226
+  _globals['_BYPRODUCTS']._serialized_start=228
+  _globals['_BYPRODUCTS']._serialized_end=316
+  _globals['_SIGNLINKREQUEST']._serialized_start=319
+  _globals['_SIGNLINKREQUEST']._serialized_end=675
+  _globals['_SIGNLINKREQUEST_ENVIRONMENTENTRY']._serialized_start=625
+  _globals['_SIGNLINKREQUEST_ENVIRONMENTENTRY']._serialized_end=675
+  _globals['_SIGNLINKRESPONSE']._serialized_start=678
+  _globals['_SIGNLINKRESPONSE']._serialized_end=842
+  _globals['_SIGNLAYOUTREQUEST']._serialized_start=844
+  _globals['_SIGNLAYOUTREQUEST']._serialized_end=938
+  _globals['_SIGNLAYOUTRESPONSE']._serialized_start=941
+  _globals['_SIGNLAYOUTRESPONSE']._serialized_end=1106
+  _globals['_TRUSTEDKEY']._serialized_start=1108
+  _globals['_TRUSTEDKEY']._serialized_end=1200
+  _globals['_METADATAFILE']._serialized_start=1202
+  _globals['_METADATAFILE']._serialized_end=1247
+  _globals['_VERIFYREQUEST']._serialized_start=1250
+  _globals['_VERIFYREQUEST']._serialized_end=1533
+  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_start=1484
+  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_end=1533
+  _globals['_VERIFYFAILURE']._serialized_start=1535
+  _globals['_VERIFYFAILURE']._serialized_end=1624
+  _globals['_VERIFYWARNING']._serialized_start=1626
+  _globals['_VERIFYWARNING']._serialized_end=1687
+  _globals['_VERIFYRESPONSE']._serialized_start=1690
+  _globals['_VERIFYRESPONSE']._serialized_end=1834
+  _globals['_KEYVERSION']._serialized_start=1837
+  _globals['_KEYVERSION']._serialized_end=2108
+  _globals['_KEYINFO']._serialized_start=2111
+  _globals['_KEYINFO']._serialized_end=2429
+  _globals['_CREATEKEYREQUEST']._serialized_start=2431
+  _globals['_CREATEKEYREQUEST']._serialized_end=2509
+  _globals['_CREATEKEYRESPONSE']._serialized_start=2511
+  _globals['_CREATEKEYRESPONSE']._serialized_end=2564
+  _globals['_LISTKEYSREQUEST']._serialized_start=2566
+  _globals['_LISTKEYSREQUEST']._serialized_end=2583
+  _globals['_LISTKEYSRESPONSE']._serialized_start=2585
+  _globals['_LISTKEYSRESPONSE']._serialized_end=2638
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=2640
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=2676
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=2678
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=2734
+  _globals['_ROTATEKEYREQUEST']._serialized_start=2736
+  _globals['_ROTATEKEYREQUEST']._serialized_end=2858
+  _globals['_ROTATEKEYRESPONSE']._serialized_start=2861
+  _globals['_ROTATEKEYRESPONSE']._serialized_end=3038
+  _globals['_RETIREKEYREQUEST']._serialized_start=3040
+  _globals['_RETIREKEYREQUEST']._serialized_end=3090
+  _globals['_RETIREKEYRESPONSE']._serialized_start=3092
+  _globals['_RETIREKEYRESPONSE']._serialized_end=3145
+  _globals['_CUSTODY']._serialized_start=3416
+  _globals['_CUSTODY']._serialized_end=3638
+  _globals['_KEYADMIN']._serialized_start=3641
+  _globals['_KEYADMIN']._serialized_end=4027
 # @@protoc_insertion_point(module_scope)

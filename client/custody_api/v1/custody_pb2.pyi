@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -208,21 +209,27 @@ class VerifyResponse(_message.Message):
     def __init__(self, passed: _Optional[bool] = ..., failures: _Optional[_Iterable[_Union[VerifyFailure, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[VerifyWarning, _Mapping]]] = ..., verdict_json: _Optional[str] = ...) -> None: ...
 
 class KeyVersion(_message.Message):
-    __slots__ = ("version", "keyid", "state", "created", "verify_until")
+    __slots__ = ("version", "keyid", "state", "created", "verify_until", "retired", "destroyed", "public_key_json")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     VERIFY_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_JSON_FIELD_NUMBER: _ClassVar[int]
     version: int
     keyid: str
     state: str
     created: _timestamp_pb2.Timestamp
     verify_until: _timestamp_pb2.Timestamp
-    def __init__(self, version: _Optional[int] = ..., keyid: _Optional[str] = ..., state: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verify_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    retired: _timestamp_pb2.Timestamp
+    destroyed: _timestamp_pb2.Timestamp
+    public_key_json: str
+    def __init__(self, version: _Optional[int] = ..., keyid: _Optional[str] = ..., state: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verify_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroyed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., public_key_json: _Optional[str] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("alias", "algorithm", "scheme", "keyid", "public_key_pem", "public_key_json", "versions")
+    __slots__ = ("alias", "algorithm", "scheme", "keyid", "public_key_pem", "public_key_json", "versions", "active_version", "rotation_period", "next_rotation")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +237,9 @@ class KeyInfo(_message.Message):
     PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_JSON_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ROTATION_FIELD_NUMBER: _ClassVar[int]
     alias: str
     algorithm: KeyAlgorithm
     scheme: str
@@ -237,7 +247,10 @@ class KeyInfo(_message.Message):
     public_key_pem: str
     public_key_json: str
     versions: _containers.RepeatedCompositeFieldContainer[KeyVersion]
-    def __init__(self, alias: _Optional[str] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., scheme: _Optional[str] = ..., keyid: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., public_key_json: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ...) -> None: ...
+    active_version: int
+    rotation_period: _duration_pb2.Duration
+    next_rotation: _timestamp_pb2.Timestamp
+    def __init__(self, alias: _Optional[str] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., scheme: _Optional[str] = ..., keyid: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., public_key_json: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., active_version: _Optional[int] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("alias", "algorithm")
@@ -270,6 +283,44 @@ class GetPublicKeyRequest(_message.Message):
     def __init__(self, alias: _Optional[str] = ...) -> None: ...
 
 class GetPublicKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: KeyInfo
+    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ...) -> None: ...
+
+class RotateKeyRequest(_message.Message):
+    __slots__ = ("alias", "overlap", "algorithm")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    overlap: _duration_pb2.Duration
+    algorithm: KeyAlgorithm
+    def __init__(self, alias: _Optional[str] = ..., overlap: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ...) -> None: ...
+
+class RotateKeyResponse(_message.Message):
+    __slots__ = ("key", "previous_version", "new_version", "previous_verify_until", "warnings")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERIFY_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    key: KeyInfo
+    previous_version: int
+    new_version: int
+    previous_verify_until: _timestamp_pb2.Timestamp
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ..., previous_version: _Optional[int] = ..., new_version: _Optional[int] = ..., previous_verify_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RetireKeyRequest(_message.Message):
+    __slots__ = ("alias", "version")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    version: int
+    def __init__(self, alias: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RetireKeyResponse(_message.Message):
     __slots__ = ("key",)
     KEY_FIELD_NUMBER: _ClassVar[int]
     key: KeyInfo

@@ -194,6 +194,12 @@ class Custody:
 
 class KeyAdminStub:
     """Key administration for security teams.
+
+    A key alias has versions. Exactly one version is active (signs); a replaced version
+    is verify-only until the end of its overlap window, then retired (verifies nothing),
+    then destroyed (its private key removed from the token after the retention period).
+    The versions and windows live in the token, so every replica sees the same ones
+    (within the replicas' cache TTL, 5 s by default). See docs/KEYS.md.
     """
 
     def __init__(self, channel):
@@ -217,10 +223,26 @@ class KeyAdminStub:
                 request_serializer=custody_dot_v1_dot_custody__pb2.GetPublicKeyRequest.SerializeToString,
                 response_deserializer=custody_dot_v1_dot_custody__pb2.GetPublicKeyResponse.FromString,
                 _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/custody.v1.KeyAdmin/RotateKey',
+                request_serializer=custody_dot_v1_dot_custody__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.RotateKeyResponse.FromString,
+                _registered_method=True)
+        self.RetireKey = channel.unary_unary(
+                '/custody.v1.KeyAdmin/RetireKey',
+                request_serializer=custody_dot_v1_dot_custody__pb2.RetireKeyRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.RetireKeyResponse.FromString,
+                _registered_method=True)
 
 
 class KeyAdminServicer:
     """Key administration for security teams.
+
+    A key alias has versions. Exactly one version is active (signs); a replaced version
+    is verify-only until the end of its overlap window, then retired (verifies nothing),
+    then destroyed (its private key removed from the token after the retention period).
+    The versions and windows live in the token, so every replica sees the same ones
+    (within the replicas' cache TTL, 5 s by default). See docs/KEYS.md.
     """
 
     def CreateKey(self, request, context):
@@ -237,6 +259,22 @@ class KeyAdminServicer:
 
     def GetPublicKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """Generates a new version in the token and makes it the signer. The version that
+        signed until now verifies until now + overlap, then is retired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireKey(self, request, context):
+        """Ends a verify-only version's overlap window now (e.g. after a key compromise). The
+        active version cannot be retired: rotate first (overlap 0 retires it at once).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -259,6 +297,16 @@ def add_KeyAdminServicer_to_server(servicer, server):
                     request_deserializer=custody_dot_v1_dot_custody__pb2.GetPublicKeyRequest.FromString,
                     response_serializer=custody_dot_v1_dot_custody__pb2.GetPublicKeyResponse.SerializeToString,
             ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.RotateKeyRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.RotateKeyResponse.SerializeToString,
+            ),
+            'RetireKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireKey,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.RetireKeyRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.RetireKeyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'custody.v1.KeyAdmin', rpc_method_handlers)
@@ -269,6 +317,12 @@ def add_KeyAdminServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class KeyAdmin:
     """Key administration for security teams.
+
+    A key alias has versions. Exactly one version is active (signs); a replaced version
+    is verify-only until the end of its overlap window, then retired (verifies nothing),
+    then destroyed (its private key removed from the token after the retention period).
+    The versions and windows live in the token, so every replica sees the same ones
+    (within the replicas' cache TTL, 5 s by default). See docs/KEYS.md.
     """
 
     @staticmethod
@@ -342,6 +396,60 @@ class KeyAdmin:
             '/custody.v1.KeyAdmin/GetPublicKey',
             custody_dot_v1_dot_custody__pb2.GetPublicKeyRequest.SerializeToString,
             custody_dot_v1_dot_custody__pb2.GetPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.KeyAdmin/RotateKey',
+            custody_dot_v1_dot_custody__pb2.RotateKeyRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.RotateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.KeyAdmin/RetireKey',
+            custody_dot_v1_dot_custody__pb2.RetireKeyRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.RetireKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,270 @@
+"""Lifecycle changes: rotate, retire, destroy, and the scheduled work; each one audited.
+
+Every change holds the lifecycle guard, reads the alias fresh from the token, decides
+with the pure policy, changes the token, writes the record, and records an audit event
+(actions "key-create", "key-rotate", "key-retire", "key-destroy"). The audit record is
+written after the change (the change happened and must be on the record); if it cannot be
+written the call fails with UNAVAILABLE and says so.
+
+A rotation is crash-safe and idempotent: the new version's label is deterministic
+(`custody:<alias>:v<N+1>`). If a previous attempt generated that key but died before
+writing the record, the next attempt adopts the key instead of failing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from custody_core.errors import CustodyError
+from custody_server.audit_events import AuditEvent, AuditSink
+from custody_server.errors import AuditUnavailableError
+from custody_server.keyring import KeyRing, KeyVersion, ServiceKey, TokenKeys, validate_alias
+from custody_server.keystore import KeyAlgorithm, KeyNotFoundError
+from custody_server.lifecycle import policy
+from custody_server.lifecycle.durations import format_duration
+from custody_server.lifecycle.settings import LifecycleSettings, RotationSchedule
+
+log = structlog.get_logger("custody.lifecycle")
+
+@dataclass(frozen=True)
+class Rotation:
+    key: ServiceKey
+    previous: KeyVersion
+    new: KeyVersion
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DueWork:
+    """What one scheduler run did."""
+
+    rotated: tuple[str, ...] = ()  # "alias v2 -> v3"
+    destroyed: tuple[str, ...] = ()  # "alias v1"
+    adopted: tuple[str, ...] = ()  # aliases given a lifecycle record
+
+
+class KeyLifecycle:
+    def __init__(self, *, keys: KeyRing, audit: AuditSink, clock: Callable[[], datetime],
+                 settings: LifecycleSettings | None = None) -> None:
+        self._keys = keys
+        self._audit = audit
+        self._clock = clock
+        self.settings = settings or LifecycleSettings()
+
+    @property
+    def keys(self) -> KeyRing:
+        return self._keys
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def schedule_of(self, alias: str) -> RotationSchedule | None:
+        return self.settings.schedules.get(alias)
+
+    # Admin operations
+
+    def create(self, alias: str, algorithm: KeyAlgorithm, *, caller: str) -> ServiceKey:
+        details = {"key_alias": alias, "caller": caller, "algorithm": algorithm.value}
+        try:
+            key = self._keys.create(alias, algorithm)
+        except CustodyError as error:
+            self._record_failure("key-create", error, details)
+            raise
+        self._record("key-create", {**details, "key_version": 1,
+                                    "keyid": key.active.keyid})
+        return key
+
+    def rotate(self, alias: str, *, overlap: timedelta | None, caller: str,
+               algorithm: KeyAlgorithm | None = None) -> Rotation:
+        validate_alias(alias)
+        overlap = self._overlap_for(alias) if overlap is None else overlap
+        details: dict[str, Any] = {"key_alias": alias, "caller": caller,
+                                   "overlap": format_duration(overlap), "trigger": "request"}
+        try:
+            with self._keys.guard.hold():
+                rotation = self._rotate_locked(self._require(alias), overlap, algorithm)
+        except CustodyError as error:
+            self._record_failure("key-rotate", error, details)
+            raise
+        self._record_rotation(rotation, details)
+        return rotation
+
+    def retire(self, alias: str, *, version: int, caller: str) -> ServiceKey:
+        validate_alias(alias)
+        details: dict[str, Any] = {"key_alias": alias, "key_version": version,
+                                   "caller": caller}
+        try:
+            with self._keys.guard.hold():
+                current = self._require(alias)
+                key = self._key_of(current)
+                if key.version(version) is None:
+                    raise KeyNotFoundError(f"{alias} has no version {version}")
+                lifecycle = policy.retire(key.lifecycle, alias=alias, version=version,
+                                          now=self.now())
+                updated = _with_lifecycle(key, lifecycle)
+                if updated != key:
+                    self._keys.write(updated)
+        except CustodyError as error:
+            self._record_failure("key-retire", error, details)
+            raise
+        retired = updated.version(version)
+        assert retired is not None
+        self._record("key-retire", {
+            **details, "keyid": retired.keyid, "changed": updated != key,
+            "window_ended": policy.format_time(retired.lifecycle.verify_until or self.now()),
+        })
+        return updated
+
+    # Scheduled work
+
+    def run_due(self) -> DueWork:
+        """Rotate every scheduled alias that is due and destroy every version past retention.
+
+        Each alias is decided under the guard on a fresh read, so with several replicas
+        running this at the same moment, each due change happens once.
+        """
+        rotated: list[str] = []
+        destroyed: list[str] = []
+        adopted: list[str] = []
+        for alias in sorted({*self.settings.schedules, *(k.alias for k in self._keys.all())}):
+            try:
+                self._run_due_for(alias, rotated=rotated, destroyed=destroyed, adopted=adopted)
+            except Exception as error:  # one alias's failure must not stop the others
+                log.error("lifecycle.due_failed", key_alias=alias, error=str(error)[:300])
+        return DueWork(tuple(rotated), tuple(destroyed), tuple(adopted))
+
+    def _run_due_for(self, alias: str, *, rotated: list[str], destroyed: list[str],
+                     adopted: list[str]) -> None:
+        schedule = self.schedule_of(alias)
+        with self._keys.guard.hold():
+            current = self._keys.read_fresh(alias)
+            if current.key is None:
+                return
+            now = self.now()
+            if not current.has_record and schedule is not None:
+                # Made before lifecycle tracking: its age is unknown, so count from now.
+                self._keys.write(_with_lifecycle(current.key, policy.AliasLifecycle((
+                    dataclasses.replace(current.key.active.lifecycle, created=now),))))
+                adopted.append(alias)
+                return
+            key = current.key
+            for number in policy.destruction_due(key.lifecycle,
+                                                 retention=self.settings.destroy_after, now=now):
+                key = self._destroy_locked(key, number, now)
+                destroyed.append(f"{alias} v{number}")
+            if schedule is None or not policy.rotation_due(key.lifecycle,
+                                                           period=schedule.period, now=now):
+                return
+            rotation = self._rotate_locked(self._keys.read_fresh(alias), schedule.overlap, None)
+            rotated.append(f"{alias} v{rotation.previous.version} -> v{rotation.new.version}")
+        self._record_rotation(rotation, {"key_alias": alias, "caller": "scheduler",
+                                         "overlap": format_duration(schedule.overlap),
+                                         "trigger": "schedule"})
+
+    # Under the guard
+
+    def _require(self, alias: str) -> TokenKeys:
+        current = self._keys.read_fresh(alias)
+        if current.key is None:
+            raise KeyNotFoundError(f"no key with alias {alias!r}")
+        return current
+
+    def _key_of(self, current: TokenKeys) -> ServiceKey:
+        assert current.key is not None
+        return current.key
+
+    def _rotate_locked(self, current: TokenKeys, overlap: timedelta,
+                       algorithm: KeyAlgorithm | None) -> Rotation:
+        key = self._key_of(current)
+        now = self.now()
+        lifecycle = policy.rotate(key.lifecycle, now=now, overlap=overlap)
+        number = lifecycle.active.version
+        leftover = current.stored.get(number)
+        if leftover is not None:
+            # An earlier attempt made this version's key and died before the record: adopt it.
+            public_key, algorithm = leftover.public_key, leftover.algorithm
+        else:
+            algorithm = algorithm or key.algorithm
+            public_key = self._keys.generate(key.alias, number, algorithm)
+        new = KeyVersion(alias=key.alias, version=number, algorithm=algorithm,
+                         public_key=public_key, lifecycle=lifecycle.active)
+        versions = tuple(
+            dataclasses.replace(v, lifecycle=lifecycle.versions[i])
+            for i, v in enumerate(key.versions)
+        )
+        updated = ServiceKey(key.alias, (*versions, new))
+        self._keys.write(updated)
+        previous = updated.versions[-2]
+        warnings = []
+        if overlap.total_seconds() < self._keys.cache_ttl:
+            warnings.append(
+                f"overlap {format_duration(overlap)} is shorter than the replicas' cache TTL "
+                f"({self._keys.cache_ttl:g}s): another replica may still sign with "
+                f"{previous.name} for up to {self._keys.cache_ttl:g}s, and such signatures "
+                "fail verification"
+            )
+        return Rotation(key=updated, previous=previous, new=new, warnings=tuple(warnings))
+
+    def _destroy_locked(self, key: ServiceKey, number: int, now: datetime) -> ServiceKey:
+        version = key.version(number)
+        assert version is not None
+        removed = self._keys.destroy(version)
+        updated = _with_lifecycle(key, policy.mark_destroyed(key.lifecycle, version=number,
+                                                             now=now))
+        self._keys.write(updated)
+        self._record("key-destroy", {
+            "key_alias": key.alias, "key_version": number, "keyid": version.keyid,
+            "caller": "scheduler", "key_was_present": removed,
+            "window_ended": policy.format_time(version.lifecycle.verify_until or now),
+            "retention": format_duration(self.settings.destroy_after),
+        })
+        return updated
+
+    def _overlap_for(self, alias: str) -> timedelta:
+        schedule = self.schedule_of(alias)
+        return schedule.overlap if schedule is not None else self.settings.default_overlap
+
+    # Audit
+
+    def _record_rotation(self, rotation: Rotation, details: Mapping[str, Any]) -> None:
+        self._record("key-rotate", {
+            **details,
+            "key_version": rotation.new.version,
+            "keyid": rotation.new.keyid,
+            "previous_version": rotation.previous.version,
+            "previous_keyid": rotation.previous.keyid,
+            "previous_verify_until": policy.format_time(
+                rotation.previous.lifecycle.verify_until or self.now()),
+        })
+
+    def _record(self, action: str, details: Mapping[str, Any]) -> None:
+        event = AuditEvent(action=action, category="configuration", outcome="success",
+                           details=details)
+        try:
+            self._audit.record(event)
+        except Exception as error:
+            raise AuditUnavailableError(
+                f"{action} was done but its audit record could not be written"
+            ) from error
+
+    def _record_failure(self, action: str, error: CustodyError,
+                        details: Mapping[str, Any]) -> None:
+        event = AuditEvent(action=action, category="configuration", outcome="failure",
+                           reason=str(error)[:500], details=details)
+        try:
+            self._audit.record(event)
+        except Exception as audit_error:
+            raise AuditUnavailableError("audit log unavailable") from audit_error
+
+
+def _with_lifecycle(key: ServiceKey, lifecycle: policy.AliasLifecycle) -> ServiceKey:
+    return ServiceKey(key.alias, tuple(
+        dataclasses.replace(v, lifecycle=lifecycle.versions[i])
+        for i, v in enumerate(key.versions)
+    ))

@@ -1,0 +1,89 @@
+"""Service keys as the server sees them: an alias, its versions, their keys and lifecycles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from custody_core.keys import PublicKey
+from custody_server.keystore.algorithms import KeyAlgorithm
+from custody_server.lifecycle.policy import (
+    AliasLifecycle,
+    KeyState,
+    VersionLifecycle,
+    refusal_reason,
+)
+
+
+def key_label(alias: str, version: int) -> str:
+    """The token label of a key version: the one place that names it."""
+    return f"custody:{alias}:v{version}"
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    alias: str
+    version: int
+    algorithm: KeyAlgorithm
+    public_key: PublicKey
+    lifecycle: VersionLifecycle
+
+    def __post_init__(self) -> None:
+        if self.lifecycle.version != self.version:
+            raise ValueError(f"lifecycle of v{self.lifecycle.version} given for v{self.version}")
+        if self.public_key.scheme != self.algorithm.scheme:
+            raise ValueError(f"{self.alias} v{self.version}: scheme does not match algorithm")
+
+    @property
+    def label(self) -> str:
+        return key_label(self.alias, self.version)
+
+    @property
+    def keyid(self) -> str:
+        return self.public_key.keyid
+
+    @property
+    def name(self) -> str:
+        """How reasons and warnings name it: "build v2"."""
+        return f"{self.alias} v{self.version}"
+
+    def state_at(self, now: datetime) -> KeyState:
+        return self.lifecycle.state_at(now)
+
+    def verifies_at(self, now: datetime) -> bool:
+        return self.lifecycle.verifies_at(now)
+
+    def refusal(self, now: datetime) -> str | None:
+        return refusal_reason(self.alias, self.lifecycle, now)
+
+
+@dataclass(frozen=True)
+class ServiceKey:
+    """One alias and its versions, oldest first; exactly one (the newest) is active."""
+
+    alias: str
+    versions: tuple[KeyVersion, ...]
+
+    def __post_init__(self) -> None:
+        if any(v.alias != self.alias for v in self.versions):
+            raise ValueError(f"{self.alias}: a version of another alias")
+        AliasLifecycle(tuple(v.lifecycle for v in self.versions))  # validates the invariants
+
+    @property
+    def lifecycle(self) -> AliasLifecycle:
+        return AliasLifecycle(tuple(v.lifecycle for v in self.versions))
+
+    @property
+    def active(self) -> KeyVersion:
+        return self.versions[-1]
+
+    @property
+    def algorithm(self) -> KeyAlgorithm:
+        return self.active.algorithm
+
+    def version(self, number: int) -> KeyVersion | None:
+        return next((v for v in self.versions if v.version == number), None)
+
+    def verifying_at(self, now: datetime) -> tuple[KeyVersion, ...]:
+        """The versions whose signatures count at `now`: the active one and those in window."""
+        return tuple(v for v in self.versions if v.verifies_at(now))

@@ -1,0 +1,143 @@
+"""The KeyAdmin servicer: create, list, rotate and retire service keys (protobuf at the edge)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from custody_api.v1 import custody_pb2 as pb
+from custody_api.v1 import custody_pb2_grpc as pb_grpc
+from custody_server.errors import RequestError
+from custody_server.keyring import KeyVersion, ServiceKey
+from custody_server.keystore import KeyAlgorithm
+from custody_server.lifecycle import policy
+from custody_server.lifecycle.manager import KeyLifecycle
+from custody_server.lifecycle.settings import RotationSchedule
+from custody_server.transport.servicer import caller_identity
+
+ALGORITHMS = {
+    pb.KEY_ALGORITHM_UNSPECIFIED: KeyAlgorithm.ECDSA_P256,
+    pb.KEY_ALGORITHM_ECDSA_P256: KeyAlgorithm.ECDSA_P256,
+    pb.KEY_ALGORITHM_ECDSA_P384: KeyAlgorithm.ECDSA_P384,
+    pb.KEY_ALGORITHM_ED25519: KeyAlgorithm.ED25519,
+    pb.KEY_ALGORITHM_RSA_3072: KeyAlgorithm.RSA_3072,
+}
+ALGORITHM_TO_PB = {v: k for k, v in ALGORITHMS.items() if k != pb.KEY_ALGORITHM_UNSPECIFIED}
+_MAX_OVERLAP = timedelta(days=100 * 365)
+
+
+def _algorithm(value: int) -> KeyAlgorithm:
+    algorithm: KeyAlgorithm | None = ALGORITHMS.get(value)  # type: ignore[call-overload]
+    if algorithm is None:
+        raise RequestError(f"unknown key algorithm {value}")
+    return algorithm
+
+
+def _required_alias(alias: str) -> str:
+    if not alias:
+        raise RequestError("alias is required")
+    return alias
+
+
+class KeyAdminServicer(pb_grpc.KeyAdminServicer):
+    def __init__(self, *, lifecycle: KeyLifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._keys = lifecycle.keys
+
+    def CreateKey(self, request: pb.CreateKeyRequest,
+                  context: grpc.ServicerContext) -> pb.CreateKeyResponse:
+        algorithm = _algorithm(request.algorithm)
+        key = self._lifecycle.create(_required_alias(request.alias), algorithm,
+                                     caller=caller_identity(context))
+        return pb.CreateKeyResponse(key=self._info(key))
+
+    def ListKeys(self, request: pb.ListKeysRequest,
+                 context: grpc.ServicerContext) -> pb.ListKeysResponse:
+        return pb.ListKeysResponse(keys=[self._info(k) for k in self._keys.all()])
+
+    def GetPublicKey(self, request: pb.GetPublicKeyRequest,
+                     context: grpc.ServicerContext) -> pb.GetPublicKeyResponse:
+        key = self._keys.get(_required_alias(request.alias))
+        return pb.GetPublicKeyResponse(key=self._info(key))
+
+    def RotateKey(self, request: pb.RotateKeyRequest,
+                  context: grpc.ServicerContext) -> pb.RotateKeyResponse:
+        overlap = request.overlap.ToTimedelta() if request.HasField("overlap") else None
+        if overlap is not None and not timedelta(0) <= overlap <= _MAX_OVERLAP:
+            raise RequestError("overlap must be between 0 and 100 years")
+        algorithm = (None if request.algorithm == pb.KEY_ALGORITHM_UNSPECIFIED
+                     else _algorithm(request.algorithm))
+        rotation = self._lifecycle.rotate(_required_alias(request.alias), overlap=overlap,
+                                          algorithm=algorithm, caller=caller_identity(context))
+        return pb.RotateKeyResponse(
+            key=self._info(rotation.key),
+            previous_version=rotation.previous.version,
+            new_version=rotation.new.version,
+            previous_verify_until=_timestamp(rotation.previous.lifecycle.verify_until),
+            warnings=list(rotation.warnings),
+        )
+
+    def RetireKey(self, request: pb.RetireKeyRequest,
+                  context: grpc.ServicerContext) -> pb.RetireKeyResponse:
+        if request.version < 1:
+            raise RequestError("version is required (1 or more)")
+        key = self._lifecycle.retire(_required_alias(request.alias), version=request.version,
+                                     caller=caller_identity(context))
+        return pb.RetireKeyResponse(key=self._info(key))
+
+    def _info(self, key: ServiceKey) -> pb.KeyInfo:
+        return key_info(key, now=self._lifecycle.now(),
+                        schedule=self._lifecycle.schedule_of(key.alias))
+
+
+def key_info(key: ServiceKey, *, now: datetime,
+             schedule: RotationSchedule | None = None) -> pb.KeyInfo:
+    active = key.active.public_key
+    info = pb.KeyInfo(
+        alias=key.alias,
+        algorithm=ALGORITHM_TO_PB[key.algorithm],
+        scheme=active.scheme,
+        keyid=active.keyid,
+        public_key_pem=active.public if active.keytype != "ed25519" else "",
+        public_key_json=json.dumps(active.to_dict(), sort_keys=True),
+        versions=[_version_info(v, now) for v in key.versions],
+        active_version=key.active.version,
+    )
+    if schedule is not None:
+        info.rotation_period.CopyFrom(_duration(schedule.period))
+        due = policy.rotation_due_at(key.lifecycle, period=schedule.period)
+        if (next_rotation := _timestamp(due)) is not None:
+            info.next_rotation.CopyFrom(next_rotation)
+    return info
+
+
+def _version_info(version: KeyVersion, now: datetime) -> pb.KeyVersion:
+    lifecycle = version.lifecycle
+    return pb.KeyVersion(
+        version=version.version,
+        keyid=version.keyid,
+        state=str(version.state_at(now)),
+        created=_timestamp(lifecycle.created),
+        verify_until=_timestamp(lifecycle.verify_until),
+        retired=_timestamp(lifecycle.retired_at),
+        destroyed=_timestamp(lifecycle.destroyed_at),
+        public_key_json=json.dumps(version.public_key.to_dict(), sort_keys=True),
+    )
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _duration(value: timedelta) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(value)
+    return duration
