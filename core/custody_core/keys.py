@@ -159,8 +159,6 @@ class PublicKey:
         if keytype == scheme and scheme in _CURVE_FOR_SCHEME:
             keytype = "ecdsa"  # legacy keytype spelling
         public: str = keyval["public"]
-        if keytype == "ed25519":
-            public = public.lower()
         hash_algorithms = _read_hash_algorithms(data.get("keyid_hash_algorithms"))
         if keyid is None:
             keyid = data.get("keyid")
@@ -176,6 +174,8 @@ class PublicKey:
                 )
         if not isinstance(keyid, str):
             raise KeyFormatError("key: keyid must be a string")
+        if keytype == "ed25519":
+            public = public.lower()  # after any keyid computation: it hashed the text as written
         return cls(
             keyid=keyid,
             keytype=keytype,
