@@ -172,3 +172,28 @@ def test_reference_rejects_core_signature_under_another_key(tmp_path: Path) -> N
     )
     with pytest.raises(SignatureVerificationError):
         Metadata.load(str(path)).verify_signature(renamed.to_dict())
+
+
+def test_large_link_is_written_compact_and_still_verifies_in_reference(tmp_path: Path) -> None:
+    from custody_core.envelope import COMPACT_ABOVE_BYTES
+
+    signer = core_signer("ed25519")
+    artifacts = {
+        f"dir{index % 7}/file-{index}": {"sha256": f"{index:064x}"} for index in range(12_000)
+    }
+    link = build_link(
+        name="big",
+        command=[],
+        materials=artifacts,
+        products=artifacts,
+        byproducts={},
+        environment={},
+    )
+    data = sign_metablock(link, [signer])
+    assert len(data) > COMPACT_ABOVE_BYTES
+    assert b"\n" not in data  # compact, the reference's compact_json style
+    path = tmp_path / "big.link"
+    path.write_bytes(data)
+    Metadata.load(str(path)).verify_signature(signer.public_key.to_dict())
+    small = sign_metablock(_sample_link(), [signer], compact=True)
+    assert small == json.dumps(json.loads(small), separators=(",", ":"), sort_keys=True).encode()
