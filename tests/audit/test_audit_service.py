@@ -19,18 +19,24 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from custody_api.v1 import custody_pb2 as pb
-from custody_api.v1 import custody_pb2_grpc
 from custody_client.audit_verify import AuditFile, AuditVerdict, verify_audit_trail
 from custody_core.envelope import parse_envelope
 from custody_server.app import RunningServer, build_server
 from custody_server.audit import AuditSettings, AuditTrail, open_audit_trail
-from custody_server.config import ServerConfig, TlsConfig
 from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 from custody_server.metrics import ServiceMetrics
+
+from .audit_support import (
+    custody_stub,
+    health_status,
+    link_request,
+    plaintext_config,
+    signed_digests,
+)
 
 SIGNATURES = 2_000
 CLIENTS = 16
@@ -51,13 +57,6 @@ class Audited:
         return verify_audit_trail(
             [AuditFile(name, (directory / name).read_bytes()) for name in names],
             trusted_keys=audit_keys)
-
-
-def plaintext_config(state_dir: Path) -> ServerConfig:
-    """Port 0, no TLS (these tests are about the audit trail, not the transport)."""
-    insecure: dict[str, Any] = ({"insecure": True} if "insecure" in TlsConfig.__dataclass_fields__
-                                else {})
-    return ServerConfig(listen="127.0.0.1:0", state_dir=state_dir, tls=TlsConfig(**insecure))
 
 
 @pytest.fixture
@@ -81,29 +80,11 @@ def audited(keystore: Pkcs11KeyStore, tmp_path: Path) -> Iterator[Audited]:
     trail.close()
 
 
-def link_request(index: int) -> pb.SignLinkRequest:
-    return pb.SignLinkRequest(
-        step_name=f"step-{index}", key_alias="build",
-        products=[pb.Artifact(path=f"out/{index}", digest={"sha256": "ab" * 32})],
-        envelope=(pb.ENVELOPE_METABLOCK, pb.ENVELOPE_DSSE)[index % 2],
-    )
-
-
-def signed_digests(log: bytes) -> collections.Counter[str]:
-    """How often each signed digest appears among the successful signing entries."""
-    digests: collections.Counter[str] = collections.Counter()
-    for line in log.splitlines():
-        entry = json.loads(line)
-        if entry["event"]["action"] == "sign-link" and entry["event"]["outcome"] == "success":
-            digests[entry["custody"]["signed_sha256"]] += 1
-    return digests
-
-
 def test_one_entry_per_returned_signature_under_concurrent_load(audited: Audited) -> None:
     channels = [grpc.insecure_channel(audited.address) for _ in range(CLIENTS)]
 
     def sign(index: int) -> pb.SignLinkResponse:
-        stub = custody_pb2_grpc.CustodyStub(channels[index % CLIENTS])
+        stub = custody_stub(channels[index % CLIENTS])
         response: pb.SignLinkResponse = stub.SignLink(link_request(index), timeout=60)
         return response
 
@@ -125,12 +106,6 @@ def test_one_entry_per_returned_signature_under_concurrent_load(audited: Audited
     assert audited.metrics.audit_entries.value() == verdict.entries
 
 
-def health_status(channel: grpc.Channel) -> int:
-    stub = health_pb2_grpc.HealthStub(channel)
-    response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-    return int(response.status)
-
-
 def test_unwritable_audit_file_during_load(audited: Audited) -> None:
     """Every affected RPC gets UNAVAILABLE and no signature, health turns NOT_SERVING,
     signing resumes by itself once the file can be written, and the chain verifies."""
@@ -143,7 +118,7 @@ def test_unwritable_audit_file_during_load(audited: Audited) -> None:
 
     def client(worker: int) -> None:
         with grpc.insecure_channel(audited.address) as channel:
-            stub = custody_pb2_grpc.CustodyStub(channel)
+            stub = custody_stub(channel)
             index = worker * 1_000_000
             while not stop.is_set():
                 index += 1
@@ -204,7 +179,7 @@ def test_metrics_endpoint_reports_what_the_on_call_watches(audited: Audited) -> 
     server = MetricsServer.start(audited.metrics, listen="127.0.0.1:0")
     try:
         with grpc.insecure_channel(audited.address) as channel:
-            custody = custody_pb2_grpc.CustodyStub(channel)
+            custody = custody_stub(channel)
             custody.SignLink(link_request(1))
             with pytest.raises(grpc.RpcError):
                 custody.Verify(pb.VerifyRequest(layout=b"{}",
@@ -260,7 +235,7 @@ def parse_exposition(text: str) -> Iterator[tuple[str, float]]:
 
 def test_every_signature_entry_names_key_version_and_caller(audited: Audited) -> None:
     with grpc.insecure_channel(audited.address) as channel:
-        response = custody_pb2_grpc.CustodyStub(channel).SignLink(link_request(7))
+        response = custody_stub(channel).SignLink(link_request(7))
     audited.trail.close()
     entries: list[dict[str, Any]] = [json.loads(line) for line in
                                      audited.trail.path.read_bytes().splitlines()]

@@ -1,0 +1,1 @@
+"""Audit trail tests (a package, so that its helpers import relatively and type-check)."""
