@@ -1,0 +1,104 @@
+"""`custody sign-layout` and `custody keys list|create|public`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from custody_client._cli.common import EXIT_OK, open_client, read_file, write_file
+from custody_client.errors import InputError
+from custody_client.models import EnvelopeKind, KeyAlgorithm, KeyInfo
+
+log = logging.getLogger("custody.cli")
+
+
+def _output(path: str, content: bytes) -> None:
+    if path == "-":
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+    else:
+        write_file(Path(path), content)
+
+
+def cmd_sign_layout(args: argparse.Namespace) -> int:
+    layout = read_file(args.layout, "layout")
+    with open_client(args) as client:
+        signed = client.sign_layout(layout, key_alias=args.key or "",
+                                    envelope=EnvelopeKind(args.envelope))
+    for warning in signed.warnings:
+        log.warning("%s", warning)
+    _output(args.output, signed.content)
+    log.info("signed %s with key %s v%d (keyid %s)", args.layout, signed.key_alias,
+             signed.key_version, signed.keyid[:8])
+    return EXIT_OK
+
+
+def _key_dict(key: KeyInfo) -> dict[str, object]:
+    return {
+        "alias": key.alias,
+        "algorithm": key.algorithm.value if key.algorithm else None,
+        "scheme": key.scheme,
+        "keyid": key.keyid,
+        "public_key": key.public_key_dict(),
+        "versions": [{"version": v.version, "keyid": v.keyid, "state": v.state}
+                     for v in key.versions],
+    }
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        keys = client.list_keys()
+    if args.json:
+        print(json.dumps([_key_dict(k) for k in keys], indent=2, sort_keys=True))
+        return EXIT_OK
+    rows = [("ALIAS", "ALGORITHM", "KEYID", "VERSIONS")]
+    for key in keys:
+        versions = ", ".join(f"v{v.version} {v.state}" for v in key.versions)
+        rows.append((key.alias, key.algorithm.value if key.algorithm else key.scheme,
+                     key.keyid[:16], versions))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[3])
+    return EXIT_OK
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        key = client.create_key(args.alias, KeyAlgorithm(args.algorithm))
+    print(f"created {key.alias}: {key.algorithm.value if key.algorithm else key.scheme}, "
+          f"keyid {key.keyid}")
+    return EXIT_OK
+
+
+def public_key_pem(key: KeyInfo) -> str:
+    """The active public key as PEM SubjectPublicKeyInfo (made from the hex for ed25519)."""
+    if key.public_key_pem:
+        return key.public_key_pem
+    public = key.public_key_dict().get("keyval", {})
+    hex_value = public.get("public") if isinstance(public, dict) else None
+    if key.scheme != "ed25519" or not isinstance(hex_value, str):
+        raise InputError(f"key {key.alias} has no PEM form: use --format json")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        public_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_value))
+    except ValueError:
+        raise InputError(f"key {key.alias}: the server sent a malformed ed25519 key") from None
+    return public_key.public_bytes(serialization.Encoding.PEM,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def cmd_keys_public(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        key = client.get_public_key(args.alias)
+    if args.format == "json":
+        text = json.dumps(key.public_key_dict(), indent=2, sort_keys=True) + "\n"
+    else:
+        text = public_key_pem(key)
+    _output(args.output, text.encode())
+    return EXIT_OK

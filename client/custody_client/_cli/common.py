@@ -1,0 +1,133 @@
+"""What the CLI's commands share: settings from flags, progress, safe file writing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from custody_client.errors import InputError
+from custody_client.models import EnvelopeKind
+from custody_client.recording import ProgressCallback, RecordingOptions
+from custody_client.settings import DEFAULT_TIMEOUT_SECONDS, ConnectionSettings
+
+if TYPE_CHECKING:
+    from custody_client.client import CustodyClient
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # verification failed, or an error (as in-toto's commands exit)
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
+    return ConnectionSettings.from_options(
+        server=getattr(args, "server", None),
+        ca=getattr(args, "ca", None),
+        cert=getattr(args, "cert", None),
+        key_file=getattr(args, "key_file", None),
+        tls=getattr(args, "tls", False),
+        plaintext=getattr(args, "plaintext", False),
+        timeout=getattr(args, "timeout", None) or DEFAULT_TIMEOUT_SECONDS,
+    )
+
+
+def open_client(args: argparse.Namespace) -> CustodyClient:
+    # gRPC's own log lines (TLS handshake details at INFO) would break "one line per error".
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from custody_client.client import CustodyClient  # grpc loads only when a command needs it
+
+    return CustodyClient(connection_settings(args))
+
+
+def recording_options(args: argparse.Namespace) -> RecordingOptions:
+    return RecordingOptions(
+        exclude_patterns=tuple(args.exclude_patterns or ()),
+        base_path=args.base_path,
+        lstrip_paths=tuple(args.lstrip_paths or ()),
+    )
+
+
+def envelope_from_args(args: argparse.Namespace) -> EnvelopeKind:
+    if getattr(args, "use_dsse", False):
+        return EnvelopeKind.DSSE
+    return EnvelopeKind(args.envelope)
+
+
+def metadata_directory(path: str | None) -> Path:
+    """The directory links are written to: it must exist before any work is done."""
+    directory = Path(path or ".")
+    if not directory.is_dir():
+        raise InputError(f"metadata directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"metadata directory {directory} is not writable")
+    return directory
+
+
+def checked_link_name(name: str) -> str:
+    """A file name from the server, checked before it names a file on this machine."""
+    if (not name or name != os.path.basename(name) or name in (".", "..")
+            or not name.endswith(".link") or "\x00" in name):
+        raise InputError(f"the server returned an unusable link file name {name!r:.100}")
+    return name
+
+
+def write_file(path: Path, content: bytes) -> None:
+    """Write atomically: a reader never sees half a link, and a failure leaves nothing."""
+    directory = path.parent
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, path)
+    except OSError as error:
+        Path(temp_name).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {error.strerror}") from None
+
+
+def read_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a directory") from None
+    except OSError as error:
+        raise InputError(f"cannot read {what} {path}: {error.strerror}") from None
+
+
+class ProgressLine:
+    """`hashing products: 1234/10000 files` on stderr, only when stderr is a terminal."""
+
+    def __init__(self, *, enabled: bool, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self._enabled = enabled and self._stream.isatty()
+        self._last = 0.0
+        self._shown = False
+
+    def callback(self, what: str) -> ProgressCallback | None:
+        if not self._enabled:
+            return None
+
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - self._last < 0.1:
+                return
+            self._last = now
+            self._stream.write(f"\r\x1b[Kcustody: hashing {what}: {done}/{total} files")
+            self._stream.flush()
+            self._shown = True
+
+        return report
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._shown = False

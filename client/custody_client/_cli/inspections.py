@@ -1,0 +1,149 @@
+"""Running a layout's inspections where the final product is, as in-toto-verify does.
+
+The server never runs a command named in a layout: the client runs each inspection's
+`run` in the current directory, records materials and products of "." with in-toto's
+defaults (like `in_toto.verifylib.run_all_inspections`), and hands the unsigned links
+to Verify as `<inspection>.link` (or `<sublayout dir>/<inspection>.link`).
+
+Inspections run only after the server has checked everything before them (layout
+signature, expiry, links, thresholds, step rules): the client asks Verify first and runs
+exactly the inspections whose links the verdict says are missing. A command from a
+layout that does not verify is never run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from custody_client._cli.process import run_command
+from custody_client.errors import InputError
+from custody_client.models import VerifyResult
+from custody_client.recording import RecordingOptions, record_artifacts
+from custody_core.envelope import parse_envelope
+from custody_core.errors import MetadataError
+from custody_core.models import Layout
+
+log = logging.getLogger("custody.cli")
+
+_LINK_FILE = re.compile(r"(?P<step>.+)\.[0-9a-f]{8}\.link")
+_SUBLAYOUT_DIR = re.compile(r"(?P<step>.+)\.[0-9a-f]{8}")
+# The innermost "sublayout <prefix><inspection> failed at inspections: ..." of a reason.
+_SUBLAYOUT_INSPECTION = re.compile(r".*sublayout (?P<where>.+?) failed at inspections: ")
+
+
+def parse_layout(data: bytes, *, where: str) -> Layout:
+    """The layout's model, read only to find its steps and inspections (not verified)."""
+    try:
+        return Layout.from_payload(parse_envelope(data).payload)
+    except MetadataError as error:
+        raise InputError(f"bad layout {where}: {error}") from None
+
+
+def collect_links(link_dir: Path, step_names: set[str]) -> dict[str, bytes]:
+    """`<step>.<keyid8>.link` files of the layout's steps, and their sublayout directories."""
+    if not link_dir.is_dir():
+        raise InputError(f"link directory {link_dir} does not exist")
+    links: dict[str, bytes] = {}
+    for entry in sorted(link_dir.iterdir()):
+        if entry.is_file() and (m := _LINK_FILE.fullmatch(entry.name)) \
+                and m["step"] in step_names:
+            links[entry.name] = _read(entry)
+        elif entry.is_dir() and (m := _SUBLAYOUT_DIR.fullmatch(entry.name)) \
+                and m["step"] in step_names:
+            for path in sorted(entry.rglob("*.link")):
+                if path.is_file() and _LINK_FILE.fullmatch(path.name):
+                    links[path.relative_to(link_dir).as_posix()] = _read(path)
+    return links
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read link {path}: {error.strerror}") from None
+
+
+@dataclass(frozen=True)
+class PendingInspection:
+    """An inspection the verdict asks for: where its link goes and what to run."""
+
+    file_name: str  # key in Verify's inspection_links
+    name: str
+    run: tuple[str, ...]
+
+
+def inspections_wanted(
+    result: VerifyResult,
+    *,
+    root: Layout,
+    links: Mapping[str, bytes],
+    done: set[str],
+) -> list[PendingInspection]:
+    """The inspections whose links the verdict lacks and that have not run yet."""
+    wanted: list[PendingInspection] = []
+    for failure in result.failures:
+        prefix, name, layout = "", failure.step, root
+        if failure.stage == "sublayout":
+            match = _SUBLAYOUT_INSPECTION.match(failure.reason)
+            if match is None or "/" not in match["where"]:
+                continue
+            where = match["where"]
+            prefix, name = where[: where.rindex("/") + 1], where[where.rindex("/") + 1:]
+            sublayout = links.get(prefix.rstrip("/") + ".link")
+            if sublayout is None:
+                continue
+            layout = parse_layout(sublayout, where=prefix.rstrip("/") + ".link")
+        elif failure.stage != "inspections":
+            continue
+        file_name = f"{prefix}{name}.link"
+        inspection = next((i for i in layout.inspections if i.name == name), None)
+        if inspection is None or file_name in done or \
+                any(p.file_name == file_name for p in wanted):
+            continue
+        wanted.append(PendingInspection(file_name=file_name, name=name, run=inspection.run))
+    return wanted
+
+
+@dataclass(frozen=True)
+class InspectionRun:
+    link: bytes  # an unsigned Metablock link, as in-toto records an inspection
+    return_value: int | None
+
+
+def run_inspection(inspection: PendingInspection, *, timeout: float | None,
+                   show_output: bool) -> InspectionRun:
+    """in_toto_run(name, ["."], ["."], run): record, run, record; unsigned."""
+    options = RecordingOptions()
+    materials = record_artifacts(["."], options)
+    byproducts: dict[str, object] = {}
+    return_value = None
+    if inspection.run:
+        log.info("running inspection '%s': %s", inspection.name, shlex.join(inspection.run))
+        result = run_command(inspection.run, record_streams=False, timeout=timeout,
+                             show_output=show_output, output=sys.stderr.buffer)
+        return_value = result.return_code
+        byproducts = {"stdout": "", "stderr": "", "return-value": return_value}
+    products = record_artifacts(["."], options)
+    link = {"_type": "link", "name": inspection.name, "command": list(inspection.run),
+            "materials": materials, "products": products, "byproducts": byproducts,
+            "environment": {}}
+    content = json.dumps({"signed": link, "signatures": []}, sort_keys=True,
+                         separators=(",", ":")).encode()
+    return InspectionRun(link=content, return_value=return_value)
+
+
+def parse_parameters(items: Sequence[str]) -> dict[str, str]:
+    parameters: dict[str, str] = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise InputError(f"--param takes KEY=VALUE, got {item!r:.80}")
+        parameters[name] = value
+    return parameters

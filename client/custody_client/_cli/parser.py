@@ -1,0 +1,159 @@
+"""The `custody` command line: in-toto's flag names wherever the meaning is the same."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from custody_client import __version__
+from custody_client.local_tls import ENV_STATE_DIR
+from custody_client.settings import DEFAULT_ADDRESS, ENV_CA, ENV_CERT, ENV_KEY_FILE, ENV_SERVER
+
+DESCRIPTION = """\
+Custody client for pipeline agents: record a step and have the Custody server sign its
+link with a key that never leaves the HSM; verify a supply chain; sign layouts; manage
+keys. A drop-in for in-toto-run, in-toto-record and in-toto-verify without a private key.
+"""
+
+ENVELOPES = ("metablock", "dsse", "statement")
+ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-3072")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Flags accepted before and after the command (SUPPRESS keeps the first one given)."""
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    group = common.add_argument_group("connection and output")
+    group.add_argument("--server", metavar="ADDR", default=argparse.SUPPRESS,
+                       help=f"server host:port (default: ${ENV_SERVER}, else {DEFAULT_ADDRESS})")
+    group.add_argument("--ca", metavar="FILE", default=argparse.SUPPRESS,
+                       help=f"CA certificate (PEM) to trust; turns TLS on (default: ${ENV_CA}, "
+                            f"else the local default's in ${ENV_STATE_DIR}/tls)")
+    group.add_argument("--cert", metavar="FILE", default=argparse.SUPPRESS,
+                       help=f"client certificate (PEM) for mTLS (default: ${ENV_CERT})")
+    group.add_argument("--key-file", metavar="FILE", default=argparse.SUPPRESS,
+                       help=f"client certificate's private key (default: ${ENV_KEY_FILE})")
+    group.add_argument("--tls", action="store_true", default=argparse.SUPPRESS,
+                       help="use TLS even without --ca (the system's CA certificates)")
+    group.add_argument("--plaintext", action="store_true", default=argparse.SUPPRESS,
+                       help="no TLS, even if the local default's certificates are found "
+                            "(only for a server started with tls.insecure)")
+    group.add_argument("--timeout", metavar="S", type=float, default=argparse.SUPPRESS,
+                       help="deadline of each call to the server, retries included (60)")
+    verbosity = group.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="say what is being done")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="print errors only")
+    return common
+
+
+def _recording_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exclude", dest="exclude_patterns", nargs="+", metavar="PATTERN",
+                        help="gitignore-style patterns of paths not to record (default: "
+                             "'*.link*' '.git' '*.pyc' '*~')")
+    parser.add_argument("--base-path", metavar="DIR",
+                        help="record paths relative to DIR (default: the current directory)")
+    parser.add_argument("--lstrip-paths", nargs="+", metavar="PREFIX",
+                        help="remove these prefixes from recorded paths")
+    parser.add_argument("-d", "--metadata-directory", metavar="DIR",
+                        help="where the link (and the recording state) is written (default: .)")
+
+
+def _signing_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key", metavar="ALIAS",
+                        help="service key to sign with (default: the server's link key)")
+    parser.add_argument("--envelope", choices=ENVELOPES, default="metablock",
+                        help="metablock (in-toto's classic link), dsse, or statement "
+                             "(in-toto Statement v1, link predicate v0.3)")
+    parser.add_argument("--use-dsse", action="store_true",
+                        help="same as --envelope dsse (in-toto's flag)")
+
+
+def _command(subparsers: Any, common: argparse.ArgumentParser, name: str,
+             **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, parents=[common], allow_abbrev=False, **kwargs)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(prog="custody", description=DESCRIPTION, allow_abbrev=False,
+                                     parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"custody {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = _command(
+        commands, common, "run", help="record, run a step's command, have its link signed",
+        description="Record materials, run the command, record products and byproducts, "
+                    "have the server sign the link and write <step>.<keyid8>.link. Exits "
+                    "with the command's return code when it fails.")
+    run.add_argument("-n", "--step-name", required=True, metavar="NAME")
+    run.add_argument("-m", "--materials", nargs="+", metavar="PATH")
+    run.add_argument("-p", "--products", nargs="+", metavar="PATH")
+    run.add_argument("-s", "--record-streams", action="store_true",
+                     help="show and record the command's stdout and stderr")
+    run.add_argument("-x", "--no-command", action="store_true",
+                     help="record and sign without running a command")
+    run.add_argument("--run-timeout", type=float, metavar="S",
+                     help="kill the command after S seconds (default: no limit)")
+    _recording_options(run)
+    _signing_options(run)
+    run.add_argument("link_cmd", nargs="*", metavar="-- COMMAND",
+                     help="the command and its arguments, after --")
+
+    record = _command(commands, common, "record",
+                      help="record a step that is not one command (start, stop)")
+    phases = record.add_subparsers(dest="phase", required=True, metavar="start|stop")
+    start = _command(phases, common, "start", help="record materials")
+    start.add_argument("-n", "--step-name", required=True, metavar="NAME")
+    start.add_argument("-m", "--materials", nargs="+", metavar="PATH")
+    _recording_options(start)
+    stop = _command(phases, common, "stop",
+                    help="record products, have the link signed and written")
+    stop.add_argument("-n", "--step-name", required=True, metavar="NAME")
+    stop.add_argument("-p", "--products", nargs="+", metavar="PATH")
+    _recording_options(stop)
+    _signing_options(stop)
+
+    verify = _command(
+        commands, common, "verify", help="verify a supply chain (exit 0 pass, 1 fail)",
+        description="Run the layout's inspections here, have the server verify layout, "
+                    "links and inspections, print the verdict. Exit 0 if it passes, 1 if not.")
+    verify.add_argument("-l", "--layout", required=True, metavar="FILE")
+    verify.add_argument("--layout-keys", "--verification-keys", dest="layout_keys", nargs="+",
+                        metavar="FILE", help="public keys (PEM or in-toto JSON) that must "
+                                             "have signed the layout")
+    verify.add_argument("--layout-key-alias", nargs="+", metavar="ALIAS",
+                        help="service keys that must have signed the layout")
+    verify.add_argument("--link-dir", default=".", metavar="DIR",
+                        help="where the links are (default: .)")
+    verify.add_argument("--param", dest="params", nargs="+", action="extend",
+                        metavar="KEY=VALUE", help="layout parameter substitution")
+    verify.add_argument("--inspection-timeout", type=float, metavar="S",
+                        help="kill an inspection after S seconds (default: no limit)")
+    verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    verify.add_argument("--trace", action="store_true", help="print the rule trace")
+
+    sign_layout = _command(commands, common, "sign-layout", help="sign a layout with a service key")
+    sign_layout.add_argument("-l", "--layout", required=True, metavar="FILE")
+    sign_layout.add_argument("--key", metavar="ALIAS",
+                             help="owner key (default: the server's layout key)")
+    sign_layout.add_argument("-o", "--output", required=True, metavar="FILE",
+                             help="where to write the signed layout ('-': stdout)")
+    sign_layout.add_argument("--envelope", choices=ENVELOPES[:2], default="metablock")
+
+    keys = _command(commands, common, "keys", help="key administration")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True,
+                                       metavar="list|create|public")
+    listing = _command(key_commands, common, "list", help="list service keys")
+    listing.add_argument("--json", action="store_true")
+    create = _command(key_commands, common, "create", help="create a service key")
+    create.add_argument("alias", metavar="ALIAS")
+    create.add_argument("--algorithm", choices=ALGORITHMS, default="ecdsa-p256")
+    public = _command(key_commands, common, "public", help="print a key's public key")
+    public.add_argument("alias", metavar="ALIAS")
+    public.add_argument("--format", choices=("pem", "json"), default="pem")
+    public.add_argument("-o", "--output", default="-", metavar="FILE")
+    return parser

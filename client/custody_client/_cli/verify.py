@@ -1,0 +1,114 @@
+"""`custody verify`: inspections here, verification on the server, a verdict for people."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from custody_client._cli.common import EXIT_FAILED, EXIT_OK, read_file
+from custody_client._cli.inspections import (
+    PendingInspection,
+    collect_links,
+    inspections_wanted,
+    parse_layout,
+    parse_parameters,
+    run_inspection,
+)
+from custody_client._cli.verdict_output import format_verdict, verdict_json
+from custody_client.errors import InputError
+from custody_client.models import LayoutKey, VerifyFailure, VerifyResult
+from custody_core.errors import MetadataError
+
+log = logging.getLogger("custody.cli")
+
+# Each round runs the inspections of one more level of sublayouts; more is a loop.
+_MAX_ROUNDS = 8
+
+
+def _layout_keys(args: argparse.Namespace) -> list[LayoutKey]:
+    keys = [LayoutKey.from_file(path) for path in args.layout_keys or []]
+    keys += [LayoutKey(alias=alias) for alias in args.layout_key_alias or []]
+    if not keys:
+        raise InputError("give at least one layout key: --layout-keys FILE... "
+                         "or --layout-key-alias ALIAS...")
+    return keys
+
+
+def _could_not_run(result: VerifyResult, name: str, error: InputError) -> VerifyResult:
+    failure = VerifyFailure(stage="inspections", step=name, rule="", paths=(),
+                            reason=f"inspection '{name}' could not run here: {error}")
+    return VerifyResult(passed=False, failures=(failure,), warnings=result.warnings,
+                        verdict={})
+
+
+class _CouldNotRunError(Exception):
+    def __init__(self, name: str, cause: InputError) -> None:
+        super().__init__(str(cause))
+        self.name = name
+        self.cause = cause
+
+
+def _run_inspections(wanted: list[PendingInspection], links: dict[str, bytes],
+                     ran: list[str], args: argparse.Namespace) -> bool:
+    """Run in order until one returns non-zero; False if one did."""
+    for inspection in wanted:
+        try:
+            run = run_inspection(inspection, timeout=args.inspection_timeout,
+                                 show_output=args.verbose)
+        except InputError as error:  # not found, not executable, timed out
+            raise _CouldNotRunError(inspection.name, error) from None
+        links[inspection.file_name] = run.link
+        ran.append(inspection.file_name.removesuffix(".link"))
+        if run.return_value != 0:
+            return False
+    return True
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from custody_client._cli.common import open_client
+
+    layout_bytes = read_file(args.layout, "layout")
+    layout = parse_layout(layout_bytes, where=args.layout)
+    keys = _layout_keys(args)
+    parameters = parse_parameters(args.params or [])
+    try:
+        root = layout.substituted(parameters)
+    except MetadataError:
+        root = layout  # the server fails this at its parameters stage, before inspections
+    links = collect_links(Path(args.link_dir), {step.name for step in layout.steps})
+    log.info("sending %d link files from %s", len(links), args.link_dir)
+    inspection_links: dict[str, bytes] = {}
+    ran: list[str] = []
+    with open_client(args) as client:
+        def verify() -> VerifyResult:
+            return client.verify(layout=layout_bytes, layout_keys=keys, links=links,
+                                 inspection_links=inspection_links, parameters=parameters)
+
+        result = verify()
+        for _ in range(_MAX_ROUNDS):
+            wanted = [] if result.passed else inspections_wanted(
+                result, root=root, links=links, done=set(inspection_links))
+            if not wanted:
+                break
+            try:
+                all_zero = _run_inspections(wanted, inspection_links, ran, args)
+            except _CouldNotRunError as error:
+                result = _could_not_run(result, error.name, error.cause)
+                break
+            result = verify()
+            if not all_zero:
+                break  # like the reference: the first failing inspection ends the run
+    _print(result, args=args, steps=len(layout.steps), ran=ran)
+    return EXIT_OK if result.passed else EXIT_FAILED
+
+
+def _print(result: VerifyResult, *, args: argparse.Namespace, steps: int,
+           ran: list[str]) -> None:
+    if args.json:
+        print(verdict_json(result, layout_name=args.layout, inspections_run=ran))
+        return
+    text = format_verdict(result, layout_name=args.layout, steps=steps, inspections_run=ran,
+                          show_trace=args.trace, quiet=args.quiet)
+    if text:
+        print(text)

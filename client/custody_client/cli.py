@@ -1,0 +1,80 @@
+"""`custody`: the command pipeline agents run (entry point `custody_client.cli:main`).
+
+`custody --version` answers before anything else is imported, gRPC included. Every
+error is one line on stderr, `custody <command>: <what went wrong>`, with exit code 1
+(2 for a usage error, 130 when interrupted); `custody verify` exits 0 or 1 like
+in-toto-verify, and `custody run` exits with the command's return code if it failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from custody_client import __version__
+
+if TYPE_CHECKING:
+    import argparse
+
+
+def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    from custody_client._cli import admin, steps, verify
+
+    if args.command == "run":
+        return steps.cmd_run
+    if args.command == "record":
+        return steps.cmd_record_start if args.phase == "start" else steps.cmd_record_stop
+    if args.command == "verify":
+        return verify.cmd_verify
+    if args.command == "sign-layout":
+        return admin.cmd_sign_layout
+    return {"list": admin.cmd_keys_list, "create": admin.cmd_keys_create,
+            "public": admin.cmd_keys_public}[args.keys_command]
+
+
+def _configure_logging(*, verbose: bool, quiet: bool) -> None:
+    import logging
+
+    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("custody: %(message)s"))
+    root = logging.getLogger("custody")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["--version"]:  # the fast path: no argparse, no gRPC
+        print(f"custody {__version__}")
+        return 0
+    from custody_client._cli.common import EXIT_FAILED, EXIT_INTERRUPTED
+    from custody_client._cli.parser import build_parser
+    from custody_core.errors import CustodyError
+
+    args = build_parser().parse_args(arguments)
+    for flag in ("verbose", "quiet"):
+        setattr(args, flag, getattr(args, flag, False))
+    _configure_logging(verbose=args.verbose, quiet=args.quiet)
+    name = " ".join(filter(None, ("custody", args.command, getattr(args, "phase", None),
+                                  getattr(args, "keys_command", None))))
+    try:
+        return _handler(args)(args)
+    except CustodyError as error:
+        print(f"{name}: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `custody keys list | head`
+        return EXIT_FAILED
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "failed"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The client's value types: what goes to the server and what comes back, without protobuf."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from custody_client.errors import InputError
+
+
+class EnvelopeKind(enum.Enum):
+    """How signed metadata is wrapped (custody.v1.Envelope)."""
+
+    METABLOCK = "metablock"
+    DSSE = "dsse"
+    STATEMENT = "statement"  # DSSE around an in-toto Statement v1 (links only)
+
+
+class KeyAlgorithm(enum.Enum):
+    """Service key algorithms (custody.v1.KeyAlgorithm), named as the CLI spells them."""
+
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+    ED25519 = "ed25519"
+    RSA_3072 = "rsa-3072"
+
+
+@dataclass(frozen=True)
+class Byproducts:
+    """What a step's command printed and returned, as in-toto records it."""
+
+    stdout: str = ""
+    stderr: str = ""
+    return_value: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"stdout": self.stdout, "stderr": self.stderr}
+        if self.return_value is not None:
+            result["return-value"] = self.return_value
+        return result
+
+
+@dataclass(frozen=True)
+class LayoutKey:
+    """A key trusted to have signed the layout: a service alias, or a public key."""
+
+    alias: str = ""
+    public_key_json: str = ""
+    public_key_pem: str = ""
+
+    def __post_init__(self) -> None:
+        if sum(bool(v) for v in (self.alias, self.public_key_json, self.public_key_pem)) != 1:
+            raise InputError("a layout key is exactly one of: alias, public key JSON, PEM")
+
+    @classmethod
+    def from_file(cls, path: str) -> LayoutKey:
+        """A PEM SubjectPublicKeyInfo or an in-toto / securesystemslib key dict (JSON)."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise InputError(f"cannot read layout key {path}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"layout key {path} is neither PEM nor JSON") from None
+        if "-----BEGIN PUBLIC KEY-----" in text:
+            return cls(public_key_pem=text)
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise InputError(f"layout key {path} is neither a PEM public key nor JSON") from None
+        if not isinstance(value, dict) or "keyval" not in value:
+            raise InputError(f"layout key {path}: JSON but not a public key dict (no keyval)")
+        return cls(public_key_json=text)
+
+
+@dataclass(frozen=True)
+class SignedMetadata:
+    """A signed link or layout, to be written to disk exactly as `content`."""
+
+    content: bytes = field(repr=False)
+    file_name: str  # <step>.<keyid8>.link for links; empty for layouts
+    keyid: str
+    key_alias: str
+    key_version: int
+    envelope: EnvelopeKind
+    sha256: str  # of the exact bytes signed (as in the audit log)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VerifyFailure:
+    stage: str
+    step: str
+    rule: str
+    paths: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyWarning:
+    stage: str
+    step: str
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The server's verdict. `verdict` is the core's whole verdict (with the rule trace)."""
+
+    passed: bool
+    failures: tuple[VerifyFailure, ...]
+    warnings: tuple[VerifyWarning, ...]
+    verdict: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def trace(self) -> list[Mapping[str, Any]]:
+        entries = self.verdict.get("trace", [])
+        return [e for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else []
+
+
+@dataclass(frozen=True)
+class KeyVersionInfo:
+    version: int
+    keyid: str
+    state: str  # active, verify-only, retired, destroyed
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A service key: its active version's public key, and all its versions."""
+
+    alias: str
+    algorithm: KeyAlgorithm | None
+    scheme: str
+    keyid: str
+    public_key_pem: str
+    public_key_json: str
+    versions: tuple[KeyVersionInfo, ...]
+
+    def public_key_dict(self) -> dict[str, Any]:
+        value = json.loads(self.public_key_json) if self.public_key_json else {}
+        return value if isinstance(value, dict) else {}
