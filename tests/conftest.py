@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -77,7 +77,48 @@ def unique_label() -> str:
 
 
 # A real Custody server, in-process on port 0, on the session's token, with the
-# default keys `build` (links) and `owner` (layouts).
+# default keys `build` (links) and `owner` (layouts). It speaks mTLS with the local
+# certificates that custody_server.tls_bootstrap makes in its state directory, and its
+# policy lets the local client identity do everything (TEST_POLICY). Tests about access
+# control itself start their own servers (tests/security).
+
+TEST_CLIENT_IDENTITY = "spiffe://custody.local/client/local-admin"  # tls_bootstrap's local client
+TEST_POLICY = f"""\
+version = 1
+
+[rate_limit]
+per_second = 1000000.0
+burst = 1000000
+
+[[grant]]
+identities = ["{TEST_CLIENT_IDENTITY}", "anonymous"]
+rpcs = ["*"]
+link_keys = ["*"]
+steps = ["*"]
+layout_keys = ["*"]
+admin_keys = ["*"]
+"""
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """A client's TLS files, laid out as the embedded default keeps them: setting
+    CUSTODY_STATE_DIR=state_dir lets custody_client.local_tls find them."""
+
+    state_dir: Path
+    ca_cert: Path
+    cert: Path
+    key: Path
+    identity: str
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca_cert.read_bytes(),
+                                            private_key=self.key.read_bytes(),
+                                            certificate_chain=self.cert.read_bytes())
 
 
 @dataclass
@@ -86,35 +127,58 @@ class Service:
     store: Pkcs11KeyStore
     keys: Any  # custody_server.keyring.KeyRing
     audit: MemoryAuditSink
-    address: str
+    address: str  # "127.0.0.1:PORT", mTLS
+    tls: ClientTls
+
+    def open_channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A new mTLS channel to the server as the test client (close it when done)."""
+        return grpc.secure_channel(self.address, self.tls.channel_credentials(),
+                                   options=[*_CHANNEL_OPTIONS, *options])
 
 
-@pytest.fixture(scope="session")
-def service(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Service]:
+def _start_service(keystore: Pkcs11KeyStore, state: Path, *, insecure: bool) -> Service:
     # Imported here so that a broken server module fails its own tests, not the whole suite.
     from custody_server.app import build_server
+    from custody_server.config import PolicyConfig, TlsConfig
     from custody_server.keyring import KeyRing
+    from custody_server.tls_bootstrap import ensure_local_tls
 
     keys = KeyRing(keystore)
     for alias in ("build", "owner"):
         if not keys.exists(alias):
             keys.create(alias, KeyAlgorithm.ECDSA_P256)
     audit = MemoryAuditSink()
-    state: Path = tmp_path_factory.mktemp("state")
-    config = ServerConfig(listen="127.0.0.1:0", state_dir=state)
+    files, _ = ensure_local_tls(state)
+    policy = state / "test-policy.toml"
+    policy.write_text(TEST_POLICY)
+    config = ServerConfig(listen="127.0.0.1:0", state_dir=state,
+                          tls=TlsConfig(insecure=insecure), policy=PolicyConfig(file=policy))
     running = build_server(config=config, keys=keys, audit=audit)
-    yield Service(running=running, store=keystore, keys=keys, audit=audit,
-                  address=f"127.0.0.1:{running.port}")
-    running.stop(grace=1).wait()
+    tls = ClientTls(state_dir=state, ca_cert=files.ca_cert, cert=files.client_cert,
+                    key=files.client_key, identity=TEST_CLIENT_IDENTITY)
+    return Service(running=running, store=keystore, keys=keys, audit=audit,
+                   address=f"127.0.0.1:{running.port}", tls=tls)
+
+
+@pytest.fixture(scope="session")
+def service(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Service]:
+    """The session's server, mTLS; connect with `service.open_channel()` or `channel`."""
+    running = _start_service(keystore, tmp_path_factory.mktemp("state"), insecure=False)
+    yield running
+    running.running.stop(grace=1).wait()
+
+
+@pytest.fixture(scope="session")
+def client_tls(service: Service) -> ClientTls:
+    """CA, client certificate and key for `custody_server_address` (for the CLI:
+    --ca/--cert/--key, or CUSTODY_STATE_DIR=client_tls.state_dir)."""
+    return service.tls
 
 
 @pytest.fixture(scope="session")
 def channel(service: Service) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(service.address, options=[
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ]) as channel:
+    with service.open_channel() as channel:
         yield channel
 
 
@@ -130,5 +194,21 @@ def key_admin(channel: grpc.Channel) -> Any:
 
 @pytest.fixture(scope="session")
 def custody_server_address(service: Service) -> str:
-    """"127.0.0.1:PORT" of the session's running server (plaintext)."""
+    """"127.0.0.1:PORT" of the session's running server: mTLS, see `client_tls`."""
     return service.address
+
+
+@pytest.fixture(scope="session")
+def plaintext_service(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[Service]:
+    """A second session server with `[tls] insecure = true` (every caller "anonymous",
+    allowed everything): for tests that are not about the transport."""
+    running = _start_service(keystore, tmp_path_factory.mktemp("plain"), insecure=True)
+    yield running
+    running.running.stop(grace=1).wait()
+
+
+@pytest.fixture(scope="session")
+def plaintext_server_address(plaintext_service: Service) -> str:
+    """"127.0.0.1:PORT" of `plaintext_service` (grpc.insecure_channel works)."""
+    return plaintext_service.address

@@ -15,11 +15,15 @@ from grpc_reflection.v1alpha import reflection
 
 from custody_api.v1 import custody_pb2, custody_pb2_grpc
 from custody_server.audit_events import AuditSink
+from custody_server.bootstrap import prepare_access
 from custody_server.config import ServerConfig
 from custody_server.errors import ConfigError
 from custody_server.keyring import KeyRing
 from custody_server.metrics import ServiceMetrics
+from custody_server.policy import PolicyStore, RequestLimits
 from custody_server.signing import SigningService
+from custody_server.tls_bootstrap import LocalTls, local_tls_dir
+from custody_server.transport.authz import AccessControl, AccessInterceptor, KeyDefaults
 from custody_server.transport.interceptor import RpcInterceptor
 from custody_server.transport.servicer import CustodyServicer, KeyAdminServicer
 from custody_server.verification import VerificationService
@@ -40,6 +44,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     keys: KeyRing
+    access: AccessControl | None = None  # policy reload (SIGHUP) goes through it
 
     def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -59,7 +64,15 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
                  metrics: ServiceMetrics | None = None) -> RunningServer:
     """Create and start the gRPC server on config.listen (port 0 picks a free port)."""
     limits = config.limits
-    interceptors: list[Any] = [RpcInterceptor()]
+    prepare_access(config)  # local mTLS files and default policy where none are configured
+    access = AccessControl(
+        policy=PolicyStore.from_file(config.policy_file), audit=audit,
+        limits=RequestLimits(max_layout_bytes=limits.max_layout_bytes,
+                             max_json_depth=limits.max_json_depth),
+        defaults=KeyDefaults(link_key=config.default_link_key,
+                             layout_key=config.default_layout_key),
+    )
+    interceptors: list[Any] = [RpcInterceptor(), AccessInterceptor(access)]
     if metrics is not None:  # outermost, so that it sees the final status code
         interceptors.insert(0, metrics.interceptor())
         audit = metrics.observed(audit)
@@ -67,6 +80,7 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         futures.ThreadPoolExecutor(max_workers=limits.max_workers,
                                    thread_name_prefix="custody-rpc"),
         interceptors=interceptors,
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
@@ -91,29 +105,33 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     )
     port = _bind(server, config)
     server.start()
-    running = RunningServer(server=server, port=port, health=health_servicer, keys=keys)
+    running = RunningServer(server=server, port=port, health=health_servicer, keys=keys,
+                            access=access)
     running.set_serving(True)
     return running
 
 
 def _bind(server: grpc.Server, config: ServerConfig) -> int:
+    """mTLS (client certificates required) unless tls.insecure; see config.TlsConfig."""
     tls = config.tls
-    if tls.enabled:
-        if tls.key is None:
-            raise ConfigError("tls.cert is set but tls.key is not")
+    if tls.insecure:
+        port = server.add_insecure_port(config.listen)
+    else:
+        if tls.local:
+            local = LocalTls(local_tls_dir(config.state_dir))
+            files = (local.server_cert, local.server_key, local.ca_cert)
+        elif tls.cert and tls.key and tls.client_ca:
+            files = (tls.cert, tls.key, tls.client_ca)
+        else:  # TlsConfig refuses this when it is made
+            raise ConfigError("tls needs cert, key and client_ca")
         try:
-            chain = tls.cert.read_bytes() if tls.cert else b""
-            key = tls.key.read_bytes()
-            client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+            chain, key, client_ca = (path.read_bytes() for path in files)
         except OSError as error:
             raise ConfigError(f"cannot read TLS material: {error}") from None
         credentials = grpc.ssl_server_credentials(
-            [(key, chain)], root_certificates=client_ca,
-            require_client_auth=client_ca is not None,
+            [(key, chain)], root_certificates=client_ca, require_client_auth=True,
         )
         port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
     if port == 0:
         raise ConfigError(f"cannot listen on {config.listen}")
     return port

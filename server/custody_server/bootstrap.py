@@ -14,7 +14,9 @@ from pathlib import Path
 from custody_server.config import ServerConfig
 from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.policy.defaults import write_default_policy
 from custody_server.softhsm import find_softhsm_module, init_token
+from custody_server.tls_bootstrap import ensure_local_tls
 
 
 @dataclass
@@ -50,3 +52,18 @@ def open_keystore(config: ServerConfig) -> Opened:
                 notes.append(f"created key {alias!r} (ecdsa-sha2-nistp256, "
                              f"keyid {key.active.public_key.keyid})")
     return Opened(store=store, keys=keys, notes=notes)
+
+
+def prepare_access(config: ServerConfig) -> list[str]:
+    """First start (and renewal): the local CA and certificates in state_dir/tls when no
+    TLS files are configured, and the default policy when no policy file is configured.
+    Returns what was created, for the operator."""
+    notes: list[str] = []
+    if config.tls.local:
+        _, created = ensure_local_tls(config.state_dir,
+                                      listen_host=config.listen.rsplit(":", 1)[0])
+        notes += created
+    if config.policy.file is None and write_default_policy(config.policy_file):
+        notes.append(f"wrote the default access policy {config.policy_file} "
+                     "(the local client certificate may do everything)")
+    return notes

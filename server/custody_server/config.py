@@ -12,15 +12,22 @@ A config file looks like this (every key is optional; see README "Configuration"
     token_label = "custody"
     pin_file = "/run/secrets/custody-pin"   # or pin_env = "CUSTODY_PIN"
 
-    [tls]
+    [tls]                       # none set: local CA and certificates in state_dir/tls
     cert = "/etc/custody/server.pem"
     key = "/etc/custody/server.key"
-    client_ca = "/etc/custody/clients-ca.pem"   # require client certificates
+    client_ca = "/etc/custody/clients-ca.pem"   # client certificates are always required
+    # insecure = true           # plaintext, every caller "anonymous": never in production
+
+    [policy]
+    file = "/etc/custody/policy.toml"   # default: state_dir/policy.toml (written on first start)
 
     [limits]
     max_message_bytes = 67108864
     max_artifacts_per_link = 200000
     max_workers = 16
+    max_concurrent_rpcs = 256   # beyond: RESOURCE_EXHAUSTED at once, no unbounded queue
+    max_layout_bytes = 16777216
+    max_json_depth = 64         # layouts; at most 64 (the parsers' own limit)
 """
 
 from __future__ import annotations
@@ -79,13 +86,36 @@ class HsmConfig:
 
 @dataclass(frozen=True)
 class TlsConfig:
+    """mTLS always, unless `insecure`. No paths: the local CA and certificates that the
+    embedded default creates in state_dir/tls (custody_server.tls_bootstrap)."""
+
     cert: Path | None = None
     key: Path | None = None
     client_ca: Path | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("cert", "key", "client_ca") if getattr(self, name)]
+        if self.insecure and given:
+            raise ConfigError(f"tls.insecure = true cannot be combined with tls.{given[0]}")
+        if given and len(given) != 3:
+            missing = sorted({"cert", "key", "client_ca"} - set(given))
+            raise ConfigError(f"tls.{given[0]} is set but tls.{missing[0]} is not: mTLS "
+                              "needs the server certificate, its key and the client CA")
 
     @property
     def enabled(self) -> bool:
-        return self.cert is not None
+        return not self.insecure
+
+    @property
+    def local(self) -> bool:
+        """TLS with the local certificates in state_dir/tls."""
+        return not self.insecure and self.cert is None
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    file: Path | None = None  # None: state_dir/policy.toml
 
 
 @dataclass(frozen=True)
@@ -93,11 +123,17 @@ class Limits:
     max_message_bytes: int = 64 * 1024 * 1024
     max_artifacts_per_link: int = 200_000
     max_workers: int = 16
+    max_concurrent_rpcs: int = 256
+    max_layout_bytes: int = 16 * 1024 * 1024
+    max_json_depth: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("max_message_bytes", "max_artifacts_per_link", "max_workers"):
+        for name in ("max_message_bytes", "max_artifacts_per_link", "max_workers",
+                     "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"limits.{name} must be at least 1")
+        if self.max_json_depth > 64:
+            raise ConfigError("limits.max_json_depth must be at most 64")
 
 
 @dataclass(frozen=True)
@@ -108,8 +144,13 @@ class ServerConfig:
     default_layout_key: str = "owner"
     hsm: HsmConfig = field(default_factory=HsmConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     limits: Limits = field(default_factory=Limits)
     shutdown_grace_seconds: float = 10.0
+
+    @property
+    def policy_file(self) -> Path:
+        return self.policy.file or self.state_dir / "policy.toml"
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -126,9 +167,14 @@ def load_config(path: Path) -> ServerConfig:
 def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
     table = dict(data)
     hsm = _section(table.pop("hsm", {}), "hsm", {"module", "token_label", "pin_env", "pin_file"})
-    tls = _section(table.pop("tls", {}), "tls", {"cert", "key", "client_ca"})
+    tls = _section(table.pop("tls", {}), "tls", {"cert", "key", "client_ca", "insecure"})
+    insecure = tls.pop("insecure", False)
+    if not isinstance(insecure, bool):
+        raise ConfigError("tls.insecure must be true or false")
+    policy = _section(table.pop("policy", {}), "policy", {"file"})
     limits = _section(table.pop("limits", {}), "limits",
-                      {"max_message_bytes", "max_artifacts_per_link", "max_workers"})
+                      {"max_message_bytes", "max_artifacts_per_link", "max_workers",
+                       "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth"})
     top = _section(table, "", {"listen", "state_dir", "default_link_key", "default_layout_key",
                                 "shutdown_grace_seconds"})
     try:
@@ -145,7 +191,8 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
                 pin_env=hsm.get("pin_env"),
                 pin_file=_path(hsm["pin_file"], base) if "pin_file" in hsm else None,
             ),
-            tls=TlsConfig(**{k: _path(v, base) for k, v in tls.items()}),
+            tls=TlsConfig(insecure=insecure, **{k: _path(v, base) for k, v in tls.items()}),
+            policy=PolicyConfig(file=_path(policy["file"], base) if "file" in policy else None),
             limits=Limits(**{k: int(v) for k, v in limits.items()}),
         )
     except (TypeError, ValueError) as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -18,10 +19,10 @@ from types import FrameType
 import structlog
 
 from custody_core.errors import CustodyError
-from custody_server.app import build_server
+from custody_server.app import RunningServer, build_server
 from custody_server.audit import add_audit_arguments, audit_settings_from_args, open_audit_trail
 from custody_server.audit_events import AuditEvent
-from custody_server.bootstrap import open_keystore
+from custody_server.bootstrap import open_keystore, prepare_access
 from custody_server.config import ServerConfig, load_config
 from custody_server.logging_setup import configure_logging
 from custody_server.metrics import MetricsServer, ServiceMetrics
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = make_config(options)
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        access_notes = prepare_access(config)  # local mTLS material and policy, first start
         opened = open_keystore(config)
         metrics = ServiceMetrics()
         audit = open_audit_trail(audit_settings_from_args(options, state_dir=config.state_dir),
@@ -70,13 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     except CustodyError as error:
         print(f"custody-server: {error}", file=sys.stderr)
         return 2
-    for note in opened.notes:
+    for note in (*opened.notes, *access_notes):
         print(f"custody-server: {note}", file=sys.stderr)
     host = config.listen.rsplit(":", 1)[0]
     print(f"custody-server: state in {config.state_dir}; audit log {audit.path}",
           file=sys.stderr)
     print(f"custody-server: listening on {host}:{running.port}"
-          + (" (TLS)" if config.tls.enabled else " (plaintext: local use only)"),
+          + (" (mTLS: client certificates required)" if config.tls.enabled
+             else " (PLAINTEXT)"), file=sys.stderr, flush=True)
+    if config.tls.insecure:
+        print("custody-server: WARNING: tls.insecure = true: no TLS, no client "
+              "authentication; every caller is 'anonymous'. Never use this in production.",
+              file=sys.stderr, flush=True)
+        log.warning("server.insecure", reason="tls.insecure = true")
+    print(f"custody-server: access policy {config.policy_file} (reload: kill -HUP {os.getpid()})",
           file=sys.stderr, flush=True)
     log.info("server.start", listen=f"{host}:{running.port}")
     if metrics_server is not None:
@@ -93,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload_requested = threading.Event()
+    threading.Thread(target=_reload_policy_on_request, args=(reload_requested, running),
+                     name="custody-policy-reload", daemon=True).start()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requested.set())
     stopping.wait()
     audit.set_health_listener(None)
     running.stop(config.shutdown_grace_seconds).wait()
@@ -103,6 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     opened.store.close()
     log.info("server.stop")
     return 0
+
+
+def _reload_policy_on_request(requested: threading.Event, running: RunningServer) -> None:
+    """SIGHUP: re-read the policy file. Calls in flight are not disturbed; a bad file is
+    rejected with its error and the old policy stays (both audited)."""
+    while True:
+        requested.wait()
+        requested.clear()
+        if running.access is None:
+            continue
+        outcome = running.access.reload_policy()
+        print("custody-server: " + (f"policy reloaded (sha256 {outcome.fingerprint})"
+                                    if outcome.loaded else
+                                    f"policy NOT reloaded, the old one stays: {outcome.error}"),
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

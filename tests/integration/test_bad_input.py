@@ -100,8 +100,7 @@ def test_garbage_links_fail_verification_not_the_rpc(custody: Any) -> None:
 
 def test_oversized_message_is_refused(service: Any) -> None:
     big = 65 * 1024 * 1024
-    with grpc.insecure_channel(service.address, options=[
-            ("grpc.max_send_message_length", big + 1024)]) as channel:
+    with service.open_channel([("grpc.max_send_message_length", big + 1024)]) as channel:
         from custody_api.v1 import custody_pb2_grpc
 
         stub = custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]

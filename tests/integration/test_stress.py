@@ -9,8 +9,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
-
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
 from custody_core.envelope import parse_envelope
@@ -36,7 +34,7 @@ def test_concurrent_signing_with_every_key_type(service: Any, key_admin: Any) ->
     errors: list[BaseException] = []
     results: list[pb.SignLinkResponse] = []
     lock = threading.Lock()
-    channels = [grpc.insecure_channel(service.address) for _ in range(CLIENTS)]
+    channels = [service.open_channel() for _ in range(CLIENTS)]
 
     def sign(index: int) -> None:
         stub = custody_pb2_grpc.CustodyStub(channels[index % CLIENTS])

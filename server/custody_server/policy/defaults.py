@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from custody_server.policy.identity import ANONYMOUS
 from custody_server.tls_bootstrap import LOCAL_CLIENT_IDENTITY
 
 DEFAULT_POLICY_NAME = "policy.toml"
@@ -21,13 +22,19 @@ version = 1
 per_second = 50.0
 burst = 100
 
-# The local client certificate (tls/client.pem) may do everything, quickly.
+# The local client certificate (tls/client.pem) may do everything, quickly. So may
+# "anonymous", the identity of every caller when `[tls] insecure = true` (plaintext, no
+# authentication: the server warns at start); with TLS no caller is ever "anonymous".
 [rate_limit.identities."{LOCAL_CLIENT_IDENTITY}"]
 per_second = 2000.0
 burst = 4000
 
+[rate_limit.identities."{ANONYMOUS}"]
+per_second = 2000.0
+burst = 4000
+
 [[grant]]
-identities = ["{LOCAL_CLIENT_IDENTITY}"]
+identities = ["{LOCAL_CLIENT_IDENTITY}", "{ANONYMOUS}"]
 rpcs = ["*"]
 link_keys = ["*"]
 steps = ["*"]

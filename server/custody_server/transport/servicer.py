@@ -20,6 +20,7 @@ from custody_server.signing import (
     SigningService,
     parse_artifacts,
 )
+from custody_server.transport.authz import authenticated_identity
 from custody_server.verification import TrustedKeySpec, VerificationService, VerifyInput
 
 ENVELOPES = {
@@ -44,13 +45,10 @@ ALGORITHM_TO_PB = {v: k for k, v in ALGORITHMS.items() if k != pb.KEY_ALGORITHM_
 
 
 def caller_identity(context: grpc.ServicerContext) -> str:
-    """Who is calling: the client certificate's identity when there is one, else the peer."""
-    auth = context.auth_context()
-    for name in (b"x509_subject_alternative_name", b"x509_common_name"):
-        values = auth.get(name.decode()) or auth.get(name)  # type: ignore[call-overload]
-        if values:
-            return bytes(values[0]).decode("utf-8", "replace")
-    return str(context.peer())
+    """Who is calling: the identity the access interceptor admitted (from the client
+    certificate, see custody_server.policy.identity); the peer only without it."""
+    identity = authenticated_identity()
+    return identity.value if identity is not None else str(context.peer())
 
 
 def _envelope(value: int) -> EnvelopeKind:
