@@ -14,15 +14,15 @@ from collections.abc import Mapping
 
 from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
-from custody_core.link import link_payload_from_envelope
 from custody_core.models import Inspection, Layout, Link
+from custody_core.step_links import link_from_envelope
 from custody_core.verdict import Failure, Stage, failure
 
 
 def parse_inspection_link(data: bytes) -> Link:
     """A recorded link: in a Metablock or DSSE envelope (signed or not), or a bare link dict."""
     try:
-        return Link.from_payload(link_payload_from_envelope(parse_envelope(data)))
+        return link_from_envelope(parse_envelope(data))
     except MetadataError as envelope_error:
         try:
             bare = json.loads(data)

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import chain
 from types import MappingProxyType
 from typing import Any
 
@@ -22,6 +23,7 @@ from custody_core.substitution import substitute
 EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _EXPIRES_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _HEX_DIGITS = "0123456789abcdefABCDEF"
+_HEX_BYTES = _HEX_DIGITS.encode()
 
 HashDict = Mapping[str, str]
 Artifacts = Mapping[str, HashDict]
@@ -225,17 +227,35 @@ class Layout:
 def _artifacts(value: object, where: str) -> Artifacts:
     if not isinstance(value, Mapping):
         raise MetadataError(f"{where} must be a JSON object of path -> hash dict")
-    for path, hashes in value.items():
-        if (
-            not isinstance(path, str)
-            or not isinstance(hashes, Mapping)
-            or not all(
-                isinstance(algorithm, str) and _is_hex(digest)
-                for algorithm, digest in hashes.items()
-            )
-        ):
-            raise MetadataError(f"{where}: {path!r:.120} must map to a dict of hex digests")
-    return MappingProxyType(dict(value))
+    artifacts = dict(value)
+    if not _artifacts_look_valid(artifacts):
+        for path, hashes in artifacts.items():  # slow path: find and name the culprit
+            if (
+                not isinstance(path, str)
+                or not isinstance(hashes, Mapping)
+                or not all(
+                    isinstance(algorithm, str) and _is_hex(digest)
+                    for algorithm, digest in hashes.items()
+                )
+            ):
+                raise MetadataError(f"{where}: {path!r:.120} must map to a dict of hex digests")
+    return MappingProxyType(artifacts)
+
+
+def _artifacts_look_valid(artifacts: dict[Any, Any]) -> bool:
+    """All paths and algorithm names strings, all digests non-empty hex; at C speed.
+
+    A link lists up to 100,000s of artifacts: join and strip instead of a Python loop.
+    """
+    try:
+        "".join(artifacts)  # TypeError unless every path is a str
+        hash_dicts = list(artifacts.values())
+        "".join(chain.from_iterable(map(dict.keys, hash_dicts)))  # dict.keys: TypeError if
+        digests = list(chain.from_iterable(map(dict.values, hash_dicts)))  # not a dict
+        non_hex = "".join(digests).encode("ascii").translate(None, _HEX_BYTES)
+    except (TypeError, UnicodeEncodeError):
+        return False
+    return not non_hex and "" not in digests
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import compress, repeat
+from operator import eq
 from typing import Protocol
 
 from custody_core.rule_syntax import ArtifactRule, ArtifactType, RuleKind, parse_rules
@@ -95,14 +97,48 @@ def _matcher(pattern: str) -> Callable[[str], object]:
     return re.compile(fnmatch.translate(pattern)).match
 
 
-def filter_paths(paths: Collection[str], pattern: str) -> set[str]:
-    """The paths that fnmatch `pattern` (as fnmatch.filter on POSIX, but set-fast)."""
+def _matching(ordered: Sequence[str], members: Collection[str], pattern: str) -> list[str]:
+    """The paths of `ordered` that fnmatch `pattern`, in order; `members` holds the same paths.
+
+    Common shapes skip the regex: a literal is a look-up, `*` takes all, `dir/*` and
+    `*.ext` (one `*`, at an end, since `*` crosses `/`) are prefix and suffix tests.
+    All loops run in C (filter/compress over bound methods).
+    """
     if not _MAGIC.search(pattern):
-        return {pattern} if pattern in paths else set()
+        return [pattern] if pattern in members else []
     if not pattern.strip("*"):
-        return set(paths)
-    match = _matcher(pattern)
-    return {path for path in paths if match(path)}
+        return list(ordered)
+    stem = pattern[:-1] if pattern.endswith("*") else pattern[1:] if pattern[0] == "*" else None
+    if stem is not None and not _MAGIC.search(stem):
+        test = str.startswith if pattern.endswith("*") else str.endswith
+        return list(compress(ordered, map(test, ordered, repeat(stem))))
+    return list(filter(_matcher(pattern), ordered))
+
+
+def filter_paths(paths: Collection[str], pattern: str) -> set[str]:
+    """The paths that fnmatch `pattern` (as fnmatch.filter on POSIX, but fast)."""
+    return set(_matching(list(paths), paths, pattern))
+
+
+class _Queue:
+    """The unconsumed paths: a set, and the same paths in the link's order.
+
+    Walking paths in the order the link lists them (the order their objects were made
+    in) keeps 100,000-artifact comparisons cache-friendly: about twice as fast as
+    walking a set.
+    """
+
+    def __init__(self, source: Artifacts) -> None:
+        self._ordered = list(source)
+        self.paths = set(self._ordered)
+
+    def ordered(self) -> list[str]:
+        if len(self._ordered) != len(self.paths):
+            self._ordered = list(filter(self.paths.__contains__, self._ordered))
+        return self._ordered
+
+    def matching(self, pattern: str) -> list[str]:
+        return _matching(self.ordered(), self.paths, pattern)
 
 
 def _with_slash(prefix: str) -> str:
@@ -110,9 +146,17 @@ def _with_slash(prefix: str) -> str:
     return posixpath.join(prefix, "").replace("\\", "/")
 
 
+def _same_hashes(
+    source_paths: Sequence[str], source: Artifacts, dest_paths: Iterable[str], dest: Artifacts
+) -> set[str]:
+    """The source paths whose hash dict equals the one at the paired dest path (C loops)."""
+    equal = map(eq, map(source.__getitem__, source_paths), map(dest.get, dest_paths))
+    return set(compress(source_paths, equal))
+
+
 def _match(
     rule: ArtifactRule,
-    queue: set[str],
+    queue: _Queue,
     source: Artifacts,
     links: Mapping[str, ArtifactsSource],
 ) -> set[str]:
@@ -122,29 +166,27 @@ def _match(
     dest = dest_link.materials if rule.dest_type is ArtifactType.MATERIALS else dest_link.products
     if rule.source_prefix:
         prefix = _with_slash(rule.source_prefix)
-        stripped = {path[len(prefix) :]: path for path in queue if path.startswith(prefix)}
-        candidates: Iterable[tuple[str, str]] = (
-            (path, stripped[path]) for path in filter_paths(stripped.keys(), rule.pattern)
+        stripped = {p[len(prefix) :]: p for p in queue.ordered() if p.startswith(prefix)}
+        paths = _matching(list(stripped), stripped, rule.pattern)
+        source_paths = [stripped[path] for path in paths]
+    else:
+        paths = source_paths = queue.matching(rule.pattern)
+    if rule.dest_prefix:
+        # The reference: os.path.join(dest_prefix, path).replace("\\", "/").
+        dest_prefix = rule.dest_prefix
+        dest_paths: Iterable[str] = (
+            posixpath.join(dest_prefix, path).replace("\\", "/") for path in paths
         )
     else:
-        candidates = ((path, path) for path in filter_paths(queue, rule.pattern))
-    consumed = set()
-    for path, full_source_path in candidates:
-        if rule.dest_prefix:
-            full_dest_path = posixpath.join(rule.dest_prefix, path).replace("\\", "/")
-        else:
-            full_dest_path = path
-        dest_hashes = dest.get(full_dest_path)
-        if dest_hashes is not None and dest_hashes == source[full_source_path]:
-            consumed.add(full_source_path)
-    return consumed
+        dest_paths = paths
+    return _same_hashes(source_paths, source, dest_paths, dest)
 
 
 def _violation(
-    rule: ArtifactRule, queue: set[str], applied: Sequence[RuleApplication], where: str
+    rule: ArtifactRule, queue: _Queue, applied: Sequence[RuleApplication], where: str
 ) -> RuleViolation | None:
     if rule.kind is RuleKind.DISALLOW:
-        matched = filter_paths(queue, rule.pattern)
+        matched = queue.matching(rule.pattern)
         if not matched:
             return None
         paths = tuple(sorted(matched))
@@ -154,7 +196,7 @@ def _violation(
             paths=paths,
             reason=f"{len(paths)} {where} not consumed by an earlier rule: {shown}",
         )
-    if rule.pattern in queue:
+    if rule.pattern in queue.paths:
         return None
     consumer = next((a.rule for a in applied if rule.pattern in a.consumed), None)
     if consumer is not None:
@@ -180,7 +222,7 @@ def apply_rules(
     item = links[item_name]
     materials, products = item.materials, item.products
     source = materials if source_type is ArtifactType.MATERIALS else products
-    queue = set(source)
+    queue = _Queue(source)
     trace: list[RuleApplication] = []
     for rule in rules:
         kind = rule.kind
@@ -192,31 +234,29 @@ def apply_rules(
                     source_type=source_type,
                     trace=tuple(trace),
                     violation=violation,
-                    remaining=frozenset(queue),
+                    remaining=frozenset(queue.paths),
                 )
             consumed: set[str] = set()
         elif kind is RuleKind.MATCH:
             consumed = _match(rule, queue, source, links)
         else:
-            matched = filter_paths(queue, rule.pattern)
+            matched = queue.matching(rule.pattern)
             if kind is RuleKind.ALLOW:
-                consumed = matched
+                consumed = set(matched)
             elif kind is RuleKind.CREATE:
-                consumed = {p for p in matched if p in products and p not in materials}
+                consumed = set(matched).intersection(products.keys()).difference(materials.keys())
             elif kind is RuleKind.DELETE:
-                consumed = {p for p in matched if p in materials and p not in products}
+                consumed = set(matched).intersection(materials.keys()).difference(products.keys())
             else:  # MODIFY: in both, with different hash dicts
-                consumed = {
-                    p
-                    for p in matched
-                    if p in materials and p in products and materials[p] != products[p]
-                }
-        queue -= consumed
+                in_both = materials.keys() & products.keys()
+                both = list(filter(in_both.__contains__, matched))
+                consumed = set(both) - _same_hashes(both, materials, both, products)
+        queue.paths -= consumed
         trace.append(RuleApplication(rule=rule, consumed=frozenset(consumed)))
     return RuleListResult(
         item_name=item_name,
         source_type=source_type,
         trace=tuple(trace),
         violation=None,
-        remaining=frozenset(queue),
+        remaining=frozenset(queue.paths),
     )

@@ -34,6 +34,14 @@ class LoadedLink:
     sublayout: Layout | None = None
 
 
+def link_from_envelope(envelope: Envelope) -> Link:
+    """The link in an envelope: a classic link as it is (the model validates it, once),
+    a Statement with the link predicate converted."""
+    if envelope.payload.get("_type") == "link":
+        return Link.from_payload(envelope.payload)
+    return Link.from_payload(link_payload_from_envelope(envelope))
+
+
 def parse_link_file(file_name: str, keyid: str, data: bytes) -> LoadedLink:
     """Parse one link file (Metablock or DSSE; a link, a Statement or a sublayout).
 
@@ -46,7 +54,7 @@ def parse_link_file(file_name: str, keyid: str, data: bytes) -> LoadedLink:
         if envelope.payload.get("_type") == "layout":
             sublayout = Layout.from_payload(envelope.payload)
             return LoadedLink(file_name, keyid, envelope, sublayout=sublayout)
-        link = Link.from_payload(link_payload_from_envelope(envelope))
+        link = link_from_envelope(envelope)
     except MetadataError as exc:
         raise MetadataError(f"{file_name}: {exc}") from None
     return LoadedLink(file_name, keyid, envelope, link=link)

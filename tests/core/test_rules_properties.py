@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rule_oracle import Arts, reference_queues
 
 from custody_core.errors import MetadataError
-from custody_core.rules import ArtifactRule, ArtifactType, RuleKind, apply_rules, parse_rules
+from custody_core.rules import (
+    ArtifactRule,
+    ArtifactType,
+    RuleKind,
+    apply_rules,
+    filter_paths,
+    parse_rules,
+)
 
 segment = st.sampled_from(["a", "b", "src", "x.py", "y.c"])
 paths = st.lists(segment, min_size=1, max_size=3).map("/".join)
@@ -20,7 +29,10 @@ links = st.fixed_dictionaries(
     }
 )
 patterns = st.one_of(
-    st.sampled_from(["*", "a/*", "*.py", "a", "src/x.py", "?/b", "[ab]*", "*/*/*", "b*"]), paths
+    st.sampled_from(
+        ["*", "a/*", "*.py", "a", "src/x.py", "?/b", "[ab]*", "*/*/*", "b*", "*c", "src*", "**"]
+    ),
+    paths,
 )
 simple_rules = st.builds(
     lambda kind, pattern: [kind, pattern],
@@ -128,3 +140,13 @@ def test_any_rule_input_parses_or_raises_metadata_error(tokens):
         return
     assert rule.tokens == tuple(tokens)
     assert ArtifactRule.parse(list(rule.tokens)) == rule
+
+
+pattern_text = st.text(alphabet="ab/.*?[]!\n-", max_size=6)
+path_text = st.text(alphabet="ab/.*?[]!\n-", max_size=6)
+
+
+@settings(max_examples=500, deadline=None)
+@given(paths=st.sets(path_text, max_size=8), pattern=pattern_text)
+def test_filter_paths_is_fnmatch_filter(paths, pattern):
+    assert filter_paths(paths, pattern) == set(fnmatch.filter(sorted(paths), pattern))
