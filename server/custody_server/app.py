@@ -19,13 +19,16 @@ from custody_server.bootstrap import prepare_access
 from custody_server.config import ServerConfig
 from custody_server.errors import ConfigError
 from custody_server.keyring import KeyRing
+from custody_server.lifecycle.manager import KeyLifecycle
+from custody_server.lifecycle.scheduler import LifecycleScheduler
 from custody_server.metrics import ServiceMetrics
 from custody_server.policy import PolicyStore, RequestLimits
 from custody_server.signing import SigningService
 from custody_server.tls_bootstrap import LocalTls, local_tls_dir
 from custody_server.transport.authz import AccessControl, AccessInterceptor, KeyDefaults
 from custody_server.transport.interceptor import RpcInterceptor
-from custody_server.transport.servicer import CustodyServicer, KeyAdminServicer
+from custody_server.transport.key_admin import KeyAdminServicer
+from custody_server.transport.servicer import CustodyServicer
 from custody_server.verification import VerificationService
 
 SERVICE_NAMES = (
@@ -45,6 +48,7 @@ class RunningServer:
     health: health.HealthServicer
     keys: KeyRing
     access: AccessControl | None = None  # policy reload (SIGHUP) goes through it
+    scheduler: LifecycleScheduler | None = None  # scheduled key rotation and destruction
 
     def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -55,6 +59,8 @@ class RunningServer:
     def stop(self, grace: float | None) -> threading.Event:
         """Stop taking new calls, let in-flight calls finish within `grace` seconds."""
         self.set_serving(False)
+        if self.scheduler is not None:
+            self.scheduler.stop()
         event: threading.Event = self.server.stop(grace)
         return event
 
@@ -89,6 +95,7 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     signing = SigningService(keys=keys, audit=audit,
                              max_artifacts=limits.max_artifacts_per_link)
     verification = VerificationService(keys=keys, audit=audit, clock=clock)
+    lifecycle = KeyLifecycle(keys=keys, audit=audit, clock=clock, settings=config.lifecycle)
     custody_pb2_grpc.add_CustodyServicer_to_server(  # type: ignore[no-untyped-call]
         CustodyServicer(signing=signing, verification=verification,
                         default_link_key=config.default_link_key,
@@ -96,7 +103,7 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         server,
     )
     custody_pb2_grpc.add_KeyAdminServicer_to_server(  # type: ignore[no-untyped-call]
-        KeyAdminServicer(keys=keys), server
+        KeyAdminServicer(lifecycle=lifecycle), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -105,8 +112,12 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     )
     port = _bind(server, config)
     server.start()
+    scheduler = (LifecycleScheduler(lifecycle, interval=config.lifecycle.check_interval_seconds)
+                 if config.lifecycle.scheduler else None)
     running = RunningServer(server=server, port=port, health=health_servicer, keys=keys,
-                            access=access)
+                            scheduler=scheduler, access=access)
+    if scheduler is not None:
+        scheduler.start()
     running.set_serving(True)
     return running
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from custody_server.config import ServerConfig
 from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.lifecycle.guard import default_guard
 from custody_server.policy.defaults import write_default_policy
 from custody_server.softhsm import find_softhsm_module, init_token
 from custody_server.tls_bootstrap import ensure_local_tls
@@ -44,7 +45,9 @@ def open_keystore(config: ServerConfig) -> Opened:
         pin = hsm.read_pin()
         notes.append(f"using PKCS#11 module {module}, token {hsm.token_label!r}")
     store = Pkcs11KeyStore.open(module_path=module, token_label=hsm.token_label, pin=pin)
-    keys = KeyRing(store)
+    keys = KeyRing(store, cache_ttl=config.lifecycle.cache_ttl_seconds,
+                   guard=default_guard(config.lifecycle.lock_file))
+    notes.append(f"key lifecycle lock: {keys.guard.description}")
     if hsm.embedded:
         for alias in (config.default_link_key, config.default_layout_key):
             if not keys.exists(alias):

@@ -28,6 +28,14 @@ A config file looks like this (every key is optional; see README "Configuration"
     max_concurrent_rpcs = 256   # beyond: RESOURCE_EXHAUSTED at once, no unbounded queue
     max_layout_bytes = 16777216
     max_json_depth = 64         # layouts; at most 64 (the parsers' own limit)
+
+    [lifecycle]                 # key rotation: see docs/KEYS.md for every key
+    cache_ttl = "5s"            # a replica sees another one's key changes within this
+    destroy_after = "30d"       # a retired version's private key is destroyed after this
+
+    [lifecycle.rotation.build]  # scheduled rotation of the alias "build"
+    period = "90d"
+    overlap = "72h"
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from custody_server.errors import ConfigError
+from custody_server.lifecycle.settings import LifecycleSettings, lifecycle_settings_from_table
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_TOKEN_LABEL = "custody"  # noqa: S105 (a label, not a secret)
@@ -146,6 +155,7 @@ class ServerConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     limits: Limits = field(default_factory=Limits)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     shutdown_grace_seconds: float = 10.0
 
     @property
@@ -175,6 +185,7 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
     limits = _section(table.pop("limits", {}), "limits",
                       {"max_message_bytes", "max_artifacts_per_link", "max_workers",
                        "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth"})
+    lifecycle = table.pop("lifecycle", {})  # checked by lifecycle_settings_from_table
     top = _section(table, "", {"listen", "state_dir", "default_link_key", "default_layout_key",
                                 "shutdown_grace_seconds"})
     try:
@@ -194,6 +205,7 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
             tls=TlsConfig(insecure=insecure, **{k: _path(v, base) for k, v in tls.items()}),
             policy=PolicyConfig(file=_path(policy["file"], base) if "file" in policy else None),
             limits=Limits(**{k: int(v) for k, v in limits.items()}),
+            lifecycle=lifecycle_settings_from_table(lifecycle, base=base),
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"bad config value: {error}") from None

@@ -126,18 +126,29 @@ class KeyLifecycle:
     def run_due(self) -> DueWork:
         """Rotate every scheduled alias that is due and destroy every version past retention.
 
-        Each alias is decided under the guard on a fresh read, so with several replicas
-        running this at the same moment, each due change happens once.
+        The cached view picks the candidates; each one is then decided under the guard on
+        a fresh read, so with several replicas running this at the same moment, each due
+        change happens once. (A change the cache does not show yet is found a TTL later.)
         """
         rotated: list[str] = []
         destroyed: list[str] = []
         adopted: list[str] = []
-        for alias in sorted({*self.settings.schedules, *(k.alias for k in self._keys.all())}):
+        now = self.now()
+        for alias in [k.alias for k in self._keys.all() if self._may_be_due(k, now)]:
             try:
                 self._run_due_for(alias, rotated=rotated, destroyed=destroyed, adopted=adopted)
             except Exception as error:  # one alias's failure must not stop the others
                 log.error("lifecycle.due_failed", key_alias=alias, error=str(error)[:300])
         return DueWork(tuple(rotated), tuple(destroyed), tuple(adopted))
+
+    def _may_be_due(self, key: ServiceKey, now: datetime) -> bool:
+        lifecycle = key.lifecycle
+        if policy.destruction_due(lifecycle, retention=self.settings.destroy_after, now=now):
+            return True
+        schedule = self.schedule_of(key.alias)
+        return schedule is not None and (
+            lifecycle.active.created is None  # to adopt
+            or policy.rotation_due(lifecycle, period=schedule.period, now=now))
 
     def _run_due_for(self, alias: str, *, rotated: list[str], destroyed: list[str],
                      adopted: list[str]) -> None:

@@ -1,4 +1,6 @@
-"""The gRPC servicers: convert protobuf to domain values at the edge and back."""
+"""The Custody servicer: convert protobuf to domain values at the edge and back.
+
+KeyAdmin lives in transport/key_admin.py."""
 
 from __future__ import annotations
 
@@ -11,8 +13,6 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
 from custody_core.verdict import Verdict
 from custody_server.errors import RequestError
-from custody_server.keyring import KeyRing, ServiceKey
-from custody_server.keystore import KeyAlgorithm
 from custody_server.signing import (
     EnvelopeKind,
     LinkRequest,
@@ -34,14 +34,6 @@ ENVELOPE_TO_PB = {
     EnvelopeKind.DSSE: pb.ENVELOPE_DSSE,
     EnvelopeKind.STATEMENT: pb.ENVELOPE_STATEMENT,
 }
-ALGORITHMS = {
-    pb.KEY_ALGORITHM_UNSPECIFIED: KeyAlgorithm.ECDSA_P256,
-    pb.KEY_ALGORITHM_ECDSA_P256: KeyAlgorithm.ECDSA_P256,
-    pb.KEY_ALGORITHM_ECDSA_P384: KeyAlgorithm.ECDSA_P384,
-    pb.KEY_ALGORITHM_ED25519: KeyAlgorithm.ED25519,
-    pb.KEY_ALGORITHM_RSA_3072: KeyAlgorithm.RSA_3072,
-}
-ALGORITHM_TO_PB = {v: k for k, v in ALGORITHMS.items() if k != pb.KEY_ALGORITHM_UNSPECIFIED}
 
 
 def caller_identity(context: grpc.ServicerContext) -> str:
@@ -156,43 +148,3 @@ def verdict_to_pb(verdict: Verdict) -> pb.VerifyResponse:
         verdict_json=json.dumps(verdict.to_dict(), sort_keys=True),
     )
 
-
-class KeyAdminServicer(pb_grpc.KeyAdminServicer):
-    def __init__(self, *, keys: KeyRing) -> None:
-        self._keys = keys
-
-    def CreateKey(self, request: pb.CreateKeyRequest,
-                  context: grpc.ServicerContext) -> pb.CreateKeyResponse:
-        algorithm = ALGORITHMS.get(request.algorithm)
-        if algorithm is None:
-            raise RequestError(f"unknown key algorithm {request.algorithm}")
-        if not request.alias:
-            raise RequestError("alias is required")
-        return pb.CreateKeyResponse(key=key_info(self._keys.create(request.alias, algorithm)))
-
-    def ListKeys(self, request: pb.ListKeysRequest,
-                 context: grpc.ServicerContext) -> pb.ListKeysResponse:
-        return pb.ListKeysResponse(keys=[key_info(k) for k in self._keys.all()])
-
-    def GetPublicKey(self, request: pb.GetPublicKeyRequest,
-                     context: grpc.ServicerContext) -> pb.GetPublicKeyResponse:
-        if not request.alias:
-            raise RequestError("alias is required")
-        return pb.GetPublicKeyResponse(key=key_info(self._keys.get(request.alias)))
-
-
-def key_info(key: ServiceKey) -> pb.KeyInfo:
-    active = key.active.public_key
-    return pb.KeyInfo(
-        alias=key.alias,
-        algorithm=ALGORITHM_TO_PB[key.algorithm],
-        scheme=active.scheme,
-        keyid=active.keyid,
-        public_key_pem=active.public if active.keytype != "ed25519" else "",
-        public_key_json=json.dumps(active.to_dict(), sort_keys=True),
-        versions=[
-            pb.KeyVersion(version=v.version, keyid=v.public_key.keyid,
-                          state="active" if v is key.active else "verify-only")
-            for v in key.versions
-        ],
-    )

@@ -1,0 +1,1 @@
+"""Key lifecycle tests (a package, so that its helpers import relatively)."""
