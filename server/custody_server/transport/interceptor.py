@@ -55,9 +55,10 @@ def _call(inner: Callable[[Any, grpc.ServicerContext], Any], request: Any,
                  error_type=type(error).__name__)
         context.abort(code, client_message(error))
     except Exception:
+        if _aborted(context):  # the servicer or an inner interceptor (access) aborted
+            code = context.code()  # type: ignore[attr-defined]  # on purpose: keep its status
+            raise
         code = grpc.StatusCode.INTERNAL
-        if _aborted(context):
-            raise  # the servicer aborted on purpose; keep its status
         log.exception("rpc.crash")
         context.abort(code, f"internal error (request id {request_id})")
     finally:
