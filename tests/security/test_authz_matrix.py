@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import AccessServer, ClientCert, StartServer, Pki, unique_alias
+from conftest import AccessServer, ClientCert, Pki, StartServer, unique_alias
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_core.envelope import sign_metablock
@@ -112,7 +112,7 @@ def matrix(start_server: StartServer, pki: Pki) -> Iterator[Matrix]:
 
 
 def _cells(m: Matrix) -> list[Cell]:
-    L, O, K = m.link_key, m.layout_key, m.admin_key  # noqa: E741, N806
+    L, O, K = m.link_key, m.layout_key, m.admin_key  # noqa: E741
     per_rpc: dict[str, list[tuple[str | None, str | None]]] = {
         "SignLink": list(itertools.product(("", L, O), STEPS)),
         "SignLayout": [(L, None), (O, None), ("", None)],
