@@ -122,6 +122,7 @@ class ServerProcess:
             config.write_text(f'state_dir = "{state}"\n[tls]\ninsecure = true\n')
             config_args = ("--config", str(config))
         env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+        env["PYTHONFAULTHANDLER"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("core", "client", "server"))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "custody_server.main", *config_args, "--state-dir", str(state),
@@ -162,8 +163,16 @@ class ServerProcess:
         self.process.kill()  # SIGKILL: no shutdown, no closing checkpoint
         self.wait()
 
-    def wait(self) -> int:
-        code = self.process.wait(timeout=60)
+    def wait(self, seconds: float = 30.0) -> int:
+        try:
+            code = self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # faulthandler prints every thread
+            self.process.wait(timeout=30)
+            for reader in self._readers:
+                reader.join(timeout=10)
+            raise AssertionError("server did not stop:\n"
+                                 + bytes(self.stderr).decode()[-8000:]) from None
         for reader in self._readers:
             reader.join(timeout=10)
         return code
