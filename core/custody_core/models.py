@@ -79,30 +79,33 @@ class Step:
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
-            raise MetadataError(f"step '{self.name}': threshold must be at least 1")
+            raise MetadataError(f"threshold must be at least 1, got {self.threshold}")
         bad = [keyid for keyid in self.pubkeys if not _is_hex(keyid)]
         if bad:
-            raise MetadataError(f"step '{self.name}': pubkeys must be hex key ids, got {bad[0]!r}")
+            raise MetadataError(f"pubkeys must be hex key ids, got {bad[0]!r:.80}")
 
     @classmethod
     def from_payload(cls, data: object, *, where: str = "step") -> Step:
         item = _check_type(data, "step", where, required=False)
         name = _name(item, where)
         where = f"{where} ('{name}')"
-        return cls(
-            name=name,
-            expected_materials=parse_rules(
+        fields: dict[str, Any] = {
+            "expected_materials": parse_rules(
                 item.get("expected_materials", []), where=f"{where} expected_materials"
             ),
-            expected_products=parse_rules(
+            "expected_products": parse_rules(
                 item.get("expected_products", []), where=f"{where} expected_products"
             ),
-            pubkeys=_strings(_field(item, "pubkeys", list, where, []), f"{where} pubkeys"),
-            expected_command=_strings(
+            "pubkeys": _strings(_field(item, "pubkeys", list, where, []), f"{where} pubkeys"),
+            "expected_command": _strings(
                 _field(item, "expected_command", list, where, []), f"{where} expected_command"
             ),
-            threshold=_field(item, "threshold", int, where, 1),
-        )
+            "threshold": _field(item, "threshold", int, where, 1),
+        }
+        try:
+            return cls(name=name, **fields)
+        except MetadataError as exc:
+            raise MetadataError(f"{where}: {exc}") from None
 
     def substituted(self, parameters: Mapping[str, str]) -> Step:
         return replace(

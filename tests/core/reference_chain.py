@@ -286,13 +286,14 @@ def record_inspections(scenario: Scenario, directory: Path) -> dict[str, bytes]:
     return recorded
 
 
-def run_core(scenario: Scenario, written: Written, *, inspect: bool = True) -> Verdict:
+def core_inputs(scenario: Scenario, written: Written, *, inspect: bool = True) -> dict[str, Any]:
+    """The keyword arguments of verify_supply_chain for this written scenario."""
     links = {
         str(path.relative_to(written.link_dir)): path.read_bytes()
         for path in written.link_dir.rglob("*.link")
     }
     inspection_links = record_inspections(scenario, written.product_dir("core")) if inspect else {}
-    return verify_supply_chain(
+    return dict(
         layout=written.layout_path.read_bytes(),
         layout_keys={
             scenario.parties[p].keyid: scenario.parties[p].public_key()
@@ -303,6 +304,10 @@ def run_core(scenario: Scenario, written: Written, *, inspect: bool = True) -> V
         parameters=scenario.parameters,
         now=datetime.now(UTC),
     )
+
+
+def run_core(scenario: Scenario, written: Written, **overrides: Any) -> Verdict:
+    return verify_supply_chain(**{**core_inputs(scenario, written), **overrides})
 
 
 # The stages of our verdict that correspond to what the reference raised.
