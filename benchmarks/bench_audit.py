@@ -1,0 +1,206 @@
+"""Audit benchmark: SignLink throughput with the durable audit trail on and off, one run.
+
+Starts the server twice in its own process on one embedded state directory (SoftHSM
+token, keys): once with the durable trail (append + fsync per group commit, signed
+checkpoints every second), once with auditing off (a sink that drops events). Each
+is measured with the same clients at 8 and 32 requests in flight. Then the trail
+alone: record() from 1, 8 and 32 threads, with the average group-commit size.
+Target (issue 6): durable audit keeps at least 80% of the throughput without it.
+
+    python benchmarks/bench_audit.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from custody_api.v1 import custody_pb2 as pb
+from custody_api.v1 import custody_pb2_grpc
+from custody_server.audit_events import AuditEvent
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class DiscardSink:
+    """Auditing off: the baseline."""
+
+    def record(self, event: AuditEvent) -> None:
+        pass
+
+
+def serve(mode: str, state: Path) -> int:
+    """Server side of the benchmark: the real build_server with one of the two sinks."""
+    from custody_server.app import build_server
+    from custody_server.audit import AuditSettings, open_audit_trail
+    from custody_server.audit_events import AuditSink
+    from custody_server.bootstrap import open_keystore
+    from custody_server.config import ServerConfig, TlsConfig
+    from custody_server.logging_setup import configure_logging
+
+    configure_logging(level="warning")
+    plaintext: dict[str, Any] = ({"insecure": True}
+                                 if "insecure" in TlsConfig.__dataclass_fields__ else {})
+    config = ServerConfig(listen="127.0.0.1:0", state_dir=state, tls=TlsConfig(**plaintext))
+    opened = open_keystore(config)
+    audit: AuditSink = DiscardSink()
+    trail = None
+    if mode == "durable":
+        trail = open_audit_trail(AuditSettings(directory=state / f"audit-{os.getpid()}",
+                                               checkpoint_interval_seconds=1.0),
+                                 keys=opened.keys)
+        audit = trail
+    running = build_server(config=config, keys=opened.keys, audit=audit)
+    print(f"listening on 127.0.0.1:{running.port}", flush=True)
+    sys.stdin.read()  # until the benchmark closes our stdin
+    running.stop(1).wait()
+    if trail is not None:
+        trail.close()
+    opened.store.close()
+    return 0
+
+
+def start(mode: str, state: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("core", "client", "server"))}
+    process = subprocess.Popen([sys.executable, __file__, "--serve", mode, "--state", str(state)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if match := re.search(r"listening on (\S+)", line):
+            return process, match.group(1)
+    raise SystemExit(f"{mode} server did not start")
+
+
+def measure(call: Callable[[int], object], *, in_flight: int, seconds: float) -> dict[str, float]:
+    latencies: list[list[float]] = [[] for _ in range(in_flight)]
+    deadline = time.perf_counter() + seconds
+
+    def worker(index: int) -> None:
+        own, count = latencies[index], 0
+        while (began := time.perf_counter()) < deadline:
+            count += 1
+            call(index * 100_000_000 + count)
+            own.append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(in_flight)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    merged = sorted(x for own in latencies for x in own)
+    quantiles = statistics.quantiles(merged, n=100)
+    return {"rps": len(merged) / elapsed, "p50_ms": quantiles[49] * 1000,
+            "p99_ms": quantiles[98] * 1000}
+
+
+def sign_link_load(address: str, *, in_flight: int, seconds: float) -> dict[str, float]:
+    channels = [grpc.insecure_channel(address) for _ in range(min(in_flight, 8))]
+    stubs = [custody_pb2_grpc.CustodyStub(c) for c in channels]  # type: ignore[no-untyped-call]
+
+    def call(index: int) -> object:
+        return stubs[index % len(stubs)].SignLink(pb.SignLinkRequest(
+            step_name=f"build-{index}", command=["make"], key_alias="build",
+            materials=[pb.Artifact(path=f"src/{i}.c", digest={"sha256": "ab" * 32})
+                       for i in range(5)],
+            products=[pb.Artifact(path="bin/app", digest={"sha256": "cd" * 32})],
+        ))
+
+    call(0)  # warm up
+    result = measure(call, in_flight=in_flight, seconds=seconds)
+    for channel in channels:
+        channel.close()
+    return result
+
+
+def trail_alone(state: Path, seconds: float) -> None:
+    """record() throughput of the trail itself, with a software checkpoint key."""
+    from custody_core.software_signer import SoftwareSigner
+    from custody_server.audit import AuditSettings, AuditTrail
+
+    class Batches:
+        commits = 0
+        entries = 0
+
+        def audit_written(self, *, seconds: float, entries: int) -> None:
+            self.commits += 1
+            self.entries += entries
+
+        def audit_failed(self, *, kind: str) -> None:
+            pass
+
+    signer = SoftwareSigner.generate("ecdsa-sha2-nistp256")
+    event = AuditEvent(action="sign-link", category="process", outcome="success",
+                       details={"step": "build", "key_alias": "build", "key_version": 1,
+                                "keyid": "ab" * 32, "signed_sha256": "cd" * 32,
+                                "caller": "spiffe://ci/agent"})
+    for threads in (1, 8, 32):
+        batches = Batches()
+        trail = AuditTrail(settings=AuditSettings(directory=state / f"alone-{threads}"),
+                           checkpoint_signer=lambda: signer, observer=batches)
+        result = measure(_recorder(trail, event), in_flight=threads, seconds=seconds)
+        trail.close()
+        print(f"trail.record() alone, {threads:>2} threads".ljust(40)
+              + f"{result['rps']:>9.0f}/s "
+              f"{result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f}   "
+              f"{batches.entries / max(batches.commits, 1):6.1f} entries per fsync")
+
+
+def _recorder(trail: Any, event: AuditEvent) -> Callable[[int], object]:
+    def call(_index: int) -> object:
+        trail.record(event)
+        return None
+
+    return call
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--serve", choices=("durable", "off"), help=argparse.SUPPRESS)
+    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.serve:
+        return serve(options.serve, options.state)
+    state = Path(tempfile.mkdtemp(prefix="custody-bench-audit-"))
+    print(f"{'':<40}{'throughput':>10} {'p50 ms':>8} {'p99 ms':>8}   durable vs off")
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    for mode in ("off", "durable"):
+        process, address = start(mode, state)
+        try:
+            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
+            for in_flight in (8, 32):
+                results[(mode, in_flight)] = sign_link_load(address, in_flight=in_flight,
+                                                            seconds=options.seconds)
+        finally:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait(timeout=60)
+    for in_flight in (8, 32):
+        off, durable = results[("off", in_flight)], results[("durable", in_flight)]
+        for mode, result in (("audit off", off), ("durable audit", durable)):
+            ratio = f"{durable['rps'] / off['rps']:6.0%}" if result is durable else "     -"
+            print(f"SignLink, {mode}, {in_flight:>2} in flight".ljust(40)
+                  + f"{result['rps']:>9.0f}/s {result['p50_ms']:>8.2f} "
+                  f"{result['p99_ms']:>8.2f}   {ratio}")
+    trail_alone(state, options.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
