@@ -1,0 +1,166 @@
+"""Pipeline stages over a (sub)layout as a whole: layout signatures, parameters, rule
+lists, command alignment, the summary link. Each returns findings; none raises for a
+verification failure (verify.py decides when to stop)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from types import MappingProxyType
+from typing import TypeVar
+
+from custody_core.envelope import Envelope
+from custody_core.errors import MetadataError
+from custody_core.key_policy import KeyPolicy
+from custody_core.keys import PublicKey
+from custody_core.models import Inspection, Layout, Link, Step
+from custody_core.rules import ArtifactRule, ArtifactsSource, ArtifactType, apply_rules
+from custody_core.substitution import check_parameters
+from custody_core.verdict import (
+    Failure,
+    Stage,
+    TraceEntry,
+    VerdictWarning,
+    failure,
+    warning,
+)
+
+_Item = TypeVar("_Item", Step, Inspection)
+StepChain = list[tuple[Step, list[tuple[str, Link]]]]  # each step's (file name, link)
+
+
+def layout_signature_failures(
+    envelope: Envelope, layout_keys: Mapping[str, PublicKey], policy: KeyPolicy, now: datetime
+) -> list[Failure]:
+    """Every given layout key must be acceptable now and have signed (like in-toto-verify)."""
+    if not layout_keys:
+        return [failure(Stage.LAYOUT_SIGNATURE, "no layout key given: at least one is needed")]
+    failures = []
+    for keyid in layout_keys:
+        refusal = policy.refusal(keyid, now)
+        if refusal is not None:
+            failures.append(
+                failure(Stage.LAYOUT_SIGNATURE, f"layout key {keyid[:8]} is refused: {refusal}")
+            )
+    verified = envelope.verified_keyids(layout_keys)
+    failures.extend(
+        failure(Stage.LAYOUT_SIGNATURE, f"no valid layout signature by key {keyid[:8]}")
+        for keyid in layout_keys
+        if keyid not in verified
+    )
+    return failures
+
+
+def substitute_layout(
+    layout: Layout, parameters: Mapping[str, str]
+) -> tuple[Layout, list[Failure]]:
+    """The layout with `{NAME}` replaced; a failure per item that cannot be substituted."""
+    try:
+        check_parameters(parameters)
+    except MetadataError as exc:
+        return layout, [failure(Stage.PARAMETERS, str(exc))]
+    failures: list[Failure] = []
+
+    def substituted(item: _Item) -> _Item | None:
+        try:
+            return item.substituted(parameters)
+        except MetadataError as exc:
+            failures.append(failure(Stage.PARAMETERS, str(exc), step=item.name))
+            return None
+
+    steps = [substituted(step) for step in layout.steps]
+    inspections = [substituted(inspection) for inspection in layout.inspections]
+    result = Layout(
+        steps=tuple(step for step in steps if step is not None),
+        inspections=tuple(item for item in inspections if item is not None),
+        keys=layout.keys,
+        expires=layout.expires,
+        readme=layout.readme,
+    )
+    return result, failures
+
+
+def open_rule_list_warnings(layout: Layout, prefix: str) -> list[VerdictWarning]:
+    """A warning for each rule list that does not end in `DISALLOW *`."""
+    items: list[tuple[Stage, Step | Inspection]] = [(Stage.STEP_RULES, s) for s in layout.steps]
+    items += [(Stage.INSPECTION_RULES, i) for i in layout.inspections]
+    warnings = []
+    for stage, item in items:
+        rule_lists = (("materials", item.expected_materials), ("products", item.expected_products))
+        for kind, rules in rule_lists:
+            if not rules or not rules[-1].is_final_disallow_all():
+                message = (
+                    f"expected_{kind} does not end in DISALLOW *: any {kind} not consumed by a "
+                    "rule passes"
+                )
+                warnings.append(warning(stage, message, step=prefix + item.name))
+    return warnings
+
+
+def command_warnings(chain: StepChain, prefix: str) -> list[VerdictWarning]:
+    """A warning for each link whose command differs from its step's expected command."""
+    return [
+        warning(
+            Stage.COMMAND_ALIGNMENT,
+            f"{file_name} ran {list(link.command)}, expected {list(step.expected_command)}",
+            step=prefix + step.name,
+        )
+        for step, named_links in chain
+        for file_name, link in named_links
+        if link.command != step.expected_command
+    ]
+
+
+def apply_item_rules(
+    items: Sequence[Step | Inspection],
+    links: Mapping[str, ArtifactsSource],
+    *,
+    stage: Stage,
+    prefix: str,
+) -> tuple[list[Failure], list[TraceEntry]]:
+    """Apply every item's material and product rules; every violation, and the trace."""
+    failures: list[Failure] = []
+    trace: list[TraceEntry] = []
+    for item in items:
+        rule_lists: tuple[tuple[ArtifactType, tuple[ArtifactRule, ...]], ...] = (
+            (ArtifactType.MATERIALS, item.expected_materials),
+            (ArtifactType.PRODUCTS, item.expected_products),
+        )
+        for artifact_type, rules in rule_lists:
+            result = apply_rules(
+                item_name=item.name, source_type=artifact_type, rules=rules, links=links
+            )
+            trace.extend(
+                TraceEntry(prefix + item.name, str(artifact_type), a.rule.text, a.consumed)
+                for a in result.trace
+            )
+            violation = result.violation
+            if violation is not None:
+                failures.append(
+                    failure(
+                        stage,
+                        f"expected_{artifact_type} of '{item.name}': '{violation.rule.text}' "
+                        f"failed: {violation.reason}",
+                        step=item.name,
+                        rule=violation.rule.text,
+                        paths=violation.paths,
+                    )
+                )
+    return failures, trace
+
+
+def summary_link(layout: Layout, reduced: Mapping[str, Link], name: str) -> Link:
+    """The reference's summary of a (sub)layout: first step's materials, last step's
+    products, byproducts and command."""
+    if not layout.steps:
+        empty: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+        return Link(name, (), empty, empty, MappingProxyType({}), MappingProxyType({}))
+    first, last = reduced[layout.steps[0].name], reduced[layout.steps[-1].name]
+    return Link(
+        name=name,
+        command=last.command,
+        materials=first.materials,
+        products=last.products,
+        byproducts=last.byproducts,
+        environment=MappingProxyType({}),
+    )
