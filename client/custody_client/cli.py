@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 
 def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    from custody_client import cli_keys
     from custody_client._cli import admin, steps, verify
 
     if args.command == "run":
@@ -29,8 +30,8 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         return verify.cmd_verify
     if args.command == "sign-layout":
         return admin.cmd_sign_layout
-    return {"list": admin.cmd_keys_list, "create": admin.cmd_keys_create,
-            "public": admin.cmd_keys_public}[args.keys_command]
+    return {"create": admin.cmd_keys_create, "public": admin.cmd_keys_public,
+            **cli_keys.KEY_HANDLERS}[args.keys_command]
 
 
 def _configure_logging(*, verbose: bool, quiet: bool) -> None:

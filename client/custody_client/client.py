@@ -7,8 +7,9 @@
         signed = custody.sign_link(draft)
 
 Every call has one deadline (`ConnectionSettings.timeout`) that covers its retries;
-UNAVAILABLE is retried with exponential backoff and jitter, except for CreateKey, which
-is not idempotent. Failures raise ClientError with the status code name and one line.
+UNAVAILABLE is retried with exponential backoff and jitter, except for CreateKey and
+RotateKey, which are not idempotent. Failures raise ClientError with the status code name
+and one line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +30,7 @@ from custody_client.models import (
     EnvelopeKind,
     KeyAlgorithm,
     KeyInfo,
+    KeyRotation,
     KeyVersionInfo,
     LayoutKey,
     SignedMetadata,
@@ -211,6 +214,31 @@ class CustodyClient:
                               pb.GetPublicKeyRequest(alias=alias))
         return _key_info(response.key)
 
+    def rotate_key(self, alias: str, *, overlap: timedelta | None = None,
+                   algorithm: KeyAlgorithm | None = None) -> KeyRotation:
+        """A new active version; the old one verifies for `overlap` (None: the server's
+        configured overlap for the alias, 72 h by default)."""
+        request = pb.RotateKeyRequest(alias=alias)
+        if algorithm is not None:
+            request.algorithm = ALGORITHM_TO_PB[algorithm]
+        if overlap is not None:
+            request.overlap.FromTimedelta(overlap)
+        # Not retried: a retry after a lost response would rotate twice.
+        response = self._call("RotateKey", self._admin.RotateKey, request, retry=NO_RETRIES)
+        return KeyRotation(
+            key=_key_info(response.key),
+            previous_version=response.previous_version,
+            new_version=response.new_version,
+            previous_verify_until=_time(response, "previous_verify_until"),
+            warnings=tuple(response.warnings),
+        )
+
+    def retire_key(self, alias: str, *, version: int) -> KeyInfo:
+        """End a verify-only version's window now (idempotent)."""
+        response = self._call("RetireKey", self._admin.RetireKey,
+                              pb.RetireKeyRequest(alias=alias, version=version))
+        return _key_info(response.key)
+
     def _call(self, name: str, method: Callable[..., _Response], request: Any,
               *, retry: RetryPolicy | None = None) -> _Response:
         policy = retry or self.settings.retry
@@ -289,6 +317,20 @@ def _key_info(key: pb.KeyInfo) -> KeyInfo:
         keyid=key.keyid,
         public_key_pem=key.public_key_pem,
         public_key_json=key.public_key_json,
-        versions=tuple(KeyVersionInfo(version=v.version, keyid=v.keyid, state=v.state)
-                       for v in key.versions),
+        versions=tuple(KeyVersionInfo(
+            version=v.version, keyid=v.keyid, state=v.state, created=_time(v, "created"),
+            verify_until=_time(v, "verify_until"), retired=_time(v, "retired"),
+            destroyed=_time(v, "destroyed"),
+        ) for v in key.versions),
+        rotation_period=(key.rotation_period.ToTimedelta()
+                         if key.HasField("rotation_period") else None),
+        next_rotation=_time(key, "next_rotation"),
     )
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    """A Timestamp field as an aware UTC datetime, or None when unset."""
+    if not message.HasField(name):
+        return None
+    value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    return value

@@ -6,6 +6,7 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,10 @@ class KeyVersionInfo:
     version: int
     keyid: str
     state: str  # active, verify-only, retired, destroyed
+    created: datetime | None = None  # None for a key made before lifecycle tracking
+    verify_until: datetime | None = None  # end of the overlap window; None while active
+    retired: datetime | None = None  # when RetireKey ended the window early
+    destroyed: datetime | None = None  # when its private key left the token
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,20 @@ class KeyInfo:
     public_key_pem: str
     public_key_json: str
     versions: tuple[KeyVersionInfo, ...]
+    rotation_period: timedelta | None = None  # scheduled rotation, if configured
+    next_rotation: datetime | None = None
 
     def public_key_dict(self) -> dict[str, Any]:
         value = json.loads(self.public_key_json) if self.public_key_json else {}
         return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """What RotateKey did: the new active version, and until when the old one verifies."""
+
+    key: KeyInfo
+    previous_version: int
+    new_version: int
+    previous_verify_until: datetime | None
+    warnings: tuple[str, ...] = ()

@@ -81,6 +81,7 @@ class ClockedService:
     lifecycle: KeyLifecycle  # the same settings as the server's: for its due work
     custody: Any
     key_admin: Any
+    address: str
 
     def events(self, action: str, alias: str) -> list[AuditEvent]:
         return [e for e in self.audit.events
@@ -109,6 +110,7 @@ def clocked_service(store: Pkcs11KeyStore, state_dir: Path, *,
                                        settings=settings),
                 custody=pb_grpc.CustodyStub(channel),  # type: ignore[no-untyped-call]
                 key_admin=pb_grpc.KeyAdminStub(channel),  # type: ignore[no-untyped-call]
+                address=f"127.0.0.1:{running.port}",
             )
     finally:
         running.stop(grace=1).wait()

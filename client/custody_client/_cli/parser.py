@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from custody_client import __version__
+from custody_client.cli_keys import add_key_commands
 from custody_client.local_tls import ENV_STATE_DIR
 from custody_client.settings import DEFAULT_ADDRESS, ENV_CA, ENV_CERT, ENV_KEY_FILE, ENV_SERVER
 
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = _command(commands, common, "keys", help="key administration")
     key_commands = keys.add_subparsers(dest="keys_command", required=True,
-                                       metavar="list|create|public")
+                                       metavar="list|create|public|rotate|retire")
     listing = _command(key_commands, common, "list", help="list service keys")
     listing.add_argument("--json", action="store_true")
     create = _command(key_commands, common, "create", help="create a service key")
@@ -156,4 +157,5 @@ def build_parser() -> argparse.ArgumentParser:
     public.add_argument("alias", metavar="ALIAS")
     public.add_argument("--format", choices=("pem", "json"), default="pem")
     public.add_argument("-o", "--output", default="-", metavar="FILE")
+    add_key_commands(lambda name, text: _command(key_commands, common, name, help=text))
     return parser
