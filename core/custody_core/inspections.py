@@ -3,8 +3,9 @@
 The client runs each inspection's `run` where the final product is and records a link
 (in-toto's `in_toto_run` writes `<inspection>.link`, a Metablock with no signature). We
 look it up by that file name, or else by the link's name, and require what the reference
-requires of a run: an integer return value of 0. Signatures on these links are not
-checked: the verifier made them itself.
+requires of a run: an integer return value of 0. A sublayout's inspection links live in
+its link directory, like its step links: `<step>.<keyid8>/<inspection>.link`.
+Signatures on these links are not checked: the verifier made them itself.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ class _Index:
     """Parses inspection link files lazily, at most once each."""
 
     def __init__(self, files: Mapping[str, bytes], prefix: str) -> None:
-        self._files = {name: data for name, data in files.items() if name.startswith(prefix)}
+        # This layout's files: under its prefix, not in a sublayout's directory below it.
+        self._files = {
+            name: data
+            for name, data in files.items()
+            if name.startswith(prefix) and "/" not in name[len(prefix) :]
+        }
         self._parsed: dict[str, Link | MetadataError] = {}
 
     def get(self, file_name: str) -> Link | MetadataError | None:

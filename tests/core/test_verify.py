@@ -22,6 +22,7 @@ from reference_chain import (
     write,
 )
 from test_reference_table import (
+    _delegate_package,
     _second_write_code_link,
     command_mismatch,
     extra_product,
@@ -208,7 +209,7 @@ def test_statement_v1_links_verify(parties, tmp_path):
 def test_inspection_link_found_by_its_name(parties, tmp_path):
     scenario = baseline(parties)
     inputs = core_inputs(scenario, write(scenario, tmp_path))
-    renamed = {"recorded/anything.link": inputs["inspection_links"]["untar.link"]}
+    renamed = {"anything.link": inputs["inspection_links"]["untar.link"]}
     assert verify_supply_chain(**{**inputs, "inspection_links": renamed}).passed
 
 
@@ -250,6 +251,28 @@ def test_sublayout_failure_names_the_inner_step(parties, tmp_path):
     assert failure.stage is Stage.SUBLAYOUT and failure.step == "package"
     assert f"package.{parties['bob'].keyid[:8]}/archive" in failure.reason
     assert failure.paths == ("backdoor.sh",) and failure.rule == "DISALLOW *"
+
+
+def test_sublayout_inspection_links_live_in_its_link_directory(parties, tmp_path):
+    scenario = baseline(parties)
+    _, sublayout = _delegate_package(scenario)
+    sublayout["inspect"] = [
+        {"_type": "inspection", "name": "check", "run": ["true"],
+         "expected_materials": [], "expected_products": []}
+    ]  # fmt: skip
+    inputs = core_inputs(scenario, write(scenario, tmp_path))
+    assert not verify_supply_chain(**inputs).passed
+    failure = verify_supply_chain(**inputs).failures[0]
+    assert failure.stage is Stage.SUBLAYOUT and failure.step == "package"
+    directory = f"package.{parties['bob'].keyid[:8]}"
+    assert f"{directory}/check.link" in failure.reason
+
+    recorded = sign_metablock(link_dict("check", {}, {}, ["true"]), [])
+    inspection_links = {**inputs["inspection_links"], f"{directory}/check.link": recorded}
+    assert verify_supply_chain(**{**inputs, "inspection_links": inspection_links}).passed
+    # a top-level inspection does not pick up a sublayout's inspection link
+    misplaced = {"untar.link": inputs["inspection_links"]["untar.link"], "x/check.link": recorded}
+    assert not verify_supply_chain(**{**inputs, "inspection_links": misplaced}).passed
 
 
 @pytest.mark.parametrize(
