@@ -90,6 +90,13 @@ class TraceEntry:
         }
 
 
+def one_line(text: str) -> str:
+    """`text` made one line: names and paths from metadata may hold line breaks."""
+    if "\n" in text or "\r" in text:
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text or "(no reason given)"
+
+
 def failure(
     stage: Stage,
     reason: str,
@@ -98,11 +105,13 @@ def failure(
     rule: str | None = None,
     paths: tuple[str, ...] = (),
 ) -> Failure:
-    return Failure(stage=stage, step=step, rule=rule, paths=paths, reason=reason)
+    """A Failure whose reason is forced onto one line."""
+    return Failure(stage=stage, step=step, rule=rule, paths=paths, reason=one_line(reason))
 
 
 def warning(stage: Stage, message: str, *, step: str | None = None) -> VerdictWarning:
-    return VerdictWarning(stage=stage, step=step, message=message)
+    """A warning whose message is forced onto one line."""
+    return VerdictWarning(stage=stage, step=step, message=one_line(message))
 
 
 @dataclass(frozen=True)

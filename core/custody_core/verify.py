@@ -162,12 +162,12 @@ def _verify_sublayouts(
 
 def _as_sublayout_failure(inner: Failure, step_name: str, sub_prefix: str) -> Failure:
     where = f"{sub_prefix}{inner.step}" if inner.step else sub_prefix.rstrip("/")
-    return Failure(
-        stage=Stage.SUBLAYOUT,
+    return failure(
+        Stage.SUBLAYOUT,
+        f"sublayout {where} failed at {inner.stage}: {inner.reason}",
         step=step_name,
         rule=inner.rule,
         paths=inner.paths,
-        reason=f"sublayout {where} failed at {inner.stage}: {inner.reason}",
     )
 
 

@@ -433,3 +433,47 @@ def test_mutated_layouts_raise_only_metadata_errors(written_inputs, mutation):
     if verdict.passed:  # only a change outside the signed content
         original = parse_envelope(written_inputs["layout"])
         assert parse_envelope(layout).signed_bytes == original.signed_bytes
+
+
+def test_line_breaks_in_names_and_paths_stay_inside_one_line(parties, tmp_path):
+    scenario = baseline(parties)
+    scenario.link("package").payload["products"]["evil\nline.txt"] = sha(b"x")
+    scenario.step("package")["expected_command"] = ["tar\r\n", "x"]
+    verdict = verify(scenario, tmp_path)
+    assert verdict.failures[0].paths == ("evil\nline.txt",)
+    assert "evil\\nline.txt" in verdict.failures[0].reason
+    assert all("\n" not in w.message for w in verdict.warnings)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[FIXTURE_CHECK])
+@given(
+    field_name=st.sampled_from(
+        ["_type", "name", "command", "materials", "products", "byproducts", "environment"]
+    ),
+    value=json_values,
+    dsse=st.booleans(),
+)
+def test_validly_signed_odd_links_give_a_verdict(parties, written_inputs, field_name, value, dsse):
+    bob = parties["bob"]
+    payload = link_dict("package", {}, {}, ["tar"])
+    payload[field_name] = value
+    if dsse:
+        data = sign_dsse(
+            json.dumps(payload).encode(),
+            payload_type=PAYLOAD_TYPE_INTOTO,
+            signers=[SslibSigner(bob)],
+        )
+    else:
+        data = sign_metablock(payload, [SslibSigner(bob)])
+    links = {**written_inputs["links"], f"package.{bob.keyid[:8]}.link": data}
+    verdict = verify_supply_chain(**{**written_inputs, "links": links})
+    assert not verdict.passed
