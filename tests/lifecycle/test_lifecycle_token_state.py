@@ -1,0 +1,180 @@
+"""Lifecycle records in the token, crash recovery, keys made before tracking, the guard,
+and audit failures (real SoftHSM token, fake clock)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from custody_server.audit_events import AuditEvent, MemoryAuditSink
+from custody_server.errors import AuditUnavailableError
+from custody_server.keyring import KeyRing
+from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.lifecycle.guard import (
+    LOCK_FILE_NAME,
+    FileLockGuard,
+    LifecycleBusyError,
+    default_guard,
+)
+from custody_server.lifecycle.manager import KeyLifecycle
+from custody_server.lifecycle.settings import LifecycleSettings, RotationSchedule
+from custody_server.lifecycle.token_state import (
+    LifecycleStateError,
+    decode_record,
+    encode_record,
+    lifecycle_label,
+)
+from custody_server.softhsm import SoftHsmToken
+
+from .lifecycle_support import FakeClock, unique_alias
+
+HOUR = timedelta(hours=1)
+
+
+def _ring(store: Pkcs11KeyStore, clock: FakeClock) -> KeyRing:
+    return KeyRing(store, clock=clock.now, monotonic=clock.monotonic)
+
+
+def _manager(keys: KeyRing, clock: FakeClock, *, audit: object | None = None,
+             settings: LifecycleSettings | None = None) -> KeyLifecycle:
+    return KeyLifecycle(keys=keys, audit=audit or MemoryAuditSink(),  # type: ignore[arg-type]
+                        clock=clock.now, settings=settings)
+
+
+def test_record_round_trip_and_damage_is_named(keystore: Pkcs11KeyStore) -> None:
+    clock = FakeClock()
+    keys, alias = _ring(keystore, clock), unique_alias("rec")
+    created = keys.create(alias, KeyAlgorithm.ED25519)
+    _manager(keys, clock).rotate(alias, overlap=HOUR, caller="test")
+    key = keys.get(alias)
+    assert decode_record(alias, encode_record(alias, key.versions)) == key.versions
+    assert key.versions[0].public_key == created.active.public_key
+
+    stored = keystore.read_object(lifecycle_label(alias))
+    assert stored is not None and b'"format":"custody.key-lifecycle/v1"' in stored
+    for damaged, message in [
+        (b"{", "is damaged"),
+        (stored.replace(b"custody.key-lifecycle/v1", b"v9"), "unknown format"),
+        (stored.replace(b'"verify_until":null', b'"verify_until":"2030-01-01T00:00:00+00:00"'),
+         "exactly the newest version must be active"),
+    ]:
+        with pytest.raises(LifecycleStateError, match=message):
+            decode_record(alias, damaged)
+    with pytest.raises(LifecycleStateError, match="names alias"):
+        decode_record("other", stored)
+
+
+def test_a_rotation_that_died_before_its_record_is_adopted(keystore: Pkcs11KeyStore) -> None:
+    clock = FakeClock()
+    keys, alias = _ring(keystore, clock), unique_alias("crash")
+    keys.create(alias, KeyAlgorithm.ECDSA_P256)
+    # A rotation generated v2 and died before writing the record.
+    leftover = keystore.generate_key(label=f"custody:{alias}:v2",
+                                     algorithm=KeyAlgorithm.ECDSA_P384)
+    keys.refresh()
+    assert [v.version for v in keys.get(alias).versions] == [1]  # v2 neither signs nor verifies
+    assert keys.signer(alias)[0].version == 1
+    rotation = _manager(keys, clock).rotate(alias, overlap=HOUR, caller="test")
+    assert rotation.new.version == 2
+    assert rotation.new.public_key == leftover  # adopted, not generated again
+    assert rotation.new.algorithm is KeyAlgorithm.ECDSA_P384
+    assert keys.signer(alias)[0].public_key == leftover
+
+
+def test_a_key_made_before_tracking_is_adopted_by_the_scheduler(
+        keystore: Pkcs11KeyStore) -> None:
+    clock = FakeClock()
+    keys, alias = _ring(keystore, clock), unique_alias("legacy")
+    public_key = keystore.generate_key(label=f"custody:{alias}:v1",
+                                       algorithm=KeyAlgorithm.ECDSA_P256)
+    legacy = keys.get(alias)
+    assert legacy.active.public_key == public_key and legacy.active.lifecycle.created is None
+    settings = LifecycleSettings(schedules={alias: RotationSchedule(period=HOUR)})
+    manager = _manager(keys, clock, settings=settings)
+    assert manager.run_due().adopted == (alias,)
+    assert keys.get(alias).active.lifecycle.created == clock.now()  # its period starts now
+    assert manager.run_due().rotated == ()
+    clock.advance(HOUR)
+    assert manager.run_due().rotated == (f"{alias} v1 -> v2",)
+    assert manager.run_due().rotated == ()
+
+
+class _FailingAudit:
+    def __init__(self) -> None:
+        self.fail = False
+
+    def record(self, event: AuditEvent) -> None:
+        if self.fail:
+            raise OSError("disk full")
+
+
+def test_a_change_whose_audit_record_fails_says_so(keystore: Pkcs11KeyStore) -> None:
+    clock, audit = FakeClock(), _FailingAudit()
+    keys, alias = _ring(keystore, clock), unique_alias("aud")
+    manager = _manager(keys, clock, audit=audit)
+    manager.create(alias, KeyAlgorithm.ECDSA_P256, caller="test")
+    audit.fail = True
+    with pytest.raises(AuditUnavailableError,
+                       match="key-rotate was done but its audit record could not be written"):
+        manager.rotate(alias, overlap=HOUR, caller="test")
+    assert keys.get(alias).active.version == 2  # the change stands; the caller is told
+
+
+def test_the_guard_lives_beside_the_softhsm_token(softhsm_token: SoftHsmToken) -> None:
+    guard = default_guard()
+    assert isinstance(guard, FileLockGuard)
+    assert guard.path == softhsm_token.directory / "tokens" / LOCK_FILE_NAME
+    assert isinstance(default_guard(Path("/x/y.lock")), FileLockGuard)
+
+
+def test_a_held_guard_makes_others_wait_then_give_up(tmp_path: Path) -> None:
+    lock = tmp_path / "held.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(1.0)\n"
+    )], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    impatient = FileLockGuard(lock, timeout=0.2)
+    with pytest.raises(LifecycleBusyError, match="another replica holds"), impatient.hold():
+        pass
+    started = time.monotonic()
+    with FileLockGuard(lock, timeout=10).hold():  # waits for the holder to finish
+        waited = time.monotonic() - started
+    holder.wait(timeout=10)
+    assert 0.3 < waited < 5
+
+
+def test_retired_versions_are_destroyed_once_and_keep_their_keyids(
+        keystore: Pkcs11KeyStore) -> None:
+    clock = FakeClock()
+    keys, alias = _ring(keystore, clock), unique_alias("dest")
+
+    def mine(done: tuple[str, ...]) -> list[str]:  # the token is shared with other tests
+        return [item for item in done if item.startswith(f"{alias} ")]
+
+    settings = LifecycleSettings(destroy_after=2 * HOUR)
+    audit = MemoryAuditSink()
+    manager = _manager(keys, clock, audit=audit, settings=settings)
+    manager.create(alias, KeyAlgorithm.ECDSA_P256, caller="test")
+    old = manager.rotate(alias, overlap=HOUR, caller="test").previous
+    clock.advance(3 * HOUR - timedelta(seconds=1))
+    assert mine(manager.run_due().destroyed) == []
+    clock.advance(timedelta(seconds=1))
+    assert mine(manager.run_due().destroyed) == [f"{alias} v1"]
+    destroyed = keys.get(alias).version(1)
+    assert destroyed is not None
+    assert destroyed.keyid == old.keyid
+    assert dataclasses.replace(destroyed.lifecycle, destroyed_at=None) == old.lifecycle
+    assert f"custody:{alias}:v1" not in {k.label for k in keystore.list_keys()}
+    assert mine(manager.run_due().destroyed) == []
+    assert [e.details["key_version"] for e in audit.events
+            if e.action == "key-destroy" and e.details["key_alias"] == alias] == [1]
