@@ -27,8 +27,8 @@ sys.path[:0] = [str(REPO / part) for part in ("core", "client", "server", "tests
 
 from fuzz_targets import (  # type: ignore[import-not-found]  # noqa: E402
     TARGETS,
-    Target,
     Tally,
+    Target,
     fuzz,
     run_one,
 )
