@@ -42,8 +42,11 @@ from custody_core.step_links import (
 )
 from custody_core.verdict import Failure, Stage, TraceEntry, Verdict, VerdictWarning, failure
 
-__all__ = ["verify_supply_chain"]
+__all__ = ["MAX_SUBLAYOUT_DEPTH", "verify_supply_chain"]
 
+# Each level is signed by a key the level above trusts, but one functionary can still
+# nest sublayouts at will: bound it well below Python's recursion limit.
+MAX_SUBLAYOUT_DEPTH = 16
 _NO_FILES: Mapping[str, bytes] = MappingProxyType({})
 _NO_PARAMETERS: Mapping[str, str] = MappingProxyType({})
 
@@ -114,6 +117,7 @@ def verify_supply_chain(
             layout_keys=layout_keys,
             parameters=parameters,
             prefix="",
+            depth=0,
             name="",
             context=context,
         )
@@ -127,7 +131,7 @@ def verify_supply_chain(
 
 
 def _verify_sublayouts(
-    layout: Layout, steps: list[StepLinks], prefix: str, context: _Context
+    layout: Layout, steps: list[StepLinks], *, prefix: str, depth: int, context: _Context
 ) -> StepChain:
     """Each step's accepted links as Links: a sublayout becomes its summary link."""
     failures: list[Failure] = []
@@ -139,12 +143,17 @@ def _verify_sublayouts(
                 named.append((loaded.file_name, loaded.link))
                 continue
             sub_prefix = prefix + sublayout_dir(step_links.step.name, loaded.keyid)
+            if depth >= MAX_SUBLAYOUT_DEPTH:
+                reason = f"sublayouts nest deeper than {MAX_SUBLAYOUT_DEPTH} levels at {sub_prefix}"
+                failures.append(failure(Stage.SUBLAYOUT, reason, step=step_links.step.name))
+                continue
             try:
                 summary = _verify_layout(
                     loaded.envelope,
                     layout_keys={loaded.keyid: layout.keys[loaded.keyid]},
                     parameters=None,  # the reference does not substitute in sublayouts
                     prefix=sub_prefix,
+                    depth=depth + 1,
                     name=step_links.step.name,
                     context=context,
                 )
@@ -177,6 +186,7 @@ def _verify_layout(
     layout_keys: Mapping[str, PublicKey],
     parameters: Mapping[str, str] | None,
     prefix: str,
+    depth: int,
     name: str,
     context: _Context,
 ) -> Link:
@@ -197,7 +207,7 @@ def _verify_layout(
     )
     context.warnings.extend(warnings)
     _raise_if(failures)
-    chain = _verify_sublayouts(layout, steps, prefix, context)
+    chain = _verify_sublayouts(layout, steps, prefix=prefix, depth=depth, context=context)
     context.warnings.extend(command_warnings(chain, prefix))
     _raise_if(verify_threshold_agreement(chain))
     # Like the reference: each step's first accepted link stands for the step.

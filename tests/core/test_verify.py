@@ -34,8 +34,9 @@ from custody_core.errors import MetadataError
 from custody_core.key_policy import FunctionaryMap
 from custody_core.keys import PublicKey
 from custody_core.link import link_to_statement
+from custody_core.software_signer import SoftwareSigner
 from custody_core.verdict import Failure, Stage, Verdict
-from custody_core.verify import verify_supply_chain
+from custody_core.verify import MAX_SUBLAYOUT_DEPTH, verify_supply_chain
 
 
 @pytest.fixture(scope="module")
@@ -477,3 +478,39 @@ def test_validly_signed_odd_links_give_a_verdict(parties, written_inputs, field_
     links = {**written_inputs["links"], f"package.{bob.keyid[:8]}.link": data}
     verdict = verify_supply_chain(**{**written_inputs, "links": links})
     assert not verdict.passed
+
+
+def _nested_chain(levels: int) -> dict[str, Any]:
+    """A layout whose only step is delegated `levels` times, always to the same key."""
+    signer = SoftwareSigner.generate("ed25519")
+    keyid = signer.public_key.keyid
+
+    def layout() -> dict[str, Any]:
+        step = {"name": "s", "pubkeys": [keyid], "threshold": 1, "expected_command": []}
+        return {
+            "_type": "layout",
+            "expires": "2100-01-01T00:00:00Z",
+            "keys": {keyid: signer.public_key.to_dict()},
+            "steps": [step],
+            "inspect": [],
+        }
+
+    directory = f"s.{keyid[:8]}/"
+    links = {directory * levels + f"s.{keyid[:8]}.link": sign_metablock(
+        link_dict("s", {}, {}, []), [signer]
+    )}  # fmt: skip
+    for level in range(levels):
+        links[directory * level + f"s.{keyid[:8]}.link"] = sign_metablock(layout(), [signer])
+    return {
+        "layout": sign_metablock(layout(), [signer]),
+        "layout_keys": {keyid: signer.public_key},
+        "links": links,
+        "now": datetime.now(UTC),
+    }
+
+
+def test_nested_sublayouts_verify_up_to_a_depth_limit():
+    assert verify_supply_chain(**_nested_chain(3)).passed
+    verdict = verify_supply_chain(**_nested_chain(MAX_SUBLAYOUT_DEPTH + 3))
+    assert verdict.failed_stage is Stage.SUBLAYOUT
+    assert f"deeper than {MAX_SUBLAYOUT_DEPTH}" in verdict.failures[0].reason
