@@ -8,6 +8,17 @@ threshold of distinct functionaries -> sublayouts (recursive) -> command alignme
 Verification stops after the first stage that fails (later stages depend on it); within a
 stage every failure is reported. A verification failure is a failing Verdict, never an
 exception; only layout bytes that cannot be understood raise MetadataError.
+
+Where we differ from in-toto 3.1 (its verdict is the oracle everywhere else):
+- signatures are checked over the bytes as received, never over a re-serialized model
+  (in-toto fails on layouts and links with fields it does not know);
+- a link whose payload names another step is ignored (in-toto accepts a replayed link);
+- `expires` is required and `threshold` must be at least 1 (in-toto defaults them);
+- `{NAME}` placeholders: no attribute, index or format-spec evaluation (`str.format`);
+- inspections are never run here: the caller hands in the links it recorded;
+- a present but malformed link file fails even if its signature would not verify (in-toto
+  ignores a DSSE one in that case); Statement v1 links (link predicate v0.3) are accepted;
+- GPG keys and subkeys are not supported; sublayouts nest at most MAX_SUBLAYOUT_DEPTH.
 """
 
 from __future__ import annotations
