@@ -7,6 +7,13 @@ explicit [policy] file, not the embedded default's local files.
 
 from __future__ import annotations
 
+import os
+import re
+import signal as signalmod
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +24,7 @@ from typing import Any
 import grpc
 
 from custody_api.v1 import custody_pb2_grpc
+from custody_client.local_tls import find_local_tls
 from custody_server.audit_events import AuditEvent, MemoryAuditSink
 from custody_server.tls_bootstrap import (
     CertificateAuthority,
@@ -90,3 +98,74 @@ StartServer = Callable[..., AccessServer]
 
 def unique_alias(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ServerProcess:
+    """`python -m custody_server.main` in its own process; stderr is collected so that
+    tests can wait for what it says (listening, policy reloaded...)."""
+
+    def __init__(self, state_dir: Path, *, args: tuple[str, ...] = ()) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+        env["PYTHONPATH"] = os.pathsep.join(str(REPO / p) for p in ("core", "client", "server"))
+        self.state_dir = state_dir
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "custody_server.main", "--state-dir", str(state_dir),
+             "--listen", "127.0.0.1:0", "--log-format", "console", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        self._stderr = bytearray()
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        match = self.wait_for(rb"listening on [^:\s]+:(\d+)")
+        self.address = f"127.0.0.1:{int(match.group(1))}"
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._lock:
+                self._stderr += line
+
+    @property
+    def stderr(self) -> bytes:
+        with self._lock:
+            return bytes(self._stderr)
+
+    def wait_for(self, pattern: bytes, *, after: int = 0, timeout: float = 30.0
+                 ) -> re.Match[bytes]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.compile(pattern).search(self.stderr, after)
+            if match:
+                return match
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"server did not say {pattern!r}; it said:\n"
+                             + self.stderr.decode(errors="replace")[-3000:])
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        files = find_local_tls({"CUSTODY_STATE_DIR": str(self.state_dir)})
+        assert files is not None, "the server did not create its local TLS files"
+        return grpc.ssl_channel_credentials(root_certificates=files.ca.read_bytes(),
+                                            private_key=files.key.read_bytes(),
+                                            certificate_chain=files.cert.read_bytes())
+
+    def channel(self) -> grpc.Channel:
+        return grpc.secure_channel(self.address, self.credentials())
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, *, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signalmod.SIGTERM)
+        try:
+            code: int = self.process.wait(timeout=timeout)
+            return code
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
