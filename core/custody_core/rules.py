@@ -30,6 +30,7 @@ __all__ = [
     "ArtifactsSource",
     "RuleApplication",
     "RuleListResult",
+    "RuleKind",
     "RuleViolation",
     "apply_rules",
     "filter_paths",

@@ -27,12 +27,13 @@ from in_toto.models.metadata import Envelope as RefEnvelope
 from in_toto.models.metadata import Metablock, Metadata
 from in_toto.runlib import in_toto_run
 from in_toto.verifylib import in_toto_verify
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 
 from custody_core.keys import PublicKey
 from custody_core.verdict import Stage, Verdict
 from custody_core.verify import verify_supply_chain
 
+Tamper = Callable[[dict[str, Any]], None]
 PY_CONTENT = b"print('hello')\n"
 TAR_CONTENT = b"pretend this is foo.tar.gz\n"
 
@@ -79,7 +80,7 @@ class LinkFile:
     file_keyid: str  # the key id in the file name (normally the signer's)
     directory: str = ""  # e.g. "build.1234abcd" for a sublayout's links
     dsse: bool = False
-    tamper: Callable[[dict[str, Any]], None] | None = None  # edits the JSON after signing
+    tamper: Tamper | None = None  # edits the JSON after signing
     step: str = ""  # the step this file is for, if the payload has no name (a sublayout)
 
     def file_name(self) -> str:
@@ -111,7 +112,18 @@ class Scenario:
         self.layout["keys"][self.parties[party].keyid] = self.parties[party].key_dict
 
 
-def step_dict(name: str, keyids: list[str], materials, products, command, threshold=1):
+Rules = list[list[str]]
+ArtifactDict = dict[str, dict[str, str]]
+
+
+def step_dict(
+    name: str,
+    keyids: list[str],
+    materials: Rules,
+    products: Rules,
+    command: list[str],
+    threshold: int = 1,
+) -> dict[str, Any]:
     return {
         "_type": "step",
         "name": name,
@@ -123,7 +135,13 @@ def step_dict(name: str, keyids: list[str], materials, products, command, thresh
     }
 
 
-def link_dict(name: str, materials, products, command, return_value: int = 0) -> dict[str, Any]:
+def link_dict(
+    name: str,
+    materials: ArtifactDict,
+    products: ArtifactDict,
+    command: list[str],
+    return_value: int = 0,
+) -> dict[str, Any]:
     return {
         "_type": "link",
         "name": name,
@@ -217,7 +235,7 @@ def _signed_bytes(payload: dict[str, Any], signers: list[Party], *, dsse: bool) 
     return json.dumps(metadata.to_dict(), sort_keys=True).encode()
 
 
-def _write_json_bytes(path: Path, data: bytes, tamper) -> None:
+def _write_json_bytes(path: Path, data: bytes, tamper: Tamper | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if tamper is not None:
         value = json.loads(data)

@@ -26,7 +26,7 @@ from in_toto.verifylib import in_toto_verify
 
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, sign_dsse, sign_metablock
 from custody_core.software_signer import SoftwareSigner
-from custody_core.verdict import Stage
+from custody_core.verdict import Stage, Verdict
 from custody_core.verify import verify_supply_chain
 
 FIXTURES = Path("/work/shared/conformance/in-toto-python")
@@ -42,7 +42,7 @@ UNTAR = ["tar", "xzf", "foo.tar.gz"]
 def _template(dsse: bool) -> dict[str, Any]:
     if dsse:
         envelope = json.loads((DEMO_DSSE / "demo.layout.template").read_text())
-        layout = json.loads(base64.b64decode(envelope["payload"]))
+        layout: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
     else:
         layout = json.loads((DEMO / "demo.layout.template").read_text())["signed"]
     layout["expires"] = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -96,7 +96,7 @@ def _product_dir(root: Path, name: str, *, tamper: bool) -> Path:
 
 def _verify_both(
     tmp_path: Path, *, layout: dict[str, Any], signer_name: str, dsse: bool, tamper: bool
-):
+) -> tuple[Verdict, bool]:
     signer = _signer(signer_name)
     layout_bytes = _sign(layout, signer, dsse)
     links = _links(dsse)
@@ -130,7 +130,7 @@ def _verify_both(
 
 @pytest.mark.parametrize("dsse", [False, True], ids=["metablock", "dsse"])
 @pytest.mark.parametrize("signer_name", ["alice", "rsa-pem", "danny-legacy"])
-def test_demo_supply_chain_verifies(tmp_path, dsse, signer_name):
+def test_demo_supply_chain_verifies(tmp_path: Path, dsse: bool, signer_name: str) -> None:
     layout = _template(dsse)
     assert set(layout["keys"]) == LEGACY_KEYIDS  # links are found by these ids as stated
     verdict, reference_passed = _verify_both(
@@ -143,7 +143,7 @@ def test_demo_supply_chain_verifies(tmp_path, dsse, signer_name):
 
 
 @pytest.mark.parametrize("dsse", [False, True], ids=["metablock", "dsse"])
-def test_tampered_product_passes_open_rules_like_the_reference(tmp_path, dsse):
+def test_tampered_product_passes_open_rules_like_the_reference(tmp_path: Path, dsse: bool) -> None:
     verdict, reference_passed = _verify_both(
         tmp_path, layout=_template(dsse), signer_name="alice", dsse=dsse, tamper=True
     )
@@ -151,7 +151,9 @@ def test_tampered_product_passes_open_rules_like_the_reference(tmp_path, dsse):
 
 
 @pytest.mark.parametrize("dsse", [False, True], ids=["metablock", "dsse"])
-def test_tampered_product_fails_with_disallow_naming_the_artifact(tmp_path, dsse):
+def test_tampered_product_fails_with_disallow_naming_the_artifact(
+    tmp_path: Path, dsse: bool
+) -> None:
     layout = copy.deepcopy(_template(dsse))
     layout["inspect"][0]["expected_materials"].append(["DISALLOW", "*"])
     layout["inspect"][0]["expected_products"].append(["DISALLOW", "*"])
@@ -169,7 +171,7 @@ def test_tampered_product_fails_with_disallow_naming_the_artifact(tmp_path, dsse
 
 
 @pytest.mark.parametrize("dsse", [False, True], ids=["metablock", "dsse"])
-def test_untampered_product_passes_with_disallow(tmp_path, dsse):
+def test_untampered_product_passes_with_disallow(tmp_path: Path, dsse: bool) -> None:
     layout = copy.deepcopy(_template(dsse))
     layout["inspect"][0]["expected_materials"].append(["DISALLOW", "*"])
     verdict, reference_passed = _verify_both(
@@ -179,7 +181,7 @@ def test_untampered_product_passes_with_disallow(tmp_path, dsse):
     assert reference_passed
 
 
-def test_recomputed_key_ids_would_not_find_the_links(tmp_path):
+def test_recomputed_key_ids_would_not_find_the_links(tmp_path: Path) -> None:
     """A layout whose keys are re-keyed by the modern formula names other link files."""
     layout = _template(False)
     signer = _signer("alice")

@@ -6,8 +6,10 @@ import contextlib
 import copy
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,16 +19,17 @@ from custody_core.errors import CustodyError, KeyFormatError, MetadataError
 from custody_core.models import Layout, Link
 from custody_core.rules import RuleKind
 
+Edit = Callable[[dict[str, Any]], object]
 DEMO = Path("/work/shared/conformance/in-toto-python/demo_files")
 
 
-def demo_layout() -> dict:
-    layout = json.loads((DEMO / "demo.layout.template").read_text())["signed"]
+def demo_layout() -> dict[str, Any]:
+    layout: dict[str, Any] = json.loads((DEMO / "demo.layout.template").read_text())["signed"]
     layout["expires"] = "2030-01-02T03:04:05Z"
     return layout
 
 
-def test_demo_layout_parses_with_keyids_as_stated():
+def test_demo_layout_parses_with_keyids_as_stated() -> None:
     layout = Layout.from_payload(demo_layout())
     assert [s.name for s in layout.steps] == ["write-code", "package"]
     assert [i.name for i in layout.inspections] == ["untar"]
@@ -40,14 +43,14 @@ def test_demo_layout_parses_with_keyids_as_stated():
     assert package.expected_materials[0].dest_name == "write-code"
 
 
-def test_unknown_fields_are_ignored():
+def test_unknown_fields_are_ignored() -> None:
     data = demo_layout()
     data["x-extension"] = {"anything": [1, 2]}
     data["steps"][0]["x-note"] = "hi"
     assert Layout.from_payload(data).steps[0].name == "write-code"
 
 
-def _broken(edit) -> dict:
+def _broken(edit: Edit) -> dict[str, Any]:
     data = copy.deepcopy(demo_layout())
     edit(data)
     return data
@@ -91,13 +94,13 @@ def _broken(edit) -> dict:
         (lambda d: d["keys"].update({"zz": {}}), "key id 'zz' is not hex"),
     ],
 )
-def test_malformed_layouts_say_what_is_wrong(edit, message):
+def test_malformed_layouts_say_what_is_wrong(edit: Edit, message: str) -> None:
     with pytest.raises(MetadataError, match=re.escape(message)):
         Layout.from_payload(_broken(edit))
 
 
-def test_unknown_key_type_is_a_key_format_error():
-    def edit(d):
+def test_unknown_key_type_is_a_key_format_error() -> None:
+    def edit(d: dict[str, Any]) -> None:
         key = next(iter(d["keys"].values()))
         key["keytype"] = "gpg"
 
@@ -105,15 +108,15 @@ def test_unknown_key_type_is_a_key_format_error():
         Layout.from_payload(_broken(edit))
 
 
-def test_key_with_another_stated_keyid_is_refused():
-    def edit(d):
+def test_key_with_another_stated_keyid_is_refused() -> None:
+    def edit(d: dict[str, Any]) -> None:
         next(iter(d["keys"].values()))["keyid"] = "ab" * 32
 
     with pytest.raises(KeyFormatError, match="states another keyid"):
         Layout.from_payload(_broken(edit))
 
 
-def test_substitution_of_a_layout():
+def test_substitution_of_a_layout() -> None:
     data = demo_layout()
     data["steps"][1]["expected_command"] = ["tar", "zcvf", "{ARCHIVE}"]
     data["inspect"][0]["run"] = ["tar", "xzf", "{ARCHIVE}"]
@@ -137,7 +140,7 @@ LINK = {
 }
 
 
-def test_link_parses_and_defaults_missing_fields():
+def test_link_parses_and_defaults_missing_fields() -> None:
     link = Link.from_payload(LINK)
     assert link.name == "package"
     assert link.products["foo.tar.gz"]["sha512"] == "ef" * 64
@@ -159,7 +162,7 @@ def test_link_parses_and_defaults_missing_fields():
         ({"environment": "x"}, "'environment' must be dict"),
     ],
 )
-def test_malformed_links_say_what_is_wrong(edit, message):
+def test_malformed_links_say_what_is_wrong(edit: dict[str, Any], message: str) -> None:
     with pytest.raises(MetadataError, match=re.escape(message)):
         Link.from_payload({**LINK, **edit})
 
@@ -201,7 +204,7 @@ def mutated_layouts(draw: st.DrawFn) -> object:
 
 @settings(max_examples=300, deadline=None)
 @given(payload=st.one_of(mutated_layouts(), json_values))
-def test_malformed_layouts_raise_only_core_errors(payload):
+def test_malformed_layouts_raise_only_core_errors(payload: Any) -> None:
     with contextlib.suppress(CustodyError):
         Layout.from_payload(payload)
 
@@ -214,6 +217,6 @@ def test_malformed_layouts_raise_only_core_errors(payload):
         max_size=3,
     )
 )
-def test_malformed_links_raise_only_core_errors(edits):
+def test_malformed_links_raise_only_core_errors(edits: dict[str, Any]) -> None:
     with contextlib.suppress(CustodyError):
         Link.from_payload({**LINK, **edits})

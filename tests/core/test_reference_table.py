@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from in_toto.exceptions import InvalidMetadata
@@ -19,6 +21,7 @@ from reference_chain import (
     STAGES_FOR_REFERENCE_ERROR,
     TAR_CONTENT,
     LinkFile,
+    Party,
     Scenario,
     baseline,
     expires_in,
@@ -42,7 +45,7 @@ STAGES = {
 
 
 @pytest.fixture(scope="module")
-def parties():
+def parties() -> dict[str, Party]:
     return make_parties()
 
 
@@ -135,7 +138,7 @@ def tampered_artifact_open_rules(s: Scenario) -> None:
     s.inspection("untar")["expected_products"].pop()
 
 
-def _change_product_hash(value: dict) -> None:
+def _change_product_hash(value: dict[str, Any]) -> None:
     value["signed"]["products"]["foo.py"] = sha(b"evil")
 
 
@@ -157,7 +160,9 @@ def missing_link(s: Scenario) -> None:
     s.links.remove(s.link("package"))
 
 
-def _second_write_code_link(s: Scenario, *, threshold: int, products=None) -> None:
+def _second_write_code_link(
+    s: Scenario, *, threshold: int, products: dict[str, Any] | None = None
+) -> None:
     carol = s.parties["carol"]
     s.add_key("carol")
     step = s.step("write-code")
@@ -205,7 +210,7 @@ def layout_two_keys_both_signed(s: Scenario) -> None:
     s.verify_keys = s.layout_signers = ["owner", "owner2"]
 
 
-def _delegate_package(s: Scenario) -> tuple[list[LinkFile], dict]:
+def _delegate_package(s: Scenario) -> tuple[list[LinkFile], dict[str, Any]]:
     """Replace bob's package link by a sublayout signed by bob: prepare (carol) -> archive
     (dave), with their links under package.<bob8>/."""
     bob, carol, dave = (s.parties[p] for p in ("bob", "carol", "dave"))
@@ -320,7 +325,7 @@ def command_mismatch(s: Scenario) -> None:
     s.link("write-code").payload["command"] = ["emacs", "foo.py"]
 
 
-def _wrong_payload_type(value: dict) -> None:
+def _wrong_payload_type(value: dict[str, Any]) -> None:
     value["payloadType"] = "application/json"
 
 
@@ -329,7 +334,7 @@ def dsse_wrong_payload_type(s: Scenario) -> None:
     s.link("package").tamper = _wrong_payload_type
 
 
-def _garbage(value: dict) -> None:
+def _garbage(value: dict[str, Any]) -> None:
     value.clear()
     value["hello"] = "world"
 
@@ -395,7 +400,9 @@ SUBLAYOUT_CASES = {sublayout_missing_link, sublayout_rule_fails, sublayout_expir
 
 
 @pytest.mark.parametrize(("edit", "should_pass"), CASES, ids=[c[0].__name__ for c in CASES])
-def test_same_verdict_as_reference(edit, should_pass, parties, tmp_path):
+def test_same_verdict_as_reference(
+    edit: Callable[[Scenario], None], should_pass: bool, parties: dict[str, Party], tmp_path: Path
+) -> None:
     scenario = baseline(parties)
     edit(scenario)
     written = write(scenario, tmp_path)
@@ -411,6 +418,6 @@ def test_same_verdict_as_reference(edit, should_pass, parties, tmp_path):
             assert failed.reason and "\n" not in failed.reason
 
 
-def test_table_is_large_enough():
+def test_table_is_large_enough() -> None:
     assert len(CASES) >= 30
     assert {p for _, p in CASES} == {True, False}

@@ -9,13 +9,22 @@ import pytest
 from rule_oracle import Arts, reference_queues
 
 from custody_core.errors import MetadataError
-from custody_core.rules import ArtifactRule, ArtifactType, apply_rules, filter_paths, parse_rules
+from custody_core.rules import (
+    ArtifactRule,
+    ArtifactType,
+    RuleListResult,
+    apply_rules,
+    filter_paths,
+    parse_rules,
+)
 
 H1 = {"sha256": "aa"}
 H2 = {"sha256": "bb"}
 
 
-def ours(name: str, source_type: str, rules: list[list[str]], links: Mapping[str, Arts]):
+def ours(
+    name: str, source_type: str, rules: list[list[str]], links: Mapping[str, Arts]
+) -> RuleListResult:
     return apply_rules(
         item_name=name,
         source_type=ArtifactType(source_type),
@@ -99,11 +108,13 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "source_type", "rules"), CASES)
-def test_same_queues_and_verdict_as_reference(name, source_type, rules):
+def test_same_queues_and_verdict_as_reference(
+    name: str, source_type: str, rules: list[list[str]]
+) -> None:
     assert_same_as_reference(name, source_type, rules, LINKS)
 
 
-def test_disallow_violation_names_the_artifacts_and_rule():
+def test_disallow_violation_names_the_artifacts_and_rule() -> None:
     result = ours("build", "materials", [["ALLOW", "src/*"], ["DISALLOW", "*"]], LINKS)
     assert result.violation is not None
     assert result.violation.rule.text == "DISALLOW *"
@@ -111,7 +122,7 @@ def test_disallow_violation_names_the_artifacts_and_rule():
     assert "not consumed" in result.violation.reason
 
 
-def test_require_violation_says_which_rule_consumed_the_path():
+def test_require_violation_says_which_rule_consumed_the_path() -> None:
     result = ours("build", "materials", [["ALLOW", "READ*"], ["REQUIRE", "README"]], LINKS)
     assert result.violation is not None
     assert result.violation.paths == ("README",)
@@ -120,7 +131,7 @@ def test_require_violation_says_which_rule_consumed_the_path():
     assert result.consumer_of("src/a.py") is None
 
 
-def test_trace_records_what_each_rule_consumed():
+def test_trace_records_what_each_rule_consumed() -> None:
     result = ours("build", "products", [["CREATE", "*"], ["MODIFY", "*"], ["ALLOW", "*"]], LINKS)
     assert [set(a.consumed) for a in result.trace] == [
         {"dist/app.tgz"},
@@ -130,7 +141,7 @@ def test_trace_records_what_each_rule_consumed():
     assert result.passed and result.remaining == frozenset()
 
 
-def test_match_compares_the_whole_hash_dict():
+def test_match_compares_the_whole_hash_dict() -> None:
     both = {"sha256": "aa", "sha512": "cc"}
     links = {"a": Arts(materials={"f": both}), "b": Arts(products={"f": {"sha256": "aa"}})}
     rules = [["MATCH", "f", "WITH", "PRODUCTS", "FROM", "b"], ["DISALLOW", "*"]]
@@ -138,7 +149,7 @@ def test_match_compares_the_whole_hash_dict():
     assert_same_as_reference("a", "materials", rules, links)
 
 
-def test_star_crosses_slashes():
+def test_star_crosses_slashes() -> None:
     assert filter_paths({"a/b/c.py", "c.py", "a/c.txt"}, "*.py") == {"a/b/c.py", "c.py"}
 
 
@@ -157,25 +168,25 @@ def test_star_crosses_slashes():
         ["ALLOW", 3],
     ],
 )
-def test_malformed_rules_are_metadata_errors(tokens):
+def test_malformed_rules_are_metadata_errors(tokens: object) -> None:
     with pytest.raises(MetadataError):
         ArtifactRule.parse(tokens)
 
 
-def test_rules_are_case_insensitive_but_keep_their_text():
+def test_rules_are_case_insensitive_but_keep_their_text() -> None:
     rule = ArtifactRule.parse(["match", "Foo", "in", "Src", "with", "Materials", "from", "Step"])
     assert rule.source_prefix == "Src" and rule.dest_name == "Step"
     assert rule.dest_type is ArtifactType.MATERIALS
     assert rule.text == "match Foo in Src with Materials from Step"
 
 
-def test_final_disallow_detection():
+def test_final_disallow_detection() -> None:
     assert ArtifactRule.parse(["DISALLOW", "*"]).is_final_disallow_all()
     assert not ArtifactRule.parse(["DISALLOW", "*.py"]).is_final_disallow_all()
     assert not ArtifactRule.parse(["ALLOW", "*"]).is_final_disallow_all()
 
 
-def test_substitution_replaces_placeholders_and_refuses_format_tricks():
+def test_substitution_replaces_placeholders_and_refuses_format_tricks() -> None:
     rule = ArtifactRule.parse(["MATCH", "{NAME}.tar.gz", "WITH", "PRODUCTS", "FROM", "{STEP}"])
     done = rule.substituted({"NAME": "foo", "STEP": "package"})
     assert done.pattern == "foo.tar.gz" and done.dest_name == "package"
@@ -187,7 +198,7 @@ def test_substitution_replaces_placeholders_and_refuses_format_tricks():
     assert ArtifactRule.parse(["ALLOW", "{{lit}}"]).substituted({}).pattern == "{lit}"
 
 
-def test_100k_artifacts_are_fast():
+def test_100k_artifacts_are_fast() -> None:
     n = 100_000
     hashes = [{"sha256": f"{i:064x}"} for i in range(n)]
     source = {f"src/dir{i % 100}/file{i}.c": hashes[i] for i in range(n)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,7 +62,9 @@ source_types = st.sampled_from(["materials", "products"])
 
 @settings(max_examples=200, deadline=None)
 @given(links=links, rules=rule_lists, source_type=source_types)
-def test_same_verdict_and_queues_as_reference(links, rules, source_type):
+def test_same_verdict_and_queues_as_reference(
+    links: dict[str, Arts], rules: list[list[str]], source_type: str
+) -> None:
     ref_passed, ref_queues = reference_queues("x", source_type, rules, links)
     result = apply_rules(
         item_name="x",
@@ -80,7 +83,9 @@ def test_same_verdict_and_queues_as_reference(links, rules, source_type):
 
 @settings(max_examples=200, deadline=None)
 @given(links=links, rules=rule_lists, source_type=source_types)
-def test_consumption_invariants(links, rules, source_type):
+def test_consumption_invariants(
+    links: dict[str, Arts], rules: list[list[str]], source_type: str
+) -> None:
     source = set(getattr(links["x"], source_type))
     result = apply_rules(
         item_name="x",
@@ -107,7 +112,9 @@ def test_consumption_invariants(links, rules, source_type):
 
 @settings(max_examples=200, deadline=None)
 @given(links=links, source_type=source_types, extra=st.lists(simple_rules, max_size=4))
-def test_final_disallow_all_passes_only_if_everything_was_consumed(links, source_type, extra):
+def test_final_disallow_all_passes_only_if_everything_was_consumed(
+    links: dict[str, Arts], source_type: str, extra: list[list[str]]
+) -> None:
     rules = parse_rules([r for r in extra if r[0] not in ("DISALLOW", "REQUIRE")], where="t")
     open_result = apply_rules(
         item_name="x", source_type=ArtifactType(source_type), rules=rules, links=links
@@ -133,7 +140,7 @@ json_values = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(tokens=st.one_of(json_values, st.lists(st.text(max_size=8), max_size=11)))
-def test_any_rule_input_parses_or_raises_metadata_error(tokens):
+def test_any_rule_input_parses_or_raises_metadata_error(tokens: Any) -> None:
     try:
         rule = ArtifactRule.parse(tokens)
     except MetadataError:
@@ -148,5 +155,5 @@ path_text = st.text(alphabet="ab/.*?[]!\n-", max_size=6)
 
 @settings(max_examples=500, deadline=None)
 @given(paths=st.sets(path_text, max_size=8), pattern=pattern_text)
-def test_filter_paths_is_fnmatch_filter(paths, pattern):
+def test_filter_paths_is_fnmatch_filter(paths: set[str], pattern: str) -> None:
     assert filter_paths(paths, pattern) == set(fnmatch.filter(sorted(paths), pattern))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,11 +45,13 @@ def parties() -> dict[str, Party]:
     return make_parties()
 
 
-def verify(scenario: Scenario, tmp_path, **overrides: Any) -> Verdict:
+def verify(scenario: Scenario, tmp_path: Path, **overrides: Any) -> Verdict:
     return run_core(scenario, write(scenario, tmp_path), **overrides)
 
 
-def test_rule_failure_names_stage_step_rule_and_artifacts(parties, tmp_path):
+def test_rule_failure_names_stage_step_rule_and_artifacts(
+    parties: dict[str, Party], tmp_path: Path
+) -> None:
     scenario = baseline(parties)
     extra_product(scenario)
     verdict = verify(scenario, tmp_path)
@@ -72,7 +75,9 @@ def test_rule_failure_names_stage_step_rule_and_artifacts(parties, tmp_path):
     assert consumed[("package", "ALLOW foo.py")] == ["foo.py"]
 
 
-def test_passing_verdict_has_a_full_trace_and_no_rule_warnings(parties, tmp_path):
+def test_passing_verdict_has_a_full_trace_and_no_rule_warnings(
+    parties: dict[str, Party], tmp_path: Path
+) -> None:
     verdict = verify(baseline(parties), tmp_path)
     assert verdict.passed and verdict.failures == ()
     assert not [w for w in verdict.warnings if "DISALLOW" in w.message]
@@ -80,7 +85,7 @@ def test_passing_verdict_has_a_full_trace_and_no_rule_warnings(parties, tmp_path
     assert ("untar", "products") in steps and ("write-code", "materials") in steps
 
 
-def test_command_mismatch_is_a_warning(parties, tmp_path):
+def test_command_mismatch_is_a_warning(parties: dict[str, Party], tmp_path: Path) -> None:
     scenario = baseline(parties)
     command_mismatch(scenario)
     verdict = verify(scenario, tmp_path)
@@ -89,7 +94,7 @@ def test_command_mismatch_is_a_warning(parties, tmp_path):
     assert mismatch.step == "write-code" and "emacs" in mismatch.message
 
 
-def test_open_rule_list_is_a_warning(parties, tmp_path):
+def test_open_rule_list_is_a_warning(parties: dict[str, Party], tmp_path: Path) -> None:
     scenario = baseline(parties)
     scenario.step("package")["expected_products"].pop()
     verdict = verify(scenario, tmp_path)
@@ -99,7 +104,9 @@ def test_open_rule_list_is_a_warning(parties, tmp_path):
     assert "expected_products" in open_list.message
 
 
-def test_two_versions_of_one_functionarys_key_count_once(parties, tmp_path):
+def test_two_versions_of_one_functionarys_key_count_once(
+    parties: dict[str, Party], tmp_path: Path
+) -> None:
     scenario = baseline(parties)
     _second_write_code_link(scenario, threshold=2)
     alice, carol = parties["alice"].keyid, parties["carol"].keyid
@@ -126,7 +133,7 @@ class RefuseKeys:
         return "outside its overlap window" if keyid in self.keyids else None
 
 
-def test_refused_functionary_key_does_not_count(parties, tmp_path):
+def test_refused_functionary_key_does_not_count(parties: dict[str, Party], tmp_path: Path) -> None:
     verdict = verify(baseline(parties), tmp_path, key_policy=RefuseKeys(parties["bob"].keyid))
     assert not verdict.passed
     failure = verdict.failures[0]
@@ -134,18 +141,20 @@ def test_refused_functionary_key_does_not_count(parties, tmp_path):
     assert "outside its overlap window" in failure.reason
 
 
-def test_refused_layout_key_fails_the_layout_signature(parties, tmp_path):
+def test_refused_layout_key_fails_the_layout_signature(
+    parties: dict[str, Party], tmp_path: Path
+) -> None:
     verdict = verify(baseline(parties), tmp_path, key_policy=RefuseKeys(parties["owner"].keyid))
     assert verdict.failed_stage is Stage.LAYOUT_SIGNATURE
     assert "refused" in verdict.failures[0].reason
 
 
-def test_no_layout_key_fails(parties, tmp_path):
+def test_no_layout_key_fails(parties: dict[str, Party], tmp_path: Path) -> None:
     verdict = verify(baseline(parties), tmp_path, layout_keys={})
     assert verdict.failed_stage is Stage.LAYOUT_SIGNATURE
 
 
-def test_link_that_names_another_step_is_ignored(parties, tmp_path):
+def test_link_that_names_another_step_is_ignored(parties: dict[str, Party], tmp_path: Path) -> None:
     """Stricter than in-toto 3.1, which would accept a write-code.<id>.link whose payload is
     another step's link (a replayed link)."""
     scenario = baseline(parties)
@@ -157,7 +166,7 @@ def test_link_that_names_another_step_is_ignored(parties, tmp_path):
     assert any("names step 'package'" in w.message for w in verdict.warnings)
 
 
-def test_missing_link_is_named(parties, tmp_path):
+def test_missing_link_is_named(parties: dict[str, Party], tmp_path: Path) -> None:
     scenario = baseline(parties)
     scenario.links.remove(scenario.link("package"))
     verdict = verify(scenario, tmp_path)
@@ -191,7 +200,7 @@ def _statement_links(scenario: Scenario, inputs: dict[str, Any]) -> dict[str, by
     return links
 
 
-def test_statement_v1_links_verify(parties, tmp_path):
+def test_statement_v1_links_verify(parties: dict[str, Party], tmp_path: Path) -> None:
     scenario = baseline(parties)
     inputs = core_inputs(scenario, write(scenario, tmp_path))
     links = _statement_links(scenario, inputs)
@@ -207,14 +216,16 @@ def test_statement_v1_links_verify(parties, tmp_path):
     assert "foo.tar.gz" in verdict.failures[0].paths
 
 
-def test_inspection_link_found_by_its_name(parties, tmp_path):
+def test_inspection_link_found_by_its_name(parties: dict[str, Party], tmp_path: Path) -> None:
     scenario = baseline(parties)
     inputs = core_inputs(scenario, write(scenario, tmp_path))
     renamed = {"anything.link": inputs["inspection_links"]["untar.link"]}
     assert verify_supply_chain(**{**inputs, "inspection_links": renamed}).passed
 
 
-def test_missing_inspection_link_names_the_inspection(parties, tmp_path):
+def test_missing_inspection_link_names_the_inspection(
+    parties: dict[str, Party], tmp_path: Path
+) -> None:
     verdict = verify(baseline(parties), tmp_path, inspection_links={})
     assert verdict.failed_stage is Stage.INSPECTIONS
     assert verdict.failures[0].step == "untar"
@@ -229,14 +240,18 @@ def test_missing_inspection_link_names_the_inspection(parties, tmp_path):
         ({**link_dict("untar", {}, {}, []), "byproducts": {}}, "returned None"),
     ],
 )
-def test_bad_inspection_links_fail(parties, tmp_path, link, message):
+def test_bad_inspection_links_fail(
+    parties: dict[str, Party], tmp_path: Path, link: dict[str, Any], message: str
+) -> None:
     data = sign_metablock(link, [])
     verdict = verify(baseline(parties), tmp_path, inspection_links={"untar.link": data})
     assert verdict.failed_stage is Stage.INSPECTIONS
     assert message in verdict.failures[0].reason
 
 
-def test_bare_link_dict_is_accepted_as_an_inspection_link(parties, tmp_path):
+def test_bare_link_dict_is_accepted_as_an_inspection_link(
+    parties: dict[str, Party], tmp_path: Path
+) -> None:
     scenario = baseline(parties)
     inputs = core_inputs(scenario, write(scenario, tmp_path))
     signed = json.loads(inputs["inspection_links"]["untar.link"])["signed"]
@@ -244,7 +259,7 @@ def test_bare_link_dict_is_accepted_as_an_inspection_link(parties, tmp_path):
     assert verify_supply_chain(**{**inputs, "inspection_links": bare}).passed
 
 
-def test_sublayout_failure_names_the_inner_step(parties, tmp_path):
+def test_sublayout_failure_names_the_inner_step(parties: dict[str, Party], tmp_path: Path) -> None:
     scenario = baseline(parties)
     sublayout_rule_fails(scenario)
     verdict = verify(scenario, tmp_path)
@@ -254,7 +269,9 @@ def test_sublayout_failure_names_the_inner_step(parties, tmp_path):
     assert failure.paths == ("backdoor.sh",) and failure.rule == "DISALLOW *"
 
 
-def test_sublayout_inspection_links_live_in_its_link_directory(parties, tmp_path):
+def test_sublayout_inspection_links_live_in_its_link_directory(
+    parties: dict[str, Party], tmp_path: Path
+) -> None:
     scenario = baseline(parties)
     _, sublayout = _delegate_package(scenario)
     sublayout["inspect"] = [
@@ -284,7 +301,9 @@ def test_sublayout_inspection_links_live_in_its_link_directory(parties, tmp_path
         ({}, "no value for parameter {ARCHIVE}"),
     ],
 )
-def test_bad_parameters_fail(parties, tmp_path, parameters, message):
+def test_bad_parameters_fail(
+    parties: dict[str, Party], tmp_path: Path, parameters: dict[str, Any], message: str
+) -> None:
     scenario = baseline(parties)
     scenario.step("package")["expected_products"][0] = ["CREATE", "{ARCHIVE}"]
     verdict = verify(scenario, tmp_path, parameters=parameters)
@@ -292,7 +311,7 @@ def test_bad_parameters_fail(parties, tmp_path, parameters, message):
     assert message in verdict.failures[0].reason
 
 
-def test_format_string_tricks_are_not_evaluated(parties, tmp_path):
+def test_format_string_tricks_are_not_evaluated(parties: dict[str, Party], tmp_path: Path) -> None:
     scenario = baseline(parties)
     scenario.step("package")["expected_products"][0] = ["CREATE", "{ARCHIVE.__class__}"]
     verdict = verify(scenario, tmp_path, parameters={"ARCHIVE": "foo.tar.gz"})
@@ -310,7 +329,9 @@ def test_format_string_tricks_are_not_evaluated(parties, tmp_path):
         b'{"payload": "e30=", "payloadType": "text/plain", "signatures": []}',
     ],
 )
-def test_malformed_layout_bytes_raise_metadata_error(parties, layout):
+def test_malformed_layout_bytes_raise_metadata_error(
+    parties: dict[str, Party], layout: bytes
+) -> None:
     owner = parties["owner"]
     with pytest.raises(MetadataError):
         verify_supply_chain(
@@ -329,7 +350,9 @@ def test_malformed_layout_bytes_raise_metadata_error(parties, layout):
         {"_type": "layout", "steps": [{"name": "a", "threshold": 0}], "inspect": []},
     ],
 )
-def test_signed_malformed_layout_raises_metadata_error(parties, payload):
+def test_signed_malformed_layout_raises_metadata_error(
+    parties: dict[str, Party], payload: dict[str, Any]
+) -> None:
     owner = parties["owner"]
     with pytest.raises(MetadataError, match="layout"):
         verify_supply_chain(
@@ -340,7 +363,7 @@ def test_signed_malformed_layout_raises_metadata_error(parties, payload):
         )
 
 
-def test_unsigned_malformed_layout_is_not_parsed(parties):
+def test_unsigned_malformed_layout_is_not_parsed(parties: dict[str, Party]) -> None:
     """Verify, then parse: a malformed payload nobody trusted signed is just unsigned."""
     owner = parties["owner"]
     verdict = verify_supply_chain(
@@ -352,7 +375,7 @@ def test_unsigned_malformed_layout_is_not_parsed(parties):
     assert verdict.failed_stage is Stage.LAYOUT_SIGNATURE
 
 
-def test_a_signed_link_is_not_a_layout(parties, tmp_path):
+def test_a_signed_link_is_not_a_layout(parties: dict[str, Party], tmp_path: Path) -> None:
     scenario = baseline(parties)
     inputs = core_inputs(scenario, write(scenario, tmp_path))
     alice = parties["alice"]
@@ -363,12 +386,12 @@ def test_a_signed_link_is_not_a_layout(parties, tmp_path):
         )
 
 
-def test_naive_now_is_refused(parties, tmp_path):
+def test_naive_now_is_refused(parties: dict[str, Party], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         verify(baseline(parties), tmp_path, now=datetime.now())
 
 
-def test_verdict_invariants():
+def test_verdict_invariants() -> None:
     failure = Failure(Stage.EXPIRY, None, None, (), "layout expired")
     with pytest.raises(ValueError):
         Verdict(passed=True, failures=(failure,), warnings=())
@@ -379,7 +402,9 @@ def test_verdict_invariants():
 
 
 @pytest.fixture(scope="module")
-def written_inputs(parties, tmp_path_factory) -> dict[str, Any]:
+def written_inputs(
+    parties: dict[str, Party], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     scenario = baseline(parties)
     return core_inputs(scenario, write(scenario, tmp_path_factory.mktemp("chain")))
 
@@ -410,7 +435,9 @@ def _mutate(data: bytes, mutation: tuple[str, int, int]) -> bytes:
     index=st.integers(0, 10),
     mutation=mutations,
 )
-def test_mutated_links_give_a_verdict_never_an_exception(written_inputs, which, index, mutation):
+def test_mutated_links_give_a_verdict_never_an_exception(
+    written_inputs: dict[str, Any], which: str, index: int, mutation: tuple[str, int, int]
+) -> None:
     files = dict(written_inputs[which])
     name = sorted(files)[index % len(files)]
     files[name] = _mutate(files[name], mutation)
@@ -425,7 +452,9 @@ def test_mutated_links_give_a_verdict_never_an_exception(written_inputs, which, 
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(mutation=mutations)
-def test_mutated_layouts_raise_only_metadata_errors(written_inputs, mutation):
+def test_mutated_layouts_raise_only_metadata_errors(
+    written_inputs: dict[str, Any], mutation: tuple[str, int, int]
+) -> None:
     layout = _mutate(written_inputs["layout"], mutation)
     try:
         verdict = verify_supply_chain(**{**written_inputs, "layout": layout})
@@ -436,7 +465,9 @@ def test_mutated_layouts_raise_only_metadata_errors(written_inputs, mutation):
         assert parse_envelope(layout).signed_bytes == original.signed_bytes
 
 
-def test_line_breaks_in_names_and_paths_stay_inside_one_line(parties, tmp_path):
+def test_line_breaks_in_names_and_paths_stay_inside_one_line(
+    parties: dict[str, Party], tmp_path: Path
+) -> None:
     scenario = baseline(parties)
     scenario.link("package").payload["products"]["evil\nline.txt"] = sha(b"x")
     scenario.step("package")["expected_command"] = ["tar\r\n", "x"]
@@ -463,7 +494,13 @@ json_values = st.recursive(
     value=json_values,
     dsse=st.booleans(),
 )
-def test_validly_signed_odd_links_give_a_verdict(parties, written_inputs, field_name, value, dsse):
+def test_validly_signed_odd_links_give_a_verdict(
+    parties: dict[str, Party],
+    written_inputs: dict[str, Any],
+    field_name: str,
+    value: Any,
+    dsse: bool,
+) -> None:
     bob = parties["bob"]
     payload = link_dict("package", {}, {}, ["tar"])
     payload[field_name] = value
@@ -509,7 +546,7 @@ def _nested_chain(levels: int) -> dict[str, Any]:
     }
 
 
-def test_nested_sublayouts_verify_up_to_a_depth_limit():
+def test_nested_sublayouts_verify_up_to_a_depth_limit() -> None:
     assert verify_supply_chain(**_nested_chain(3)).passed
     verdict = verify_supply_chain(**_nested_chain(MAX_SUBLAYOUT_DEPTH + 3))
     assert verdict.failed_stage is Stage.SUBLAYOUT
