@@ -74,7 +74,8 @@ class AccessServer:
     _channels: list[grpc.Channel] = field(default_factory=list)
 
     def channel(self, client: ClientCert | None) -> grpc.Channel:
-        channel = grpc.secure_channel(self.address, self.pki.credentials(client))
+        channel = grpc.secure_channel(self.address, self.pki.credentials(client),
+                                      options=[("grpc.max_receive_message_length", 1 << 26)])
         self._channels.append(channel)
         return channel
 

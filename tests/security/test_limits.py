@@ -1,0 +1,171 @@
+"""Limits: per-identity rate limits with retry information, layout size and nesting,
+deadlines that pass while a call waits, and the bound on concurrent calls."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import grpc
+import pytest
+from security_support import Pki, StartServer  # type: ignore[import-not-found]
+
+from custody_api.v1 import custody_pb2 as pb
+from custody_server.config import Limits
+from custody_server.errors import LimitExceededError
+from custody_server.policy import RateLimit, RateLimiter, RequestLimits
+from custody_server.transport.authz import RETRY_AFTER_TRAILER
+
+LIMITED = "spiffe://example.test/limited"
+FREE = "spiffe://example.test/free"
+POLICY = f"""
+version = 1
+[rate_limit]
+per_second = 100000.0
+burst = 100000
+[rate_limit.identities."{LIMITED}"]
+per_second = 4.0
+burst = 3
+[[grant]]
+identities = ["{LIMITED}", "{FREE}"]
+rpcs = ["SignLink", "SignLayout", "Verify", "ListKeys"]
+link_keys = ["build"]
+steps = ["*"]
+layout_keys = ["owner"]
+"""
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock, max_identities=2)
+    limit = RateLimit(per_second=2.0, burst=3)
+    assert [limiter.acquire("a", limit) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.acquire("a", limit) == pytest.approx(0.5)  # one token in 1/2 s
+    assert limiter.acquire("b", limit) == 0.0  # buckets are per identity
+    clock.now += 0.25
+    assert limiter.acquire("a", limit) == pytest.approx(0.25)
+    clock.now += 10  # refills, but never beyond the burst
+    assert [limiter.acquire("a", limit) for _ in range(4)][-1] == pytest.approx(0.5)
+    # A reloaded policy applies at once; the level carries over, capped at the new burst.
+    assert limiter.acquire("a", RateLimit(per_second=1.0, burst=1)) == pytest.approx(1.0)
+    limiter.acquire("c", limit)  # a third identity evicts the least recently used ("b")
+    assert len(limiter) == 2
+    clock.now += 0.001
+    assert limiter.acquire("a", limit) > 0  # "a" was kept: still empty
+
+
+@pytest.fixture
+def limited(start_server: StartServer, pki: Pki) -> Iterator[Any]:
+    yield start_server(POLICY, limits=Limits(max_layout_bytes=2_000, max_json_depth=5))
+
+
+def test_rate_limit_refuses_with_retry_information(limited: Any, pki: Pki) -> None:
+    stub = limited.custody(pki.client(uri=(LIMITED,)))
+    request = pb.SignLinkRequest(step_name="build")
+    for _ in range(3):
+        stub.SignLink(request, timeout=10)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SignLink(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailers = {str(k): str(v) for k, v in cast(Any, caught.value.trailing_metadata())}
+    retry_ms = int(trailers[RETRY_AFTER_TRAILER])
+    assert 1 <= retry_ms <= 250
+    assert "x-request-id" in trailers
+    assert f"retry in {retry_ms} ms" in str(caught.value.details())
+    # Another identity is not affected; after the advertised wait, the limited one may.
+    free = limited.custody(pki.client(uri=(FREE,)))
+    for _ in range(10):
+        free.SignLink(request, timeout=10)
+    time.sleep(retry_ms / 1000 + 0.01)
+    stub.SignLink(request, timeout=10)
+    # Refusals for rate are not denials: the audit trail stays bounded by the rate.
+    assert limited.denials() == []
+
+
+def _layout(depth: int = 1, padding: int = 0) -> bytes:
+    """A valid layout whose JSON nests `depth` levels (in a field the models ignore)."""
+    nested: Any = "x"
+    for _ in range(depth - 1):
+        nested = [nested]
+    return json.dumps({"_type": "layout", "expires": "2030-01-01T00:00:00Z", "keys": {},
+                       "steps": [], "inspect": [], "readme": "x" * padding,
+                       "x-nested": nested}).encode()
+
+
+@pytest.mark.parametrize(("layout", "message"), [
+    (_layout(padding=3_000), "over the limit of 2000 (limits.max_layout_bytes)"),
+    (_layout(depth=6), "nested deeper than 5 levels (limits.max_json_depth)"),
+])
+def test_layout_size_and_depth(limited: Any, pki: Pki, layout: bytes, message: str) -> None:
+    stub = limited.custody(pki.client(uri=(FREE,)))
+    requests = [("SignLayout", pb.SignLayoutRequest(layout=layout)),
+                ("Verify", pb.VerifyRequest(layout=layout,
+                                            layout_keys=[pb.TrustedKey(alias="owner")]))]
+    for rpc, request in requests:
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stub, rpc)(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in str(caught.value.details())
+    response = stub.SignLayout(pb.SignLayoutRequest(layout=_layout(depth=5)), timeout=10)
+    assert response.signed
+
+
+def test_request_limits_are_checked_before_parsing() -> None:
+    limits = RequestLimits(max_layout_bytes=100, max_json_depth=2)
+    limits.check_layout(b'{"a": ["[[[[", "\\"]]]"]}')  # brackets in strings do not count
+    with pytest.raises(LimitExceededError):
+        limits.check_layout(b'{"a": [[1]]}')
+    with pytest.raises(ValueError, match="max_json_depth"):
+        RequestLimits(max_json_depth=65)
+
+
+_SLOW = pb.SignLinkRequest(step_name="slow", products=[
+    pb.Artifact(path=f"out/{i}", digest={"sha256": "ab" * 32}) for i in range(60_000)])
+
+
+def _slow_call_in_flight(stub: Any) -> threading.Thread:
+    def call() -> None:
+        stub.SignLink(_SLOW, timeout=60)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(0.15)  # the slow call has the only worker now
+    return thread
+
+
+def test_a_call_whose_deadline_passes_while_queued_signs_nothing(start_server: StartServer,
+                                                                 pki: Pki) -> None:
+    server = start_server(POLICY, limits=Limits(max_workers=1))
+    stub = server.custody(pki.client(uri=(FREE,)))
+    slow = _slow_call_in_flight(stub)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SignLink(pb.SignLinkRequest(step_name="late"), timeout=0.1)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    slow.join()
+    time.sleep(0.2)  # the queued call has been dispatched (and refused) by now
+    steps = [e.details.get("step") for e in server.audit.events if e.action == "sign-link"]
+    assert steps == ["slow"]  # the late call never reached the signing service
+
+
+def test_calls_beyond_the_concurrency_bound_are_refused_at_once(start_server: StartServer,
+                                                               pki: Pki) -> None:
+    server = start_server(POLICY, limits=Limits(max_workers=1, max_concurrent_rpcs=1))
+    stub = server.custody(pki.client(uri=(FREE,)))
+    slow = _slow_call_in_flight(stub)
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SignLink(pb.SignLinkRequest(step_name="extra"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert time.perf_counter() - started < 0.5
+    slow.join()
