@@ -19,17 +19,23 @@ if TYPE_CHECKING:
 
 
 def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
-    from custody_client import cli_keys
-    from custody_client._cli import admin, steps, verify
+    """The command's function; only its own module is imported (start-up time)."""
+    if args.command in ("run", "record"):
+        from custody_client._cli import steps
 
-    if args.command == "run":
-        return steps.cmd_run
-    if args.command == "record":
+        if args.command == "run":
+            return steps.cmd_run
         return steps.cmd_record_start if args.phase == "start" else steps.cmd_record_stop
     if args.command == "verify":
+        from custody_client._cli import verify
+
         return verify.cmd_verify
+    from custody_client._cli import admin
+
     if args.command == "sign-layout":
         return admin.cmd_sign_layout
+    from custody_client import cli_keys
+
     return {"create": admin.cmd_keys_create, "public": admin.cmd_keys_public,
             **cli_keys.KEY_HANDLERS}[args.keys_command]
 

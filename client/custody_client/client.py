@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,8 +25,8 @@ import grpc
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
 from custody_client.errors import ClientError
+from custody_client.link_draft import ENVELOPE_TO_PB, LinkDraft
 from custody_client.models import (
-    Byproducts,
     EnvelopeKind,
     KeyAlgorithm,
     KeyInfo,
@@ -40,16 +40,13 @@ from custody_client.models import (
 )
 from custody_client.settings import NO_RETRIES, ConnectionSettings, RetryPolicy
 
+__all__ = ["CustodyClient", "LinkDraft"]
+
 _Response = TypeVar("_Response")
 
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}, without grpcio-health-checking
 
-ENVELOPE_TO_PB = {
-    EnvelopeKind.METABLOCK: pb.ENVELOPE_METABLOCK,
-    EnvelopeKind.DSSE: pb.ENVELOPE_DSSE,
-    EnvelopeKind.STATEMENT: pb.ENVELOPE_STATEMENT,
-}
 _ENVELOPE_FROM_PB = {v: k for k, v in ENVELOPE_TO_PB.items()}
 ALGORITHM_TO_PB = {
     KeyAlgorithm.ECDSA_P256: pb.KEY_ALGORITHM_ECDSA_P256,
@@ -58,47 +55,6 @@ ALGORITHM_TO_PB = {
     KeyAlgorithm.RSA_3072: pb.KEY_ALGORITHM_RSA_3072,
 }
 _ALGORITHM_FROM_PB = {v: k for k, v in ALGORITHM_TO_PB.items()}
-
-
-class LinkDraft:
-    """A link being recorded. Artifacts go straight into the request message, so a tree
-    of 100,000 files is held once (not as a dict and again as a request)."""
-
-    def __init__(self, *, step_name: str, command: Sequence[str] = ()) -> None:
-        self._request = pb.SignLinkRequest(step_name=step_name, command=list(command))
-
-    @property
-    def step_name(self) -> str:
-        return self._request.step_name
-
-    def add_materials(self, artifacts: Iterable[tuple[str, str]]) -> int:
-        """Add (path, sha256 hex) pairs as materials; returns how many were added."""
-        return _add(self._request.materials, artifacts)
-
-    def add_products(self, artifacts: Iterable[tuple[str, str]]) -> int:
-        return _add(self._request.products, artifacts)
-
-    def set_byproducts(self, byproducts: Byproducts) -> None:
-        self._request.byproducts.stdout = byproducts.stdout
-        self._request.byproducts.stderr = byproducts.stderr
-        if byproducts.return_value is not None:
-            self._request.byproducts.return_value = byproducts.return_value
-
-    def set_environment(self, environment: Mapping[str, str]) -> None:
-        self._request.environment.update(environment)
-
-    def request(self, *, key_alias: str, envelope: EnvelopeKind) -> pb.SignLinkRequest:
-        self._request.key_alias = key_alias
-        self._request.envelope = ENVELOPE_TO_PB[envelope]
-        return self._request
-
-
-def _add(field: Any, artifacts: Iterable[tuple[str, str]]) -> int:
-    count = 0
-    for path, sha256 in artifacts:
-        field.add(path=path, digest={"sha256": sha256})
-        count += 1
-    return count
 
 
 class CustodyClient:

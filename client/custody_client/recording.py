@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from custody_client.digest_cache import DigestCache
 from custody_client.errors import RecordingError
 from custody_client.excludes import DEFAULT_EXCLUDE_PATTERNS, ExcludeFilter
 from custody_client.hashing import sha256_file, sha256_files
@@ -74,10 +75,11 @@ def record_artifacts(
     options: RecordingOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
+    cache: DigestCache | None = None,
 ) -> dict[str, dict[str, str]]:
     """Artifacts as in-toto records them: {name: {"sha256": hex}}."""
     return {name: {HASH_ALGORITHM: digest}
-            for name, digest in iter_artifacts(paths, options, progress=progress)}
+            for name, digest in iter_artifacts(paths, options, progress=progress, cache=cache)}
 
 
 def iter_artifacts(
@@ -85,11 +87,14 @@ def iter_artifacts(
     options: RecordingOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
+    cache: DigestCache | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Yield (name, sha256 hex) for every artifact, each name once.
 
     Only the list of names and file paths is held; digests are yielded as they are
-    computed, so a caller can put them straight into a request.
+    computed, so a caller can put them straight into a request. A `cache` shared by the
+    materials and the products of one step spares re-reading files that did not change
+    (custody_client.digest_cache); the recorded digests are the same.
     """
     options = options or RecordingOptions()
     groups: dict[str, list[str]] = {}
@@ -102,15 +107,17 @@ def iter_artifacts(
         elif scheme == "ostree":
             yield from _ostree_artifacts(uris, options)
         else:
-            yield from _file_artifacts(uris, options, progress)
+            yield from _file_artifacts(uris, options, progress, cache)
 
 
 def _file_artifacts(uris: Sequence[str], options: RecordingOptions,
-                    progress: ProgressCallback | None) -> Iterator[tuple[str, str]]:
+                    progress: ProgressCallback | None, cache: DigestCache | None
+                    ) -> Iterator[tuple[str, str]]:
     files = plan_files(uris, options)
     total = len(files)
     report = None if progress is None else (lambda done: progress(done, total))
-    digests = sha256_files(list(files.values()), workers=options.workers, progress=report)
+    digests = sha256_files(list(files.values()), workers=options.workers, progress=report,
+                           cache=cache)
     yield from zip(files.keys(), digests, strict=True)
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -42,6 +43,44 @@ def open_client(args: argparse.Namespace) -> CustodyClient:
     from custody_client.client import CustodyClient  # grpc loads only when a command needs it
 
     return CustodyClient(connection_settings(args))
+
+
+class ClientInBackground:
+    """Load gRPC, open the channel and check the server in a thread, while the caller
+    records materials; `client()` waits for it (and raises if the server is not there)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._client: CustodyClient | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._connect, args=(args,), daemon=True,
+                                        name="custody-connect")
+        self._thread.start()
+
+    def _connect(self, args: argparse.Namespace) -> None:
+        try:
+            client = open_client(args)
+            self._client = client
+            client.check_server()
+        except BaseException as error:  # handed to the caller's thread by client()
+            self._error = error
+
+    def client(self) -> CustodyClient:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._client is not None
+        return self._client
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> ClientInBackground:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def recording_options(args: argparse.Namespace) -> RecordingOptions:

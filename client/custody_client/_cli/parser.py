@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="record and sign without running a command")
     run.add_argument("--run-timeout", type=float, metavar="S",
                      help="kill the command after S seconds (default: no limit)")
+    run.add_argument("--no-digest-cache", action="store_true",
+                     help="read every product again, even files whose size, inode, mtime "
+                          "and ctime show they did not change since the materials were read")
     _recording_options(run)
     _signing_options(run)
     run.add_argument("link_cmd", nargs="*", metavar="-- COMMAND",

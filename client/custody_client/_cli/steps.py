@@ -11,16 +11,18 @@ from typing import Any
 
 from custody_client._cli.common import (
     EXIT_OK,
+    ClientInBackground,
     ProgressLine,
     checked_link_name,
     envelope_from_args,
     metadata_directory,
-    open_client,
     recording_options,
     write_file,
 )
 from custody_client._cli.process import CommandResult, run_command
+from custody_client.digest_cache import DigestCache
 from custody_client.errors import InputError
+from custody_client.link_draft import LinkDraft
 from custody_client.models import Byproducts, SignedMetadata
 from custody_client.recording import iter_artifacts
 
@@ -54,7 +56,6 @@ def _write_link(directory: Path, signed: SignedMetadata) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from custody_client.client import LinkDraft
 
     step = _check_step_name(args.step_name)
     command: list[str] = [] if args.no_command else list(args.link_cmd)
@@ -64,15 +65,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     directory = metadata_directory(args.metadata_directory)
     envelope = envelope_from_args(args)
     progress = ProgressLine(enabled=not args.quiet)
+    cache = None if args.no_digest_cache else DigestCache()
     result: CommandResult | None = None
-    with open_client(args) as client:
-        client.check_server()  # a build should not run if its link cannot be signed
+    with ClientInBackground(args) as connecting:
         draft = LinkDraft(step_name=step, command=command)
         if args.materials:
             count = draft.add_materials(iter_artifacts(
-                args.materials, options, progress=progress.callback("materials")))
+                args.materials, options, progress=progress.callback("materials"), cache=cache))
             progress.clear()
             log.info("recorded %d materials", count)
+        client = connecting.client()  # a build should not run if its link cannot be signed
         if command:
             result = run_command(command, record_streams=args.record_streams,
                                  timeout=args.run_timeout)
@@ -82,9 +84,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 log.warning("%s returned %d", command[0], result.return_code)
         if args.products:
             count = draft.add_products(iter_artifacts(
-                args.products, options, progress=progress.callback("products")))
+                args.products, options, progress=progress.callback("products"), cache=cache))
             progress.clear()
-            log.info("recorded %d products", count)
+            log.info("recorded %d products (%d unchanged files not read again)", count,
+                     cache.hits if cache else 0)
         signed = client.sign_link(draft, key_alias=args.key or "", envelope=envelope)
     _write_link(directory, signed)
     return _exit_code(result)
@@ -135,7 +138,6 @@ def _load_state(path: Path, step: str) -> dict[str, str]:
 
 
 def cmd_record_stop(args: argparse.Namespace) -> int:
-    from custody_client.client import LinkDraft
 
     step = _check_step_name(args.step_name)
     options = recording_options(args)
@@ -144,8 +146,8 @@ def cmd_record_stop(args: argparse.Namespace) -> int:
     state = _state_path(directory, step)
     materials = _load_state(state, step)
     progress = ProgressLine(enabled=not args.quiet)
-    with open_client(args) as client:
-        client.check_server()
+    with ClientInBackground(args) as connecting:
+        client = connecting.client()
         draft = LinkDraft(step_name=step)
         draft.add_materials(materials.items())
         del materials
