@@ -17,7 +17,6 @@ from custody_server.errors import AuditUnavailableError
 from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 from custody_server.lifecycle.guard import (
-    LOCK_FILE_NAME,
     FileLockGuard,
     LifecycleBusyError,
     default_guard,
@@ -129,7 +128,9 @@ def test_a_change_whose_audit_record_fails_says_so(keystore: Pkcs11KeyStore) -> 
 def test_the_guard_lives_beside_the_softhsm_token(softhsm_token: SoftHsmToken) -> None:
     guard = default_guard()
     assert isinstance(guard, FileLockGuard)
-    assert guard.path == softhsm_token.directory / "tokens" / LOCK_FILE_NAME
+    assert guard.path == softhsm_token.directory / ".tokens.custody-lifecycle.lock"
+    # Nothing but the token itself in the token directory (the HSM tests count on it).
+    assert len(list((softhsm_token.directory / "tokens").iterdir())) == 1
     assert isinstance(default_guard(Path("/x/y.lock")), FileLockGuard)
 
 

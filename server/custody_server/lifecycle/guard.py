@@ -10,9 +10,10 @@ order threads sharing one open file). The kernel drops a flock when its process 
 a crashed replica never leaves the lock held.
 
 Where the lock file lives decides what it guards:
-- SoftHSM (the embedded default and the tests): in the token directory itself
-  (`<directories.tokendir>/.custody-lifecycle.lock`, found through SOFTHSM2_CONF), so
-  every process using that token, whatever its state directory, takes the same lock.
+- SoftHSM (the embedded default and the tests): beside the token directory
+  (`<directories.tokendir>/../.<tokendir name>.custody-lifecycle.lock`, found through
+  SOFTHSM2_CONF; inside the token directory if its parent is not writable), so every
+  process using that token, whatever its state directory, takes the same lock.
 - A network HSM shared by replicas on several hosts: set `lifecycle.lock_file` to a file
   on storage all of them lock consistently, or enable the scheduler on one replica only
   (`lifecycle.scheduler = false` on the others) and send admin calls to that one. Without
@@ -37,7 +38,7 @@ from typing import Protocol
 
 from custody_server.keystore import KeystoreUnavailableError
 
-LOCK_FILE_NAME = ".custody-lifecycle.lock"
+LOCK_SUFFIX = ".custody-lifecycle.lock"
 _TOKENDIR = re.compile(r"^\s*directories\.tokendir\s*=\s*(.+?)\s*$", re.MULTILINE)
 
 
@@ -132,5 +133,14 @@ def default_guard(lock_file: Path | None = None) -> LifecycleGuard:
     conf = os.environ.get("SOFTHSM2_CONF")
     token_dir = softhsm_token_dir(Path(conf)) if conf else None
     if token_dir is not None and token_dir.is_dir():
-        return FileLockGuard(token_dir / LOCK_FILE_NAME)
+        return FileLockGuard(softhsm_lock_file(token_dir))
     return ProcessGuard()
+
+
+def softhsm_lock_file(token_dir: Path) -> Path:
+    """The lock file for a SoftHSM token directory: beside it (SoftHSM and tools that
+    look inside the directory never see it), or inside it if its parent is read-only."""
+    token_dir = token_dir.resolve()
+    if os.access(token_dir.parent, os.W_OK):
+        return token_dir.parent / f".{token_dir.name}{LOCK_SUFFIX}"
+    return token_dir / LOCK_SUFFIX
