@@ -40,10 +40,13 @@ CHECKPOINT_PAYLOAD_TYPE = "application/vnd.custody.audit-checkpoint+json"
 MAX_PROBLEMS = 100
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+
+
 def encode_entry(entry: Mapping[str, Any]) -> bytes:
     """The canonical bytes of an entry: what a line holds and what the chain hashes."""
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _CANONICAL.encode(entry).encode("utf-8")
 
 
 def next_chain(previous: str, entry_without_hash: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ field whose name says it holds a secret is replaced by "[redacted]".
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -53,10 +54,10 @@ def ecs_entry(event: AuditEvent, *, event_id: str,
     `@timestamp` is set by the writer, in sequence order.
     """
     ecs_event: dict[str, Any] = {
-        "action": event.action,
-        "category": [event.category],
+        "action": _clean(event.action),
+        "category": [_clean(event.category)],
         "type": list(_event_types(event)),
-        "outcome": event.outcome,
+        "outcome": _clean(event.outcome),
         "kind": "event",
         "dataset": DATASET,
         "id": event_id,
@@ -72,7 +73,7 @@ def ecs_entry(event: AuditEvent, *, event_id: str,
         elif name == "caller":
             caller = str(value)
         else:
-            custody[name] = _value(name, value)
+            custody[_clean(name)] = _value(name, value)
     if key:
         custody["key"] = key
     for name in ("request_id", "rpc"):
@@ -114,17 +115,19 @@ def _value(name: str, value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return _clean(value)
     if depth < 4 and isinstance(value, Mapping):
-        return {str(k): _value(str(k), v, depth + 1) for k, v in value.items()}
+        return {_clean(str(k)): _value(str(k), v, depth + 1) for k, v in value.items()}
     if depth < 4 and isinstance(value, list | tuple):
         return [_value(name, v, depth + 1) for v in value[:100]]
     return _clean(str(value))
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_secret(name: str) -> bool:
     return any(word in _SECRET_WORDS for word in _WORD.findall(name.lower()))
 
 
 def _clean(text: str) -> str:
     """Capped, and valid UTF-8 (a lone surrogate cannot be written)."""
-    capped = text[:MAX_STRING]
-    return capped.encode("utf-8", "replace").decode("utf-8")
+    if len(text) <= MAX_STRING and text.isascii():
+        return text
+    return text[:MAX_STRING].encode("utf-8", "replace").decode("utf-8")

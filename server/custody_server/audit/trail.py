@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from custody_client.audit_verify import CHECKPOINT_ACTION
 from custody_server.audit.entry import ecs_entry, format_timestamp
 from custody_server.audit.settings import AuditSettings
 from custody_server.audit.writer import AuditObserver, CheckpointSigner, TrailWriter
@@ -108,6 +109,8 @@ class AuditTrail:
             listener(healthy)
 
     def record(self, event: AuditEvent) -> None:
+        if event.action == CHECKPOINT_ACTION:
+            raise ValueError(f"{CHECKPOINT_ACTION!r} entries are the trail's own")
         entry = ecs_entry(event, event_id=uuid.uuid4().hex,
                           request=structlog.contextvars.get_contextvars())
         self._wait(self._enqueue(_Pending(entry)))
