@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from custody_client._cli.common import ProgressLine
 from custody_client._cli.process import CommandTimeoutError, run_command
 from custody_client._cli.steps import _load_state
 from custody_client._cli.verdict_output import format_verdict, verdict_json
@@ -140,3 +142,26 @@ def test_backoff_is_bounded_jittered_and_grows() -> None:
         assert max(samples) > ceiling * 0.8  # jitter spreads over the whole window
     with pytest.raises(InputError):
         RetryPolicy(max_attempts=0)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_on_a_terminal_only_and_is_cleared() -> None:
+    terminal = _Terminal()
+    progress = ProgressLine(enabled=True, stream=terminal)
+    report = progress.callback("materials")
+    assert report is not None
+    report(64, 1000)
+    report(128, 1000)  # within 0.1 s of the last line: skipped
+    report(1000, 1000)  # the last one is always shown
+    progress.clear()
+    text = terminal.getvalue()
+    assert "hashing materials: 64/1000 files" in text
+    assert "128/1000" not in text
+    assert "1000/1000" in text
+    assert text.endswith("\r\x1b[K")
+    assert ProgressLine(enabled=True, stream=io.StringIO()).callback("x") is None  # a pipe
+    assert ProgressLine(enabled=False, stream=_Terminal()).callback("x") is None  # --quiet
