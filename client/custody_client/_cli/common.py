@@ -72,8 +72,9 @@ class ClientInBackground:
         return self._client
 
     def close(self) -> None:
-        self._thread.join()
-        if self._client is not None:
+        # On an error path the thread may still be waiting for a slow server: it is a
+        # daemon thread, so it does not hold the process; close the channel if it is done.
+        if not self._thread.is_alive() and self._client is not None:
             self._client.close()
 
     def __enter__(self) -> ClientInBackground:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from custody_client._cli.process import run_command
+from custody_client.digest_cache import DigestCache
 from custody_client.errors import InputError
 from custody_client.models import VerifyResult
 from custody_client.recording import RecordingOptions, record_artifacts
@@ -121,7 +122,8 @@ def run_inspection(inspection: PendingInspection, *, timeout: float | None,
                    show_output: bool) -> InspectionRun:
     """in_toto_run(name, ["."], ["."], run): record, run, record; unsigned."""
     options = RecordingOptions()
-    materials = record_artifacts(["."], options)
+    cache = DigestCache()  # what the inspection does not touch is not read twice
+    materials = record_artifacts(["."], options, cache=cache)
     byproducts: dict[str, object] = {}
     return_value = None
     if inspection.run:
@@ -130,7 +132,7 @@ def run_inspection(inspection: PendingInspection, *, timeout: float | None,
                              show_output=show_output, output=sys.stderr.buffer)
         return_value = result.return_code
         byproducts = {"stdout": "", "stderr": "", "return-value": return_value}
-    products = record_artifacts(["."], options)
+    products = record_artifacts(["."], options, cache=cache)
     link = {"_type": "link", "name": inspection.name, "command": list(inspection.run),
             "materials": materials, "products": products, "byproducts": byproducts,
             "environment": {}}
