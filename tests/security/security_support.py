@@ -117,6 +117,7 @@ class ServerProcess:
              "--listen", "127.0.0.1:0", "--log-format", "console", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         self._stderr = bytearray()
+        self._terminated = False
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
@@ -158,11 +159,15 @@ class ServerProcess:
         return grpc.secure_channel(self.address, self.credentials())
 
     def signal(self, signum: int) -> None:
+        if signum == signalmod.SIGTERM:
+            self._terminated = True
         self.process.send_signal(signum)
 
     def stop(self, *, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signalmod.SIGTERM)
+        """SIGTERM (once: a second one could land while the interpreter is finalizing,
+        after its handlers are gone) and the exit code."""
+        if self.process.poll() is None and not self._terminated:
+            self.signal(signalmod.SIGTERM)
         try:
             code: int = self.process.wait(timeout=timeout)
             return code
