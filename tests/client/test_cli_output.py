@@ -12,12 +12,12 @@ import pytest
 
 from custody_client._cli.common import ProgressLine
 from custody_client._cli.process import CommandTimeoutError, run_command
-from custody_client._cli.steps import _load_state
+from custody_client._cli.steps import _load_state, preliminary_link
 from custody_client._cli.verdict_output import format_verdict, verdict_json
-from custody_client.cli import main
 from custody_client.errors import InputError
 from custody_client.excludes import DEFAULT_EXCLUDE_PATTERNS, ExcludeFilter
 from custody_client.models import VerifyFailure, VerifyResult, VerifyWarning
+from custody_client.recording import RecordingOptions, record_artifacts
 from custody_client.settings import RetryPolicy
 
 FAILED = VerifyResult(
@@ -112,12 +112,12 @@ def test_a_missing_command_is_named() -> None:
 
 
 def test_record_start_state_is_an_unsigned_preliminary_link_excluded_by_default(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+        tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.c").write_text("int main;")
-    assert main(["record", "start", "-n", "compile", "-m", "src"]) == 0
+    materials = record_artifacts(["src"], RecordingOptions(base_path=str(tmp_path)))
     state = tmp_path / ".compile.link-unfinished"
+    state.write_bytes(preliminary_link("compile", materials))
     document = json.loads(state.read_text())
     assert document["signatures"] == []
     assert document["signed"]["_type"] == "link"

@@ -61,6 +61,7 @@ def record_chain_with_custody(cli: Cli, work: Path, *, tamper: bool,
     cli(*CLONE[:-1], *sign, "--", "cp", "-r", str(template / "demo-project"), ".",
         cwd=functionary)
     cli("record", "start", "-n", "update-version", "-m", "demo-project", cwd=functionary)
+    assert (functionary / ".update-version.link-unfinished").is_file()
     update_version(functionary)
     cli("record", "stop", "-n", "update-version", "-p", "demo-project", *sign, cwd=functionary)
     if tamper:

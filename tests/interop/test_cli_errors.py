@@ -62,6 +62,9 @@ def test_server_down_fails_before_the_build_runs(cli: Cli, tmp_path: Path) -> No
     assert not list(tmp_path.glob("*.link"))
     one_error_line(down("keys", "list", cwd=tmp_path, check=False),
                    "custody keys list: cannot reach")
+    one_error_line(down("record", "start", "-n", "edit", "-m", ".", cwd=tmp_path, check=False),
+                   "custody record start: cannot reach")
+    assert not (tmp_path / ".edit.link-unfinished").exists()
     one_error_line(down("verify", "-l", "x", "--layout-key-alias", "o", cwd=tmp_path,
                         check=False), "custody verify: cannot read layout x")
 

@@ -56,7 +56,6 @@ def _write_link(directory: Path, signed: SignedMetadata) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-
     step = _check_step_name(args.step_name)
     command: list[str] = [] if args.no_command else list(args.link_cmd)
     if not command and not args.no_command:
@@ -97,21 +96,27 @@ def _state_path(directory: Path, step: str) -> Path:
     return directory / f".{step}{STATE_SUFFIX}"
 
 
+def preliminary_link(step: str, materials: dict[str, dict[str, str]]) -> bytes:
+    """`record start`'s state: a preliminary link as in-toto-record writes it, but
+    unsigned, since the agent holds no key. The server signs the link at `record stop`."""
+    state = {"signed": {"_type": "link", "name": step, "command": [], "materials": materials,
+                        "products": {}, "byproducts": {}, "environment": {}},
+             "signatures": []}
+    return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+
+
 def cmd_record_start(args: argparse.Namespace) -> int:
     step = _check_step_name(args.step_name)
     options = recording_options(args)
     directory = metadata_directory(args.metadata_directory)
     progress = ProgressLine(enabled=not args.quiet)
-    materials = {name: {"sha256": digest} for name, digest in iter_artifacts(
-        args.materials or [], options, progress=progress.callback("materials"))}
-    progress.clear()
-    # The state is a preliminary link as in-toto-record writes it, but unsigned: the
-    # agent holds no key. It is only signed, by the server, at `record stop`.
-    state = {"signed": {"_type": "link", "name": step, "command": [], "materials": materials,
-                        "products": {}, "byproducts": {}, "environment": {}},
-             "signatures": []}
+    with ClientInBackground(args) as connecting:  # find out now, not after the work
+        materials = {name: {"sha256": digest} for name, digest in iter_artifacts(
+            args.materials or [], options, progress=progress.callback("materials"))}
+        progress.clear()
+        connecting.client()
     path = _state_path(directory, step)
-    write_file(path, json.dumps(state, sort_keys=True, separators=(",", ":")).encode())
+    write_file(path, preliminary_link(step, materials))
     log.info("recorded %d materials for %s in %s", len(materials), step, path)
     return EXIT_OK
 
