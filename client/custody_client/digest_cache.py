@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 import time
 
 RACY_MARGIN_NS = 2_000_000_000  # larger than any filesystem's timestamp granularity we meet
@@ -38,19 +37,16 @@ class DigestCache:
         started = time.time_ns() if now_ns is None else now_ns
         self._trusted_before_ns = started - RACY_MARGIN_NS
         self._entries: dict[str, tuple[_Signature, bytes]] = {}
-        self._lock = threading.Lock()
         self.hits = 0
 
     def remember(self, path: str, status: os.stat_result, digest: bytes) -> None:
         """Keep `digest` of `path`, given the fstat taken before its bytes were read."""
-        signature = _signature(status)
-        if signature is None:
-            return
         if status.st_mtime_ns >= self._trusted_before_ns or \
                 status.st_ctime_ns >= self._trusted_before_ns:
             return  # racy: a change in the same tick would leave the signature as it is
-        with self._lock:
-            self._entries[path] = (signature, digest)
+        signature = _signature(status)
+        if signature is not None:
+            self._entries[path] = (signature, digest)  # one dict store: atomic under the GIL
 
     def lookup(self, path: str) -> str | None:
         """The hex digest of `path` if it is known and the file is as it was."""
@@ -63,6 +59,5 @@ class DigestCache:
             return None
         if signature != entry[0]:
             return None
-        with self._lock:
-            self.hits += 1
+        self.hits += 1  # for the log line only: a lost increment between threads is harmless
         return entry[1].hex()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -134,6 +133,8 @@ class _Planner:
         self._options = options
         self._exclude = options.exclude
         self.files: dict[str, str] = {}
+        # No base path and no prefixes to strip: a file's name is the path to read.
+        self._plain_names = not options.base_path and not options.lstrip_paths
 
     def _fs_path(self, path: str) -> str:
         base = self._options.base_path
@@ -188,18 +189,25 @@ class _Planner:
                 log.warning("cannot list %s: %s: not recorded", directory, error.strerror)
                 continue
             subdirectories: list[str] = []
+            prefix = "" if directory == "." else (
+                directory if directory.endswith("/") else directory + "/")  # posixpath.join
+            excludes = self._exclude.excludes
+            plain = self._plain_names and not scheme_prefix
             for entry in listing:
-                path = entry.name if directory == "." else posixpath.join(directory, entry.name)
+                path = prefix + entry.name
                 if _is_dir(entry):
-                    if (follow or not entry.is_symlink()) and not self._exclude.excludes(path):
+                    if (follow or not entry.is_symlink()) and not excludes(path):
                         subdirectories.append(path)
                     continue
-                if self._exclude.excludes(path):
+                if excludes(path):
                     continue
                 if not _is_file(entry):
                     log.info("%s is not a regular file (broken symlink?): skipped", path)
                     continue
-                self._record(path, self._fs_path(path), scheme_prefix)
+                if plain and "\\" not in path:
+                    self.files[path] = path  # the common case: name == path to read
+                else:
+                    self._record(path, self._fs_path(path), scheme_prefix)
             stack.extend((sub, ancestors) for sub in reversed(subdirectories))
 
 
