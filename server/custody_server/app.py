@@ -71,17 +71,18 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     """Create and start the gRPC server on config.listen (port 0 picks a free port)."""
     limits = config.limits
     prepare_access(config)  # local mTLS files and default policy where none are configured
-    access = AccessControl(
+    interceptors: list[Any] = [RpcInterceptor()]
+    if metrics is not None:  # outermost, so that it sees the final status code
+        interceptors.insert(0, metrics.interceptor())
+        audit = metrics.observed(audit)
+    access = AccessControl(  # after the metrics wrap: denials' audit writes are observed too
         policy=PolicyStore.from_file(config.policy_file), audit=audit,
         limits=RequestLimits(max_layout_bytes=limits.max_layout_bytes,
                              max_json_depth=limits.max_json_depth),
         defaults=KeyDefaults(link_key=config.default_link_key,
                              layout_key=config.default_layout_key),
     )
-    interceptors: list[Any] = [RpcInterceptor(), AccessInterceptor(access)]
-    if metrics is not None:  # outermost, so that it sees the final status code
-        interceptors.insert(0, metrics.interceptor())
-        audit = metrics.observed(audit)
+    interceptors.append(AccessInterceptor(access))  # inside: request id and log line first
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.max_workers,
                                    thread_name_prefix="custody-rpc"),
