@@ -1,7 +1,7 @@
 """Service benchmark: SignLink against an empty RPC and raw SoftHSM signing, in one run.
 
 Starts `custody-server` as a separate process on a fresh embedded state
-directory, then measures, for 1 and 8 requests in flight:
+directory (mTLS with its local certificates, durable audit on), then measures, for 1 and 8 requests in flight:
   - the empty RPC: grpc.health.v1.Health/Check on the same server (the baseline),
   - SignLink with an ECDSA P-256 key (Metablock),
 and raw SoftHSM ECDSA P-256 signing in this process on a separate token.
@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
+from custody_client.local_tls import find_local_tls
 
 
 def measure(call: Callable[[], object], *, in_flight: int, seconds: float) -> dict[str, float]:
@@ -95,7 +96,12 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="custody-bench-"))
     process, address = start_server(state)
     try:
-        channel = grpc.insecure_channel(address)
+        tls = find_local_tls({"CUSTODY_STATE_DIR": str(state)})
+        if tls is None:
+            raise SystemExit("the server made no local TLS files")
+        credentials = grpc.ssl_channel_credentials(
+            tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes())
+        channel = grpc.secure_channel(address, credentials)
         grpc.channel_ready_future(channel).result(timeout=30)
         health = health_pb2_grpc.HealthStub(channel)
         custody = custody_pb2_grpc.CustodyStub(channel)
