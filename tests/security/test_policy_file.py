@@ -60,7 +60,7 @@ def test_the_default_local_policy() -> None:
     for rpc in RPCS_BY_NAME:  # every RPC, also ones added later ("*")
         assert policy.decide(AccessRequest(identity=LOCAL_CLIENT_IDENTITY, rpc=rpc)).allowed
     assert policy.identities == {LOCAL_CLIENT_IDENTITY, "anonymous"}
-    assert policy.rate_for(LOCAL_CLIENT_IDENTITY).per_second == 2000.0
+    assert policy.rate_for(LOCAL_CLIENT_IDENTITY).per_second == 10000.0
     assert policy.rate_for("dns:other").per_second == 50.0
 
 

@@ -26,12 +26,12 @@ burst = 100
 # "anonymous", the identity of every caller when `[tls] insecure = true` (plaintext, no
 # authentication: the server warns at start); with TLS no caller is ever "anonymous".
 [rate_limit.identities."{LOCAL_CLIENT_IDENTITY}"]
-per_second = 2000.0
-burst = 4000
+per_second = 10000.0
+burst = 20000
 
 [rate_limit.identities."{ANONYMOUS}"]
-per_second = 2000.0
-burst = 4000
+per_second = 10000.0
+burst = 20000
 
 [[grant]]
 identities = ["{LOCAL_CLIENT_IDENTITY}", "{ANONYMOUS}"]
