@@ -46,7 +46,7 @@ from custody_server.policy.rpcs import KeyScope
 log = structlog.get_logger("custody.access")
 
 RETRY_AFTER_TRAILER = "retry-after-ms"
-_LAYOUT_FIELD = "layout"
+_LAYOUT_RPCS = frozenset({"SignLayout", "Verify"})  # their `layout` field: size and depth
 _caller: contextvars.ContextVar[ClientIdentity | None] = contextvars.ContextVar(
     "custody_caller", default=None)
 
@@ -115,7 +115,7 @@ class AccessControl:
         if not decision.allowed:
             self._deny(grpc.StatusCode.PERMISSION_DENIED, "authorize", "iam",
                        f"permission denied: {decision.reason}", details)
-        layout = getattr(request, _LAYOUT_FIELD, None) if rpc.name in _LAYOUT_RPCS else None
+        layout = getattr(request, "layout", None) if rpc.name in _LAYOUT_RPCS else None
         if isinstance(layout, bytes):
             self._limits.check_layout(layout)
         return identity
@@ -165,9 +165,6 @@ class AccessControl:
             log.error("policy.reload_rejected", error=outcome.error,
                       policy_sha256=outcome.fingerprint)
         return outcome
-
-
-_LAYOUT_RPCS = frozenset({"SignLayout", "Verify"})
 
 
 class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
