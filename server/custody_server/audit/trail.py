@@ -14,12 +14,11 @@ with a checkpoint) and writes an "audit-recovered" entry. Then the listener hear
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,11 +42,27 @@ class AuditWriteError(AuditUnavailableError):
     """The entry is not on disk: the caller must not return what it records."""
 
 
-@dataclass(eq=False)
 class _Pending:
-    entry: dict[str, Any] | None  # None: a request for a checkpoint
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
+    """One queued entry (None: a request for a checkpoint) and its caller's wait.
+
+    A plain lock, held from the start and released by the writer, is the cheapest
+    one-shot signal between two threads.
+    """
+
+    __slots__ = ("_signal", "entry", "error")
+
+    def __init__(self, entry: dict[str, Any] | None) -> None:
+        self.entry = entry
+        self.error: BaseException | None = None
+        self._signal = threading.Lock()
+        self._signal.acquire()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self._signal.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._signal.acquire(timeout=timeout)
 
 
 def _utc_now() -> datetime:
@@ -111,7 +126,7 @@ class AuditTrail:
     def record(self, event: AuditEvent) -> None:
         if event.action == CHECKPOINT_ACTION:
             raise ValueError(f"{CHECKPOINT_ACTION!r} entries are the trail's own")
-        entry = ecs_entry(event, event_id=uuid.uuid4().hex,
+        entry = ecs_entry(event, event_id=os.urandom(16).hex(),
                           request=structlog.contextvars.get_contextvars())
         self._wait(self._enqueue(_Pending(entry)))
 
@@ -142,7 +157,7 @@ class AuditTrail:
         return pending
 
     def _wait(self, pending: _Pending) -> None:
-        if not pending.done.wait(self._settings.write_timeout_seconds):
+        if not pending.wait(self._settings.write_timeout_seconds):
             raise AuditWriteError("the audit write timed out")
         if pending.error is not None:
             raise AuditWriteError("the audit entry could not be written") from pending.error
@@ -232,7 +247,7 @@ class AuditTrail:
                                          outcome="success",
                                          reason=f"{type(failure).__name__}: {failure}"[:300],
                                          details=details),
-                              event_id=uuid.uuid4().hex, request={})
+                              event_id=os.urandom(16).hex(), request={})
             entry["@timestamp"] = format_timestamp(self._clock())
             self._writer.commit([entry], checkpoint=None)
         except Exception as error:
@@ -250,8 +265,7 @@ class AuditTrail:
 
 def _finish(batch: list[_Pending], error: BaseException | None) -> None:
     for pending in batch:
-        pending.error = error
-        pending.done.set()
+        pending.finish(error)
 
 
 def _write_stdout(data: bytes) -> None:
