@@ -13,13 +13,19 @@ exposure. Leaf certificates are re-issued when missing, when they expire within
 RENEW_BEFORE, or (server) when a needed name is missing; a missing CA starts over.
 
 The client side finds these files with custody_client.local_tls (same names).
+More client certificates from the local CA, e.g. for a build agent:
+
+    python -m custody_server.tls_bootstrap issue-client --state-dir DIR \
+        --uri spiffe://example.org/ci/builder --out builder
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,3 +277,46 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
+
+
+def issue_client_files(state_dir: Path, *, out: Path, request: CertificateRequest,
+                       lifetime: timedelta = LEAF_LIFETIME) -> tuple[Path, Path]:
+    """Issue a client certificate from the local CA into OUT.pem and OUT-key.pem (0600)."""
+    files = LocalTls(local_tls_dir(state_dir))
+    issued = issue_certificate(files.authority(), request, now=datetime.now(UTC),
+                               lifetime=lifetime)
+    cert_file, key_file = out.with_name(out.name + ".pem"), out.with_name(out.name + "-key.pem")
+    _write_pair(cert_file, key_file, issued)
+    return cert_file, key_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m custody_server.tls_bootstrap issue-client ...`: one more client
+    certificate from the embedded default's local CA (e.g. for a build agent)."""
+    parser = argparse.ArgumentParser(prog="python -m custody_server.tls_bootstrap")
+    commands = parser.add_subparsers(dest="command", required=True)
+    issue = commands.add_parser("issue-client", help="issue a client certificate")
+    issue.add_argument("--state-dir", type=Path, required=True)
+    issue.add_argument("--out", type=Path, required=True,
+                       help="writes OUT.pem and OUT-key.pem (mode 0600)")
+    issue.add_argument("--uri", action="append", default=[], help="URI SAN (a SPIFFE id)")
+    issue.add_argument("--dns", action="append", default=[], help="DNS SAN")
+    issue.add_argument("--cn", default="", help="subject common name")
+    issue.add_argument("--days", type=int, default=LEAF_LIFETIME.days)
+    options = parser.parse_args(argv)
+    if not (options.uri or options.dns or options.cn):
+        parser.error("give --uri, --dns or --cn: the identity the policy will name")
+    try:
+        cert_file, key_file = issue_client_files(
+            options.state_dir, out=options.out, lifetime=timedelta(days=options.days),
+            request=CertificateRequest(common_name=options.cn, uri_names=tuple(options.uri),
+                                       dns_names=tuple(options.dns)))
+    except (OSError, ValueError) as error:
+        print(f"tls_bootstrap: {error}", file=sys.stderr)
+        return 2
+    print(f"{cert_file}\n{key_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

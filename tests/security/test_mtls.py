@@ -220,3 +220,25 @@ def test_a_missing_policy_file_stops_the_server(keystore: Any, tmp_path: Path) -
                           policy=PolicyConfig(file=tmp_path / "absent.toml"))
     with pytest.raises(ConfigError, match=r"cannot read policy file .*absent\.toml"):
         build_server(config=config, keys=KeyRing(keystore), audit=MemoryAuditSink())
+
+
+def test_more_client_certificates_from_the_local_ca(service: Any, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from custody_server.tls_bootstrap import main as tls_main
+
+    out = tmp_path / "agent"
+    assert tls_main(["issue-client", "--state-dir", str(service.tls.state_dir), "--out",
+                     str(out), "--uri", "spiffe://custody.test/agent"]) == 0
+    cert, key = Path(f"{out}.pem"), Path(f"{out}-key.pem")
+    assert capsys.readouterr().out.split() == [str(cert), str(key)]
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    credentials = grpc.ssl_channel_credentials(service.tls.ca_cert.read_bytes(),
+                                               key.read_bytes(), cert.read_bytes())
+    with grpc.secure_channel(service.address, credentials) as channel:
+        stub = custody_pb2_grpc.KeyAdminStub(channel)  # type: ignore[no-untyped-call]
+        with pytest.raises(grpc.RpcError) as caught:  # trusted, but not in the test policy
+            stub.ListKeys(pb.ListKeysRequest(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "spiffe://custody.test/agent" in str(caught.value.details())
+    with pytest.raises(SystemExit):
+        tls_main(["issue-client", "--state-dir", str(service.tls.state_dir), "--out", str(out)])
