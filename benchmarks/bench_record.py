@@ -204,19 +204,23 @@ def main() -> int:
             startup["in-toto"].append(timed(["in-toto-verify", "--version"], cwd=work))
 
         best = {name: min(times) for name, times in results.items() if times}
+        load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
         print(f"recording {options.files:,} files ({size / 2**20:.1f} MiB) as materials and "
-              f"products, whole processes, best of {options.repeat}, {os.cpu_count()} CPUs")
+              f"products, whole processes, best of {options.repeat}, {os.cpu_count()} CPUs "
+              f"(load average {load})")
         print(f"  {custody_label:38} {summary(results['custody'])}")
         if results["custody-rehash"]:
             print(f"  {'  the same, --no-digest-cache':38} {summary(results['custody-rehash'])}")
         print(f"  {'in-toto-run (ECDSA key)':38} {summary(results['in-toto'])}")
         print(f"  {'sha256sum, twice (the same work)':38} {summary(results['sha2'])}")
         print(f"  {'sha256sum, once':38} {summary(results['sha1'])}")
+        median = {name: statistics.median(times) for name, times in results.items() if times}
         print(f"  custody vs in-toto-run: {best['in-toto'] / best['custody']:.1f}x faster "
-              "(target: at least 3x)")
+              f"(medians: {median['in-toto'] / median['custody']:.1f}x; target: at least 3x)")
         if results["custody-rehash"]:
             print(f"  custody --no-digest-cache vs in-toto-run: "
-                  f"{best['in-toto'] / best['custody-rehash']:.1f}x faster")
+                  f"{best['in-toto'] / best['custody-rehash']:.1f}x faster "
+                  f"(medians: {median['in-toto'] / median['custody-rehash']:.1f}x)")
         print(f"  custody / sha256sum twice: {best['custody'] / best['sha2']:.2f} "
               f"(target: at most 2); / sha256sum once: {best['custody'] / best['sha1']:.2f}")
         if same_artifacts is not None:
