@@ -44,9 +44,13 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
                               allow_nan=False)
 
 
+def canonical_json(value: Any) -> bytes:
+    return _CANONICAL.encode(value).encode("utf-8")
+
+
 def encode_entry(entry: Mapping[str, Any]) -> bytes:
     """The canonical bytes of an entry: what a line holds and what the chain hashes."""
-    return _CANONICAL.encode(entry).encode("utf-8")
+    return canonical_json(entry)
 
 
 def next_chain(previous: str, entry_without_hash: Mapping[str, Any]) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from custody_client.audit_verify import AuditFile, AuditVerdict, verify_audit_trail
 from custody_core.keys import PublicKey
@@ -291,3 +293,28 @@ def test_records_after_close_are_refused(open_trail: OpenTrail) -> None:
     with pytest.raises(AuditWriteError):
         trail.record(event(1))
     assert os.stat(trail.path).st_mode & 0o777 == 0o600
+
+
+@settings(max_examples=200, deadline=None)
+@given(details=st.dictionaries(st.text(min_size=1, max_size=12),
+                               st.one_of(st.text(max_size=40), st.integers(), st.booleans(),
+                                         st.none(), st.lists(st.text(max_size=8), max_size=3)),
+                               max_size=6),
+       reason=st.text(max_size=60))
+def test_rendered_lines_are_the_canonical_entries_on_the_chain(details: dict[str, Any],
+                                                               reason: str) -> None:
+    """The writer builds lines from parts; they must equal the verifier's definition."""
+    from custody_client.audit_verify import encode_entry, next_chain, parse_entry, without_hash
+    from custody_server.audit.entry import ecs_entry
+    from custody_server.audit.render import ChainState, EntryRenderer
+
+    entry = ecs_entry(AuditEvent(action="sign-link", category="process", outcome="failure",
+                                 reason=reason, details=details),
+                      event_id="0" * 32, request={"peer": "ipv4:10.0.0.1:5"})
+    entry["@timestamp"] = "2030-01-01T00:00:00.000000Z"
+    after = ChainState(sequence=41, chain="ab" * 32)
+    (line,), state = EntryRenderer().render([entry], after=after)
+    parsed = parse_entry(line.rstrip(b"\n"))  # canonical, or it raises
+    assert encode_entry(parsed) + b"\n" == line
+    assert parsed["event"]["sequence"] == state.sequence == 42
+    assert next_chain(after.chain, without_hash(parsed)) == parsed["event"]["hash"] == state.chain

@@ -7,13 +7,14 @@ one group commit, which the writer then appends and fsyncs in one go.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from custody_client.audit_verify import GENESIS_CHAIN, encode_entry, next_chain
+from custody_client.audit_verify import GENESIS_CHAIN, canonical_json
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class EntryRenderer:
         self._state = ChainState.genesis()
         self._log = structlog.wrap_logger(
             self._collector,
-            processors=[self._number_and_chain, _render_line],
+            processors=[self._number, self._chain_and_render],
             wrapper_class=structlog.BoundLogger,
             context_class=dict,
             cache_logger_on_first_use=False,
@@ -69,15 +70,27 @@ class EntryRenderer:
             self._log.msg(**entry)  # the entry's "event" object is structlog's event
         return self._collector.lines, self._state
 
-    def _number_and_chain(self, _logger: Any, _method: str,
-                          event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        sequence = self._state.sequence + 1
-        event_dict["event"] = {**event_dict["event"], "sequence": sequence}
-        chain = next_chain(self._state.chain, event_dict)
-        event_dict["event"]["hash"] = chain
-        self._state = ChainState(sequence=sequence, chain=chain)
+    def _number(self, _logger: Any, _method: str,
+                event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event_dict["event"] = {**event_dict["event"], "sequence": self._state.sequence + 1}
         return event_dict
 
+    def _chain_and_render(self, _logger: Any, _method: str,
+                          event_dict: MutableMapping[str, Any]) -> bytes:
+        """Hash the entry onto the chain, and render its line (the final processor).
 
-def _render_line(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> bytes:
-    return encode_entry(event_dict) + b"\n"
+        The same bytes as encode_entry, made from the parts: the top-level values are
+        encoded once, and only the small event object twice (without and with its hash).
+        """
+        event = event_dict["event"]
+        parts = {key: canonical_json(value) for key, value in event_dict.items() if key != "event"}
+        parts["event"] = canonical_json(event)
+        chain = hashlib.sha256(bytes.fromhex(self._state.chain) + _join(parts)).hexdigest()
+        parts["event"] = canonical_json({**event, "hash": chain})
+        self._state = ChainState(sequence=event["sequence"], chain=chain)
+        return _join(parts) + b"\n"
+
+
+def _join(parts: dict[str, bytes]) -> bytes:
+    """A canonical object from its canonically encoded values (sorted keys, no spaces)."""
+    return b"{" + b",".join(canonical_json(key) + b":" + parts[key] for key in sorted(parts)) + b"}"
