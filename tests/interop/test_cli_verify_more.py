@@ -144,3 +144,30 @@ def test_a_sublayouts_inspection_runs_here_and_verifies(cli: Cli, tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
     assert verdict["inspections_run"] == [f"{sub_file}/untar"]
     assert (final / "demo-project" / "foo.py").is_file()
+
+
+@pytest.mark.parametrize("run,timeout,reason", [
+    (["no-such-inspection-tool"], [], "command not found: no-such-inspection-tool"),
+    (["sleep", "30"], ["--inspection-timeout", "0.5"], "ran longer than 0.5 s"),
+    (["sh", "-c", "exit 3"], [], "returned 3, not 0"),
+])
+def test_an_inspection_that_cannot_run_or_fails_fails_the_verification(
+        cli: Cli, tmp_path: Path, run: list[str], timeout: list[str], reason: str) -> None:
+    final = tmp_path / "final"
+    final.mkdir()
+    _package(cli, tmp_path, metadata_dir=final, step="package")
+    layout = {
+        "_type": "layout", "expires": "2099-01-01T00:00:00Z", "keys": {},
+        "steps": [{"_type": "step", "name": "package", "threshold": 1,
+                   "pubkeys": ["alias:build"], "expected_command": [],
+                   "expected_materials": [], "expected_products": [["ALLOW", "*"]]}],
+        "inspect": [{"_type": "inspection", "name": "check", "run": run,
+                     "expected_materials": [], "expected_products": []}],
+    }
+    (tmp_path / "layout.json").write_text(json.dumps(layout))
+    cli("sign-layout", "-l", str(tmp_path / "layout.json"), "-o", "root.layout", cwd=final)
+    result = cli("verify", "-l", "root.layout", "--layout-key-alias", "owner", *timeout,
+                 cwd=final, check=False)
+    assert result.returncode == 1
+    assert result.stdout.startswith("FAIL: root.layout did not verify (failed at inspections)")
+    assert reason in result.stdout
