@@ -60,7 +60,8 @@ class Audited:
 
 
 @pytest.fixture
-def audited(keystore: Pkcs11KeyStore, tmp_path: Path) -> Iterator[Audited]:
+def audited(keystore: Pkcs11KeyStore, softhsm_token: Any, tmp_path: Path,
+            capfd: pytest.CaptureFixture[str]) -> Iterator[Audited]:
     keys = KeyRing(keystore)
     for alias in ("build", "owner"):
         if not keys.exists(alias):
@@ -78,6 +79,12 @@ def audited(keystore: Pkcs11KeyStore, tmp_path: Path) -> Iterator[Audited]:
     trail.set_health_listener(None)
     running.stop(grace=1).wait()
     trail.close()
+    # Nothing this test made the server print or write holds the token's PIN.
+    pin = softhsm_token.read_pin()
+    captured = capfd.readouterr()
+    written = b"".join(p.read_bytes() for p in (tmp_path / "audit").iterdir() if p.is_file())
+    assert pin not in captured.out + captured.err
+    assert pin.encode() not in written and b"PRIVATE KEY" not in written
 
 
 def test_one_entry_per_returned_signature_under_concurrent_load(audited: Audited) -> None:
