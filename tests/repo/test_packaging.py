@@ -35,6 +35,12 @@ def test_compose_file_names_what_exists() -> None:
     from custody_server.config import config_from_dict
 
     parsed = config_from_dict(config, base=ROOT / "deploy")
+    from custody_client.local_tls import CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE
+
+    health = " ".join(services["custody"]["healthcheck"]["test"])
+    for name in (CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE):
+        assert f"'{name}'" in health, f"healthcheck must use {name} (mTLS is the default)"
+    assert f"{parsed.state_dir}/tls/" in health
     env_conf = services["custody"]["environment"]["SOFTHSM2_CONF"]
     assert str(parsed.hsm.pin_file).startswith(str(Path(env_conf).parent))
 
