@@ -27,8 +27,14 @@ from itertools import chain
 from typing import Any
 
 from custody_core.errors import MetadataError
+from custody_core.json_skeleton import outside_strings
 
-__all__ = ["MAX_CANONICAL_DEPTH", "encode_canonical", "encode_canonical_presorted"]
+__all__ = [
+    "MAX_CANONICAL_DEPTH",
+    "encode_canonical",
+    "encode_canonical_as_written",
+    "encode_canonical_presorted",
+]
 
 # Deeper structures are refused (this also stops self-referencing containers).
 MAX_CANONICAL_DEPTH = 512
@@ -71,11 +77,31 @@ def encode_canonical(obj: object) -> bytes:
 def encode_canonical_presorted(obj: object) -> bytes:
     """Canonical JSON of a value known to be clean, without re-checking it.
 
-    Only for values from `custody_core.strict_json.parse_json` (which sorts every
-    dict) that hold no floats: string keys, sorted dicts, bounded nesting, JSON
-    types only. Anything else gives wrong bytes.
+    Only for values from `custody_core.strict_json.parse_json` that hold no floats and
+    whose dicts list their keys in sorted order (the parser's walk says so): string
+    keys, bounded nesting, JSON types only. Anything else gives wrong bytes.
     """
     return _encode_ordered(obj)
+
+
+def encode_canonical_as_written(written: bytes, value: object, *, keys_sorted: bool) -> bytes:
+    """Canonical JSON of `value`, parsed by `custody_core.strict_json.parse_json` from
+    `written` and holding no floats; `keys_sorted` as the parser's walk found.
+
+    Signers write large documents compact with sorted keys: then `written` already is
+    the canonical form and is returned as it is, without encoding 20 MB again. That
+    needs keys in order, no whitespace and no minus sign (the only integer not written
+    as Python writes it is -0) outside strings, and no backslash (JSON escapes
+    control characters, canonical JSON writes them raw).
+    """
+    if not keys_sorted:
+        return encode_canonical(value)
+    if b"\\" in written or outside_strings(written, _NOT_CANONICAL_OUTSIDE_STRINGS):
+        return encode_canonical_presorted(value)
+    return written
+
+
+_NOT_CANONICAL_OUTSIDE_STRINGS = b" \t\n\r-"
 
 
 def _encode_ordered(obj: object) -> bytes:

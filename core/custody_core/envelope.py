@@ -15,11 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from custody_core.canonical import encode_canonical, encode_canonical_presorted
+from custody_core.canonical import encode_canonical, encode_canonical_as_written
 from custody_core.errors import MetadataError, SignatureError
 from custody_core.keys import PublicKey
 from custody_core.signer import Signer
-from custody_core.strict_json import DEFAULT_MAX_DEPTH, parse_json
+from custody_core.strict_json import DEFAULT_MAX_DEPTH, ParsedJson, parse_json
 
 __all__ = [
     "COMPACT_ABOVE_BYTES",
@@ -109,20 +109,24 @@ def parse_envelope(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Envelo
         signed = document["signed"]
         if not isinstance(signed, dict):
             raise MetadataError("envelope: 'signed' must be a JSON object")
-        # The parser sorted every dict; with floats somewhere, the checking encoder
-        # says whether they are inside `signed` (where canonical JSON refuses them).
-        if parsed.has_floats:
-            signed_bytes = encode_canonical(signed)
-        else:
-            signed_bytes = encode_canonical_presorted(signed)
         return Envelope(
             kind="metablock",
-            signed_bytes=signed_bytes,
+            signed_bytes=_canonical_signed(parsed, signed),
             payload=signed,
             payload_type=None,
             signatures=_parse_signatures(document, decode=_decode_hex, encoding="hex"),
         )
     raise MetadataError("envelope: neither a Metablock ('signed') nor DSSE ('payload')")
+
+
+def _canonical_signed(parsed: ParsedJson, signed: dict[str, Any]) -> bytes:
+    """The canonical JSON of a Metablock's `signed`: the bytes its signatures cover."""
+    member = parsed.members.get("signed")
+    if member is None or member.has_floats:
+        return encode_canonical(signed)  # checks everything; refuses the floats
+    return encode_canonical_as_written(
+        parsed.member_bytes("signed"), signed, keys_sorted=member.keys_sorted
+    )
 
 
 def _parse_dsse(document: dict[str, Any], *, max_depth: int) -> Envelope:

@@ -14,8 +14,10 @@ from securesystemslib.formats import encode_canonical as reference_encode_canoni
 from custody_core.canonical import (
     MAX_CANONICAL_DEPTH,
     encode_canonical,
+    encode_canonical_as_written,
     encode_canonical_presorted,
 )
+from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
 from custody_core.strict_json import parse_json
 
@@ -54,12 +56,61 @@ def reference_bytes(value: Any) -> bytes:
 def test_byte_equal_to_securesystemslib(value: Any) -> None:
     expected = reference_bytes(value)
     assert encode_canonical(value) == expected
-    # The envelope path: json.dumps keeps insertion order, the strict parser sorts
-    # keys, and the presorted encoder skips the type walk.
     parsed = parse_json(json.dumps(value).encode("utf-8"), what="test", max_depth=1000)
     assert not parsed.has_floats
-    assert encode_canonical_presorted(parsed.value) == expected
     assert encode_canonical(parsed.value) == expected
+    sorted_copy = parse_json(
+        json.dumps(value, sort_keys=True).encode("utf-8"), what="test", max_depth=1000
+    )
+    assert encode_canonical_presorted(sorted_copy.value) == expected
+
+
+# How signers write a Metablock: in-toto 3.1 (indented or compact, sorted, ASCII), ours,
+# and others (insertion order, raw UTF-8, spaces).
+_WRITING_STYLES: list[dict[str, Any]] = [
+    {"separators": (",", ":"), "sort_keys": True},
+    {"separators": (",", ":"), "sort_keys": True, "ensure_ascii": False},
+    {"indent": 1, "separators": (",", ": "), "sort_keys": True},
+    {"separators": (",", ":")},
+    {},
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.sampled_from(_WRITING_STYLES))
+def test_metablock_signed_bytes_are_canonical_however_written(
+    value: Any, style: dict[str, Any]
+) -> None:
+    # The envelope reuses `signed` as written when it is canonical already, else encodes.
+    signed = {"_type": "link", "value": value}
+    data = json.dumps({"signatures": [], "signed": signed}, **style).encode("utf-8")
+    assert parse_envelope(data).signed_bytes == reference_bytes(signed)
+
+
+@pytest.mark.parametrize(
+    "signed_text",
+    [
+        '{"a":1,"b":[true,false,null,"x y"]}',  # whitespace inside strings only
+        '{"a":"-0","b":"x-1","c":0}',  # minus signs inside strings only
+        '{"a":-0}',  # -0 is canonically 0
+        '{"a":-1}',
+        '{"b":1,"a":2}',  # keys out of order
+        '{"a":{"d":1,"c":2}}',
+        '{"a":[{"y":1,"x":2}]}',
+        '{"a": 1}',
+        '{"a":"\\n"}',  # an escaped newline (canonical JSON writes it raw)
+        '{"a":"\\u00e9 \\" \\/ \\\\"}',  # escapes canonical JSON writes otherwise
+        '{"a":"\\ud83d\\ude00"}',
+        '{"a":"é"}',  # raw UTF-8
+    ],
+)
+def test_metablock_signed_bytes_for_tricky_texts(signed_text: str) -> None:
+    data = ('{"signatures":[],"signed":' + signed_text + "}").encode("utf-8")
+    expected = reference_bytes(json.loads(signed_text))
+    assert parse_envelope(data).signed_bytes == expected
+    assert encode_canonical_as_written(
+        signed_text.encode("utf-8"), json.loads(signed_text), keys_sorted=False
+    ) == expected
 
 
 @pytest.mark.parametrize(

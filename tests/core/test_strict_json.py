@@ -1,0 +1,158 @@
+"""The strict parser's fast path: duplicates, depth and floats found without a hook."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from custody_core.errors import MetadataError
+from custody_core.json_skeleton import Skeleton
+from custody_core.strict_json import parse_json
+
+# Keys and strings full of what the raw scans look at: quotes, colons, brackets, escapes.
+_tricky_text = st.lists(
+    st.sampled_from(['"', ":", "\\", "{", "}", "[", "]", " ", "a", "b", "é", "\n", "-"]),
+    max_size=4,
+).map("".join)
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(-2, 2), _tricky_text)
+
+
+def _tree(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    pairs = st.lists(st.tuples(_tricky_text, children), max_size=4)
+    return st.one_of(st.lists(children, max_size=4), pairs.map(lambda p: ("object", p)))
+
+
+documents = st.recursive(_scalars, _tree, max_leaves=20)
+_spaces = st.sampled_from(["", " ", "\n  ", "\t"])
+
+
+def _render(node: Any, space: str) -> str:
+    """JSON text for a tree whose objects are pair lists (so keys may repeat)."""
+    if isinstance(node, tuple):
+        members = [f"{json.dumps(k)}{space}:{space}{_render(v, space)}" for k, v in node[1]]
+        return "{" + space + ("," + space).join(members) + space + "}"
+    if isinstance(node, list):
+        return "[" + space + ("," + space).join(_render(v, space) for v in node) + "]"
+    return json.dumps(node)
+
+
+def _has_duplicate(node: Any) -> bool:
+    if isinstance(node, tuple):
+        keys = [k for k, _ in node[1]]
+        return len(set(keys)) != len(keys) or any(_has_duplicate(v) for _, v in node[1])
+    if isinstance(node, list):
+        return any(_has_duplicate(v) for v in node)
+    return False
+
+
+def _has_float(node: Any) -> bool:
+    if isinstance(node, tuple):
+        return any(_has_float(v) for _, v in node[1])
+    if isinstance(node, list):
+        return any(_has_float(v) for v in node)
+    return isinstance(node, float)
+
+
+def _depth(node: Any) -> int:
+    if isinstance(node, tuple):
+        return 1 + max((_depth(v) for _, v in node[1]), default=0)
+    if isinstance(node, list):
+        return 1 + max(map(_depth, node), default=0)
+    return 0
+
+
+@settings(max_examples=250, deadline=None)
+@given(documents, _spaces)
+def test_parse_agrees_with_json_and_refuses_every_duplicate(node: Any, space: str) -> None:
+    text = _render(node, space)
+    if _has_duplicate(node):
+        with pytest.raises(MetadataError, match="duplicate key"):
+            parse_json(text.encode(), what="doc")
+        return
+    parsed = parse_json(text.encode(), what="doc")
+    assert parsed.value == json.loads(text)
+    assert list(json.dumps(parsed.value)) == list(json.dumps(json.loads(text)))  # key order
+    assert parsed.has_floats == _has_float(node)
+
+
+@settings(max_examples=250, deadline=None)
+@given(documents, _spaces, st.integers(1, 6))
+def test_raw_depth_is_the_parsed_depth(node: Any, space: str, limit: int) -> None:
+    text = _render(node, space)
+    assert Skeleton.of(text.encode()).nesting_exceeds(limit) == (_depth(node) > limit)
+    if _depth(node) > limit:
+        with pytest.raises(MetadataError, match=f"deeper than {limit} levels"):
+            parse_json(text.encode(), what="doc", max_depth=limit)
+
+
+@pytest.mark.parametrize(
+    ("text", "duplicate"),
+    [
+        ('{"a":1,"a":2}', "a"),
+        ('{"a" :1, "a"\n:2}', "a"),
+        ('{"x":[{"k":1},{"k":2,"k":3}]}', "k"),
+        ('{"x":{"y":{"z":{"\\"":1,"\\u0022":2}}}}', '"'),  # one key, two spellings
+        ('{"a:b":1,"a:b":2}', "a:b"),
+        ('{"s":"\\":","s":1}', "s"),
+    ],
+)
+def test_duplicates_are_named(text: str, duplicate: str) -> None:
+    with pytest.raises(MetadataError, match="duplicate key") as caught:
+        parse_json(text.encode(), what="doc")
+    assert repr(duplicate) in str(caught.value)
+
+
+def test_duplicate_among_many_artifacts() -> None:
+    artifacts = ",".join(f'"f{i:05}":{{"sha256":"{i:064x}"}}' for i in range(20_000))
+    text = '{"signed":{"materials":{' + artifacts + ',"%s":{"sha256":"00"}}}}'
+    with pytest.raises(MetadataError, match="duplicate key 'f00007'"):
+        parse_json((text % "f00007").encode(), what="doc")
+    assert parse_json((text % "g7").encode(), what="doc").members["signed"].keys_sorted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":": x","b":"x\\":","c":"[{"}',  # colons, quotes and brackets in strings
+        '{"a" : [ {"b" : ":"} ] }',
+        '{"é":"\\u00e9","k":"\\\\"}',
+    ],
+)
+def test_tricky_strings_take_the_fast_path(text: str) -> None:
+    parsed = parse_json(text.encode(), what="doc")
+    assert parsed.value == json.loads(text)
+    assert set(parsed.members) == set(parsed.value)  # the precise parser did not run
+
+
+def test_members_are_where_they_are_written() -> None:
+    text = '{ "signed" : {"b": [1, 2]} , "signatures":[ ], "é": "ü" }'
+    parsed = parse_json(text.encode(), what="doc")
+    for name, value in parsed.value.items():
+        assert json.loads(parsed.member_bytes(name)) == value
+    assert parsed.member_bytes("signed") == b'{"b": [1, 2]}'
+    assert parsed.member_bytes("\u00e9") == '"ü"'.encode()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"' + '\\"' * 40_000,  # backtracks quadratically with a one-pattern string scan
+        '["' + '\\\\"' * 40_000,
+        "[" * 200_000 + "]" * 200_000,
+        "[{" * 100_000,
+        '{"a":' * 100_000,
+        "[" + '"[",' * 100_000 + "1]",
+    ],
+    ids=["escaped-quotes", "escaped-backslashes", "deep", "deep-unclosed", "deep-keys", "wide"],
+)
+def test_hostile_shapes_are_refused_or_parsed_quickly(text: str) -> None:
+    start = time.perf_counter()
+    with contextlib.suppress(MetadataError):
+        parse_json(text.encode(), what="doc")
+    assert time.perf_counter() - start < 2.0
