@@ -1,10 +1,11 @@
 """Audit benchmark: SignLink throughput with the durable audit trail on and off, one run.
 
-Starts the server twice in its own process on one embedded state directory (SoftHSM
-token, keys): once with the durable trail (append + fsync per group commit, signed
-checkpoints every second), once with auditing off (a sink that drops events). Each
-is measured with the same clients at 8 and 32 requests in flight. Then the trail
-alone: record() from 1, 8 and 32 threads, with the average group-commit size.
+Starts two servers, each in its own process with its own embedded state (SoftHSM
+token, keys): one with the durable trail (append + fsync per group commit, signed
+checkpoints every second), one with auditing off (a sink that drops events). The same
+clients load them at 8 and 32 requests in flight (--in-flight), in alternating rounds, so that
+other load on the machine hits both alike. Then the trail alone: record() from 1, 8
+and 32 threads, with the average group-commit size.
 Target (issue 6): durable audit keeps at least 80% of the throughput without it.
 
     python benchmarks/bench_audit.py [--seconds 5]
@@ -41,19 +42,20 @@ class DiscardSink:
         pass
 
 
-def serve(mode: str, state: Path) -> int:
+def serve(mode: str, state: Path, workers: int) -> int:
     """Server side of the benchmark: the real build_server with one of the two sinks."""
     from custody_server.app import build_server
     from custody_server.audit import AuditSettings, open_audit_trail
     from custody_server.audit_events import AuditSink
     from custody_server.bootstrap import open_keystore
-    from custody_server.config import ServerConfig, TlsConfig
+    from custody_server.config import Limits, ServerConfig, TlsConfig
     from custody_server.logging_setup import configure_logging
 
     configure_logging(level="warning")
     plaintext: dict[str, Any] = ({"insecure": True}
                                  if "insecure" in TlsConfig.__dataclass_fields__ else {})
-    config = ServerConfig(listen="127.0.0.1:0", state_dir=state, tls=TlsConfig(**plaintext))
+    config = ServerConfig(listen="127.0.0.1:0", state_dir=state, tls=TlsConfig(**plaintext),
+                          limits=Limits(max_workers=workers))
     opened = open_keystore(config)
     audit: AuditSink = DiscardSink()
     trail = None
@@ -72,10 +74,11 @@ def serve(mode: str, state: Path) -> int:
     return 0
 
 
-def start(mode: str, state: Path) -> tuple[subprocess.Popen[str], str]:
+def start(mode: str, state: Path, workers: int) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("core", "client", "server"))}
-    process = subprocess.Popen([sys.executable, __file__, "--serve", mode, "--state", str(state)],
+    process = subprocess.Popen([sys.executable, __file__, "--serve", mode, "--state", str(state),
+                                "--workers", str(workers)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     for line in process.stdout:
@@ -84,7 +87,9 @@ def start(mode: str, state: Path) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit(f"{mode} server did not start")
 
 
-def measure(call: Callable[[int], object], *, in_flight: int, seconds: float) -> dict[str, float]:
+def measure(call: Callable[[int], object], *, in_flight: int, seconds: float
+            ) -> tuple[list[float], float]:
+    """The latency of every call made in `seconds`, and the time it took."""
     latencies: list[list[float]] = [[] for _ in range(in_flight)]
     deadline = time.perf_counter() + seconds
 
@@ -101,14 +106,17 @@ def measure(call: Callable[[int], object], *, in_flight: int, seconds: float) ->
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - began
-    merged = sorted(x for own in latencies for x in own)
-    quantiles = statistics.quantiles(merged, n=100)
-    return {"rps": len(merged) / elapsed, "p50_ms": quantiles[49] * 1000,
+    return [x for own in latencies for x in own], time.perf_counter() - began
+
+
+def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
+    quantiles = statistics.quantiles(sorted(latencies), n=100)
+    return {"rps": len(latencies) / elapsed, "p50_ms": quantiles[49] * 1000,
             "p99_ms": quantiles[98] * 1000}
 
 
-def sign_link_load(address: str, *, in_flight: int, seconds: float) -> dict[str, float]:
+def sign_link_caller(address: str, in_flight: int) -> tuple[Callable[[int], object],
+                                                             list[grpc.Channel]]:
     channels = [grpc.insecure_channel(address) for _ in range(min(in_flight, 8))]
     stubs = [custody_pb2_grpc.CustodyStub(c) for c in channels]  # type: ignore[no-untyped-call]
 
@@ -121,10 +129,24 @@ def sign_link_load(address: str, *, in_flight: int, seconds: float) -> dict[str,
         ))
 
     call(0)  # warm up
-    result = measure(call, in_flight=in_flight, seconds=seconds)
-    for channel in channels:
-        channel.close()
-    return result
+    return call, channels
+
+
+def compare(addresses: dict[str, str], *, in_flight: int, seconds: float,
+            rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Alternating rounds on both servers; the totals of all rounds per server."""
+    callers = {mode: sign_link_caller(address, in_flight) for mode, address in addresses.items()}
+    totals: dict[str, tuple[list[float], float]] = {mode: ([], 0.0) for mode in addresses}
+    for round_number in range(rounds):
+        order = list(addresses) if round_number % 2 == 0 else list(reversed(addresses))
+        for mode in order:
+            latencies, elapsed = measure(callers[mode][0], in_flight=in_flight,
+                                         seconds=seconds / rounds)
+            totals[mode] = (totals[mode][0] + latencies, totals[mode][1] + elapsed)
+    for _call, channels in callers.values():
+        for channel in channels:
+            channel.close()
+    return {mode: summary(*total) for mode, total in totals.items()}
 
 
 def trail_alone(state: Path, seconds: float) -> None:
@@ -152,7 +174,8 @@ def trail_alone(state: Path, seconds: float) -> None:
         batches = Batches()
         trail = AuditTrail(settings=AuditSettings(directory=state / f"alone-{threads}"),
                            checkpoint_signer=lambda: signer, observer=batches)
-        result = measure(_recorder(trail, event), in_flight=threads, seconds=seconds)
+        result = summary(*measure(_recorder(trail, event), in_flight=threads,
+                                  seconds=seconds))
         trail.close()
         print(f"trail.record() alone, {threads:>2} threads".ljust(40)
               + f"{result['rps']:>9.0f}/s "
@@ -172,32 +195,36 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[8, 32],
+                        help="requests in flight to measure at (default: 8 32)")
+    parser.add_argument("--workers", type=int, default=16,
+                        help="the servers' RPC worker threads (limits.max_workers; default 16)")
     parser.add_argument("--serve", choices=("durable", "off"), help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve:
-        return serve(options.serve, options.state)
+        return serve(options.serve, options.state, options.workers)
     state = Path(tempfile.mkdtemp(prefix="custody-bench-audit-"))
     print(f"{'':<40}{'throughput':>10} {'p50 ms':>8} {'p99 ms':>8}   durable vs off")
-    results: dict[tuple[str, int], dict[str, float]] = {}
-    for mode in ("off", "durable"):
-        process, address = start(mode, state)
-        try:
+    # Each server has its own state (token, keys): two processes never share a token.
+    servers = {mode: start(mode, state / mode, options.workers) for mode in ("off", "durable")}
+    try:
+        addresses = {mode: address for mode, (_process, address) in servers.items()}
+        for address in addresses.values():
             grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
-            for in_flight in (8, 32):
-                results[(mode, in_flight)] = sign_link_load(address, in_flight=in_flight,
-                                                            seconds=options.seconds)
-        finally:
+        for in_flight in options.in_flight:
+            results = compare(addresses, in_flight=in_flight, seconds=options.seconds)
+            off, durable = results["off"], results["durable"]
+            for mode, result in (("audit off", off), ("durable audit", durable)):
+                ratio = f"{durable['rps'] / off['rps']:6.0%}" if result is durable else "     -"
+                print(f"SignLink, {mode}, {in_flight:>2} in flight".ljust(40)
+                      + f"{result['rps']:>9.0f}/s {result['p50_ms']:>8.2f} "
+                      f"{result['p99_ms']:>8.2f}   {ratio}")
+    finally:
+        for process, _address in servers.values():
             assert process.stdin is not None
             process.stdin.close()
             process.wait(timeout=60)
-    for in_flight in (8, 32):
-        off, durable = results[("off", in_flight)], results[("durable", in_flight)]
-        for mode, result in (("audit off", off), ("durable audit", durable)):
-            ratio = f"{durable['rps'] / off['rps']:6.0%}" if result is durable else "     -"
-            print(f"SignLink, {mode}, {in_flight:>2} in flight".ljust(40)
-                  + f"{result['rps']:>9.0f}/s {result['p50_ms']:>8.2f} "
-                  f"{result['p99_ms']:>8.2f}   {ratio}")
     trail_alone(state, options.seconds)
     return 0
 
