@@ -20,7 +20,8 @@ def sha(text: str) -> str:
 
 def expected(*, step: str, command: list[str], materials: list[tuple[str, str]],
              products: list[tuple[str, str]], byproducts: Byproducts | None,
-             environment: dict[str, str], key_alias: str, envelope: int) -> pb.SignLinkRequest:
+             environment: dict[str, str], key_alias: str, envelope: pb.Envelope
+             ) -> pb.SignLinkRequest:
     message = pb.SignLinkRequest(
         step_name=step, command=command,
         materials=[pb.Artifact(path=p, digest={"sha256": d}) for p, d in materials],
