@@ -84,24 +84,29 @@ def encode_canonical_presorted(obj: object) -> bytes:
     return _encode_ordered(obj)
 
 
-def encode_canonical_as_written(written: bytes, value: object, *, keys_sorted: bool) -> bytes:
+def encode_canonical_as_written(
+    written: bytes, value: object, *, keys_sorted: bool, compact: bool = False
+) -> bytes:
     """Canonical JSON of `value`, parsed by `custody_core.strict_json.parse_json` from
-    `written` and holding no floats; `keys_sorted` as the parser's walk found.
+    `written` and holding no floats.
 
     Signers write large documents compact with sorted keys: then `written` already is
     the canonical form and is returned as it is, without encoding 20 MB again. That
-    needs keys in order, no whitespace and no minus sign (the only integer not written
-    as Python writes it is -0) outside strings, and no backslash (JSON escapes
-    control characters, canonical JSON writes them raw).
+    needs keys in order (`keys_sorted`: the parser's walk found every object in order),
+    no whitespace and no minus sign (the only integer not written as Python writes it
+    is -0) outside strings (`compact`: the parser's raw scan found none; checked here
+    otherwise), and no backslash (JSON escapes control characters, canonical JSON
+    writes them raw).
     """
     if not keys_sorted:
         return encode_canonical(value)
-    if b"\\" in written or outside_strings(written, _NOT_CANONICAL_OUTSIDE_STRINGS):
+    if b"\\" in written or not (compact or _is_compact(written)):
         return encode_canonical_presorted(value)
     return written
 
 
-_NOT_CANONICAL_OUTSIDE_STRINGS = b" \t\n\r-"
+def _is_compact(written: bytes) -> bool:
+    return not outside_strings(written, b" \t\n\r-")
 
 
 def _encode_ordered(obj: object) -> bytes:

@@ -125,7 +125,10 @@ def _canonical_signed(parsed: ParsedJson, signed: dict[str, Any]) -> bytes:
     if member is None or member.has_floats:
         return encode_canonical(signed)  # checks everything; refuses the floats
     return encode_canonical_as_written(
-        parsed.member_bytes("signed"), signed, keys_sorted=member.keys_sorted
+        parsed.member_bytes("signed"),
+        signed,
+        keys_sorted=parsed.keys_sorted,
+        compact=parsed.compact,
     )
 
 

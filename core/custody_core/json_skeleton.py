@@ -42,27 +42,43 @@ def _deleted_except(keep: bytes) -> bytes:
     return bytes(sorted(set(range(256)).difference(keep, b'"')))
 
 
+_STRUCTURE = b"[]{}:"
+_WHITESPACE_AND_MINUS = b" \t\n\r-"
+
+
 @dataclass(frozen=True)
 class Skeleton:
-    """The brackets and colons of a JSON document, outside its strings.
+    """What a JSON document holds outside its strings: brackets, colons, whitespace and
+    minus signs, in order.
 
-    In valid JSON a colon outside strings ends the key of one object member: `members`
-    is the number of members written, duplicates included.
+    In valid JSON a colon outside strings ends the key of one object member, and every
+    bracket pair is one container.
     """
 
-    brackets_and_colons: bytes
+    outside: bytes
 
     @classmethod
     def of(cls, raw: bytes) -> Skeleton:
-        return cls(outside_strings(raw, b"[]{}:"))
+        return cls(outside_strings(raw, _STRUCTURE + _WHITESPACE_AND_MINUS))
 
     @property
     def members(self) -> int:
-        return self.brackets_and_colons.count(b":")
+        """How many object members are written, duplicates included."""
+        return self.outside.count(b":")
+
+    @property
+    def containers(self) -> int:
+        """How many objects and arrays are written."""
+        return self.outside.count(b"{") + self.outside.count(b"[")
+
+    @property
+    def compact(self) -> bool:
+        """No whitespace and no minus sign outside strings (canonical JSON writes -0 as 0)."""
+        return not self.outside.translate(None, _STRUCTURE)
 
     def nesting_exceeds(self, max_depth: int) -> bool:
         """Whether brackets nest deeper than `max_depth` (the top level is 1)."""
-        brackets = self.brackets_and_colons.replace(b":", b"")
+        brackets = self.outside.translate(None, b":" + _WHITESPACE_AND_MINUS)
         # Wide documents: each round removes the innermost pairs, one or two levels (a
         # '{}' gone can make a '[]'). Emptied after r rounds means at most 2r levels.
         rest = brackets

@@ -1,12 +1,13 @@
-"""One walk over a parsed JSON value: members, depth, floats and key order.
+"""One walk over parsed JSON values: how many members, how deep, keys in order.
 
-Level by level, with C-level passes over the whole level (map, chain, compress) rather
-than a Python call per container: a link has one level with 200,000 small dicts.
+Level by level, with C-level passes (map, chain, compress) over a level rather than a
+Python call per container: a link has one level with 200,000 small dicts. The raw text
+says how many containers there are; once all are found, the values of the last level
+(scalars, then) are not looked at.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate, chain, compress, islice, repeat
 from operator import is_, lt
@@ -14,53 +15,65 @@ from typing import Any
 
 __all__ = ["Survey", "survey"]
 
+# Levels with at most this many containers are split container by container.
+_FEW = 64
+
 
 @dataclass(frozen=True)
 class Survey:
-    """What a JSON value holds.
+    """What some JSON values hold.
 
-    `members` is the sum of len(dict) over all its objects, `depth` how deep containers
-    nest (a scalar is 0, `[]` is 1), `keys_sorted` whether every object lists its keys in
-    code-point order.
+    `members` is the sum of len(dict) over all objects inside, `depth` how deep their
+    containers nest (scalars only: 0, `[]`: 1), `keys_sorted` whether every object
+    lists its keys in code-point order.
     """
 
     members: int
     depth: int
-    has_floats: bool
     keys_sorted: bool
 
-    @classmethod
-    def of_object(cls, value: dict[str, Any], surveys: Iterable[Survey]) -> Survey:
-        """The survey of the object `value` from the surveys of its values."""
-        inner = list(surveys)
-        return cls(
-            members=len(value) + sum(s.members for s in inner),
-            depth=1 + max((s.depth for s in inner), default=0),
-            has_floats=any(s.has_floats for s in inner),
-            keys_sorted=_keys_sorted([value]) and all(s.keys_sorted for s in inner),
-        )
 
+def survey(values: list[Any], *, containers: int) -> Survey:
+    """Walk `values` (as the json module builds them) once, level by level.
 
-def survey(value: Any) -> Survey:
-    """Walk `value` (as the json module builds it) once, level by level."""
-    dicts, lists = _containers([value], {type(value)})
-    members = depth = 0
-    has_floats = type(value) is float
+    `containers` is how many objects and arrays `values` hold at most (as written in
+    the raw text: duplicate keys can only drop some).
+    """
+    dicts, lists = _split(values)
+    found = members = depth = 0
     keys_sorted = True
     while dicts or lists:
         depth += 1
-        members += sum(map(len, dicts))
-        keys_sorted = keys_sorted and _keys_sorted(dicts)
+        found += len(dicts) + len(lists)
+        lengths = list(map(len, dicts))
+        members += sum(lengths)
+        keys_sorted = keys_sorted and _keys_sorted(dicts, lengths)
+        if found >= containers:
+            break  # all found: nothing below this level is a container
+        dicts, lists = _next_level(dicts, lists)
+    return Survey(members=members, depth=depth, keys_sorted=keys_sorted)
+
+
+def _next_level(dicts: list[Any], lists: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The dicts and the lists among the values of `dicts` and the items of `lists`."""
+    if len(dicts) + len(lists) > _FEW:
         children = list(chain.from_iterable(map(dict.values, dicts)))
         children.extend(chain.from_iterable(lists))
-        kinds = set(map(type, children))
-        has_floats = has_floats or float in kinds
-        dicts, lists = _containers(children, kinds)
-    return Survey(members=members, depth=depth, has_floats=has_floats, keys_sorted=keys_sorted)
+        return _split(children)
+    # Few containers (a link's artifact dicts): a uniform one needs no filtering.
+    next_dicts: list[Any] = []
+    next_lists: list[Any] = []
+    for container in chain(dicts, lists):
+        values = list(container.values()) if type(container) is dict else container
+        found_dicts, found_lists = _split(values)
+        next_dicts.extend(found_dicts)
+        next_lists.extend(found_lists)
+    return next_dicts, next_lists
 
 
-def _containers(values: list[Any], kinds: set[type]) -> tuple[list[Any], list[Any]]:
-    """The dicts and the lists among `values` (whose types are `kinds`)."""
+def _split(values: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The dicts and the lists among `values`."""
+    kinds = set(map(type, values))
     return _of_type(values, dict, kinds), _of_type(values, list, kinds)
 
 
@@ -72,19 +85,18 @@ def _of_type(values: list[Any], kind: type, kinds: set[type]) -> list[Any]:
     return list(compress(values, map(is_, map(type, values), repeat(kind))))
 
 
-def _keys_sorted(dicts: list[dict[str, Any]]) -> bool:
-    """Whether every dict lists its (distinct) keys in ascending order.
-
-    All keys in one list, every neighbour compared at once; the pairs that straddle two
-    dicts are then taken out of the count.
-    """
-    if max(map(len, dicts), default=0) < 2:
+def _keys_sorted(dicts: list[dict[str, Any]], lengths: list[int]) -> bool:
+    """Whether every dict lists its (distinct) keys in ascending order."""
+    if max(lengths, default=0) < 2:
         return True
-    several = list(compress(dicts, map(lt, repeat(1), map(len, dicts))))
+    several = list(compress(dicts, map(lt, repeat(1), lengths)))
+    if len(several) <= _FEW:
+        return all(keys == sorted(keys) for keys in map(list, several))
+    # Many small dicts: all keys in one list, every neighbour compared at once; the
+    # pairs that straddle two dicts are then taken out of the count.
     keys = list(chain.from_iterable(several))
     ascending = list(map(lt, keys, islice(keys, 1, None)))
     # Index of the pair (last key of one dict, first key of the next).
     straddling = list(islice(accumulate(map(len, several), initial=-1), 1, len(several)))
-    ascending_straddling = sum(map(ascending.__getitem__, straddling))
-    ascending_inside = sum(ascending) - ascending_straddling
+    ascending_inside = sum(ascending) - sum(map(ascending.__getitem__, straddling))
     return bool(ascending_inside == len(ascending) - len(straddling))

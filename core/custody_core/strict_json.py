@@ -6,10 +6,11 @@ where; no RecursionError, UnicodeDecodeError or JSONDecodeError escapes.
 Fast, for 20 MB links, without a Python call per object:
 1. the nesting depth is read off the raw bytes first (json_skeleton), so the parser
    never recurses deeper than the limit;
-2. the C parser builds the value without hooks (objects keep the order of the text);
-3. one level-by-level walk over the value (json_survey) sums len(dict), notes floats and
-   checks key order. Each colon outside strings ends one member's key, so a sum equal
-   to their number proves that no key was written twice.
+2. the C parser builds the value without object hooks (objects keep the order of the
+   text); its parse_float hook counts floats, it runs for floats only;
+3. one level-by-level walk over the value (json_survey) sums len(dict) and checks key
+   order. Each colon outside strings ends one member's key, so a sum equal to their
+   number proves that no key was written twice.
 Only when they differ does the precise parser, with a hook per object, run to name the
 duplicate.
 """
@@ -29,7 +30,7 @@ from typing import Any, cast
 
 from custody_core.errors import MetadataError
 from custody_core.json_skeleton import Skeleton
-from custody_core.json_survey import Survey, survey
+from custody_core.json_survey import survey
 
 __all__ = ["DEFAULT_MAX_DEPTH", "Member", "ParsedJson", "parse_json"]
 
@@ -40,13 +41,11 @@ _NO_MEMBERS: Mapping[str, Member] = MappingProxyType({})
 
 @dataclass(frozen=True)
 class Member:
-    """A member of the top-level object: where its value is written in the text, and
-    what the walk found inside it."""
+    """A member of the top-level object: where its value is written in the text."""
 
     start: int
     end: int
     has_floats: bool
-    keys_sorted: bool  # every object inside lists its keys in code-point order
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,10 @@ class ParsedJson:
 
     `has_floats` says whether any number was written with a fraction or an exponent
     (canonical JSON refuses floats). `members` describes the members of a top-level
-    object; it may be empty (never wrong) when the precise parser had to run.
+    object, `keys_sorted` whether every object below the top level lists its keys in
+    order, `compact` whether no whitespace or minus sign is written outside strings.
+    When the precise parser had to run, `members` is empty and the flags are False
+    (never wrong, only unknown).
     """
 
     value: Any
@@ -63,6 +65,8 @@ class ParsedJson:
     raw: bytes = field(repr=False)
     text: str = field(repr=False)
     members: Mapping[str, Member] = field(default_factory=lambda: _NO_MEMBERS)
+    keys_sorted: bool = False
+    compact: bool = False
 
     def member_bytes(self, name: str) -> bytes:
         """The UTF-8 bytes of a top-level member's value exactly as written."""
@@ -84,35 +88,32 @@ def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH) ->
     skeleton = Skeleton.of(raw)
     if skeleton.nesting_exceeds(max_depth):
         raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels")
-    parsed = _parse_fast(text)
+    parsed = _FastParse.of(text)
     if parsed is None:
         return _parse_precisely(raw, text, what=what, max_depth=max_depth)
-    value, spans = parsed
-    if spans:  # an object at the top: survey each member on its own
-        surveys = {name: survey(value[name]) for name in spans}
-        whole = Survey.of_object(value, surveys.values())
+    if parsed.spans:  # an object at the top: the walk starts below it
+        found = survey(list(parsed.value.values()), containers=skeleton.containers - 1)
+        members, depth = len(parsed.value) + found.members, found.depth + 1
     else:
-        surveys = {}
-        whole = survey(value)
-    if whole.depth > max_depth:  # the raw check already refused this
+        found = survey([parsed.value], containers=skeleton.containers)
+        members, depth = found.members, found.depth
+    if depth > max_depth:  # the raw check already refused this
         raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels")
-    if whole.members != skeleton.members:
+    if members != skeleton.members:
         return _parse_precisely(raw, text, what=what, max_depth=max_depth)
-    members = {
-        name: Member(
-            start=start,
-            end=end,
-            has_floats=surveys[name].has_floats,
-            keys_sorted=surveys[name].keys_sorted,
-        )
-        for name, (start, end) in spans.items()
-    }
     return ParsedJson(
-        value=value,
-        has_floats=whole.has_floats,
+        value=parsed.value,
+        has_floats=parsed.floats > 0,
         raw=raw,
         text=text,
-        members=MappingProxyType(members),
+        members=MappingProxyType(
+            {
+                name: Member(start=start, end=end, has_floats=parsed.member_floats[name] > 0)
+                for name, (start, end) in parsed.spans.items()
+            }
+        ),
+        keys_sorted=found.keys_sorted,
+        compact=skeleton.compact,
     )
 
 
@@ -124,50 +125,71 @@ def _refuse_constant(name: str) -> Any:
     raise _ConstantError(name)
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-# The C scanners json.loads uses: (value, end) for the value at an index, (string, end)
-# for the string whose opening quote is just before the index.
-_scan_value = json.scanner.make_scanner(cast(Any, _DECODER))
-_scan_string = scanstring
+class _FloatCounter:
+    """parse_float for the C scanner: called only for numbers with a fraction or exponent."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, literal: str) -> float:
+        self.count += 1
+        return float(literal)
+
+
+_scan_string = scanstring  # the C string scanner: (string, end) after an opening quote
 _skip_whitespace = re.compile(r"[ \t\n\r]*").match
 
 
-def _parse_fast(text: str) -> tuple[Any, dict[str, tuple[int, int]]] | None:
-    """The value and, for an object at the top, where each member's value is written.
+@dataclass(frozen=True)
+class _FastParse:
+    """The value as the C scanner builds it, without hooks; for an object at the top,
+    where each member's value is written and how many floats it holds."""
 
-    None if the text is not valid JSON or repeats a top-level key (the precise parser
-    then says why). The top-level object is read here, a few members, so that the
-    position of each value is known; everything inside is read by the C scanner.
-    """
-    try:
-        index = _end_of_whitespace(text, 0)
-        if not text.startswith("{", index):
-            return _DECODER.decode(text), {}
-        value: dict[str, Any] = {}
-        spans: dict[str, tuple[int, int]] = {}
-        index = _end_of_whitespace(text, index + 1)
-        closed = text.startswith("}", index)
-        while not closed:
-            if not text.startswith('"', index):
-                return None
-            name, index = _scan_string(text, index + 1)
-            index = _end_of_whitespace(text, index)
-            if not text.startswith(":", index) or name in value:
-                return None
-            start = _end_of_whitespace(text, index + 1)
-            value[name], end = _scan_value(text, start)
-            spans[name] = (start, end)
-            index = _end_of_whitespace(text, end)
+    value: Any
+    floats: int
+    spans: dict[str, tuple[int, int]]
+    member_floats: dict[str, int]
+
+    @classmethod
+    def of(cls, text: str) -> _FastParse | None:
+        """None if the text is not valid JSON or repeats a top-level key (the precise
+        parser then says why). The top-level object is read here, a few members, so that
+        the position of each value is known; everything inside is read in C."""
+        floats = _FloatCounter()
+        decoder = json.JSONDecoder(parse_float=floats, parse_constant=_refuse_constant)
+        scan_value = json.scanner.make_scanner(cast(Any, decoder))  # (value, end) at an index
+        try:
+            index = _end_of_whitespace(text, 0)
+            if not text.startswith("{", index):
+                return cls(decoder.decode(text), floats.count, spans={}, member_floats={})
+            value: dict[str, Any] = {}
+            spans: dict[str, tuple[int, int]] = {}
+            member_floats: dict[str, int] = {}
+            index = _end_of_whitespace(text, index + 1)
             closed = text.startswith("}", index)
-            if not closed:
-                if not text.startswith(",", index):
+            while not closed:
+                if not text.startswith('"', index):
                     return None
-                index = _end_of_whitespace(text, index + 1)
-        if _end_of_whitespace(text, index + 1) != len(text):
+                name, index = _scan_string(text, index + 1)
+                index = _end_of_whitespace(text, index)
+                if not text.startswith(":", index) or name in value:
+                    return None
+                start = _end_of_whitespace(text, index + 1)
+                floats_before = floats.count
+                value[name], end = scan_value(text, start)
+                spans[name] = (start, end)
+                member_floats[name] = floats.count - floats_before
+                index = _end_of_whitespace(text, end)
+                closed = text.startswith("}", index)
+                if not closed:
+                    if not text.startswith(",", index):
+                        return None
+                    index = _end_of_whitespace(text, index + 1)
+            if _end_of_whitespace(text, index + 1) != len(text):
+                return None
+        except (ValueError, StopIteration, RecursionError):
             return None
-    except (ValueError, StopIteration, RecursionError):
-        return None
-    return value, spans
+        return cls(value, floats.count, spans=spans, member_floats=member_floats)
 
 
 def _end_of_whitespace(text: str, index: int) -> int:
@@ -178,18 +200,12 @@ def _end_of_whitespace(text: str, index: int) -> int:
 
 def _parse_precisely(raw: bytes, text: str, *, what: str, max_depth: int) -> ParsedJson:
     """The slow parser, a Python call per object: names the duplicate key or the error."""
-    float_count = 0
-
-    def parse_float(literal: str) -> float:
-        nonlocal float_count
-        float_count += 1
-        return float(literal)
-
+    floats = _FloatCounter()
     try:
         value = json.loads(
             text,
             object_pairs_hook=_unique_object,
-            parse_float=parse_float,
+            parse_float=floats,
             parse_constant=_refuse_constant,
         )
     except json.JSONDecodeError as exc:
@@ -204,9 +220,7 @@ def _parse_precisely(raw: bytes, text: str, *, what: str, max_depth: int) -> Par
         raise MetadataError(f"{what}: JSON constant {exc} is not allowed") from exc
     except ValueError as exc:  # e.g. an integer longer than Python will convert
         raise MetadataError(f"{what}: invalid JSON value: {exc}") from exc
-    if survey(value).depth > max_depth:
-        raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels")
-    return ParsedJson(value=value, has_floats=float_count > 0, raw=raw, text=text)
+    return ParsedJson(value=value, has_floats=floats.count > 0, raw=raw, text=text)
 
 
 class _DuplicateKeyError(ValueError):

@@ -113,7 +113,7 @@ def test_duplicate_among_many_artifacts() -> None:
     text = '{"signed":{"materials":{' + artifacts + ',"%s":{"sha256":"00"}}}}'
     with pytest.raises(MetadataError, match="duplicate key 'f00007'"):
         parse_json((text % "f00007").encode(), what="doc")
-    assert parse_json((text % "g7").encode(), what="doc").members["signed"].keys_sorted
+    assert parse_json((text % "g7").encode(), what="doc").keys_sorted
 
 
 @pytest.mark.parametrize(
@@ -156,3 +156,24 @@ def test_hostile_shapes_are_refused_or_parsed_quickly(text: str) -> None:
     with contextlib.suppress(MetadataError):
         parse_json(text.encode(), what="doc")
     assert time.perf_counter() - start < 2.0
+
+
+def test_floats_are_counted_per_member() -> None:
+    text = '{"signatures":[{"w":1.5}],"signed":{"a":[1,-2,1E2]},"n":1}'
+    parsed = parse_json(text.encode(), what="doc")
+    assert parsed.has_floats
+    assert {name: m.has_floats for name, m in parsed.members.items()} == {
+        "signatures": True,
+        "signed": True,
+        "n": False,
+    }
+    assert not parse_json(b'{"a":[1,-2,{"b":true}]}', what="doc").has_floats
+    assert parse_json(b"[0.5]", what="doc").has_floats
+
+
+def test_key_order_and_compactness_are_reported() -> None:
+    assert parse_json(b'{"z":{"a":1,"b":[{"c":2,"d":3}]}}', what="doc").keys_sorted
+    assert not parse_json(b'{"z":{"a":1,"b":[{"d":2,"c":3}]}}', what="doc").keys_sorted
+    assert parse_json(b'{"z":{"a":"x -1 y"}}', what="doc").compact
+    assert not parse_json(b'{"z":{"a":-1}}', what="doc").compact
+    assert not parse_json(b'{"z": 1}', what="doc").compact
