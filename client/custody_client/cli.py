@@ -26,6 +26,10 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         if args.command == "run":
             return steps.cmd_run
         return steps.cmd_record_start if args.phase == "start" else steps.cmd_record_stop
+    if args.command == "audit":
+        from custody_client.audit_verify import run_audit_verify
+
+        return run_audit_verify
     if args.command == "verify":
         from custody_client._cli import verify
 
@@ -66,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setattr(args, flag, getattr(args, flag, False))
     _configure_logging(verbose=args.verbose, quiet=args.quiet)
     name = " ".join(filter(None, ("custody", args.command, getattr(args, "phase", None),
-                                  getattr(args, "keys_command", None))))
+                                  getattr(args, "keys_command", None),
+                                  getattr(args, "audit_command", None))))
     try:
         return _handler(args)(args)
     except CustodyError as error:

@@ -187,10 +187,10 @@ def _drain(stream: Any, into: bytearray) -> None:
 
 
 def run_verify(*args: str) -> subprocess.CompletedProcess[str]:
-    """`custody audit verify` as its own process, with only the agent side importable."""
+    """The real `custody audit verify` in its own process, agent side only on the path."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
            "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("core", "client"))}
-    return subprocess.run([sys.executable, "-m", "custody_client.audit_verify", *args],
+    return subprocess.run([sys.executable, "-m", "custody_client", "audit", "verify", *args],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
 
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from custody_client import __version__
+from custody_client.audit_verify import add_audit_verify_arguments
 from custody_client.cli_keys import add_key_commands
 from custody_client.local_tls import ENV_STATE_DIR
 from custody_client.settings import DEFAULT_ADDRESS, ENV_CA, ENV_CERT, ENV_KEY_FILE, ENV_SERVER
@@ -161,4 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     public.add_argument("--format", choices=("pem", "json"), default="pem")
     public.add_argument("-o", "--output", default="-", metavar="FILE")
     add_key_commands(lambda name, text: _command(key_commands, common, name, help=text))
+
+    audit = commands.add_parser("audit", help="check an audit trail (no server needed)")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="verify")
+    add_audit_verify_arguments(audit_commands.add_parser(
+        "verify", help="check the hash chain and signed checkpoints; name the first bad entry"))
     return parser
