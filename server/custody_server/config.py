@@ -36,11 +36,24 @@ A config file looks like this (every key is optional; see README "Configuration"
     [lifecycle.rotation.build]  # scheduled rotation of the alias "build"
     period = "90d"
     overlap = "72h"
+
+    [audit]                     # the audit trail: see docs/AUDIT.md; --audit-* flags override
+    directory = "/var/lib/custody/audit"   # default: state_dir/audit
+    key_alias = "audit"         # the HSM key that signs checkpoints (created if missing)
+    checkpoint_interval_seconds = 60
+    max_file_bytes = 67108864   # rotate audit.log beyond this size
+    retry_interval_seconds = 0.5
+    write_timeout_seconds = 10
+    mirror_stdout = false       # also print each line on stdout, for log shippers
+
+    [metrics]
+    listen = "127.0.0.1:9464"   # Prometheus /metrics; none: no endpoint (--metrics-listen)
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +64,10 @@ from custody_server.lifecycle.settings import LifecycleSettings, lifecycle_setti
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_TOKEN_LABEL = "custody"  # noqa: S105 (a label, not a secret)
+DEFAULT_AUDIT_KEY_ALIAS = "audit"
+_KEY_ALIAS = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # keyring.validate_alias, as a config check
+_AUDIT_NUMBERS = ("checkpoint_interval_seconds", "max_file_bytes", "retry_interval_seconds",
+                  "write_timeout_seconds")
 
 
 def default_state_dir() -> Path:
@@ -146,6 +163,47 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The [audit] table; the --audit-* flags override it. `custody_server.audit` turns it
+    into AuditSettings once the state directory is known (it owns these defaults too)."""
+
+    directory: Path | None = None  # None: state_dir/audit
+    key_alias: str = DEFAULT_AUDIT_KEY_ALIAS  # the HSM key that signs checkpoints
+    checkpoint_interval_seconds: float = 60.0
+    max_file_bytes: int = 64 * 1024 * 1024  # rotate the active file beyond this size
+    retry_interval_seconds: float = 0.5  # how often a failed trail tries to write again
+    write_timeout_seconds: float = 10.0  # a record() that waits longer fails
+    mirror_stdout: bool = False  # also print each line on stdout, for log shippers
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key_alias, str) or not _KEY_ALIAS.match(self.key_alias):
+            raise ConfigError(f"audit.key_alias {str(self.key_alias)[:80]!r} is not a key "
+                              "alias: use 1-63 of a-z, 0-9, '.', '_', '-'")
+        for name in _AUDIT_NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"audit.{name} must be a number")
+            if not value > 0:  # also refuses NaN
+                raise ConfigError(f"audit.{name} must be positive")
+        if not isinstance(self.max_file_bytes, int):
+            raise ConfigError("audit.max_file_bytes must be an integer")
+        if not isinstance(self.mirror_stdout, bool):
+            raise ConfigError("audit.mirror_stdout must be true or false")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None = None  # "host:port" of the Prometheus /metrics endpoint; None: off
+
+    def __post_init__(self) -> None:
+        if self.listen is None:
+            return
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"metrics.listen must be host:port, got {self.listen[:80]!r}")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
     state_dir: Path = field(default_factory=default_state_dir)
@@ -156,6 +214,8 @@ class ServerConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     limits: Limits = field(default_factory=Limits)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown_grace_seconds: float = 10.0
 
     @property
@@ -186,6 +246,13 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
                       {"max_message_bytes", "max_artifacts_per_link", "max_workers",
                        "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth"})
     lifecycle = table.pop("lifecycle", {})  # checked by lifecycle_settings_from_table
+    audit: dict[str, Any] = {
+        name: _path(value, base) if name == "directory" else value for name, value in
+        _section(table.pop("audit", {}), "audit", set(AuditConfig.__dataclass_fields__)).items()
+    }
+    metrics = _section(table.pop("metrics", {}), "metrics", {"listen"})
+    if not isinstance(metrics.get("listen", ""), str):
+        raise ConfigError("metrics.listen must be a string host:port")
     top = _section(table, "", {"listen", "state_dir", "default_link_key", "default_layout_key",
                                 "shutdown_grace_seconds"})
     try:
@@ -206,6 +273,8 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
             policy=PolicyConfig(file=_path(policy["file"], base) if "file" in policy else None),
             limits=Limits(**{k: int(v) for k, v in limits.items()}),
             lifecycle=lifecycle_settings_from_table(lifecycle, base=base),
+            audit=AuditConfig(**audit),
+            metrics=MetricsConfig(listen=metrics.get("listen")),
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"bad config value: {error}") from None

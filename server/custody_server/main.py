@@ -20,10 +20,15 @@ import structlog
 
 from custody_core.errors import CustodyError
 from custody_server.app import RunningServer, build_server
-from custody_server.audit import add_audit_arguments, audit_settings_from_args, open_audit_trail
+from custody_server.audit import (
+    AuditSettings,
+    add_audit_arguments,
+    audit_config_with_args,
+    open_audit_trail,
+)
 from custody_server.audit_events import AuditEvent
 from custody_server.bootstrap import open_keystore, prepare_access
-from custody_server.config import ServerConfig, load_config
+from custody_server.config import MetricsConfig, ServerConfig, load_config
 from custody_server.logging_setup import configure_logging
 from custody_server.metrics import MetricsServer, ServiceMetrics
 
@@ -38,18 +43,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen", help="host:port to listen on (overrides config)")
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     parser.add_argument("--log-level", default="info")
-    parser.add_argument("--metrics-listen", help="host:port for Prometheus /metrics (off if unset)")
+    parser.add_argument("--metrics-listen",
+                        help="host:port for Prometheus /metrics (overrides [metrics] listen; "
+                             "off if neither is set)")
     add_audit_arguments(parser)
     return parser.parse_args(argv)
 
 
 def make_config(options: argparse.Namespace) -> ServerConfig:
+    """The config file (or the embedded defaults) with the command-line flags on top."""
     config = load_config(options.config) if options.config else ServerConfig()
     if options.state_dir:
         config = dataclasses.replace(config, state_dir=options.state_dir)
     if options.listen:
         config = dataclasses.replace(config, listen=options.listen)
-    return config
+    if options.metrics_listen:
+        config = dataclasses.replace(config, metrics=MetricsConfig(listen=options.metrics_listen))
+    return dataclasses.replace(config, audit=audit_config_with_args(config.audit, options))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,14 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         access_notes = prepare_access(config)  # local mTLS material and policy, first start
         opened = open_keystore(config)
         metrics = ServiceMetrics()
-        audit = open_audit_trail(audit_settings_from_args(options, state_dir=config.state_dir),
+        audit = open_audit_trail(AuditSettings.from_config(config.audit,
+                                                           state_dir=config.state_dir),
                                  keys=opened.keys, observer=metrics)
         running = build_server(config=config, keys=opened.keys, audit=audit, metrics=metrics)
         audit.set_health_listener(running.set_serving)  # NOT_SERVING while it cannot write
         metrics.watch_audit(lambda: audit.healthy)
         metrics.watch_keys(lambda: {key.alias: len(key.versions) for key in opened.keys.all()})
-        metrics_server = (MetricsServer.start(metrics, listen=options.metrics_listen)
-                          if options.metrics_listen else None)
+        metrics_server = (MetricsServer.start(metrics, listen=config.metrics.listen)
+                          if config.metrics.listen else None)
     except CustodyError as error:
         print(f"custody-server: {error}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ docs/AUDIT.md describes the format, the guarantees and what a SIEM must keep.
 from custody_server.audit.settings import (
     AuditSettings,
     add_audit_arguments,
-    audit_settings_from_args,
+    audit_config_with_args,
 )
 from custody_server.audit.setup import open_audit_trail
 from custody_server.audit.trail import AuditTrail, AuditWriteError
@@ -18,6 +18,6 @@ __all__ = [
     "AuditTrail",
     "AuditWriteError",
     "add_audit_arguments",
-    "audit_settings_from_args",
+    "audit_config_with_args",
     "open_audit_trail",
 ]

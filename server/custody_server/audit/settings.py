@@ -1,25 +1,34 @@
-"""How the audit trail is set up: where, which key, how often it checkpoints."""
+"""How the audit trail is set up: where, which key, how often it checkpoints.
+
+The config file's `[audit]` table (custody_server.config.AuditConfig) holds the same
+fields; the `--audit-*` flags override it, and `AuditSettings.from_config` fills in the
+directory once the state directory is known.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from custody_server.config import AuditConfig
 from custody_server.errors import ConfigError
 
-DEFAULT_KEY_ALIAS = "audit"
+_DEFAULTS = AuditConfig()  # the one place the defaults are written down
+DEFAULT_KEY_ALIAS = _DEFAULTS.key_alias
 
 
 @dataclass(frozen=True)
 class AuditSettings:
     directory: Path
-    key_alias: str = DEFAULT_KEY_ALIAS  # the HSM key that signs checkpoints
-    checkpoint_interval_seconds: float = 60.0
-    max_file_bytes: int = 64 * 1024 * 1024  # rotate the active file beyond this size
-    retry_interval_seconds: float = 0.5  # how often a failed trail tries to write again
-    write_timeout_seconds: float = 10.0  # a record() that waits longer fails
-    mirror_stdout: bool = False  # also print each line on stdout, for log shippers
+    key_alias: str = _DEFAULTS.key_alias  # the HSM key that signs checkpoints
+    checkpoint_interval_seconds: float = _DEFAULTS.checkpoint_interval_seconds
+    max_file_bytes: int = _DEFAULTS.max_file_bytes  # rotate the active file beyond this size
+    retry_interval_seconds: float = _DEFAULTS.retry_interval_seconds  # a failed trail retries
+    write_timeout_seconds: float = _DEFAULTS.write_timeout_seconds  # a record() waits at most
+    mirror_stdout: bool = _DEFAULTS.mirror_stdout  # also each line on stdout, for log shippers
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_interval_seconds", "max_file_bytes", "retry_interval_seconds",
@@ -27,26 +36,52 @@ class AuditSettings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"audit.{name} must be positive")
 
+    @classmethod
+    def from_config(cls, config: AuditConfig, *, state_dir: Path) -> AuditSettings:
+        """The [audit] table's settings; no directory there means state_dir/audit."""
+        return cls(
+            directory=config.directory or state_dir / "audit",
+            key_alias=config.key_alias,
+            checkpoint_interval_seconds=config.checkpoint_interval_seconds,
+            max_file_bytes=config.max_file_bytes,
+            retry_interval_seconds=config.retry_interval_seconds,
+            write_timeout_seconds=config.write_timeout_seconds,
+            mirror_stdout=config.mirror_stdout,
+        )
+
+
+# flag destination -> AuditConfig field; a flag left out (None) keeps the file's value
+_FLAG_FIELDS = {
+    "audit_dir": "directory",
+    "audit_key": "key_alias",
+    "audit_checkpoint_seconds": "checkpoint_interval_seconds",
+    "audit_max_bytes": "max_file_bytes",
+    "audit_stdout": "mirror_stdout",
+}
+
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("audit trail")
+    """The --audit-* flags; each one overrides the config file's [audit] value."""
+    group = parser.add_argument_group("audit trail (each flag overrides [audit] in --config)")
     group.add_argument("--audit-dir", type=Path,
                        help="directory of the audit trail (default: STATE_DIR/audit)")
-    group.add_argument("--audit-key", default=DEFAULT_KEY_ALIAS,
-                       help="alias of the HSM key that signs checkpoints (created if missing)")
-    group.add_argument("--audit-checkpoint-seconds", type=float, default=60.0,
-                       help="seconds between signed checkpoints")
-    group.add_argument("--audit-max-bytes", type=int, default=64 * 1024 * 1024,
-                       help="rotate audit.log beyond this size")
-    group.add_argument("--audit-stdout", action="store_true",
-                       help="also write each audit line to stdout (for log shippers)")
+    group.add_argument("--audit-key",
+                       help="alias of the HSM key that signs checkpoints, created if missing "
+                            f"(default: {_DEFAULTS.key_alias})")
+    group.add_argument("--audit-checkpoint-seconds", type=float,
+                       help="seconds between signed checkpoints "
+                            f"(default: {_DEFAULTS.checkpoint_interval_seconds:g})")
+    group.add_argument("--audit-max-bytes", type=int,
+                       help=f"rotate audit.log beyond this size (default: "
+                            f"{_DEFAULTS.max_file_bytes})")
+    group.add_argument("--audit-stdout", action=argparse.BooleanOptionalAction, default=None,
+                       help="also write each audit line to stdout, for log shippers "
+                            "(default: off)")
 
 
-def audit_settings_from_args(options: argparse.Namespace, *, state_dir: Path) -> AuditSettings:
-    return AuditSettings(
-        directory=options.audit_dir or state_dir / "audit",
-        key_alias=options.audit_key,
-        checkpoint_interval_seconds=options.audit_checkpoint_seconds,
-        max_file_bytes=options.audit_max_bytes,
-        mirror_stdout=options.audit_stdout,
-    )
+def audit_config_with_args(config: AuditConfig, options: argparse.Namespace) -> AuditConfig:
+    """`config` with the --audit-* flags that were given applied on top."""
+    changes: dict[str, Any] = {field: getattr(options, dest)
+                               for dest, field in _FLAG_FIELDS.items()
+                               if getattr(options, dest, None) is not None}
+    return dataclasses.replace(config, **changes)
