@@ -20,6 +20,7 @@ from custody_server.config import ServerConfig
 from custody_server.errors import ConfigError
 from custody_server.keyring import KeyRing
 from custody_server.lifecycle.manager import KeyLifecycle
+from custody_server.lifecycle.model import overlap_remaining
 from custody_server.lifecycle.scheduler import LifecycleScheduler
 from custody_server.metrics import ServiceMetrics
 from custody_server.policy import PolicyStore, RequestLimits
@@ -75,6 +76,8 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     if metrics is not None:  # outermost, so that it sees the final status code
         interceptors.insert(0, metrics.interceptor())
         audit = metrics.observed(audit)
+        # read at scrape time: the key ring's cached view, at the lifecycle's clock
+        metrics.watch_overlap(lambda: overlap_remaining(keys.all(), now=clock()))
     access = AccessControl(  # after the metrics wrap: denials' audit writes are observed too
         policy=PolicyStore.from_file(config.policy_file), audit=audit,
         limits=RequestLimits(max_layout_bytes=limits.max_layout_bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -87,3 +88,16 @@ class ServiceKey:
     def verifying_at(self, now: datetime) -> tuple[KeyVersion, ...]:
         """The versions whose signatures count at `now`: the active one and those in window."""
         return tuple(v for v in self.versions if v.verifies_at(now))
+
+
+def overlap_remaining(keys: Iterable[ServiceKey], *,
+                      now: datetime) -> dict[tuple[str, int], float]:
+    """(alias, version) -> seconds until its overlap window ends, for every version that is
+    verify-only at `now` (the active one has no window; a retired one's has ended)."""
+    remaining: dict[tuple[str, int], float] = {}
+    for key in keys:
+        for version in key.versions:
+            ends = version.lifecycle.verify_until
+            if ends is not None and version.state_at(now) is KeyState.VERIFY_ONLY:
+                remaining[(key.alias, version.version)] = (ends - now).total_seconds()
+    return remaining
