@@ -8,6 +8,7 @@ links) and `owner` (signs layouts), created on first start.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,12 +50,23 @@ def open_keystore(config: ServerConfig) -> Opened:
                    guard=default_guard(config.lifecycle.lock_file))
     notes.append(f"key lifecycle lock: {keys.guard.description}")
     if hsm.embedded:
-        for alias in (config.default_link_key, config.default_layout_key):
-            if not keys.exists(alias):
-                key = keys.create(alias, KeyAlgorithm.ECDSA_P256)
-                notes.append(f"created key {alias!r} (ecdsa-sha2-nistp256, "
-                             f"keyid {key.active.public_key.keyid})")
+        notes += ensure_default_keys(keys, (config.default_link_key, config.default_layout_key))
     return Opened(store=store, keys=keys, notes=notes)
+
+
+def ensure_default_keys(keys: KeyRing, aliases: Iterable[str]) -> list[str]:
+    """Make each alias that does not exist yet (ECDSA P-256); returns what was made.
+
+    Replicas sharing a token may start at the same moment: one of them makes a key and
+    the others take it (KeyRing.ensure), rather than failing to start.
+    """
+    notes: list[str] = []
+    for alias in aliases:
+        key, created = keys.ensure(alias, KeyAlgorithm.ECDSA_P256)
+        if created:
+            notes.append(f"created key {alias!r} (ecdsa-sha2-nistp256, "
+                         f"keyid {key.active.public_key.keyid})")
+    return notes
 
 
 def prepare_access(config: ServerConfig) -> list[str]:

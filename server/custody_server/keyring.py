@@ -194,6 +194,23 @@ class KeyRing:
             return False
         return True
 
+    def ensure(self, alias: str, algorithm: KeyAlgorithm) -> tuple[ServiceKey, bool]:
+        """The alias's key, v1 generated if it is missing; True when this call made it.
+
+        Replicas that cold-start at the same moment race to make the same alias. The one
+        that loses gets KeyExistsError from `create` (the guard ordered it after the winner,
+        or, without a shared lock, the token refused the taken label): another replica
+        made the key, so the view is refreshed and that key is taken as it is.
+        """
+        if self.exists(alias):
+            return self.get(alias), False
+        try:
+            return self.create(alias, algorithm), True
+        except KeyExistsError:
+            log.info("keyring.created_elsewhere", alias=alias)
+            self.refresh()
+            return self.get(alias), False
+
     def create(self, alias: str, algorithm: KeyAlgorithm) -> ServiceKey:
         """Generate v1 of a new alias, active from now. KeyExistsError if the alias exists."""
         validate_alias(alias)

@@ -22,11 +22,11 @@ def open_audit_trail(settings: AuditSettings, *, keys: KeyRing,
                      observer: AuditObserver | None = None) -> AuditTrail:
     """The trail in settings.directory, its checkpoints signed by the key settings.key_alias.
 
-    The key is created (ECDSA P-256, in the token) when the alias does not exist yet.
+    The key is created (ECDSA P-256, in the token) when the alias does not exist yet; a
+    replica starting at the same moment may make it first, and then its key is used.
     The active version signs, so a rotated audit key takes over at its next checkpoint.
     """
-    if not keys.exists(settings.key_alias):
-        keys.create(settings.key_alias, KeyAlgorithm.ECDSA_P256)
+    keys.ensure(settings.key_alias, KeyAlgorithm.ECDSA_P256)
 
     def checkpoint_signer() -> Signer:
         return keys.signer(settings.key_alias)[1]
