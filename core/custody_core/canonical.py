@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 
@@ -90,23 +91,65 @@ def encode_canonical_as_written(
     """Canonical JSON of `value`, parsed by `custody_core.strict_json.parse_json` from
     `written` and holding no floats.
 
-    Signers write large documents compact with sorted keys: then `written` already is
-    the canonical form and is returned as it is, without encoding 20 MB again. That
-    needs keys in order (`keys_sorted`: the parser's walk found every object in order),
-    no whitespace and no minus sign (the only integer not written as Python writes it
-    is -0) outside strings (`compact`: the parser's raw scan found none; checked here
-    otherwise), and no backslash (JSON escapes control characters, canonical JSON
-    writes them raw).
+    Signers write large documents compact with sorted keys: then `written` is the
+    canonical form but for its string escapes, and is used as written (escapes
+    rewritten) instead of encoding 20 MB again. That needs keys in order
+    (`keys_sorted`: the parser's walk found every object in order) and no whitespace
+    or minus sign (the only integer not written as Python writes it is -0) outside
+    strings (`compact`: the parser's raw scan found none; checked here otherwise).
     """
     if not keys_sorted:
         return encode_canonical(value)
-    if b"\\" in written or not (compact or _is_compact(written)):
+    if not (compact or _is_compact(written)):
         return encode_canonical_presorted(value)
-    return written
+    if b"\\" not in written:
+        return written
+    try:
+        return _JSON_ESCAPE_IN_TEXT.sub(_canonical_escape, written)
+    except (UnicodeEncodeError, KeyError):  # a lone surrogate: let the encoder refuse it
+        return encode_canonical_presorted(value)
 
 
 def _is_compact(written: bytes) -> bool:
     return not outside_strings(written, b" \t\n\r-")
+
+
+# A JSON escape as a parser reads it, left to right: a surrogate pair, one \uXXXX, or a
+# backslash and one character.
+_JSON_ESCAPE_IN_TEXT = re.compile(
+    rb"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)",
+    re.DOTALL,
+)
+_SHORT_ESCAPE_TO_CANONICAL: dict[bytes, bytes] = {
+    b'\\"': b'\\"',
+    b"\\\\": b"\\\\",
+    b"\\/": b"/",
+    b"\\b": b"\b",
+    b"\\f": b"\f",
+    b"\\n": b"\n",
+    b"\\r": b"\r",
+    b"\\t": b"\t",
+}
+
+
+def _canonical_escape(match: re.Match[bytes]) -> bytes:
+    return _canonical_form_of_escape(match.group())
+
+
+@lru_cache(maxsize=4096)  # a text repeats few escapes (newlines, its non-ASCII letters)
+def _canonical_form_of_escape(escape: bytes) -> bytes:
+    """How canonical JSON writes the character of a JSON escape: only '"' and '\\' are
+    escaped. KeyError for an escape JSON does not have, UnicodeEncodeError for a lone
+    surrogate (neither parses: the caller falls back to the encoder)."""
+    if len(escape) == 2:
+        return _SHORT_ESCAPE_TO_CANONICAL[escape]
+    code = int(escape[2:6], 16)
+    if len(escape) == 12:  # a surrogate pair
+        code = 0x10000 + ((code - 0xD800) << 10) + (int(escape[8:12], 16) - 0xDC00)
+    character = chr(code)
+    if character in ('"', "\\"):
+        return b"\\" + character.encode("ascii")
+    return character.encode("utf-8")
 
 
 def _encode_ordered(obj: object) -> bytes:

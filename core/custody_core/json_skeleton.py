@@ -4,11 +4,13 @@ For 20 MB links: no Python code runs per character, token or string. Malformed i
 gives some answer, never an error, in linear time; the parser then names the problem.
 
 Strings are removed in steps that are each linear (the single pattern
-'"(?:[^"\\\\]|\\\\.)*"' backtracks quadratically, see server jsonlimits): escapes first, so
-that a string is '"' up to the next '"'; then every byte but quotes and the bytes asked
-for is deleted; then adjacent quotes go (an empty string, or two strings merged into
-one: which bytes are inside a string does not change), and only the few strings left,
-those holding a byte asked for, need a pattern.
+'"(?:[^"\\\\]|\\\\.)*"' backtracks quadratically, see server jsonlimits): escaped
+backslashes and escaped quotes first (left to right, in pairs, as a parser reads a run
+of backslashes), so that a string is '"' up to the next '"'; then every byte but quotes
+and the bytes asked for is deleted (the other escapes with it); then adjacent quotes go
+(an empty string, or two strings merged into one: which bytes are inside a string does
+not change), and only the few strings left, those holding a byte asked for, need a
+pattern.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from itertools import accumulate
 
 __all__ = ["Skeleton", "outside_strings"]
 
-_ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _STRING = re.compile(rb'"[^"]*"')
 # +1 for an opening bracket, -1 for a closing one, 0 for anything else.
 _NESTING_STEP = tuple(1 if byte in b"[{" else -1 if byte in b"]}" else 0 for byte in range(256))
@@ -28,7 +29,7 @@ _NESTING_STEP = tuple(1 if byte in b"[{" else -1 if byte in b"]}" else 0 for byt
 
 def outside_strings(raw: bytes, keep: bytes) -> bytes:
     """The bytes of `keep` that `raw` holds outside its strings, in order."""
-    plain = _ESCAPE.sub(b"", raw) if b"\\" in raw else raw
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in raw else raw
     skeleton = plain.translate(None, _deleted_except(keep)).replace(b'""', b"")
     if b'"' in skeleton:
         skeleton = _STRING.sub(b"", skeleton)

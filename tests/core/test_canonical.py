@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.formats import encode_canonical as reference_encode_canonical
 
+from custody_core import canonical
 from custody_core.canonical import (
     MAX_CANONICAL_DEPTH,
     encode_canonical,
@@ -223,3 +224,32 @@ def test_large_link_is_byte_equal() -> None:
         "environment": {},
     }
     assert encode_canonical(link) == reference_bytes(link)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(text, st.one_of(text, st.integers(0, 10**30), st.lists(text, max_size=3))),
+    st.booleans(),
+)
+def test_compact_sorted_text_is_used_as_written(value: dict[str, Any], ascii_only: bool) -> None:
+    # No encoder may run: escapes (\n, \u00e9, surrogate pairs) are rewritten in place.
+    written = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=ascii_only)
+    parsed = parse_json(written.encode("utf-8"), what="test")
+    assert parsed.keys_sorted
+    assert parsed.compact  # whitespace and minus signs only inside strings
+
+    def no_encoder(_: object) -> bytes:
+        raise AssertionError("the encoder ran")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(canonical, "encode_canonical", no_encoder)
+        patch.setattr(canonical, "encode_canonical_presorted", no_encoder)
+        as_written = canonical.encode_canonical_as_written(
+            written.encode("utf-8"), parsed.value, keys_sorted=True, compact=parsed.compact
+        )
+    assert as_written == reference_bytes(value)
+
+
+def test_lone_surrogate_escape_is_refused_as_by_the_encoder() -> None:
+    with pytest.raises(MetadataError, match="not valid Unicode"):
+        parse_envelope(b'{"signatures":[],"signed":{"a":"\\udc00 \\n"}}')
