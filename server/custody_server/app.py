@@ -78,8 +78,11 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         audit = metrics.observed(audit)
         # read at scrape time: the key ring's cached view, at the lifecycle's clock
         metrics.watch_overlap(lambda: overlap_remaining(keys.all(), now=clock()))
+    # Whatever the policy file says, no SignLink or SignLayout may use the audit key.
+    policy = PolicyStore.from_file(config.policy_file, reserved_signing_keys={
+        config.audit.key_alias: "the audit trail's checkpoints (audit.key_alias)"})
     access = AccessControl(  # after the metrics wrap: denials' audit writes are observed too
-        policy=PolicyStore.from_file(config.policy_file), audit=audit,
+        policy=policy, audit=audit,
         limits=RequestLimits(max_layout_bytes=limits.max_layout_bytes,
                              max_json_depth=limits.max_json_depth),
         defaults=KeyDefaults(link_key=config.default_link_key,

@@ -218,6 +218,13 @@ class ServerConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown_grace_seconds: float = 10.0
 
+    def __post_init__(self) -> None:
+        for name in ("default_link_key", "default_layout_key"):
+            if getattr(self, name) == self.audit.key_alias:
+                raise ConfigError(f"{name} {self.audit.key_alias!r} is the audit key "
+                                  "(audit.key_alias): it signs only the audit trail's "
+                                  "checkpoints, never links or layouts")
+
     @property
     def policy_file(self) -> Path:
         return self.policy.file or self.state_dir / "policy.toml"

@@ -4,6 +4,9 @@ Default deny. An identity is *known* when some grant names it. A call is allowed
 when one single grant (never a mix of two) names the identity and the RPC and,
 where the RPC uses them, covers its key alias and its step name. Patterns are
 shell-style (`fnmatch.fnmatchcase`: `*` also matches `/`; `[`...`]` classes).
+
+Whatever the grants say, SignLink and SignLayout never use a reserved key (the audit
+trail's checkpoint key): the server reserves it, the policy file cannot grant it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from types import MappingProxyType
 from custody_server.policy.rpcs import KeyScope
 
 ALL_RPCS = "*"
+SIGNING_SCOPES = frozenset({KeyScope.LINK, KeyScope.LAYOUT})  # SignLink and SignLayout
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class Policy:
     default_rate: RateLimit = DEFAULT_RATE_LIMIT
     rate_overrides: Mapping[str, RateLimit] = field(default_factory=dict)
     fingerprint: str = ""  # SHA-256 of the file it came from, for the audit trail
+    # alias -> what it is reserved for; set by the server (PolicyStore), not by the file
+    reserved_signing_keys: Mapping[str, str] = field(default_factory=dict)
     _by_identity: Mapping[str, tuple[Grant, ...]] = field(init=False, repr=False,
                                                           compare=False)
 
@@ -106,6 +112,8 @@ class Policy:
         object.__setattr__(self, "_by_identity",
                            MappingProxyType({k: tuple(v) for k, v in index.items()}))
         object.__setattr__(self, "rate_overrides", MappingProxyType(dict(self.rate_overrides)))
+        object.__setattr__(self, "reserved_signing_keys",
+                           MappingProxyType(dict(self.reserved_signing_keys)))
 
     @property
     def identities(self) -> frozenset[str]:
@@ -122,6 +130,10 @@ class Policy:
         if not grants:
             return Decision(allowed=False, known=False,
                             reason=f"identity {request.identity!r} is not in the policy")
+        reserved_for = self._reserved_for(request)
+        if reserved_for is not None:
+            return _deny(f"key {request.key_alias!r} is reserved for {reserved_for}: "
+                         f"{request.rpc} may never use it, whatever the policy grants")
         candidates = [g for g in grants if g.grants_rpc(request.rpc)]
         if not candidates:
             return _deny(f"{request.identity!r} is not granted {request.rpc}")
@@ -138,6 +150,11 @@ class Policy:
                 key = f" with key {request.key_alias!r}" if request.key_alias else ""
                 return _deny(f"{request.identity!r} may not sign step {step[:200]!r}{key}")
         return Decision(allowed=True, known=True, reason="")
+
+    def _reserved_for(self, request: AccessRequest) -> str | None:
+        if request.key_scope not in SIGNING_SCOPES or request.key_alias is None:
+            return None
+        return self.reserved_signing_keys.get(request.key_alias)
 
 
 def _deny(reason: str) -> Decision:
