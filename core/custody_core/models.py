@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import chain
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -253,12 +254,30 @@ def _artifacts_look_valid(artifacts: dict[Any, Any]) -> bool:
     try:
         "".join(artifacts)  # TypeError unless every path is a str
         hash_dicts = list(artifacts.values())
-        "".join(chain.from_iterable(map(dict.keys, hash_dicts)))  # dict.keys: TypeError if
-        digests = list(chain.from_iterable(map(dict.values, hash_dicts)))  # not a dict
+        digests = _single_algorithm_digests(hash_dicts)
+        if digests is None:
+            "".join(chain.from_iterable(map(dict.keys, hash_dicts)))  # dict.keys: TypeError if
+            digests = list(chain.from_iterable(map(dict.values, hash_dicts)))  # not a dict
         non_hex = "".join(digests).encode("ascii").translate(None, _HEX_BYTES)
     except (TypeError, UnicodeEncodeError):
         return False
-    return not non_hex and "" not in digests
+    return not non_hex and all(digests)
+
+
+def _single_algorithm_digests(hash_dicts: list[Any]) -> list[Any] | None:
+    """The digests if every hash dict is a dict of one and the same algorithm (the usual
+    link): one look-up per dict instead of iterating each one twice. Else None."""
+    if not hash_dicts or type(hash_dicts[0]) is not dict or len(hash_dicts[0]) != 1:
+        return None
+    algorithm = next(iter(hash_dicts[0]))
+    if type(algorithm) is not str or set(map(type, hash_dicts)) != {dict}:
+        return None
+    if sum(map(len, hash_dicts)) != len(hash_dicts):
+        return None
+    try:  # each has one key; with this one, it is the only one
+        return list(map(itemgetter(algorithm), hash_dicts))
+    except KeyError:
+        return None
 
 
 @dataclass(frozen=True)
