@@ -200,7 +200,8 @@ class KeyRing:
         Replicas that cold-start at the same moment race to make the same alias. The one
         that loses gets KeyExistsError from `create` (the guard ordered it after the winner,
         or, without a shared lock, the token refused the taken label): another replica
-        made the key, so the view is refreshed and that key is taken as it is.
+        made the key, which is then read fresh (under the guard: not while another
+        replica writes the token) and taken as it is.
         """
         if self.exists(alias):
             return self.get(alias), False
@@ -208,8 +209,13 @@ class KeyRing:
             return self.create(alias, algorithm), True
         except KeyExistsError:
             log.info("keyring.created_elsewhere", alias=alias)
-            self.refresh()
-            return self.get(alias), False
+        with self.guard.hold():
+            made_elsewhere = self.read_fresh(alias).key
+        self.refresh()
+        if made_elsewhere is None:  # its label is taken, yet no key pair is listed
+            raise KeystoreUnavailableError(f"key {alias!r} is being made by another "
+                                           "replica and is not readable yet: retry")
+        return made_elsewhere, False
 
     def create(self, alias: str, algorithm: KeyAlgorithm) -> ServiceKey:
         """Generate v1 of a new alias, active from now. KeyExistsError if the alias exists."""

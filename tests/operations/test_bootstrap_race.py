@@ -93,14 +93,20 @@ def test_processes_racing_to_create_the_same_keys(
            "CUSTODY_TEST_TOKEN": softhsm_token.token_label,
            "CUSTODY_TEST_PIN_FILE": str(softhsm_token.pin_file)}
     worker = Path(__file__).parent / "bootstrap_race_worker.py"
-    processes = [subprocess.Popen(
-        [sys.executable, str(worker), *aliases, str(tmp_path / f"audit-{n}")], env=env,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for n in range(RACERS)]
+    processes: list[subprocess.Popen[str]] = []
     try:
-        for process in processes:  # every racer is warm before any one starts
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "ready", process.stderr
+        # One by one until each is warm (SoftHSM processes that log in at the same moment
+        # can break each other's view of the token); then all of them start at once.
+        for n in range(RACERS):
+            process = subprocess.Popen(
+                [sys.executable, str(worker), *aliases, str(tmp_path / f"audit-{n}")],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+            processes.append(process)
+            assert process.stdout is not None and process.stderr is not None
+            if process.stdout.readline().strip() != "ready":
+                process.kill()
+                raise AssertionError(f"a racer did not start: {process.stderr.read()}")
         results = []
         for process in processes:
             out, err = process.communicate("go\n", timeout=60)
