@@ -1,8 +1,8 @@
-"""The writer thread's half of the trail: chain state, files, checkpoints, rotation.
+"""The writing half of the trail: chain state, files, checkpoints, rotation.
 
-Everything here runs on the one writer thread (and in the constructor of the trail,
-before that thread starts), so nothing here takes a lock. A method that cannot make
-its change durable raises, and leaves the chain state as it was.
+Everything here runs in the thread that holds the trail's lead (one at a time; and in
+the constructor of the trail, before any caller), so nothing here takes a lock. A
+method that cannot make its change durable raises, and leaves the chain state as it was.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ class TrailWriter:
     @property
     def active_path(self) -> Path:
         return self._active_path
+
+    @property
+    def sealed(self) -> bool:
+        """No entry was written since the last checkpoint."""
+        return not self._unsealed
 
     # Opening
 

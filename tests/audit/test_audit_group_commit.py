@@ -1,0 +1,179 @@
+"""Group commit by leader and followers: who writes, and what a slow write does."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from custody_core.signer import Signer
+from custody_server.audit import AuditSettings, AuditTrail, AuditWriteError
+from custody_server.audit_events import AuditEvent
+
+
+def event(index: int) -> AuditEvent:
+    return AuditEvent(action="sign-link", category="process", outcome="success",
+                      details={"step": f"step-{index}", "signed_sha256": f"{index:064x}"})
+
+
+def written_steps(path: Path) -> list[str]:
+    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
+    return [e["custody"]["step"] for e in lines if e["event"]["action"] == "sign-link"]
+
+
+class Writers:
+    """Observer: which thread wrote each commit; optionally one slow commit."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.sizes: list[int] = []
+        self.stall_once = threading.Event()  # set: the next commit takes `stall` seconds
+        self.stall = 0.0
+
+    def audit_written(self, *, seconds: float, entries: int) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.sizes.append(entries)
+        if self.stall_once.is_set():
+            self.stall_once.clear()
+            time.sleep(self.stall)
+
+    def audit_failed(self, *, kind: str) -> None:
+        pass
+
+
+def test_a_lone_caller_writes_its_own_entry(tmp_path: Path, audit_signer: Signer) -> None:
+    """One request in flight: no hand-off to another thread, in either direction."""
+    writers = Writers()
+    trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
+                       checkpoint_signer=lambda: audit_signer, observer=writers)
+    writers.threads.clear()
+
+    def caller() -> None:
+        for index in range(20):
+            trail.record(event(index))
+
+    thread = threading.Thread(target=caller, name="lone-caller")
+    thread.start()
+    thread.join()
+    assert writers.threads == ["lone-caller"] * 20
+    trail.close()
+
+
+def test_entries_queued_during_a_write_share_the_next_one(tmp_path: Path,
+                                                          audit_signer: Signer) -> None:
+    writers = Writers()
+    trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
+                       checkpoint_signer=lambda: audit_signer, observer=writers)
+    writers.stall, writers.sizes = 0.3, []
+    writers.stall_once.set()
+    first = threading.Thread(target=trail.record, args=(event(0),))
+    first.start()
+    while writers.stall_once.is_set():  # the first caller is the leader, inside its write
+        time.sleep(0.001)
+    others = [threading.Thread(target=trail.record, args=(event(n),)) for n in range(1, 9)]
+    for thread in others:
+        thread.start()
+    for thread in (first, *others):
+        thread.join()
+    trail.close()
+    assert writers.sizes[:2] == [1, 8]  # the eight waited for one write together
+    assert sorted(written_steps(trail.path)) == sorted(f"step-{n}" for n in range(9))
+
+
+def test_a_write_that_hangs_times_out_its_followers_and_the_trail_goes_on(
+        tmp_path: Path, audit_signer: Signer) -> None:
+    """Followers give up after write_timeout_seconds (no signature for them); those never
+    taken into a write are never written; the trail keeps working after the slow write."""
+    writers = Writers()
+    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, write_timeout_seconds=0.2),
+                       checkpoint_signer=lambda: audit_signer, observer=writers)
+    writers.stall = 0.6
+    writers.stall_once.set()
+    outcomes: dict[int, str] = {}
+
+    def call(index: int) -> None:
+        try:
+            trail.record(event(index))
+            outcomes[index] = "ok"
+        except AuditWriteError:
+            outcomes[index] = "refused"
+
+    leader = threading.Thread(target=call, args=(0,))
+    leader.start()
+    while writers.stall_once.is_set():
+        time.sleep(0.001)
+    followers = [threading.Thread(target=call, args=(n,)) for n in range(1, 6)]
+    for thread in followers:
+        thread.start()
+    for thread in (leader, *followers):
+        thread.join()
+    assert outcomes[0] == "ok"  # the leader's own write was slow, not failed
+    assert all(outcomes[n] == "refused" for n in range(1, 6))
+    for index in range(6, 16):  # nothing is stuck: new callers lead and write
+        call(index)
+    trail.close()
+    steps = written_steps(trail.path)
+    assert all(outcomes[n] == "ok" for n in range(6, 16))
+    assert {f"step-{n}" for n, o in outcomes.items() if o == "ok"} <= set(steps)
+    assert not {f"step-{n}" for n in range(1, 6)} & set(steps)  # timed out while queued
+    assert len(steps) == len(set(steps))
+
+
+def test_many_callers_with_short_timeouts_never_lose_or_duplicate(
+        tmp_path: Path, audit_signer: Signer) -> None:
+    """Timeouts race with promotions to leader: the trail must keep going, and every
+    record() that returned is on disk exactly once."""
+    writers = Writers()
+    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, write_timeout_seconds=0.002),
+                       checkpoint_signer=lambda: audit_signer, observer=writers)
+    returned: list[str] = []
+    lock = threading.Lock()
+
+    def work(worker: int) -> None:
+        for index in range(60):
+            name = f"{worker}-{index}"
+            try:
+                trail.record(AuditEvent(action="sign-link", category="process",
+                                        outcome="success", details={"step": name}))
+            except AuditWriteError:
+                continue
+            with lock:
+                returned.append(name)
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(12)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in pool)
+    trail.record(event(999))  # still works
+    trail.close()
+    steps = written_steps(trail.path)
+    assert len(steps) == len(set(steps))
+    assert set(returned) <= set(steps)
+    assert returned  # most calls succeed even with a 2 ms timeout
+
+
+def test_close_waits_for_the_writes_in_progress(tmp_path: Path, audit_signer: Signer) -> None:
+    writers = Writers()
+    trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
+                       checkpoint_signer=lambda: audit_signer, observer=writers)
+    writers.stall = 0.3
+    writers.stall_once.set()
+    results: list[str] = []
+
+    def call() -> None:
+        trail.record(event(1))
+        results.append("ok")
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    while writers.stall_once.is_set():
+        time.sleep(0.001)
+    trail.close()
+    caller.join()
+    assert results == ["ok"]
+    lines = [json.loads(line) for line in trail.path.read_bytes().splitlines()]
+    assert lines[-2]["custody"]["step"] == "step-1"
+    assert lines[-1]["event"]["reason"] == "close"  # sealed after the write in progress
