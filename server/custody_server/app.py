@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from custody_server.lifecycle.model import overlap_remaining
 from custody_server.lifecycle.scheduler import LifecycleScheduler
 from custody_server.metrics import ServiceMetrics
 from custody_server.policy import PolicyStore, RequestLimits
+from custody_server.serving import OPERATOR, ServingHealth
 from custody_server.signing import SigningService
 from custody_server.tls_bootstrap import LocalTls, local_tls_dir
 from custody_server.transport.authz import AccessControl, AccessInterceptor, KeyDefaults
@@ -50,16 +51,29 @@ class RunningServer:
     keys: KeyRing
     access: AccessControl | None = None  # policy reload (SIGHUP) goes through it
     scheduler: LifecycleScheduler | None = None  # scheduled key rotation and destruction
+    serving: ServingHealth = field(init=False)  # NOT_SERVING while any reason holds
 
-    def set_serving(self, serving: bool) -> None:
+    def __post_init__(self) -> None:
+        self.serving = ServingHealth(self._publish)
+
+    def _publish(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, status)
 
+    def set_serving(self, serving: bool, *, reason: str = OPERATOR) -> None:
+        """Hold (False) or release (True) one reason for NOT_SERVING; health is SERVING
+        only when no reason holds, and never again once `stop` was called."""
+        self.serving.set(reason, holds=not serving)
+
+    def health_listener(self, reason: str) -> Callable[[bool], None]:
+        """A listener for a source that reports healthy or not (the audit trail's)."""
+        return self.serving.listener(reason)
+
     def stop(self, grace: float | None) -> threading.Event:
         """Stop taking new calls, let in-flight calls finish within `grace` seconds."""
-        self.set_serving(False)
+        self.serving.shut_down()
         if self.scheduler is not None:
             self.scheduler.stop()
         event: threading.Event = self.server.stop(grace)
@@ -125,7 +139,7 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
                             scheduler=scheduler, access=access)
     if scheduler is not None:
         scheduler.start()
-    running.set_serving(True)
+    running.serving.announce()  # SERVING, for every service name
     return running
 
 

@@ -31,6 +31,7 @@ from custody_server.bootstrap import open_keystore, prepare_access
 from custody_server.config import MetricsConfig, ServerConfig, load_config
 from custody_server.logging_setup import configure_logging
 from custody_server.metrics import MetricsServer, ServiceMetrics
+from custody_server.serving import AUDIT_UNWRITABLE
 
 log = structlog.get_logger("custody.server")
 
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                                                            state_dir=config.state_dir),
                                  keys=opened.keys, observer=metrics)
         running = build_server(config=config, keys=opened.keys, audit=audit, metrics=metrics)
-        audit.set_health_listener(running.set_serving)  # NOT_SERVING while it cannot write
+        # NOT_SERVING while it cannot write; its recovery never overrides a shutdown
+        audit.set_health_listener(running.health_listener(AUDIT_UNWRITABLE))
         metrics.watch_audit(lambda: audit.healthy)
         metrics.watch_keys(lambda: {key.alias: len(key.versions) for key in opened.keys.all()})
         metrics_server = (MetricsServer.start(metrics, listen=config.metrics.listen)
@@ -118,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
                      name="custody-policy-reload", daemon=True).start()
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requested.set())
     stopping.wait()
-    audit.set_health_listener(None)
     running.stop(config.shutdown_grace_seconds).wait()
     audit.record(AuditEvent(action="server-stop", category="process", outcome="success"))
     audit.close()  # seals the trail with a closing checkpoint
