@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_reload_policy_on_request, args=(reload_requested, running),
                      name="custody-policy-reload", daemon=True).start()
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requested.set())
-    stopping.wait()
+    # With a timeout: a signal delivered to another thread wakes no blocked wait, and
+    # Python runs its handler only when the main thread runs again.
+    while not stopping.wait(timeout=0.5):
+        pass
     running.stop(config.shutdown_grace_seconds).wait()
     audit.record(AuditEvent(action="server-stop", category="process", outcome="success"))
     audit.close()  # seals the trail with a closing checkpoint
