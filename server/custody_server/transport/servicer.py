@@ -18,7 +18,6 @@ from custody_server.signing import (
     LinkRequest,
     SignedMetadata,
     SigningService,
-    parse_artifacts,
 )
 from custody_server.transport.authz import authenticated_identity
 from custody_server.verification import TrustedKeySpec, VerificationService, VerifyInput
@@ -69,10 +68,8 @@ class CustodyServicer(pb_grpc.CustodyServicer):
         link = LinkRequest(
             step_name=request.step_name,
             command=tuple(request.command),
-            materials=parse_artifacts([(a.path, a.digest) for a in request.materials],
-                                      what="materials"),
-            products=parse_artifacts([(a.path, a.digest) for a in request.products],
-                                     what="products"),
+            materials=_artifacts(request.materials, what="materials"),
+            products=_artifacts(request.products, what="products"),
             byproducts=byproducts,
             environment=dict(request.environment),
             key_alias=request.key_alias or self._default_link_key,
@@ -120,6 +117,23 @@ def _key_fields(signed: SignedMetadata) -> dict[str, Any]:
         "envelope": ENVELOPE_TO_PB[signed.envelope],
         "sha256": signed.signed_sha256,
     }
+
+
+def _artifacts(artifacts: Any, *, what: str) -> dict[str, dict[str, str]]:
+    """{path: {algorithm: digest}} from repeated Artifact; duplicate paths are refused
+    rather than merged. One plain copy per digest map (links hold 100,000s of them):
+    reading a map key by key is about twice as fast as dict() on it."""
+    result: dict[str, dict[str, str]] = {}
+    for artifact in artifacts:
+        digest = artifact.digest
+        result[artifact.path] = {algorithm: digest[algorithm] for algorithm in digest}
+    if len(result) != len(artifacts):
+        seen: set[str] = set()
+        for artifact in artifacts:
+            if artifact.path in seen:
+                raise RequestError(f"{what}: duplicate artifact path {artifact.path[:200]!r}")
+            seen.add(artifact.path)
+    return result
 
 
 def _files(files: Any, *, what: str) -> dict[str, bytes]:
