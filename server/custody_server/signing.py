@@ -9,13 +9,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from custody_core.canonical import encode_canonical
-from custody_core.envelope import PAYLOAD_TYPE_INTOTO, pae, sign_dsse, sign_metablock
-from custody_core.errors import CustodyError, MetadataError
+from custody_core.envelope import PAYLOAD_TYPE_INTOTO, sign_dsse, sign_metablock
+from custody_core.errors import CustodyError, MetadataError, SignatureError
+from custody_core.keys import PublicKey
 from custody_core.link import build_link, link_file_name, link_to_statement
 from custody_core.models import Layout
 from custody_core.signer import Signer
@@ -163,16 +163,45 @@ class SigningService:
             raise AuditUnavailableError("audit log unavailable") from audit_error
 
 
+class _RecordingSigner:
+    """A Signer that keeps the bytes it was asked to sign.
+
+    The audit digest is then taken over exactly what the signature covers, and the
+    document is not encoded a second time for it (for a link with 20,000 artifacts the
+    canonical encoding costs about as much as everything else together).
+    """
+
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+        self.signed: list[bytes] = []
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._signer.public_key
+
+    def sign(self, data: bytes) -> bytes:
+        signature = self._signer.sign(data)
+        self.signed.append(data)
+        return signature
+
+    def only_signed_bytes(self) -> bytes:
+        if len(self.signed) != 1:  # one signer, one signature: anything else is a bug
+            raise SignatureError(f"expected one signature, made {len(self.signed)}")
+        return self.signed[0]
+
+
 def _sign(signed: Mapping[str, Any], envelope: EnvelopeKind, signer: Signer) -> _Signed:
+    recording = _RecordingSigner(signer)
     if envelope is EnvelopeKind.METABLOCK:
-        return _Signed(sign_metablock(signed, [signer]), encode_canonical(signed))
+        content = sign_metablock(signed, [recording])
+        return _Signed(content, recording.only_signed_bytes())
     body = link_to_statement(signed) if envelope is EnvelopeKind.STATEMENT else signed
     # DSSE signs the payload bytes as they are, so no canonical form is needed; plain
     # sorted JSON (as in-toto writes it) also escapes the newlines in PEM keys, which
     # canonical JSON would leave raw and strict JSON parsers reject.
     payload = json.dumps(body, sort_keys=True).encode()
-    content = sign_dsse(payload, payload_type=PAYLOAD_TYPE_INTOTO, signers=[signer])
-    return _Signed(content, pae(PAYLOAD_TYPE_INTOTO, payload))
+    content = sign_dsse(payload, payload_type=PAYLOAD_TYPE_INTOTO, signers=[recording])
+    return _Signed(content, recording.only_signed_bytes())
 
 
 def _unsigned_layout(data: bytes) -> dict[str, Any]:
@@ -186,17 +215,6 @@ def _unsigned_layout(data: bytes) -> dict[str, Any]:
     if value.get("_type") != "layout":
         raise MetadataError(f"layout _type must be 'layout', got {value.get('_type')!r}")
     return value
-
-
-def parse_artifacts(items: Sequence[tuple[str, Mapping[str, str]]],
-                    *, what: str) -> dict[str, dict[str, str]]:
-    """Artifacts from the wire, with duplicate paths refused rather than merged."""
-    result: dict[str, dict[str, str]] = {}
-    for path, digest in items:
-        if path in result:
-            raise RequestError(f"{what}: duplicate artifact path {path[:200]!r}")
-        result[path] = dict(digest)
-    return result
 
 
 def _recorded_environment(environment: Mapping[str, str], *, caller: str) -> dict[str, str]:
