@@ -10,6 +10,7 @@ seconds until each overlap window ends, whether the audit trail can be written).
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -91,14 +92,18 @@ class Histogram(Metric):
                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         super().__init__(name, help_text, "histogram", labels)
         self._buckets = buckets
-        self._series: dict[Labels, list[float]] = {}  # bucket counts..., +Inf count, sum
+        # Per series: the count of each bucket alone (the last: above every bound), then
+        # the total count and the sum. Cumulated at scrape time, so an observation (one
+        # per RPC) touches one bucket.
+        self._series: dict[Labels, list[float]] = {}
 
     def observe(self, value: float, *labels: str) -> None:
+        index = bisect.bisect_left(self._buckets, value)  # the first bound >= value
         with self._lock:
-            series = self._series.setdefault(labels, [0.0] * (len(self._buckets) + 2))
-            for index, bound in enumerate(self._buckets):
-                if value <= bound:
-                    series[index] += 1
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = [0.0] * (len(self._buckets) + 3)
+            series[index] += 1
             series[-2] += 1
             series[-1] += value
 
@@ -110,8 +115,10 @@ class Histogram(Metric):
         result: list[tuple[str, Labels, float]] = []
         with self._lock:
             for labels, series in sorted(self._series.items()):
+                cumulative = 0.0
                 for bound, count in zip(self._buckets, series, strict=False):
-                    result.append(("_bucket", (*labels, _number(bound)), count))
+                    cumulative += count
+                    result.append(("_bucket", (*labels, _number(bound)), cumulative))
                 result.append(("_bucket", (*labels, "+Inf"), series[-2]))
                 result.append(("_count", labels, series[-2]))
                 result.append(("_sum", labels, series[-1]))

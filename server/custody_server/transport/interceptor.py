@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +41,7 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
 def _call(inner: Callable[[Any, grpc.ServicerContext], Any], request: Any,
           context: grpc.ServicerContext, method: str) -> Any:
-    request_id = uuid.uuid4().hex
+    request_id = os.urandom(16).hex()  # 32 hex digits, as uuid4().hex, a third of its cost
     structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method,
                                            peer=context.peer())
     context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
