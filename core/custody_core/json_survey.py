@@ -8,6 +8,7 @@ says how many containers there are; once all are found, the values of the last l
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate, chain, compress, islice, repeat
 from operator import is_, lt
@@ -45,9 +46,10 @@ def survey(values: list[Any], *, containers: int) -> Survey:
     while dicts or lists:
         depth += 1
         found += len(dicts) + len(lists)
-        lengths = list(map(len, dicts))
-        members += sum(lengths)
-        keys_sorted = keys_sorted and _keys_sorted(dicts, lengths)
+        level_members = sum(map(len, dicts))
+        members += level_members
+        if keys_sorted and not (level_members == len(dicts) and all(dicts)):
+            keys_sorted = _keys_sorted(dicts)  # some dict has two keys or more
         if found >= containers:
             break  # all found: nothing below this level is a container
         dicts, lists = _next_level(dicts, lists)
@@ -64,32 +66,30 @@ def _next_level(dicts: list[Any], lists: list[Any]) -> tuple[list[Any], list[Any
     next_dicts: list[Any] = []
     next_lists: list[Any] = []
     for container in chain(dicts, lists):
-        values = list(container.values()) if type(container) is dict else container
-        found_dicts, found_lists = _split(values)
-        next_dicts.extend(found_dicts)
-        next_lists.extend(found_lists)
+        values = container.values() if type(container) is dict else container
+        kinds = set(map(type, values))
+        next_dicts.extend(_of_type(values, dict, kinds))
+        next_lists.extend(_of_type(values, list, kinds))
     return next_dicts, next_lists
 
 
 def _split(values: list[Any]) -> tuple[list[Any], list[Any]]:
     """The dicts and the lists among `values`."""
     kinds = set(map(type, values))
-    return _of_type(values, dict, kinds), _of_type(values, list, kinds)
+    return list(_of_type(values, dict, kinds)), list(_of_type(values, list, kinds))
 
 
-def _of_type(values: list[Any], kind: type, kinds: set[type]) -> list[Any]:
+def _of_type(values: Iterable[Any], kind: type, kinds: set[type]) -> Iterable[Any]:
     if kind not in kinds:
-        return []
+        return ()
     if len(kinds) == 1:
         return values
-    return list(compress(values, map(is_, map(type, values), repeat(kind))))
+    return compress(values, map(is_, map(type, values), repeat(kind)))
 
 
-def _keys_sorted(dicts: list[dict[str, Any]], lengths: list[int]) -> bool:
+def _keys_sorted(dicts: list[dict[str, Any]]) -> bool:
     """Whether every dict lists its (distinct) keys in ascending order."""
-    if max(lengths, default=0) < 2:
-        return True
-    several = list(compress(dicts, map(lt, repeat(1), lengths)))
+    several = list(compress(dicts, map(lt, repeat(1), map(len, dicts))))
     if len(several) <= _FEW:
         return all(keys == sorted(keys) for keys in map(list, several))
     # Many small dicts: all keys in one list, every neighbour compared at once; the
