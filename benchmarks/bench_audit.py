@@ -133,20 +133,25 @@ def sign_link_caller(address: str, in_flight: int) -> tuple[Callable[[int], obje
 
 
 def compare(addresses: dict[str, str], *, in_flight: int, seconds: float,
-            rounds: int = 5) -> dict[str, dict[str, float]]:
-    """Alternating rounds on both servers; the totals of all rounds per server."""
+            rounds: int = 5) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Alternating rounds on both servers: the totals of all rounds per server, and each
+    round's throughput ratio durable/off."""
     callers = {mode: sign_link_caller(address, in_flight) for mode, address in addresses.items()}
     totals: dict[str, tuple[list[float], float]] = {mode: ([], 0.0) for mode in addresses}
+    ratios: list[float] = []
     for round_number in range(rounds):
         order = list(addresses) if round_number % 2 == 0 else list(reversed(addresses))
+        this_round: dict[str, float] = {}
         for mode in order:
             latencies, elapsed = measure(callers[mode][0], in_flight=in_flight,
                                          seconds=seconds / rounds)
+            this_round[mode] = len(latencies) / elapsed
             totals[mode] = (totals[mode][0] + latencies, totals[mode][1] + elapsed)
+        ratios.append(this_round["durable"] / this_round["off"])
     for _call, channels in callers.values():
         for channel in channels:
             channel.close()
-    return {mode: summary(*total) for mode, total in totals.items()}
+    return {mode: summary(*total) for mode, total in totals.items()}, ratios
 
 
 def trail_alone(state: Path, seconds: float) -> None:
@@ -213,10 +218,12 @@ def main() -> int:
         for address in addresses.values():
             grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
         for in_flight in options.in_flight:
-            results = compare(addresses, in_flight=in_flight, seconds=options.seconds)
+            results, ratios = compare(addresses, in_flight=in_flight, seconds=options.seconds)
             off, durable = results["off"], results["durable"]
             for mode, result in (("audit off", off), ("durable audit", durable)):
-                ratio = f"{durable['rps'] / off['rps']:6.0%}" if result is durable else "     -"
+                ratio = (f"{durable['rps'] / off['rps']:6.0%}   (rounds: best "
+                         f"{max(ratios):.0%}, worst {min(ratios):.0%})"
+                         if result is durable else "     -")
                 print(f"SignLink, {mode}, {in_flight:>2} in flight".ljust(40)
                       + f"{result['rps']:>9.0f}/s {result['p50_ms']:>8.2f} "
                       f"{result['p99_ms']:>8.2f}   {ratio}")
@@ -226,6 +233,8 @@ def main() -> int:
             process.stdin.close()
             process.wait(timeout=60)
     trail_alone(state, options.seconds)
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+          "(clients and servers share them)")
     return 0
 
 
