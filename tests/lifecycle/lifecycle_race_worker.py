@@ -22,7 +22,7 @@ from custody_server.lifecycle.settings import LifecycleSettings, RotationSchedul
 
 
 def main() -> int:
-    alias, start_at = sys.argv[1], float(sys.argv[2])
+    alias, go_file = sys.argv[1], Path(sys.argv[2])
     store = Pkcs11KeyStore.open(
         module_path=os.environ["CUSTODY_PKCS11_MODULE"],
         token_label=os.environ["CUSTODY_TEST_TOKEN"],
@@ -34,7 +34,9 @@ def main() -> int:
     lifecycle = KeyLifecycle(keys=keys, audit=MemoryAuditSink(),
                              clock=lambda: datetime.now(UTC), settings=settings)
     keys.all()  # warm the cache: every worker is ready before the start
-    time.sleep(max(0.0, start_at - time.time()))
+    print("ready", flush=True)
+    while not go_file.exists():  # all workers start the due work together
+        time.sleep(0.005)
     work = lifecycle.run_due()
     print(json.dumps({"rotated": list(work.rotated), "guard": keys.guard.description}))
     store.close()

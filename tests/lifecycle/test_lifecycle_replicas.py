@@ -213,24 +213,33 @@ def test_scheduled_rotation_happens_once_with_two_replicas(
 
 
 def test_due_work_run_by_four_processes_at_once_rotates_once(
-        keystore: Pkcs11KeyStore, softhsm_token: SoftHsmToken) -> None:
+        keystore: Pkcs11KeyStore, softhsm_token: SoftHsmToken, tmp_path: Path) -> None:
     keys = KeyRing(keystore)
     alias = unique_alias("race")
     keys.create(alias, KeyAlgorithm.ECDSA_P256)
+    due_at = time.time() + 1.5
     env = {**os.environ, **softhsm_token.environment(), "PYTHONPATH": PYTHONPATH,
            "CUSTODY_TEST_TOKEN": softhsm_token.token_label,
            "CUSTODY_TEST_PIN_FILE": str(softhsm_token.pin_file)}
-    start_at = time.time() + 3.0
-    workers = [subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "lifecycle_race_worker.py"), alias,
-         str(start_at)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)]
+    # SoftHSM is not safe against processes logging in to one token at the same moment
+    # (a reader can get a broken view), so the workers open the token one by one and
+    # only the due work, the race under test, starts at once.
+    go_file = tmp_path / "go"
+    workers = []
+    for _ in range(4):
+        worker = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "lifecycle_race_worker.py"), alias,
+             str(go_file)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "ready", worker.communicate(timeout=30)
+        workers.append(worker)
+    time.sleep(max(0.0, due_at - time.time()))  # the rotation period (1 s) has passed
+    go_file.touch()
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         results.append(json.loads(out.strip().splitlines()[-1]))
-    assert time.time() >= start_at
     rotated = [r["rotated"] for r in results]
     assert sorted(len(r) for r in rotated) == [0, 0, 0, 1], rotated
     assert all(r["guard"].startswith("flock on ") for r in results)
