@@ -203,6 +203,8 @@ class AuditTrail:
         if pending.wait(self._settings.write_timeout_seconds):
             return not pending.lead
         with self._lock:
+            if pending.done:  # written as the wait ran out
+                return True
             if pending.lead:  # promoted as the wait ran out: the queue needs us
                 pending.wait(0)
                 return False
