@@ -36,36 +36,6 @@ def cmd_sign_layout(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _key_dict(key: KeyInfo) -> dict[str, object]:
-    return {
-        "alias": key.alias,
-        "algorithm": key.algorithm.value if key.algorithm else None,
-        "scheme": key.scheme,
-        "keyid": key.keyid,
-        "public_key": key.public_key_dict(),
-        "versions": [{"version": v.version, "keyid": v.keyid, "state": v.state}
-                     for v in key.versions],
-    }
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    with open_client(args) as client:
-        keys = client.list_keys()
-    if args.json:
-        print(json.dumps([_key_dict(k) for k in keys], indent=2, sort_keys=True))
-        return EXIT_OK
-    rows = [("ALIAS", "ALGORITHM", "KEYID", "VERSIONS")]
-    for key in keys:
-        versions = ", ".join(f"v{v.version} {v.state}" for v in key.versions)
-        rows.append((key.alias, key.algorithm.value if key.algorithm else key.scheme,
-                     key.keyid[:16], versions))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-              + "  " + row[3])
-    return EXIT_OK
-
-
 def cmd_keys_create(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         key = client.create_key(args.alias, KeyAlgorithm(args.algorithm))
