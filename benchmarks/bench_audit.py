@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from timing import measure, summary
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
@@ -87,34 +85,6 @@ def start(mode: str, state: Path, workers: int) -> tuple[subprocess.Popen[str], 
     raise SystemExit(f"{mode} server did not start")
 
 
-def measure(call: Callable[[int], object], *, in_flight: int, seconds: float
-            ) -> tuple[list[float], float]:
-    """The latency of every call made in `seconds`, and the time it took."""
-    latencies: list[list[float]] = [[] for _ in range(in_flight)]
-    deadline = time.perf_counter() + seconds
-
-    def worker(index: int) -> None:
-        own, count = latencies[index], 0
-        while (began := time.perf_counter()) < deadline:
-            count += 1
-            call(index * 100_000_000 + count)
-            own.append(time.perf_counter() - began)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(in_flight)]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [x for own in latencies for x in own], time.perf_counter() - began
-
-
-def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
-    quantiles = statistics.quantiles(sorted(latencies), n=100)
-    return {"rps": len(latencies) / elapsed, "p50_ms": quantiles[49] * 1000,
-            "p99_ms": quantiles[98] * 1000}
-
-
 def sign_link_caller(address: str, in_flight: int) -> tuple[Callable[[int], object],
                                                              list[grpc.Channel]]:
     channels = [grpc.insecure_channel(address) for _ in range(min(in_flight, 8))]
@@ -151,7 +121,7 @@ def compare(addresses: dict[str, str], *, in_flight: int, seconds: float,
     for _call, channels in callers.values():
         for channel in channels:
             channel.close()
-    return {mode: summary(*total) for mode, total in totals.items()}, ratios
+    return {mode: summary(total) for mode, total in totals.items()}, ratios
 
 
 def trail_alone(state: Path, seconds: float) -> None:
@@ -179,7 +149,7 @@ def trail_alone(state: Path, seconds: float) -> None:
         batches = Batches()
         trail = AuditTrail(settings=AuditSettings(directory=state / f"alone-{threads}"),
                            checkpoint_signer=lambda: signer, observer=batches)
-        result = summary(*measure(_recorder(trail, event), in_flight=threads,
+        result = summary(measure(_recorder(trail, event), in_flight=threads,
                                   seconds=seconds))
         trail.close()
         print(f"trail.record() alone, {threads:>2} threads".ljust(40)

@@ -19,52 +19,23 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from timing import Timing, measure, summary
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
 from custody_client.local_tls import find_local_tls
 
-Timing = tuple[list[float], float]  # the latency of every call, and the time they took
 
-
-def measure(call: Callable[[], object], *, in_flight: int, seconds: float) -> Timing:
-    latencies: list[list[float]] = [[] for _ in range(in_flight)]
-    deadline = time.perf_counter() + seconds
-
-    def worker(index: int) -> None:
-        own = latencies[index]
-        while (start := time.perf_counter()) < deadline:
-            call()
-            own.append(time.perf_counter() - start)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(in_flight)]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [x for own in latencies for x in own], time.perf_counter() - began
-
-
-def summary(timing: Timing) -> dict[str, float]:
-    latencies, elapsed = timing
-    quantiles = statistics.quantiles(sorted(latencies), n=100)
-    return {"rps": len(latencies) / elapsed, "p50_ms": quantiles[49] * 1000,
-            "p99_ms": quantiles[98] * 1000}
-
-
-def alternate(calls: dict[str, Callable[[], object]], *, in_flight: int, seconds: float,
+def alternate(calls: dict[str, Callable[[int], object]], *, in_flight: int, seconds: float,
               rounds: int) -> tuple[dict[str, dict[str, float]], list[float]]:
     """Each call for seconds/rounds per round, in alternating order. Returns the summary
     of all rounds per call, and each round's throughput ratio of the second call to the
@@ -108,7 +79,7 @@ def raw_softhsm(seconds: float, in_flight: int) -> dict[str, float]:
                                 pin=Path(token.pin_file).read_text().strip())
     store.generate_key(label="bench", algorithm=KeyAlgorithm.ECDSA_P256)
     payload = b"x" * 600
-    return summary(measure(lambda: store.sign("bench", payload), in_flight=in_flight,
+    return summary(measure(lambda _: store.sign("bench", payload), in_flight=in_flight,
                            seconds=seconds))
 
 
@@ -151,7 +122,7 @@ def main() -> int:
               "   (rounds: best, worst)")
         for in_flight in (1, 8):
             results, ratios = alternate(
-                {"empty": lambda: health.Check(empty), "sign": lambda: custody.SignLink(link)},
+                {"empty": lambda _: health.Check(empty), "sign": lambda _: custody.SignLink(link)},
                 in_flight=in_flight, seconds=options.seconds, rounds=options.rounds)
             base, sign = results["empty"], results["sign"]
             print(row(f"empty RPC (health), {in_flight} in flight", base, None))
