@@ -79,18 +79,12 @@ class EntryRenderer:
                           event_dict: MutableMapping[str, Any]) -> bytes:
         """Hash the entry onto the chain, and render its line (the final processor).
 
-        The same bytes as encode_entry, made from the parts: the top-level values are
-        encoded once, and only the small event object twice (without and with its hash).
+        Two passes of the C encoder over the whole entry (without, then with the hash)
+        cost half of what encoding each top-level value apart and joining them did.
         """
         event = event_dict["event"]
-        parts = {key: canonical_json(value) for key, value in event_dict.items() if key != "event"}
-        parts["event"] = canonical_json(event)
-        chain = hashlib.sha256(bytes.fromhex(self._state.chain) + _join(parts)).hexdigest()
-        parts["event"] = canonical_json({**event, "hash": chain})
+        unhashed = canonical_json(event_dict)
+        chain = hashlib.sha256(bytes.fromhex(self._state.chain) + unhashed).hexdigest()
+        event_dict["event"] = {**event, "hash": chain}
         self._state = ChainState(sequence=event["sequence"], chain=chain)
-        return _join(parts) + b"\n"
-
-
-def _join(parts: dict[str, bytes]) -> bytes:
-    """A canonical object from its canonically encoded values (sorted keys, no spaces)."""
-    return b"{" + b",".join(canonical_json(key) + b":" + parts[key] for key in sorted(parts)) + b"}"
+        return canonical_json(event_dict) + b"\n"
