@@ -28,11 +28,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from custody_core.envelope import pae
 from custody_core.errors import CustodyError
-from custody_core.keys import PublicKey
+
+if TYPE_CHECKING:
+    from custody_core.keys import PublicKey
+
+# custody_core.envelope and .keys load `cryptography` (~25 ms): they are imported where
+# they are used, since the CLI imports this module to build its parser for every command.
 
 GENESIS_CHAIN = "0" * 64
 CHECKPOINT_ACTION = "audit-checkpoint"
@@ -60,6 +64,8 @@ def next_chain(previous: str, entry_without_hash: Mapping[str, Any]) -> str:
 
 def checkpoint_signed_bytes(*, sequence: int, chain: str, time: str) -> bytes:
     """The bytes a checkpoint signature covers (DSSE PAE: never valid as in-toto metadata)."""
+    from custody_core.envelope import pae
+
     body = encode_entry({"chain": chain, "sequence": sequence, "time": time})
     return pae(CHECKPOINT_PAYLOAD_TYPE, body)
 
@@ -359,6 +365,8 @@ def _first_sequence(audit_file: AuditFile) -> int:
 
 def load_trusted_key(text: str) -> PublicKey:
     """An audit public key as PEM, or as the key JSON `custody keys get` prints."""
+    from custody_core.keys import PublicKey
+
     stripped = text.strip()
     if stripped.startswith("{"):
         return PublicKey.from_dict(json.loads(stripped))

@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -118,7 +118,8 @@ class CustodyClient:
     def sign_layout(self, layout: bytes, *, key_alias: str = "",
                     envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> SignedMetadata:
         response = self._call("SignLayout", self._custody.SignLayout, pb.SignLayoutRequest(
-            layout=layout, key_alias=key_alias, envelope=ENVELOPE_TO_PB[envelope]))
+            layout=layout, key_alias=key_alias,
+            envelope=cast("pb.Envelope", ENVELOPE_TO_PB[envelope])))
         return _signed(response, file_name="", warnings=tuple(response.warnings))
 
     def verify(

@@ -3,31 +3,40 @@
 Artifacts are appended to the request's wire encoding as they are hashed (protobuf
 lets repeated fields come in any order and pieces), so a step with 100,000 files holds
 about 100 bytes per artifact once, instead of a dict, a message tree (~370 bytes per
-artifact) and its serialization. Only protobuf's generated module is imported (for
-`to_message`), no gRPC: `custody run` fills the draft while gRPC loads in a thread.
+artifact) and its serialization. Neither gRPC nor protobuf is imported (only
+`to_message` loads the generated module): `custody run` fills the draft while both load
+in a thread.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from custody_api.v1 import custody_pb2 as pb
 from custody_client.errors import InputError
 from custody_client.models import Byproducts, EnvelopeKind
 
+if TYPE_CHECKING:
+    from custody_api.v1 import custody_pb2 as pb
+
+# custody.v1.Envelope numbers (a test checks them against the generated code)
 ENVELOPE_TO_PB = {
-    EnvelopeKind.METABLOCK: pb.ENVELOPE_METABLOCK,
-    EnvelopeKind.DSSE: pb.ENVELOPE_DSSE,
-    EnvelopeKind.STATEMENT: pb.ENVELOPE_STATEMENT,
+    EnvelopeKind.METABLOCK: 1,
+    EnvelopeKind.DSSE: 2,
+    EnvelopeKind.STATEMENT: 3,
 }
 
 # custody.v1.SignLinkRequest field numbers
 _STEP_NAME, _COMMAND, _MATERIALS, _PRODUCTS, _BYPRODUCTS, _ENVIRONMENT, _KEY_ALIAS, \
     _ENVELOPE = range(1, 9)
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX_DIGITS = b"0123456789abcdef"
 # Artifact.digest = {"sha256": <64 hex>}: field 2, one map entry {1: "sha256", 2: hex}.
 _SHA256_DIGEST = b"\x12\x4a\x0a\x06sha256\x12\x40"
+# An Artifact whose path has fewer than 50 UTF-8 bytes is under 128 bytes long, so both
+# its length and its path's length are one-byte varints: this prefix, by path length.
+_SHORT_PATH = 50
+_SHORT_PREFIX = tuple(bytes((size + 2 + len(_SHA256_DIGEST) + 64, 1 << 3 | 2, size))
+                      for size in range(_SHORT_PATH))
 
 
 def _varint(value: int) -> bytes:
@@ -49,11 +58,12 @@ def _string(field: int, text: str) -> bytes:
     return _length_delimited(field, text.encode("utf-8"))
 
 
-def _artifact(path: str, sha256: str) -> bytes:
-    if not _HEX64.fullmatch(sha256):
+def _hex_digest(path: str, sha256: str) -> bytes:
+    digest = sha256.encode("utf-8")
+    # translate() deletes the hex digits: anything left over is not lowercase hex.
+    if len(digest) != 64 or digest.translate(None, _HEX_DIGITS):
         raise InputError(f"artifact {path!r:.100}: sha256 must be 64 lowercase hex digits")
-    body = _string(1, path) + _SHA256_DIGEST + sha256.encode("ascii")
-    return _varint(len(body)) + body
+    return digest
 
 
 class LinkDraft:
@@ -75,12 +85,25 @@ class LinkDraft:
         return self._add(_PRODUCTS, artifacts)
 
     def _add(self, field: int, artifacts: Iterable[tuple[str, str]]) -> int:
+        # The loop runs once per file of a tree: appends of ready-made pieces, no calls
+        # per varint (3x faster than building each Artifact with the helpers above).
         tag = _varint(field << 3 | 2)
         body = self._body
         count = 0
         for path, sha256 in artifacts:
+            digest = _hex_digest(path, sha256)
+            encoded = path.encode("utf-8")
+            size = len(encoded)
             body += tag
-            body += _artifact(path, sha256)
+            if size < _SHORT_PATH:
+                body += _SHORT_PREFIX[size]
+                body += encoded
+            else:
+                artifact_path = _length_delimited(1, encoded)
+                body += _varint(len(artifact_path) + len(_SHA256_DIGEST) + 64)
+                body += artifact_path
+            body += _SHA256_DIGEST
+            body += digest
             count += 1
         return count
 
@@ -107,5 +130,7 @@ class LinkDraft:
     def to_message(self, *, key_alias: str = "",
                    envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> pb.SignLinkRequest:
         """The request as a protobuf message (for inspection and tests)."""
+        from custody_api.v1 import custody_pb2 as pb
+
         return pb.SignLinkRequest.FromString(
             self.request_bytes(key_alias=key_alias, envelope=envelope))

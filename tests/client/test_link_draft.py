@@ -67,9 +67,34 @@ def test_no_byproducts_for_no_command_and_a_zero_return_value_is_present() -> No
     assert message.HasField("byproducts") and not message.byproducts.HasField("return_value")
 
 
-def test_a_digest_that_is_not_sha256_hex_is_refused() -> None:
+@pytest.mark.parametrize("digest", ["ABC", sha("a").upper(), sha("a")[:63] + "g",
+                                    sha("a") + "0", sha("a")[:63] + "\u00e9", " " * 64])
+def test_a_digest_that_is_not_sha256_hex_is_refused(digest: str) -> None:
     with pytest.raises(InputError, match="64 lowercase hex"):
-        LinkDraft(step_name="s").add_materials([("a", "ABC")])
+        LinkDraft(step_name="s").add_materials([("a", digest)])
+
+
+def test_envelope_numbers_are_the_generated_ones() -> None:
+    from custody_client.link_draft import ENVELOPE_TO_PB
+
+    assert ENVELOPE_TO_PB == {EnvelopeKind.METABLOCK: pb.ENVELOPE_METABLOCK,
+                              EnvelopeKind.DSSE: pb.ENVELOPE_DSSE,
+                              EnvelopeKind.STATEMENT: pb.ENVELOPE_STATEMENT}
+
+
+def test_paths_at_every_length_boundary_round_trip() -> None:
+    # Path lengths around 50 bytes (where an Artifact stops fitting one-byte lengths) and
+    # 128 bytes (where the path's own length needs two), in ASCII and multi-byte UTF-8.
+    lengths = [0, 1, 48, 49, 50, 51, 127, 128, 129, 16_383, 16_384]
+    materials = [("p" * n, sha(str(n))) for n in lengths]
+    materials += [("\u00e9" * (n // 2) + "x" * (n % 2), sha(f"u{n}")) for n in lengths[1:]]
+    products = [(path + "/out", digest) for path, digest in materials]
+    draft = LinkDraft(step_name="s")
+    draft.add_materials(materials)
+    draft.add_products(products)
+    assert draft.to_message() == expected(
+        step="s", command=[], materials=materials, products=products, byproducts=None,
+        environment={}, key_alias="", envelope=pb.ENVELOPE_METABLOCK)
 
 
 @settings(max_examples=100, deadline=None)
