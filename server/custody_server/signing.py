@@ -96,15 +96,10 @@ class SigningService:
         except CustodyError as error:
             self._audit_failure("sign-link", error, details)
             raise
-        result = SignedMetadata(
-            content=signed.content,
-            key=version,
-            envelope=request.envelope,
-            signed_sha256=hashlib.sha256(signed.signed_bytes).hexdigest(),
-            file_name=link_file_name(request.step_name, version.public_key.keyid),
-        )
-        self._audit_success("sign-link", result, details)
-        return result
+        return self._audited_result("sign-link", signed, details=details, key=version,
+                                    envelope=request.envelope,
+                                    file_name=link_file_name(request.step_name,
+                                                             version.public_key.keyid))
 
     def sign_layout(self, layout: bytes, *, key_alias: str, envelope: EnvelopeKind,
                     caller: str) -> SignedMetadata:
@@ -121,15 +116,8 @@ class SigningService:
         except CustodyError as error:
             self._audit_failure("sign-layout", error, details)
             raise
-        result = SignedMetadata(
-            content=signed.content,
-            key=version,
-            envelope=envelope,
-            signed_sha256=hashlib.sha256(signed.signed_bytes).hexdigest(),
-            warnings=warnings,
-        )
-        self._audit_success("sign-layout", result, details)
-        return result
+        return self._audited_result("sign-layout", signed, details=details, key=version,
+                                    envelope=envelope, warnings=warnings)
 
     def _resolve_functionaries(
         self, payload: dict[str, Any]
@@ -138,6 +126,16 @@ class SigningService:
         that verify now (only the active one in steps with threshold > 1): see
         custody_server.lifecycle.functionaries. Returns the warnings for the response."""
         return resolve_functionaries(payload, keys=self._keys, now=self._keys.now())
+
+    def _audited_result(self, action: str, signed: _Signed, *, details: Mapping[str, Any],
+                        key: KeyVersion, envelope: EnvelopeKind, file_name: str = "",
+                        warnings: tuple[str, ...] = ()) -> SignedMetadata:
+        """The result to return, once its audit entry is on disk (fail-closed)."""
+        result = SignedMetadata(content=signed.content, key=key, envelope=envelope,
+                                signed_sha256=hashlib.sha256(signed.signed_bytes).hexdigest(),
+                                file_name=file_name, warnings=warnings)
+        self._audit_success(action, result, details)
+        return result
 
     def _audit_success(self, action: str, result: SignedMetadata,
                        details: Mapping[str, Any]) -> None:
