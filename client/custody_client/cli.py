@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["--version"]:  # the fast path: no argparse, no gRPC
         print(f"custody {__version__}")
         return 0
+    if argv is None:  # the program itself, not a caller in the same process
+        _skip_the_final_collection()
     from custody_client._cli.common import EXIT_FAILED, EXIT_INTERRUPTED
     from custody_client._cli.parser import build_parser
     from custody_core.errors import CustodyError
@@ -82,6 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `custody keys list | head`
         return EXIT_FAILED
+
+
+def _skip_the_final_collection() -> None:
+    """At exit the interpreter runs one last full garbage collection over every object
+    still alive, gRPC's and protobuf's included (~20 ms of a `custody run`): freeze them
+    just before, so that it skips them. Nothing of ours waits for that collection: links
+    are written and the channel is closed before main() returns."""
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
 
 
 def _one_line(text: str) -> str:
