@@ -15,10 +15,10 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import compress, repeat
+from itertools import compress, filterfalse, repeat
 from operator import eq
 from typing import Protocol
 
@@ -141,6 +141,14 @@ class _Queue:
     def matching(self, pattern: str) -> list[str]:
         return _matching(self.ordered(), self.paths, pattern)
 
+    def consume(self, consumed: frozenset[str]) -> None:
+        """Take `consumed` (queued paths) out of the queue."""
+        if len(consumed) == len(self.paths):  # a rule often takes everything left
+            self.paths = set()
+            self._ordered = []
+        else:
+            self.paths -= consumed
+
 
 def _with_slash(prefix: str) -> str:
     # The reference: os.path.join(prefix, "").replace("\\", "/").
@@ -148,11 +156,19 @@ def _with_slash(prefix: str) -> str:
 
 
 def _same_hashes(
-    source_paths: Sequence[str], source: Artifacts, dest_paths: Iterable[str], dest: Artifacts
-) -> set[str]:
-    """The source paths whose hash dict equals the one at the paired dest path (C loops)."""
-    equal = map(eq, map(source.__getitem__, source_paths), map(dest.get, dest_paths))
-    return set(compress(source_paths, equal))
+    source_paths: Sequence[str], source: Artifacts, dest_paths: Sequence[str], dest: Artifacts
+) -> frozenset[str]:
+    """The source paths whose hash dict equals the one at the paired dest path.
+
+    Usually all are equal: two lists compared at once is twice as fast as pairing them
+    one by one (each list is read in its link's memory order); only a mismatch pays
+    for the pairwise pass.
+    """
+    source_hashes = list(map(source.__getitem__, source_paths))
+    dest_hashes = list(map(dest.get, dest_paths))
+    if source_hashes == dest_hashes:
+        return frozenset(source_paths)
+    return frozenset(compress(source_paths, map(eq, source_hashes, dest_hashes)))
 
 
 def _match(
@@ -160,10 +176,10 @@ def _match(
     queue: _Queue,
     source: Artifacts,
     links: Mapping[str, ArtifactsSource],
-) -> set[str]:
+) -> frozenset[str]:
     dest_link = links.get(rule.dest_name)
     if dest_link is None:
-        return set()
+        return frozenset()
     dest = dest_link.materials if rule.dest_type is ArtifactType.MATERIALS else dest_link.products
     if rule.source_prefix:
         prefix = _with_slash(rule.source_prefix)
@@ -175,9 +191,9 @@ def _match(
     if rule.dest_prefix:
         # The reference: os.path.join(dest_prefix, path).replace("\\", "/").
         dest_prefix = rule.dest_prefix
-        dest_paths: Iterable[str] = (
+        dest_paths: Sequence[str] = [
             posixpath.join(dest_prefix, path).replace("\\", "/") for path in paths
-        )
+        ]
     else:
         dest_paths = paths
     return _same_hashes(source_paths, source, dest_paths, dest)
@@ -207,6 +223,39 @@ def _violation(
     return RuleViolation(rule=rule, paths=(rule.pattern,), reason=reason)
 
 
+def _consumed_by_type(
+    kind: RuleKind, matched: list[str], *, from_products: bool, item: ArtifactsSource
+) -> frozenset[str]:
+    """What ALLOW, CREATE, DELETE or MODIFY consumes of the `matched` queued paths.
+
+    The queue holds only the source's paths, which settles one side of each test: from
+    products, every path is in products (CREATE: those not in materials; DELETE:
+    nothing), and from materials the other way round.
+    """
+    if kind is RuleKind.ALLOW:
+        return frozenset(matched)
+    materials, products = item.materials, item.products
+    if kind is RuleKind.CREATE:  # in products, not in materials
+        return _absent_from(matched, materials) if from_products else frozenset()
+    if kind is RuleKind.DELETE:  # in materials, not in products
+        return frozenset() if from_products else _absent_from(matched, products)
+    # MODIFY: in both, with different hash dicts
+    other = materials if from_products else products
+    both = list(filter(other.__contains__, matched))
+    return frozenset(both) - _same_hashes(both, materials, both, products)
+
+
+def _absent_from(paths: list[str], artifacts: Artifacts) -> frozenset[str]:
+    """The `paths` that are not keys of `artifacts`.
+
+    For many paths, a set difference that walks `artifacts` in its order is twice as
+    fast as a look-up per path (each a cache miss in a dict of 100,000 keys).
+    """
+    if len(paths) * 4 < len(artifacts):
+        return frozenset(filterfalse(artifacts.__contains__, paths))
+    return frozenset(paths).difference(artifacts.keys())
+
+
 def apply_rules(
     *,
     item_name: str,
@@ -221,8 +270,8 @@ def apply_rules(
     nothing if it is absent. Precondition: `item_name` is in `links`.
     """
     item = links[item_name]
-    materials, products = item.materials, item.products
-    source = materials if source_type is ArtifactType.MATERIALS else products
+    from_products = source_type is ArtifactType.PRODUCTS
+    source = item.products if from_products else item.materials
     queue = _Queue(source)
     trace: list[RuleApplication] = []
     for rule in rules:
@@ -237,23 +286,14 @@ def apply_rules(
                     violation=violation,
                     remaining=frozenset(queue.paths),
                 )
-            consumed: set[str] = set()
+            consumed: frozenset[str] = frozenset()
         elif kind is RuleKind.MATCH:
             consumed = _match(rule, queue, source, links)
         else:
             matched = queue.matching(rule.pattern)
-            if kind is RuleKind.ALLOW:
-                consumed = set(matched)
-            elif kind is RuleKind.CREATE:
-                consumed = set(matched).intersection(products.keys()).difference(materials.keys())
-            elif kind is RuleKind.DELETE:
-                consumed = set(matched).intersection(materials.keys()).difference(products.keys())
-            else:  # MODIFY: in both, with different hash dicts
-                in_both = materials.keys() & products.keys()
-                both = list(filter(in_both.__contains__, matched))
-                consumed = set(both) - _same_hashes(both, materials, both, products)
-        queue.paths -= consumed
-        trace.append(RuleApplication(rule=rule, consumed=frozenset(consumed)))
+            consumed = _consumed_by_type(kind, matched, from_products=from_products, item=item)
+        queue.consume(consumed)
+        trace.append(RuleApplication(rule=rule, consumed=consumed))
     return RuleListResult(
         item_name=item_name,
         source_type=source_type,
