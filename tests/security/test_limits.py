@@ -17,6 +17,7 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_server.config import Limits
 from custody_server.errors import LimitExceededError
 from custody_server.policy import RateLimit, RateLimiter, RequestLimits
+from custody_server.policy.refusal_sampler import RefusalSampler
 from custody_server.transport.authz import RETRY_AFTER_TRAILER
 
 LIMITED = "spiffe://example.test/limited"
@@ -89,8 +90,50 @@ def test_rate_limit_refuses_with_retry_information(limited: Any, pki: Pki) -> No
         free.SignLink(request, timeout=10)
     time.sleep(retry_ms / 1000 + 0.01)
     stub.SignLink(request, timeout=10)
-    # Refusals for rate are not denials: the audit trail stays bounded by the rate.
+    # Refusals for rate are not denials; they are audited, sampled (RefusalSampler).
     assert limited.denials() == []
+    [entry] = [e for e in limited.audit.events if e.action == "rate-limit"]
+    assert entry.outcome == "failure"
+    assert entry.details["caller"] == LIMITED
+    assert entry.details["refusals"] == 1
+    assert entry.details["rpc"] == "SignLink"
+
+
+def test_a_flood_of_refusals_is_audited_once_per_interval_with_its_count(
+        limited: Any, pki: Pki) -> None:
+    stub = limited.custody(pki.client(uri=(LIMITED,)))
+    request = pb.SignLinkRequest(step_name="build")
+    codes = []
+    for _ in range(30):
+        try:
+            stub.SignLink(request, timeout=10)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            codes.append(error.code())
+    refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert refused >= 20  # 4 per second, burst 3: most of a quick loop is refused
+    entries = [e for e in limited.audit.events if e.action == "rate-limit"]
+    assert [e.details["refusals"] for e in entries] == [1]  # the rest wait for the next
+
+
+def test_refusal_sampler_counts_what_it_does_not_audit() -> None:
+    clock = FakeClock()
+    sampler = RefusalSampler(interval_seconds=60.0, clock=clock, max_identities=2)
+    assert sampler.refused("a") == 1  # the first: audited at once
+    assert [sampler.refused("a") for _ in range(5)] == [0] * 5  # counted
+    assert sampler.refused("b") == 1  # per identity
+    clock.now += 59.9
+    assert sampler.refused("a") == 0
+    clock.now += 0.2  # the interval since a's entry is over: 6 since it, this one too
+    assert sampler.refused("a") == 7
+    assert sampler.refused("a") == 0
+    clock.now += 60
+    assert sampler.refused("a") == 2
+    # At most max_identities are remembered: a third one evicts the longest quiet one,
+    # which then counts afresh (its entry comes at once).
+    sampler = RefusalSampler(interval_seconds=60.0, clock=clock, max_identities=2)
+    assert [sampler.refused(x) for x in ("a", "b", "a", "b")] == [1, 1, 0, 0]
+    assert [sampler.refused(x) for x in ("a", "c", "a", "b")] == [0, 1, 0, 1]
 
 
 def _layout(depth: int = 1, padding: int = 0) -> bytes:

@@ -6,7 +6,8 @@ For every Custody and KeyAdmin RPC, before the servicer runs, in this order:
 2. the identity from the client certificate (custody_server.policy.identity);
    a certificate without a usable identity: UNAUTHENTICATED (audited);
 3. the identity's token bucket: RESOURCE_EXHAUSTED with a `retry-after-ms` trailer
-   (not audited, so that the audit volume of one identity is bounded by its rate);
+   (audited at most once a minute per identity, with the count of refusals since the
+   previous entry: custody_server.policy.refusal_sampler);
 4. an identity no grant names: UNAUTHENTICATED (audited);
 5. the policy's decision on RPC, key alias and step name: PERMISSION_DENIED (audited);
 6. layout size and nesting limits: INVALID_ARGUMENT.
@@ -41,6 +42,7 @@ from custody_server.policy import (
     identity_from_auth_context,
 )
 from custody_server.policy.errors import IdentityError
+from custody_server.policy.refusal_sampler import RefusalSampler
 from custody_server.policy.rpcs import KeyScope
 
 log = structlog.get_logger("custody.access")
@@ -78,12 +80,14 @@ class AccessControl:
     """The decisions, without gRPC plumbing: testable with a plain auth-context dict."""
 
     def __init__(self, *, policy: PolicyStore, audit: AuditSink, limits: RequestLimits,
-                 defaults: KeyDefaults, rate_limiter: RateLimiter | None = None) -> None:
+                 defaults: KeyDefaults, rate_limiter: RateLimiter | None = None,
+                 refusal_sampler: RefusalSampler | None = None) -> None:
         self.policy = policy
         self._audit = audit
         self._limits = limits
         self._defaults = defaults
         self._rate_limiter = rate_limiter or RateLimiter()
+        self._refusals = refusal_sampler or RefusalSampler()
 
     def admit(self, rpc: RpcInfo, request: Any, *, auth: Mapping[str, Sequence[bytes]],
               peer: str) -> ClientIdentity:
@@ -98,11 +102,7 @@ class AccessControl:
         policy = self.policy.current  # one policy for the whole decision
         wait = self._rate_limiter.acquire(identity.value, policy.rate_for(identity.value))
         if wait > 0:
-            retry_ms = max(1, math.ceil(wait * 1000))
-            log.info("access.rate_limited", caller=identity.value, retry_after_ms=retry_ms)
-            raise AccessRefused(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"rate limit for {identity.value!r} exceeded: retry in "
-                                f"{retry_ms} ms", ((RETRY_AFTER_TRAILER, str(retry_ms)),))
+            self._refuse_for_rate(identity.value, wait, details)
         access = self._access_request(rpc, request, identity.value)
         if access.key_alias is not None:
             details["key_alias"] = access.key_alias
@@ -132,17 +132,33 @@ class AccessControl:
         return AccessRequest(identity=identity, rpc=rpc.name, key_scope=rpc.key_scope,
                              key_alias=alias, step=step)
 
+    def _refuse_for_rate(self, identity: str, wait: float,
+                         details: Mapping[str, Any]) -> NoReturn:
+        retry_ms = max(1, math.ceil(wait * 1000))
+        reason = f"rate limit for {identity!r} exceeded: retry in {retry_ms} ms"
+        log.info("access.rate_limited", caller=identity, retry_after_ms=retry_ms)
+        if refusals := self._refusals.refused(identity):
+            self._record_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, AuditEvent(
+                action="rate-limit", category="iam", outcome="failure", reason=reason,
+                details={**details, "refusals": refusals}))
+        raise AccessRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, reason,
+                            ((RETRY_AFTER_TRAILER, str(retry_ms)),))
+
     def _deny(self, code: grpc.StatusCode, action: str, category: str, reason: str,
               details: Mapping[str, Any]) -> NoReturn:
-        """Audit the denial, then refuse. A denial stays a denial if the audit fails."""
-        try:
-            self._audit.record(AuditEvent(action=action, category=category,
-                                          outcome="failure", reason=reason[:500],
-                                          details=dict(details)))
-        except Exception:  # the caller is refused either way; say so in the log
-            log.exception("access.audit_failed", code=code.name)
+        """Audit the denial, then refuse."""
+        self._record_refusal(code, AuditEvent(action=action, category=category,
+                                              outcome="failure", reason=reason[:500],
+                                              details=dict(details)))
         log.info("access.denied", code=code.name, reason=reason[:300])
         raise AccessRefused(code, reason[:1000])
+
+    def _record_refusal(self, code: grpc.StatusCode, event: AuditEvent) -> None:
+        """A refusal stays a refusal if its audit fails: the log says so."""
+        try:
+            self._audit.record(event)
+        except Exception:
+            log.exception("access.audit_failed", code=code.name)
 
     def reload_policy(self) -> ReloadOutcome:
         """Re-read the policy file (SIGHUP); audit the outcome; the old one stays if bad."""
