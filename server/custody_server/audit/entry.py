@@ -44,7 +44,8 @@ _TYPES: Mapping[str, tuple[str, ...]] = {
 
 
 def format_timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds, e.g. 2026-11-22T06:30:00.123456Z."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def ecs_entry(event: AuditEvent, *, event_id: str,
