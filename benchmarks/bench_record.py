@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -99,7 +100,7 @@ class Server:
 
 
 def timed(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None,
-          shell: bool = False) -> float:
+          shell: bool = False, stderr_lines: list[str] | None = None) -> float:
     started = time.perf_counter()
     result = subprocess.run(argv if not shell else argv[0], cwd=cwd, env=env, shell=shell,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -107,7 +108,19 @@ def timed(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None,
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({result.returncode}): {result.stderr.strip()}")
+    if stderr_lines is not None:
+        stderr_lines.extend(result.stderr.splitlines())
     return elapsed
+
+
+def cache_hits(lines: list[str]) -> tuple[int, int] | None:
+    """(products, products not read again) from `custody run -v`'s log line."""
+    for line in lines:
+        found = re.search(r"recorded (\d+) products \((\d+) unchanged files not read again\)",
+                          line)
+        if found:
+            return int(found[1]), int(found[2])
+    return None
 
 
 def signing_key(directory: Path) -> Path:
@@ -161,7 +174,8 @@ def main() -> int:
             except RuntimeError as error:
                 print(f"no server ({error}); measuring recording only", file=sys.stderr)
         if server is not None:
-            custody_argv = [str(custody), "run", "-n", "bench", "-m", "tree", "-p", "tree",
+            # -v: the log line that says how many products the digest cache spared
+            custody_argv = [str(custody), "run", "-v", "-n", "bench", "-m", "tree", "-p", "tree",
                             "-d", str(out), "--", "true"]
             custody_label = "custody run (signed by the server)"
         else:
@@ -180,8 +194,11 @@ def main() -> int:
         results: dict[str, list[float]] = {"custody": [], "custody-rehash": [], "in-toto": [],
                                            "sha2": [], "sha1": []}
         same_artifacts = None
+        hits: list[tuple[int, int] | None] = []
         for _ in range(options.repeat):  # interleaved, so that load affects all alike
-            results["custody"].append(timed(custody_argv, cwd=work, env=env))
+            lines: list[str] = []
+            results["custody"].append(timed(custody_argv, cwd=work, env=env, stderr_lines=lines))
+            hits.append(cache_hits(lines))
             ours = read_link(out) if server is not None else None
             if server is not None:
                 results["custody-rehash"].append(timed(
@@ -209,6 +226,10 @@ def main() -> int:
               f"products, whole processes, best of {options.repeat}, {os.cpu_count()} CPUs "
               f"(load average {load})")
         print(f"  {custody_label:38} {summary(results['custody'])}")
+        if server is not None:
+            print("    digest cache: products not read again (unchanged since the materials "
+                  "were read), per run: " + ", ".join(
+                      f"{hit[1]:,} of {hit[0]:,}" if hit else "?" for hit in hits))
         if results["custody-rehash"]:
             print(f"  {'  the same, --no-digest-cache':38} {summary(results['custody-rehash'])}")
         print(f"  {'in-toto-run (ECDSA key)':38} {summary(results['in-toto'])}")
