@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 from custody_core.errors import KeyFormatError, MetadataError
 from custody_core.keys import PublicKey
@@ -228,10 +228,29 @@ class Layout:
         )
 
 
+class FrozenArtifacts(dict[str, HashDict]):
+    """A link's artifacts (path -> hash dict), read-only.
+
+    A dict rather than a MappingProxyType over one: the rule engine looks paths up by
+    the 100,000, and a proxy's get() is a Python-level method call each time.
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("link artifacts are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
+
+    def __reduce__(self) -> tuple[type[FrozenArtifacts], tuple[dict[str, HashDict]]]:
+        return (type(self), (dict(self),))  # copy and pickle without __setitem__
+
+
 def _artifacts(value: object, where: str) -> Artifacts:
     if not isinstance(value, Mapping):
         raise MetadataError(f"{where} must be a JSON object of path -> hash dict")
-    artifacts = dict(value)
+    artifacts = FrozenArtifacts(value)
     if not _artifacts_look_valid(artifacts):
         for path, hashes in artifacts.items():  # slow path: find and name the culprit
             if (
@@ -243,7 +262,7 @@ def _artifacts(value: object, where: str) -> Artifacts:
                 )
             ):
                 raise MetadataError(f"{where}: {path!r:.120} must map to a dict of hex digests")
-    return MappingProxyType(artifacts)
+    return artifacts
 
 
 def _artifacts_look_valid(artifacts: dict[Any, Any]) -> bool:
