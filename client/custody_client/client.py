@@ -9,22 +9,19 @@
 Every call has one deadline (`ConnectionSettings.timeout`) that covers its retries;
 UNAVAILABLE is retried with exponential backoff and jitter, except for CreateKey and
 RotateKey, which are not idempotent. Failures raise ClientError with the status code name
-and one line.
+and one line. The channel, retries, the preflight and SignLink are SigningClient's
+(custody_client.signing_client), which `custody run` uses without loading protobuf.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
-
-import grpc
+from typing import Any, cast
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
-from custody_client.errors import ClientError
 from custody_client.link_draft import ENVELOPE_TO_PB, LinkDraft
 from custody_client.models import (
     EnvelopeKind,
@@ -38,14 +35,10 @@ from custody_client.models import (
     VerifyResult,
     VerifyWarning,
 )
-from custody_client.settings import NO_RETRIES, ConnectionSettings, RetryPolicy
+from custody_client.settings import NO_RETRIES, ConnectionSettings
+from custody_client.signing_client import SigningClient
 
 __all__ = ["CustodyClient", "LinkDraft"]
-
-_Response = TypeVar("_Response")
-
-_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-_SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}, without grpcio-health-checking
 
 _ENVELOPE_FROM_PB = {v: k for k, v in ENVELOPE_TO_PB.items()}
 ALGORITHM_TO_PB = {
@@ -57,70 +50,25 @@ ALGORITHM_TO_PB = {
 _ALGORITHM_FROM_PB = {v: k for k, v in ALGORITHM_TO_PB.items()}
 
 
-class CustodyClient:
+class CustodyClient(SigningClient):
     """Calls custody.v1.Custody and custody.v1.KeyAdmin over one channel."""
 
     def __init__(self, settings: ConnectionSettings | None = None) -> None:
-        self.settings = settings or ConnectionSettings()
-        options = [
-            ("grpc.max_send_message_length", self.settings.max_message_bytes),
-            ("grpc.max_receive_message_length", self.settings.max_message_bytes),
-            ("grpc.enable_retries", 0),  # retries are ours: bounded, with jitter, logged
-        ]
-        tls = self.settings.tls
-        if tls is None:
-            self._channel = grpc.insecure_channel(self.settings.address, options=options)
-        else:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
-            self._channel = grpc.secure_channel(self.settings.address, credentials,
-                                                options=options)
+        super().__init__(settings)
         self._custody = pb_grpc.CustodyStub(self._channel)  # type: ignore[no-untyped-call]
         self._admin = pb_grpc.KeyAdminStub(self._channel)  # type: ignore[no-untyped-call]
-        self._sign_link_raw = self._channel.unary_unary(
-            "/custody.v1.Custody/SignLink", request_serializer=_as_bytes,
-            response_deserializer=pb.SignLinkResponse.FromString)
 
     def __enter__(self) -> CustodyClient:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def check_server(self) -> None:
-        """Preflight: one standard health check, retried like any call, so that a dead or
-        misconfigured server is found before a long build rather than after it."""
-        check = self._channel.unary_unary(_HEALTH_CHECK, request_serializer=bytes,
-                                          response_deserializer=bytes)
-        try:
-            status = self._call("health check", check, b"")  # HealthCheckRequest{service=""}
-        except ClientError as error:
-            if error.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                raise
-            return  # it answered (perhaps without a health service): reachable
-        if status != _SERVING:
-            raise ClientError(f"the Custody server at {self.settings.address} is not serving "
-                              "(shutting down?) (UNAVAILABLE)", code="UNAVAILABLE")
-
-    # Custody service
-
-    def sign_link(self, draft: LinkDraft, *, key_alias: str = "",
-                  envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> SignedMetadata:
-        """Sign a recorded link with a service key (empty alias: the server's default)."""
-        # The draft is already in wire format: send its bytes as they are.
-        response = self._call("SignLink", self._sign_link_raw,
-                              draft.request_bytes(key_alias=key_alias, envelope=envelope))
-        return _signed(response, file_name=response.file_name)
+    # Custody service (sign_link: SigningClient's)
 
     def sign_layout(self, layout: bytes, *, key_alias: str = "",
                     envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> SignedMetadata:
         response = self._call("SignLayout", self._custody.SignLayout, pb.SignLayoutRequest(
             layout=layout, key_alias=key_alias,
             envelope=cast("pb.Envelope", ENVELOPE_TO_PB[envelope])))
-        return _signed(response, file_name="", warnings=tuple(response.warnings))
+        return _signed_layout(response)
 
     def verify(
         self,
@@ -200,77 +148,17 @@ class CustodyClient:
                               pb.RetireKeyRequest(alias=alias, version=version))
         return _key_info(response.key)
 
-    def _call(self, name: str, method: Callable[..., _Response], request: Any,
-              *, retry: RetryPolicy | None = None) -> _Response:
-        policy = retry or self.settings.retry
-        deadline = time.monotonic() + self.settings.timeout
-        attempt = 1
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return method(request, timeout=max(remaining, 0.001))
-            except grpc.RpcError as error:
-                code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-                details = (error.details() if isinstance(error, grpc.Call) else "") or ""
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < policy.max_attempts:
-                    pause = policy.backoff(attempt)
-                    if time.monotonic() + pause < deadline:
-                        time.sleep(pause)
-                        attempt += 1
-                        continue
-                raise self._error(name, code, details, attempts=attempt) from None
 
-    def _error(self, name: str, code: grpc.StatusCode, details: str, *,
-               attempts: int) -> ClientError:
-        detail = " ".join(details.split()) or code.name.lower()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            tries = f" after {attempts} attempts" if attempts > 1 else ""
-            message = (f"cannot reach the Custody server at {self.settings.address} over "
-                       f"{self.settings.transport}{tries}: {detail}")
-            if hint := _connection_hint(detail, self.settings):
-                message += f" -- {hint}"
-        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            message = (f"{name}: no answer from {self.settings.address} within "
-                       f"{self.settings.timeout:g} s")
-        else:
-            message = f"{name}: {detail}"
-        return ClientError(f"{message} ({code.name})", code=code.name)
-
-
-def _as_bytes(data: bytes) -> bytes:
-    return data
-
-
-def _connection_hint(detail: str, settings: ConnectionSettings) -> str:
-    """What to check, from gRPC's description of a failed connection."""
-    text = detail.lower()
-    if "connection refused" in text:
-        return "is custody-server running there?"
-    tls = settings.tls
-    if "wrong_version_number" in text or "packet length too long" in text:
-        return "the server does not seem to speak TLS: try --plaintext"
-    if "certificate_verify_failed" in text or "certificate verify failed" in text:
-        return "the server's certificate is not signed by the CA given with --ca"
-    if not any(word in text for word in ("socket closed", "handshake", "ssl", "tls")):
-        return ""
-    if tls is None:
-        return ("the server may require TLS: pass --ca, --cert and --key-file "
-                "(or CUSTODY_STATE_DIR for the local default)")
-    if tls.cert is None:
-        return "the server may require a client certificate: pass --cert and --key-file"
-    return "the TLS handshake failed: check --ca, --cert and --key-file"
-
-
-def _signed(response: Any, *, file_name: str, warnings: tuple[str, ...] = ()) -> SignedMetadata:
+def _signed_layout(response: pb.SignLayoutResponse) -> SignedMetadata:
     return SignedMetadata(
         content=bytes(response.signed),
-        file_name=file_name,
+        file_name="",
         keyid=response.keyid,
         key_alias=response.key_alias,
         key_version=response.key_version,
         envelope=_ENVELOPE_FROM_PB.get(response.envelope, EnvelopeKind.METABLOCK),
         sha256=response.sha256,
-        warnings=warnings,
+        warnings=tuple(response.warnings),
     )
 
 

@@ -18,6 +18,7 @@ from custody_client.settings import DEFAULT_TIMEOUT_SECONDS, ConnectionSettings
 
 if TYPE_CHECKING:
     from custody_client.client import CustodyClient
+    from custody_client.signing_client import SigningClient
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # verification failed, or an error (as in-toto's commands exit)
@@ -37,12 +38,24 @@ def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
     )
 
 
-def open_client(args: argparse.Namespace) -> CustodyClient:
+def _quiet_grpc() -> None:
     # gRPC's own log lines (TLS handshake details at INFO) would break "one line per error".
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def open_client(args: argparse.Namespace) -> CustodyClient:
+    _quiet_grpc()
     from custody_client.client import CustodyClient  # grpc loads only when a command needs it
 
     return CustodyClient(connection_settings(args))
+
+
+def open_signing_client(args: argparse.Namespace) -> SigningClient:
+    """The preflight and SignLink only: gRPC without protobuf's runtime."""
+    _quiet_grpc()
+    from custody_client.signing_client import SigningClient
+
+    return SigningClient(connection_settings(args))
 
 
 class ClientInBackground:
@@ -50,7 +63,7 @@ class ClientInBackground:
     records materials; `client()` waits for it (and raises if the server is not there)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self._client: CustodyClient | None = None
+        self._client: SigningClient | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._connect, args=(args,), daemon=True,
                                         name="custody-connect")
@@ -58,13 +71,13 @@ class ClientInBackground:
 
     def _connect(self, args: argparse.Namespace) -> None:
         try:
-            client = open_client(args)
+            client = open_signing_client(args)
             self._client = client
             client.check_server()
         except BaseException as error:  # handed to the caller's thread by client()
             self._error = error
 
-    def client(self) -> CustodyClient:
+    def client(self) -> SigningClient:
         self._thread.join()
         if self._error is not None:
             raise self._error

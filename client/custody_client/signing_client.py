@@ -1,0 +1,146 @@
+"""The part of the Custody client a build agent needs: a channel, the preflight, SignLink.
+
+`custody run` and `custody record` use it as it is; CustodyClient (custody_client.client)
+adds every other call. It loads gRPC but not protobuf's runtime (~18 ms of each run): the
+request is in wire format already (LinkDraft) and the reply is read by hand
+(custody_client.sign_link_reply).
+
+Every call has one deadline (`ConnectionSettings.timeout`) that covers its retries;
+UNAVAILABLE is retried with exponential backoff and jitter, except for calls made with
+NO_RETRIES (CustodyClient's CreateKey and RotateKey, which are not idempotent). Failures
+raise ClientError with the status code name and one line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from custody_client.errors import ClientError
+from custody_client.link_draft import LinkDraft
+from custody_client.models import EnvelopeKind, SignedMetadata
+from custody_client.settings import ConnectionSettings, RetryPolicy
+from custody_client.sign_link_reply import read_sign_link_response
+
+_Response = TypeVar("_Response")
+
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}, without grpcio-health-checking
+
+
+class SigningClient:
+    """Calls custody.v1.Custody/SignLink (and the standard health check) over one channel."""
+
+    def __init__(self, settings: ConnectionSettings | None = None) -> None:
+        self.settings = settings or ConnectionSettings()
+        options = [
+            ("grpc.max_send_message_length", self.settings.max_message_bytes),
+            ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+            ("grpc.enable_retries", 0),  # retries are ours: bounded, with jitter, logged
+        ]
+        tls = self.settings.tls
+        if tls is None:
+            self._channel = grpc.insecure_channel(self.settings.address, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
+            self._channel = grpc.secure_channel(self.settings.address, credentials,
+                                                options=options)
+        # Bytes in, bytes out: the draft is in wire format already, the reply read by hand.
+        self._sign_link_raw = self._channel.unary_unary(
+            "/custody.v1.Custody/SignLink", request_serializer=_as_bytes,
+            response_deserializer=_as_bytes)
+
+    def __enter__(self) -> SigningClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def check_server(self) -> None:
+        """Preflight: one standard health check, retried like any call, so that a dead or
+        misconfigured server is found before a long build rather than after it."""
+        check = self._channel.unary_unary(_HEALTH_CHECK, request_serializer=bytes,
+                                          response_deserializer=bytes)
+        try:
+            status = self._call("health check", check, b"")  # HealthCheckRequest{service=""}
+        except ClientError as error:
+            if error.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise
+            return  # it answered (perhaps without a health service): reachable
+        if status != _SERVING:
+            raise ClientError(f"the Custody server at {self.settings.address} is not serving "
+                              "(shutting down?) (UNAVAILABLE)", code="UNAVAILABLE")
+
+    def sign_link(self, draft: LinkDraft, *, key_alias: str = "",
+                  envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> SignedMetadata:
+        """Sign a recorded link with a service key (empty alias: the server's default)."""
+        reply: bytes = self._call("SignLink", self._sign_link_raw,
+                                  draft.request_bytes(key_alias=key_alias, envelope=envelope))
+        return read_sign_link_response(reply)
+
+    def _call(self, name: str, method: Callable[..., _Response], request: Any,
+              *, retry: RetryPolicy | None = None) -> _Response:
+        policy = retry or self.settings.retry
+        deadline = time.monotonic() + self.settings.timeout
+        attempt = 1
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+                details = (error.details() if isinstance(error, grpc.Call) else "") or ""
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < policy.max_attempts:
+                    pause = policy.backoff(attempt)
+                    if time.monotonic() + pause < deadline:
+                        time.sleep(pause)
+                        attempt += 1
+                        continue
+                raise self._error(name, code, details, attempts=attempt) from None
+
+    def _error(self, name: str, code: grpc.StatusCode, details: str, *,
+               attempts: int) -> ClientError:
+        detail = " ".join(details.split()) or code.name.lower()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            tries = f" after {attempts} attempts" if attempts > 1 else ""
+            message = (f"cannot reach the Custody server at {self.settings.address} over "
+                       f"{self.settings.transport}{tries}: {detail}")
+            if hint := _connection_hint(detail, self.settings):
+                message += f" -- {hint}"
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            message = (f"{name}: no answer from {self.settings.address} within "
+                       f"{self.settings.timeout:g} s")
+        else:
+            message = f"{name}: {detail}"
+        return ClientError(f"{message} ({code.name})", code=code.name)
+
+
+def _as_bytes(data: bytes) -> bytes:
+    return data
+
+
+def _connection_hint(detail: str, settings: ConnectionSettings) -> str:
+    """What to check, from gRPC's description of a failed connection."""
+    text = detail.lower()
+    if "connection refused" in text:
+        return "is custody-server running there?"
+    tls = settings.tls
+    if "wrong_version_number" in text or "packet length too long" in text:
+        return "the server does not seem to speak TLS: try --plaintext"
+    if "certificate_verify_failed" in text or "certificate verify failed" in text:
+        return "the server's certificate is not signed by the CA given with --ca"
+    if not any(word in text for word in ("socket closed", "handshake", "ssl", "tls")):
+        return ""
+    if tls is None:
+        return ("the server may require TLS: pass --ca, --cert and --key-file "
+                "(or CUSTODY_STATE_DIR for the local default)")
+    if tls.cert is None:
+        return "the server may require a client certificate: pass --cert and --key-file"
+    return "the TLS handshake failed: check --ca, --cert and --key-file"
