@@ -114,6 +114,79 @@ def test_same_queues_and_verdict_as_reference(
     assert_same_as_reference(name, source_type, rules, LINKS)
 
 
+def _digests(
+    paths: list[str], *, changed: frozenset[str] = frozenset()
+) -> dict[str, dict[str, str]]:
+    return {p: {"sha256": "bb" if p in changed else "aa"} for p in paths}
+
+
+_SORTED = [f"out/f{i:02d}.o" for i in range(40)]
+# Links with many paths, to reach the engine's fast paths: lists compared at once when
+# two links list the same paths in the same order, the queue's own set handed to the
+# trace, set differences instead of look-ups. Each against the reference.
+BIG_LINKS = {
+    "compile": Arts(materials=_digests(["src/x.c"]), products=_digests(_SORTED)),
+    # Same paths, same order, one hash differs in the middle.
+    "link": Arts(
+        materials=_digests(_SORTED, changed=frozenset({"out/f17.o"})),
+        products={"app.bin": H1, **_digests(_SORTED)},
+    ),
+    # The same paths as compile's products, listed in another order.
+    "shuffled": Arts(
+        materials=_digests(_SORTED[::-1]),
+        products=_digests(_SORTED, changed=frozenset(_SORTED[::7])),
+    ),
+    # Half of the materials are gone from the products, a third of the products are new.
+    "rework": Arts(
+        materials=_digests(_SORTED[:30]),
+        products=_digests([*_SORTED[15:], "new/a", "new/b"]),
+    ),
+}
+
+BIG_CASES = [
+    ("link", "materials", [["MATCH", "*", "WITH", "PRODUCTS", "FROM", "compile"]]),
+    (
+        "link",
+        "materials",
+        [["MATCH", "out/*", "WITH", "PRODUCTS", "FROM", "compile"], ["DISALLOW", "*"]],
+    ),
+    (
+        "link",
+        "products",
+        [
+            ["CREATE", "app.bin"],
+            ["MATCH", "*", "WITH", "PRODUCTS", "FROM", "compile"],
+            ["DISALLOW", "*"],
+        ],
+    ),
+    ("link", "products", [["MATCH", "*", "WITH", "MATERIALS", "FROM", "link"]]),
+    ("shuffled", "materials", [["MATCH", "*", "WITH", "PRODUCTS", "FROM", "compile"]]),
+    ("shuffled", "materials", [["MODIFY", "*"], ["DISALLOW", "*"]]),
+    ("shuffled", "products", [["MODIFY", "*"], ["ALLOW", "out/f0*"], ["DISALLOW", "*"]]),
+    ("rework", "products", [["CREATE", "*"], ["DISALLOW", "new/*"]]),
+    ("rework", "products", [["CREATE", "new/a"], ["MODIFY", "*"], ["ALLOW", "*"]]),
+    ("rework", "materials", [["DELETE", "*"], ["REQUIRE", "out/f03.o"]]),
+    ("rework", "materials", [["DELETE", "out/f0*"], ["ALLOW", "out/f1*"], ["DISALLOW", "*"]]),
+    ("rework", "products", [["DELETE", "*"], ["CREATE", "out/f2*"], ["ALLOW", "*"]]),
+    ("compile", "products", [["ALLOW", "out/f1*"], ["ALLOW", "*"], ["DISALLOW", "*"]]),
+]
+
+
+@pytest.mark.parametrize(("name", "source_type", "rules"), BIG_CASES)
+def test_fast_paths_keep_the_reference_queues(
+    name: str, source_type: str, rules: list[list[str]]
+) -> None:
+    assert_same_as_reference(name, source_type, rules, BIG_LINKS)
+
+
+def test_match_over_same_ordered_links_still_compares_every_hash() -> None:
+    rules = [["MATCH", "*", "WITH", "PRODUCTS", "FROM", "compile"], ["DISALLOW", "*"]]
+    result = ours("link", "materials", rules, BIG_LINKS)
+    assert result.violation is not None
+    assert result.violation.paths == ("out/f17.o",)
+    assert result.trace[0].consumed == frozenset(_SORTED) - {"out/f17.o"}
+
+
 def test_disallow_violation_names_the_artifacts_and_rule() -> None:
     result = ours("build", "materials", [["ALLOW", "src/*"], ["DISALLOW", "*"]], LINKS)
     assert result.violation is not None
