@@ -27,7 +27,6 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from custody_core.errors import CustodyError
@@ -373,20 +372,6 @@ def load_trusted_key(text: str) -> PublicKey:
     return PublicKey.from_pem(stripped)
 
 
-# The command line: `custody audit verify FILE... --key KEY [--checkpoints FILE]`
-
-
-def add_audit_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path,
-                        help="the trail's files (audit.log and rotated audit.*.log), any order")
-    parser.add_argument("--key", action="append", type=Path, default=[],
-                        help="the audit public key (PEM or key JSON); repeat for each version")
-    parser.add_argument("--checkpoints", type=Path,
-                        help="checkpoint lines your SIEM retained: exposes a cut tail")
-    parser.add_argument("--no-signatures", action="store_true",
-                        help="check the chain only, not the checkpoint signatures")
-
-
 def run_audit_verify(options: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """0: the trail verifies; 1: it does not (the first bad entry is named); 2: usage."""
     out = out or sys.stdout
@@ -421,6 +406,8 @@ def run_audit_verify(options: argparse.Namespace, *, out: TextIO | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from custody_client._cli.audit_arguments import add_audit_verify_arguments
+
     parser = argparse.ArgumentParser(prog="custody audit verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_audit_verify_arguments(parser)

@@ -175,6 +175,21 @@ def test_version_starts_fast_without_grpc() -> None:
     assert elapsed < 2.0
 
 
+def test_the_run_path_loads_neither_protobuf_nor_cryptography_nor_the_audit_verifier() -> None:
+    code = ("import sys\n"
+            "from custody_client.cli import _handler\n"
+            "from custody_client._cli import parser, steps\n"
+            "from custody_client import signing_client\n"
+            "parser.build_parser()\n"
+            "loaded = [m for m in ('google.protobuf', 'cryptography', 'custody_api.v1.custody_pb2',"
+            " 'custody_client.audit_verify') if m in sys.modules]\n"
+            "print(loaded)\n")
+    env = {"PYTHONPATH": CLIENT_ONLY_PATH, "PATH": os.environ["PATH"]}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_version_matches_the_package_metadata() -> None:
     import tomllib
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +11,6 @@ from custody_client.errors import ClientError
 from custody_client.models import EnvelopeKind, SignedMetadata
 from custody_client.sign_link_reply import read_sign_link_response
 
-ROOT = Path(__file__).resolve().parents[2]
 ENVELOPES = {pb.ENVELOPE_METABLOCK: EnvelopeKind.METABLOCK, pb.ENVELOPE_DSSE: EnvelopeKind.DSSE,
              pb.ENVELOPE_STATEMENT: EnvelopeKind.STATEMENT}
 
@@ -74,18 +68,3 @@ def test_a_reply_that_does_not_parse_is_a_client_error(data: bytes) -> None:
     with pytest.raises(ClientError, match="does not parse") as error:
         read_sign_link_response(data)
     assert error.value.code == "INTERNAL"
-
-
-def test_the_run_path_loads_neither_protobuf_nor_cryptography() -> None:
-    code = ("import sys\n"
-            "from custody_client.cli import _handler\n"
-            "from custody_client._cli import parser, steps\n"
-            "from custody_client import signing_client\n"
-            "loaded = [m for m in ('google.protobuf', 'cryptography', 'custody_api.v1.custody_pb2')"
-            " if m in sys.modules]\n"
-            "print(loaded)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "core"), str(ROOT / "client")])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, check=True)
-    assert result.stdout.strip() == "[]"

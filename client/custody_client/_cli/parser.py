@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from custody_client import __version__
-from custody_client.audit_verify import add_audit_verify_arguments
+from custody_client._cli.audit_arguments import add_audit_verify_arguments
 from custody_client.cli_keys import add_key_commands
 from custody_client.local_tls import ENV_STATE_DIR
 from custody_client.settings import DEFAULT_ADDRESS, ENV_CA, ENV_CERT, ENV_KEY_FILE, ENV_SERVER
