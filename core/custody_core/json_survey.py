@@ -46,10 +46,11 @@ def survey(values: list[Any], *, containers: int) -> Survey:
     while dicts or lists:
         depth += 1
         found += len(dicts) + len(lists)
-        level_members = sum(map(len, dicts))
-        members += level_members
-        if keys_sorted and not (level_members == len(dicts) and all(dicts)):
-            keys_sorted = _keys_sorted(dicts)  # some dict has two keys or more
+        sizes = set(map(len, dicts))
+        # A level of one-member objects (a link's hash dicts) needs this one pass.
+        members += len(dicts) if sizes == {1} else sum(map(len, dicts))
+        if keys_sorted and max(sizes, default=0) > 1:
+            keys_sorted = _keys_sorted(dicts)
         if found >= containers:
             break  # all found: nothing below this level is a container
         dicts, lists = _next_level(dicts, lists)
@@ -90,8 +91,8 @@ def _of_type(values: Iterable[Any], kind: type, kinds: set[type]) -> Iterable[An
 def _keys_sorted(dicts: list[dict[str, Any]]) -> bool:
     """Whether every dict lists its (distinct) keys in ascending order."""
     several = list(compress(dicts, map(lt, repeat(1), map(len, dicts))))
-    if len(several) <= _FEW:
-        return all(keys == sorted(keys) for keys in map(list, several))
+    if len(several) <= _FEW:  # each neighbour compared in place, no sorted copy
+        return all(all(map(lt, keys, islice(keys, 1, None))) for keys in several)
     # Many small dicts: all keys in one list, every neighbour compared at once; the
     # pairs that straddle two dicts are then taken out of the count.
     keys = list(chain.from_iterable(several))
