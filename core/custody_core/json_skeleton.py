@@ -30,7 +30,13 @@ _NESTING_STEP = tuple(1 if byte in b"[{" else -1 if byte in b"]}" else 0 for byt
 def outside_strings(raw: bytes, keep: bytes) -> bytes:
     """The bytes of `keep` that `raw` holds outside its strings, in order."""
     plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in raw else raw
-    skeleton = plain.translate(None, _deleted_except(keep)).replace(b'""', b"")
+    skeleton = plain.translate(None, _deleted_except(keep))
+    if b'"' not in keep and skeleton.count(b'""') * 2 == skeleton.count(b'"'):
+        # Every quote has its partner right after it: no string holds a byte of `keep`
+        # (a link's paths and digests). Two counts are cheaper than replacing 600,000
+        # empty pairs.
+        return skeleton.translate(None, b'"')
+    skeleton = skeleton.replace(b'""', b"")
     if b'"' in skeleton:
         skeleton = _STRING.sub(b"", skeleton)
         if b'"' not in keep:

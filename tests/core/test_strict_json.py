@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from custody_core.errors import MetadataError
-from custody_core.json_skeleton import Skeleton
+from custody_core.json_skeleton import Skeleton, outside_strings
 from custody_core.strict_json import parse_json
 
 # Keys and strings full of what the raw scans look at: quotes, colons, brackets, escapes.
@@ -89,6 +89,40 @@ def test_raw_depth_is_the_parsed_depth(node: Any, space: str, limit: int) -> Non
     if _depth(node) > limit:
         with pytest.raises(MetadataError, match=f"deeper than {limit} levels"):
             parse_json(text.encode(), what="doc", max_depth=limit)
+
+
+def _outside_strings_slowly(raw: bytes, keep: bytes) -> bytes:
+    """A character-by-character reading: what the C-level passes must agree with."""
+    kept, in_string, escaped = bytearray(), False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == ord("\\"):
+                escaped = True
+            elif byte == ord('"'):
+                in_string = False
+        elif byte == ord('"'):
+            in_string = True
+        elif byte in keep:
+            kept.append(byte)
+    return bytes(kept)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents, _spaces, st.sampled_from([b"[]{}: \t\n\r-", b"{}", b" -", b":"]))
+def test_outside_strings_reads_like_a_tokenizer(node: Any, space: str, keep: bytes) -> None:
+    raw = _render(node, space).encode()
+    assert outside_strings(raw, keep) == _outside_strings_slowly(raw, keep)
+
+
+def test_outside_strings_of_a_link_like_document() -> None:
+    plain = {f"out/f{i}.o": {"sha256": "ab" * 32} for i in range(50)}
+    tricky = {**plain, "dir with space/a-b.c": {"sha256": "cd"}, 'q"uote:{': {"x": "-1"}}
+    for document in (plain, tricky):
+        raw = json.dumps({"signed": {"products": document}}, separators=(",", ":")).encode()
+        for keep in (b"[]{}: \t\n\r-", b" -"):
+            assert outside_strings(raw, keep) == _outside_strings_slowly(raw, keep)
 
 
 @pytest.mark.parametrize(
