@@ -177,9 +177,12 @@ class ExcludeFilter:
             )
 
     def excludes(self, path: str) -> bool:
+        return self.excludes_normalized(normalize_for_matching(path))
+
+    def excludes_normalized(self, path: str) -> bool:
+        """`excludes` for a path that normalize_for_matching leaves as it is."""
         if not self.patterns:
             return False
-        path = normalize_for_matching(path)
         if self._any is not None:
             return self._any.search(path) is not None
         decision = False
