@@ -20,14 +20,8 @@ import time
 
 RACY_MARGIN_NS = 2_000_000_000  # larger than any filesystem's timestamp granularity we meet
 
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a regular file
 _Signature = tuple[int, int, int, int, int]
-
-
-def _signature(status: os.stat_result) -> _Signature | None:
-    if not stat.S_ISREG(status.st_mode):
-        return None
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
-            status.st_ctime_ns)
 
 
 class DigestCache:
@@ -41,12 +35,12 @@ class DigestCache:
 
     def remember(self, path: str, status: os.stat_result, digest: bytes) -> None:
         """Keep `digest` of `path`, given the fstat taken before its bytes were read."""
-        if status.st_mtime_ns >= self._trusted_before_ns or \
-                status.st_ctime_ns >= self._trusted_before_ns:
+        mtime_ns, ctime_ns = status.st_mtime_ns, status.st_ctime_ns
+        if mtime_ns >= self._trusted_before_ns or ctime_ns >= self._trusted_before_ns:
             return  # racy: a change in the same tick would leave the signature as it is
-        signature = _signature(status)
-        if signature is not None:
-            self._entries[path] = (signature, digest)  # one dict store: atomic under the GIL
+        if stat.S_ISREG(status.st_mode):  # built inline: this runs once per file
+            self._entries[path] = ((status.st_dev, status.st_ino, status.st_size, mtime_ns,
+                                    ctime_ns), digest)  # one dict store: atomic under the GIL
 
     def lookup(self, path: str) -> str | None:
         """The hex digest of `path` if it is known and the file is as it was."""
@@ -54,10 +48,13 @@ class DigestCache:
         if entry is None:
             return None
         try:
-            signature = _signature(os.stat(path))
+            status = os.stat(path)
         except OSError:
             return None
-        if signature != entry[0]:
+        # built inline: this runs once per file of the products
+        if not stat.S_ISREG(status.st_mode) or entry[0] != (
+                status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
+                status.st_ctime_ns):
             return None
         self.hits += 1  # for the log line only: a lost increment between threads is harmless
         return entry[1].hex()

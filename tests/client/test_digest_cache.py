@@ -73,3 +73,19 @@ def test_without_a_cache_nothing_is_remembered(tmp_path: Path) -> None:
     tree(tmp_path, count=10)
     first = record_artifacts([str(tmp_path)], RecordingOptions())
     assert record_artifacts([str(tmp_path)], RecordingOptions()) == first
+
+
+def test_only_regular_files_are_remembered_or_reused(tmp_path: Path) -> None:
+    cache = settled_cache()
+    directory = tmp_path / "d"
+    directory.mkdir()
+    cache.remember(str(directory), os.stat(directory), bytes(32))
+    assert cache.lookup(str(directory)) is None
+    target = tmp_path / "f"
+    target.write_bytes(b"x")
+    cache.remember(str(target), os.stat(target), bytes(32))
+    assert cache.lookup(str(target)) == "00" * 32
+    target.unlink()
+    target.mkdir()  # the path is a directory now
+    assert cache.lookup(str(target)) is None
+    assert cache.hits == 1
