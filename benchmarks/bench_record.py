@@ -89,6 +89,14 @@ class Server:
             self.stop()
             raise RuntimeError("custody-server did not start: " + " | ".join(self.lines[-5:]))
 
+    def cpu_seconds(self) -> float | None:
+        """The server's CPU time so far (user + system), where /proc tells it."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -195,9 +203,18 @@ def main() -> int:
                                            "sha2": [], "sha1": []}
         same_artifacts = None
         hits: list[tuple[int, int] | None] = []
+        cpu: dict[str, list[float]] = {"custody": [], "server": []}
         for _ in range(options.repeat):  # interleaved, so that load affects all alike
             lines: list[str] = []
+            children_before = os.times()
+            server_before = server.cpu_seconds() if server is not None else None
             results["custody"].append(timed(custody_argv, cwd=work, env=env, stderr_lines=lines))
+            children_after = os.times()
+            cpu["custody"].append(children_after.children_user + children_after.children_system
+                                  - children_before.children_user - children_before.children_system)
+            server_after = server.cpu_seconds() if server is not None else None
+            if server_before is not None and server_after is not None:
+                cpu["server"].append(server_after - server_before)
             hits.append(cache_hits(lines))
             ours = read_link(out) if server is not None else None
             if server is not None:
@@ -226,6 +243,9 @@ def main() -> int:
               f"products, whole processes, best of {options.repeat}, {os.cpu_count()} CPUs "
               f"(load average {load})")
         print(f"  {custody_label:38} {summary(results['custody'])}")
+        print(f"    CPU of the custody process: {summary(cpu['custody'])}" + (
+            f"; of the server meanwhile (health check, SignLink): {summary(cpu['server'])}"
+            if cpu["server"] else ""))
         if server is not None:
             print("    digest cache: products not read again (unchanged since the materials "
                   "were read), per run: " + ", ".join(
