@@ -1,13 +1,18 @@
 """Verify a two-step supply chain with N artifacts per link: custody_core vs in-toto 3.1.
 
-    python benchmarks/bench_verify.py [--artifacts N] [--repeat R]
+    python benchmarks/bench_verify.py [--artifacts N] [--repeat R] [--core-runs K]
 
 build (Ed25519 functionary) turns N sources into N objects; package (ECDSA) archives
 them. Every rule list is closed with DISALLOW *, MATCH rules link the steps. The core
 verifies the bytes in memory; the reference (in_toto.verifylib.in_toto_verify) gets the
-same bytes as files in a temp dir, as in-toto-verify would. Prints both times, the
-ratio (wall time; CPU time of the process in parentheses, steadier on a shared machine),
-and the core's peak memory (tracemalloc) at 10k/50k/N artifacts.
+same bytes as files in a temp dir, as in-toto-verify would.
+
+R rounds alternate the two (the core first in even rounds, the reference first in odd
+ones), so that a noisy neighbour on a shared machine slows both alike; each round runs
+the core K times (its median) and the reference once, and gives one ratio (wall time;
+CPU time of the process in parentheses, steadier on a shared machine). Both sides are
+warmed up first (imports, caches) outside the timing. Prints every round, the median
+ratio, and the core's peak memory (tracemalloc) at 10k/50k/N artifacts.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "core")]
+
+from in_toto.models.metadata import Metadata  # noqa: E402
+from in_toto.verifylib import in_toto_verify  # noqa: E402
 
 from custody_core.envelope import parse_envelope, sign_metablock  # noqa: E402
 from custody_core.software_signer import SoftwareSigner  # noqa: E402
@@ -125,9 +133,6 @@ def write_files(chain: dict[str, Any], directory: Path) -> None:
 
 
 def verify_reference(chain: dict[str, Any], directory: Path) -> None:
-    from in_toto.models.metadata import Metadata
-    from in_toto.verifylib import in_toto_verify
-
     key = chain["owner_key_dict"]
     in_toto_verify(
         Metadata.load(str(directory / "root.layout")),
@@ -152,15 +157,55 @@ class Timing:
     cpu: float
 
 
-def best_of(repeat: int, run: Callable[[], None]) -> Timing:
-    walls, cpus = [], []
-    for _ in range(repeat):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        run()
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - start_cpu)
-    pick = min if repeat < 3 else statistics.median
-    return Timing(wall=pick(walls), cpu=pick(cpus))
+def timed(run: Callable[[], None]) -> Timing:
+    start, start_cpu = time.perf_counter(), time.process_time()
+    run()
+    return Timing(wall=time.perf_counter() - start, cpu=time.process_time() - start_cpu)
+
+
+def median_of(timings: list[Timing]) -> Timing:
+    return Timing(
+        wall=statistics.median(t.wall for t in timings),
+        cpu=statistics.median(t.cpu for t in timings),
+    )
+
+
+@dataclass(frozen=True)
+class Round:
+    core: Timing  # median of the round's core runs
+    reference: Timing
+
+    @property
+    def wall_ratio(self) -> float:
+        return self.reference.wall / self.core.wall
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.reference.cpu / self.core.cpu
+
+
+def alternating_rounds(
+    rounds: int, core_runs: int, core: Callable[[], None], reference: Callable[[], None]
+) -> list[Round]:
+    core()  # warm-up: imports, caches, first-touch of the files
+    reference()
+    results = []
+    for index in range(rounds):
+        if index % 2:
+            reference_timing = timed(reference)
+            core_timing = median_of([timed(core) for _ in range(core_runs)])
+        else:
+            core_timing = median_of([timed(core) for _ in range(core_runs)])
+            reference_timing = timed(reference)
+        results.append(Round(core=core_timing, reference=reference_timing))
+        print(
+            f"  round {index + 1}: core {core_timing.wall * 1000:7.1f} ms "
+            f"(cpu {core_timing.cpu * 1000:6.1f}), in-toto {reference_timing.wall * 1000:7.1f} ms "
+            f"(cpu {reference_timing.cpu * 1000:6.1f}): {results[-1].wall_ratio:5.1f} x "
+            f"(cpu {results[-1].cpu_ratio:5.1f} x)",
+            flush=True,
+        )
+    return results
 
 
 def peak_memory(chain: dict[str, Any]) -> int:
@@ -175,27 +220,37 @@ def peak_memory(chain: dict[str, Any]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--core-runs", type=int, default=3, help="core runs per round")
     args = parser.parse_args()
     n = args.artifacts
 
     chain = build_chain(n)
     size = sum(len(data) for data in chain["links"].values())
     print(f"two-step chain, {n:,} artifacts per link list, {size / 1e6:.1f} MB of links")
-    core = best_of(args.repeat, lambda: verify_core(chain))
-    envelopes = best_of(args.repeat, lambda: parse_all(chain))
     with tempfile.TemporaryDirectory() as tmp:
         write_files(chain, Path(tmp))
-        reference = best_of(1, lambda: verify_reference(chain, Path(tmp)))
+        rounds = alternating_rounds(
+            args.repeat,
+            args.core_runs,
+            core=lambda: verify_core(chain),
+            reference=lambda: verify_reference(chain, Path(tmp)),
+        )
+    envelopes = median_of([timed(lambda: parse_all(chain)) for _ in range(args.core_runs)])
+    core = median_of([r.core for r in rounds])
+    reference = median_of([r.reference for r in rounds])
     print(f"custody_core      {core.wall * 1000:9.1f} ms  (cpu {core.cpu * 1000:.1f} ms)")
     print(
         "  of which parsing the envelopes (JSON + canonical bytes) "
         f"{envelopes.wall * 1000:.1f} ms  (cpu {envelopes.cpu * 1000:.1f} ms)"
     )
     print(f"in-toto 3.1       {reference.wall * 1000:9.1f} ms  (cpu {reference.cpu * 1000:.1f} ms)")
+    walls = [r.wall_ratio for r in rounds]
+    cpus = [r.cpu_ratio for r in rounds]
     print(
-        f"speed-up          {reference.wall / core.wall:9.1f} x  "
-        f"(cpu {reference.cpu / core.cpu:.1f} x)"
+        f"speed-up, median of {len(rounds)} rounds {statistics.median(walls):5.1f} x "
+        f"(range {min(walls):.1f}-{max(walls):.1f}); cpu {statistics.median(cpus):.1f} x "
+        f"(range {min(cpus):.1f}-{max(cpus):.1f})"
     )
 
     print("core peak memory (tracemalloc, excluding the input bytes):")
