@@ -122,11 +122,15 @@ def _key_fields(signed: SignedMetadata) -> dict[str, Any]:
 def _artifacts(artifacts: Any, *, what: str) -> dict[str, dict[str, str]]:
     """{path: {algorithm: digest}} from repeated Artifact; duplicate paths are refused
     rather than merged. One plain copy per digest map (links hold 100,000s of them):
-    reading a map key by key is about twice as fast as dict() on it."""
+    reading a map key by key is about twice as fast as dict() on it, and the usual
+    map, sha256 alone, is read without iterating it (20k artifacts: 33 -> 23 ms)."""
     result: dict[str, dict[str, str]] = {}
     for artifact in artifacts:
         digest = artifact.digest
-        result[artifact.path] = {algorithm: digest[algorithm] for algorithm in digest}
+        if len(digest) == 1 and "sha256" in digest:
+            result[artifact.path] = {"sha256": digest["sha256"]}
+        else:
+            result[artifact.path] = {algorithm: digest[algorithm] for algorithm in digest}
     if len(result) != len(artifacts):
         seen: set[str] = set()
         for artifact in artifacts:
