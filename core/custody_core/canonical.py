@@ -94,9 +94,9 @@ def encode_canonical_as_written(
     Signers write large documents compact with sorted keys: then `written` is the
     canonical form but for its string escapes, and is used as written (escapes
     rewritten) instead of encoding 20 MB again. That needs keys in order
-    (`keys_sorted`: the parser's walk found every object in order) and no whitespace
-    or minus sign (the only integer not written as Python writes it is -0) outside
-    strings (`compact`: the parser's raw scan found none; checked here otherwise).
+    (`keys_sorted`: the parser's walk found every object in order), no whitespace
+    outside strings and no `-0` (the only integer not written as Python writes it)
+    (`compact`: the parser's raw scan found none; checked here otherwise).
     """
     if not keys_sorted:
         return encode_canonical(value)
@@ -111,7 +111,8 @@ def encode_canonical_as_written(
 
 
 def _is_compact(written: bytes) -> bool:
-    return not outside_strings(written, b" \t\n\r-")
+    # -0 is the one integer written otherwise (as 0); looked for in strings too.
+    return b"-0" not in written and not outside_strings(written, b" \t\n\r")
 
 
 # A JSON escape as a parser reads it, left to right: a surrogate pair, one \uXXXX, or a

@@ -50,23 +50,31 @@ def _deleted_except(keep: bytes) -> bytes:
 
 
 _STRUCTURE = b"[]{}:"
-_WHITESPACE_AND_MINUS = b" \t\n\r-"
+_WHITESPACE = b" \t\n\r"
+# The one integer canonical JSON writes otherwise (as 0). Looked for anywhere, strings
+# too: a minus sign in a string (every link's "return-value") is not a reason to look
+# at strings one by one.
+_NEGATIVE_ZERO = b"-0"
 
 
 @dataclass(frozen=True)
 class Skeleton:
-    """What a JSON document holds outside its strings: brackets, colons, whitespace and
-    minus signs, in order.
+    """What a JSON document holds outside its strings: brackets, colons and whitespace,
+    in order; and whether `-0` is written anywhere.
 
     In valid JSON a colon outside strings ends the key of one object member, and every
     bracket pair is one container.
     """
 
     outside: bytes
+    may_write_negative_zero: bool = True
 
     @classmethod
     def of(cls, raw: bytes) -> Skeleton:
-        return cls(outside_strings(raw, _STRUCTURE + _WHITESPACE_AND_MINUS))
+        return cls(
+            outside_strings(raw, _STRUCTURE + _WHITESPACE),
+            may_write_negative_zero=_NEGATIVE_ZERO in raw,
+        )
 
     @property
     def members(self) -> int:
@@ -80,12 +88,13 @@ class Skeleton:
 
     @property
     def compact(self) -> bool:
-        """No whitespace and no minus sign outside strings (canonical JSON writes -0 as 0)."""
-        return not self.outside.translate(None, _STRUCTURE)
+        """No whitespace outside strings and no `-0`: every number and separator is
+        written as canonical JSON writes it."""
+        return not self.may_write_negative_zero and not self.outside.translate(None, _STRUCTURE)
 
     def nesting_exceeds(self, max_depth: int) -> bool:
         """Whether brackets nest deeper than `max_depth` (the top level is 1)."""
-        brackets = self.outside.translate(None, b":" + _WHITESPACE_AND_MINUS)
+        brackets = self.outside.translate(None, b":" + _WHITESPACE)
         # Wide documents: each round removes the innermost pairs, one or two levels (a
         # '{}' gone can make a '[]'). Emptied after r rounds means at most 2r levels.
         rest = brackets

@@ -55,7 +55,7 @@ class ParsedJson:
     `has_floats` says whether any number was written with a fraction or an exponent
     (canonical JSON refuses floats). `members` describes the members of a top-level
     object, `keys_sorted` whether every object below the top level lists its keys in
-    order, `compact` whether no whitespace or minus sign is written outside strings.
+    order, `compact` whether no whitespace is written outside strings and no `-0` at all.
     When the precise parser had to run, `members` is empty and the flags are False
     (never wrong, only unknown).
     """

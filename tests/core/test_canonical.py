@@ -253,3 +253,28 @@ def test_compact_sorted_text_is_used_as_written(value: dict[str, Any], ascii_onl
 def test_lone_surrogate_escape_is_refused_as_by_the_encoder() -> None:
     with pytest.raises(MetadataError, match="not valid Unicode"):
         parse_envelope(b'{"signatures":[],"signed":{"a":"\\udc00 \\n"}}')
+
+
+@pytest.mark.parametrize(
+    "signed_text",
+    [
+        '{"a":-0,"b":-5}',
+        '{"a":[-0],"return-value":-1}',
+        '{"a":"-0","b":-0}',
+        '{"byproducts":{"return-value":-1,"stdout":"x - y"},"n":-12}',
+    ],
+)
+def test_negative_numbers_in_compact_text(signed_text: str) -> None:
+    # -0 is written as 0 by canonical JSON; other negative integers as they are.
+    data = ('{"signatures":[],"signed":' + signed_text + "}").encode()
+    expected = reference_bytes(json.loads(signed_text))
+    assert parse_envelope(data).signed_bytes == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=3), st.integers(-(10**20), 10**20), max_size=6))
+def test_negative_integers_written_compact_are_canonical(value: dict[str, int]) -> None:
+    written = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+    assert parse_envelope(b'{"signatures":[],"signed":' + written + b"}").signed_bytes == (
+        reference_bytes(value)
+    )

@@ -209,5 +209,7 @@ def test_key_order_and_compactness_are_reported() -> None:
     assert parse_json(b'{"z":{"a":1,"b":[{"c":2,"d":3}]}}', what="doc").keys_sorted
     assert not parse_json(b'{"z":{"a":1,"b":[{"d":2,"c":3}]}}', what="doc").keys_sorted
     assert parse_json(b'{"z":{"a":"x -1 y"}}', what="doc").compact
-    assert not parse_json(b'{"z":{"a":-1}}', what="doc").compact
+    assert parse_json(b'{"z":{"a":-1,"return-value":0}}', what="doc").compact
+    assert not parse_json(b'{"z":{"a":-0}}', what="doc").compact
+    assert not parse_json(b'{"z":{"a":"-0"}}', what="doc").compact  # looked for anywhere
     assert not parse_json(b'{"z": 1}', what="doc").compact
