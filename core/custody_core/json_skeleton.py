@@ -51,30 +51,24 @@ def _deleted_except(keep: bytes) -> bytes:
 
 _STRUCTURE = b"[]{}:"
 _WHITESPACE = b" \t\n\r"
-# The one integer canonical JSON writes otherwise (as 0). Looked for anywhere, strings
-# too: a minus sign in a string (every link's "return-value") is not a reason to look
-# at strings one by one.
-_NEGATIVE_ZERO = b"-0"
 
 
 @dataclass(frozen=True)
 class Skeleton:
     """What a JSON document holds outside its strings: brackets, colons and whitespace,
-    in order; and whether `-0` is written anywhere.
+    in order.
 
     In valid JSON a colon outside strings ends the key of one object member, and every
     bracket pair is one container.
     """
 
     outside: bytes
-    may_write_negative_zero: bool = True
 
     @classmethod
     def of(cls, raw: bytes) -> Skeleton:
-        return cls(
-            outside_strings(raw, _STRUCTURE + _WHITESPACE),
-            may_write_negative_zero=_NEGATIVE_ZERO in raw,
-        )
+        # Minus signs are not looked for: every link has one in a string
+        # ("return-value"), which would send the scan to its slow path.
+        return cls(outside_strings(raw, _STRUCTURE + _WHITESPACE))
 
     @property
     def members(self) -> int:
@@ -88,9 +82,8 @@ class Skeleton:
 
     @property
     def compact(self) -> bool:
-        """No whitespace outside strings and no `-0`: every number and separator is
-        written as canonical JSON writes it."""
-        return not self.may_write_negative_zero and not self.outside.translate(None, _STRUCTURE)
+        """No whitespace outside strings."""
+        return not self.outside.translate(None, _STRUCTURE)
 
     def nesting_exceeds(self, max_depth: int) -> bool:
         """Whether brackets nest deeper than `max_depth` (the top level is 1)."""

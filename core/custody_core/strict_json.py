@@ -7,7 +7,7 @@ Fast, for 20 MB links, without a Python call per object:
 1. the nesting depth is read off the raw bytes first (json_skeleton), so the parser
    never recurses deeper than the limit;
 2. the C parser builds the value without object hooks (objects keep the order of the
-   text); its parse_float hook counts floats, it runs for floats only;
+   text); its number hooks count floats and note a `-0` (canonical JSON writes 0);
 3. one level-by-level walk over the value (json_survey) sums len(dict) and checks key
    order. Each colon outside strings ends one member's key, so a sum equal to their
    number proves that no key was written twice.
@@ -55,7 +55,7 @@ class ParsedJson:
     `has_floats` says whether any number was written with a fraction or an exponent
     (canonical JSON refuses floats). `members` describes the members of a top-level
     object, `keys_sorted` whether every object below the top level lists its keys in
-    order, `compact` whether no whitespace is written outside strings and no `-0` at all.
+    order, `compact` whether no whitespace is written outside strings and no `-0`.
     When the precise parser had to run, `members` is empty and the flags are False
     (never wrong, only unknown).
     """
@@ -113,7 +113,7 @@ def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH) ->
             }
         ),
         keys_sorted=found.keys_sorted,
-        compact=skeleton.compact,
+        compact=skeleton.compact and not parsed.negative_zero,
     )
 
 
@@ -123,6 +123,19 @@ class _ConstantError(ValueError):
 
 def _refuse_constant(name: str) -> Any:
     raise _ConstantError(name)
+
+
+class _IntegerWatch:
+    """parse_int for the C scanner: notes whether `-0` is written (an integer canonical
+    JSON writes otherwise). Links hold a few integers; their artifacts none."""
+
+    def __init__(self) -> None:
+        self.negative_zero = False
+
+    def __call__(self, literal: str) -> int:
+        if literal == "-0":
+            self.negative_zero = True
+        return int(literal)
 
 
 class _FloatCounter:
@@ -149,19 +162,23 @@ class _FastParse:
     floats: int
     spans: dict[str, tuple[int, int]]
     member_floats: dict[str, int]
+    negative_zero: bool
 
     @classmethod
     def of(cls, text: str) -> _FastParse | None:
         """None if the text is not valid JSON or repeats a top-level key (the precise
         parser then says why). The top-level object is read here, a few members, so that
         the position of each value is known; everything inside is read in C."""
-        floats = _FloatCounter()
-        decoder = json.JSONDecoder(parse_float=floats, parse_constant=_refuse_constant)
+        floats, integers = _FloatCounter(), _IntegerWatch()
+        decoder = json.JSONDecoder(
+            parse_float=floats, parse_int=integers, parse_constant=_refuse_constant
+        )
         scan_value = json.scanner.make_scanner(cast(Any, decoder))  # (value, end) at an index
         try:
             index = _end_of_whitespace(text, 0)
             if not text.startswith("{", index):
-                return cls(decoder.decode(text), floats.count, spans={}, member_floats={})
+                whole = decoder.decode(text)
+                return cls(whole, floats.count, {}, {}, negative_zero=integers.negative_zero)
             value: dict[str, Any] = {}
             spans: dict[str, tuple[int, int]] = {}
             member_floats: dict[str, int] = {}
@@ -189,7 +206,13 @@ class _FastParse:
                 return None
         except (ValueError, StopIteration, RecursionError):
             return None
-        return cls(value, floats.count, spans=spans, member_floats=member_floats)
+        return cls(
+            value,
+            floats.count,
+            spans=spans,
+            member_floats=member_floats,
+            negative_zero=integers.negative_zero,
+        )
 
 
 def _end_of_whitespace(text: str, index: int) -> int:
