@@ -8,7 +8,9 @@ directory (mTLS with its local certificates, durable audit on), then measures, f
 and raw SoftHSM ECDSA P-256 signing in this process on a separate token.
 The two RPCs run in alternating rounds (--rounds), so that other load on a shared
 machine hits both alike. Prints throughput and p50/p99 latency over all rounds, the
-ratio against the baseline, and the best and worst ratio of single rounds.
+ratio against the baseline, and the best and worst ratio of single rounds; then the
+CPU time per call of the server process and of this client (from /proc and
+process_time), which says where a ratio comes from on a machine the two share.
 Targets (issue 2): SignLink >= 70% of the empty RPC's throughput, p99 < 5 ms at 8 in flight.
 
     python benchmarks/bench_service.py [--seconds 5] [--rounds 5]
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,24 +38,39 @@ from custody_api.v1 import custody_pb2_grpc
 from custody_client.local_tls import find_local_tls
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def alternate(calls: dict[str, Callable[[int], object]], *, in_flight: int, seconds: float,
-              rounds: int) -> tuple[dict[str, dict[str, float]], list[float]]:
+              rounds: int, server_pid: int) -> tuple[dict[str, dict[str, float]], list[float]]:
     """Each call for seconds/rounds per round, in alternating order. Returns the summary
-    of all rounds per call, and each round's throughput ratio of the second call to the
-    first."""
+    of all rounds per call (with the server's and this client's CPU per call), and each
+    round's throughput ratio of the second call to the first."""
     totals: dict[str, Timing] = {name: ([], 0.0) for name in calls}
+    cpu = {name: [0.0, 0.0] for name in calls}  # server, client seconds
     ratios: list[float] = []
     for round_number in range(rounds):
         names = list(calls) if round_number % 2 == 0 else list(reversed(calls))
         this_round: dict[str, float] = {}
         for name in names:
+            server_before, client_before = process_cpu_seconds(server_pid), time.process_time()
             latencies, elapsed = measure(calls[name], in_flight=in_flight,
                                          seconds=seconds / rounds)
+            cpu[name][0] += process_cpu_seconds(server_pid) - server_before
+            cpu[name][1] += time.process_time() - client_before
             this_round[name] = len(latencies) / elapsed
             totals[name] = (totals[name][0] + latencies, totals[name][1] + elapsed)
         first, second = list(calls)
         ratios.append(this_round[second] / this_round[first])
-    return {name: summary(timing) for name, timing in totals.items()}, ratios
+    results: dict[str, dict[str, float]] = {}
+    for name, timing in totals.items():
+        calls_made = max(1, len(timing[0]))
+        results[name] = {**summary(timing), "server_us": cpu[name][0] / calls_made * 1e6,
+                         "client_us": cpu[name][1] / calls_made * 1e6}
+    return results, ratios
 
 
 def start_server(state: Path) -> tuple[subprocess.Popen[str], str]:
@@ -100,6 +118,7 @@ def main() -> int:
     process, address = start_server(state)
     load_before = os.getloadavg()[0]
     verdicts: list[str] = []
+    cpu_lines: list[str] = []
     try:
         tls = find_local_tls({"CUSTODY_STATE_DIR": str(state)})
         if tls is None:
@@ -123,8 +142,13 @@ def main() -> int:
         for in_flight in (1, 8):
             results, ratios = alternate(
                 {"empty": lambda _: health.Check(empty), "sign": lambda _: custody.SignLink(link)},
-                in_flight=in_flight, seconds=options.seconds, rounds=options.rounds)
+                in_flight=in_flight, seconds=options.seconds, rounds=options.rounds,
+                server_pid=process.pid)
             base, sign = results["empty"], results["sign"]
+            cpu_lines.append(
+                f"CPU per call at {in_flight} in flight: server {base['server_us']:.0f} us "
+                f"(empty RPC) vs {sign['server_us']:.0f} us (SignLink); this client "
+                f"{base['client_us']:.0f} vs {sign['client_us']:.0f} us")
             print(row(f"empty RPC (health), {in_flight} in flight", base, None))
             print(row(f"SignLink P-256, {in_flight} in flight", sign, base)
                   + f"   ({max(ratios):.0%}, {min(ratios):.0%})")
@@ -138,8 +162,8 @@ def main() -> int:
     finally:
         process.terminate()
         process.wait(timeout=30)
-    for verdict in verdicts:
-        print(verdict)
+    for line in cpu_lines + verdicts:
+        print(line)
     print(f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (client and server share them)")
     return 0
