@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from timing import measure, summary
+from timing import measure, process_cpu_seconds, summary
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
@@ -102,26 +102,30 @@ def sign_link_caller(address: str, in_flight: int) -> tuple[Callable[[int], obje
     return call, channels
 
 
-def compare(addresses: dict[str, str], *, in_flight: int, seconds: float,
-            rounds: int = 5) -> tuple[dict[str, dict[str, float]], list[float]]:
-    """Alternating rounds on both servers: the totals of all rounds per server, and each
-    round's throughput ratio durable/off."""
+def compare(addresses: dict[str, str], pids: dict[str, int], *, in_flight: int,
+            seconds: float, rounds: int = 5) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Alternating rounds on both servers: the totals of all rounds per server (with the
+    server's CPU per call), and each round's throughput ratio durable/off."""
     callers = {mode: sign_link_caller(address, in_flight) for mode, address in addresses.items()}
     totals: dict[str, tuple[list[float], float]] = {mode: ([], 0.0) for mode in addresses}
+    server_cpu = dict.fromkeys(addresses, 0.0)
     ratios: list[float] = []
     for round_number in range(rounds):
         order = list(addresses) if round_number % 2 == 0 else list(reversed(addresses))
         this_round: dict[str, float] = {}
         for mode in order:
+            cpu_before = process_cpu_seconds(pids[mode])
             latencies, elapsed = measure(callers[mode][0], in_flight=in_flight,
                                          seconds=seconds / rounds)
+            server_cpu[mode] += process_cpu_seconds(pids[mode]) - cpu_before
             this_round[mode] = len(latencies) / elapsed
             totals[mode] = (totals[mode][0] + latencies, totals[mode][1] + elapsed)
         ratios.append(this_round["durable"] / this_round["off"])
     for _call, channels in callers.values():
         for channel in channels:
             channel.close()
-    return {mode: summary(total) for mode, total in totals.items()}, ratios
+    return {mode: {**summary(total), "server_us": server_cpu[mode] / max(1, len(total[0])) * 1e6}
+            for mode, total in totals.items()}, ratios
 
 
 def trail_alone(state: Path, seconds: float) -> None:
@@ -185,10 +189,12 @@ def main() -> int:
     servers = {mode: start(mode, state / mode, options.workers) for mode in ("off", "durable")}
     try:
         addresses = {mode: address for mode, (_process, address) in servers.items()}
+        pids = {mode: process.pid for mode, (process, _address) in servers.items()}
         for address in addresses.values():
             grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
         for in_flight in options.in_flight:
-            results, ratios = compare(addresses, in_flight=in_flight, seconds=options.seconds)
+            results, ratios = compare(addresses, pids, in_flight=in_flight,
+                                      seconds=options.seconds)
             off, durable = results["off"], results["durable"]
             for mode, result in (("audit off", off), ("durable audit", durable)):
                 ratio = (f"{durable['rps'] / off['rps']:6.0%}   (rounds: best "
@@ -197,6 +203,8 @@ def main() -> int:
                 print(f"SignLink, {mode}, {in_flight:>2} in flight".ljust(40)
                       + f"{result['rps']:>9.0f}/s {result['p50_ms']:>8.2f} "
                       f"{result['p99_ms']:>8.2f}   {ratio}")
+            print(f"  server CPU per SignLink: {off['server_us']:.0f} us audit off, "
+                  f"{durable['server_us']:.0f} us durable")
     finally:
         for process, _address in servers.values():
             assert process.stdin is not None

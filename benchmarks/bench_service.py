@@ -31,17 +31,11 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from timing import Timing, measure, summary
+from timing import Timing, measure, process_cpu_seconds, summary
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
 from custody_client.local_tls import find_local_tls
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def alternate(calls: dict[str, Callable[[int], object]], *, in_flight: int, seconds: float,
