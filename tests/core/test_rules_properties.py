@@ -65,6 +65,12 @@ source_types = st.sampled_from(["materials", "products"])
 def test_same_verdict_and_queues_as_reference(
     links: dict[str, Arts], rules: list[list[str]], source_type: str
 ) -> None:
+    _assert_same_as_reference(links, rules, source_type)
+
+
+def _assert_same_as_reference(
+    links: dict[str, Arts], rules: list[list[str]], source_type: str
+) -> None:
     ref_passed, ref_queues = reference_queues("x", source_type, rules, links)
     result = apply_rules(
         item_name="x",
@@ -157,3 +163,34 @@ path_text = st.text(alphabet="ab/.*?[]!\n-", max_size=6)
 @given(paths=st.sets(path_text, max_size=8), pattern=pattern_text)
 def test_filter_paths_is_fnmatch_filter(paths: set[str], pattern: str) -> None:
     assert filter_paths(paths, pattern) == set(fnmatch.filter(sorted(paths), pattern))
+
+
+def _sorted_arts(arts: Arts) -> Arts:
+    return Arts(
+        materials=dict(sorted(arts.materials.items())), products=dict(sorted(arts.products.items()))
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(links=links, rules=rule_lists, source_type=source_types)
+def test_sorted_links_same_verdict_and_queues_as_reference(
+    links: dict[str, Arts], rules: list[list[str]], source_type: str
+) -> None:
+    # Links list their paths sorted: the engine then bisects for prefixes.
+    _assert_same_as_reference(
+        {name: _sorted_arts(arts) for name, arts in links.items()}, rules, source_type
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(paths=st.sets(path_text, max_size=12), prefix=path_text)
+def test_prefix_patterns_on_sorted_paths_are_fnmatch(paths: set[str], prefix: str) -> None:
+    pattern = prefix + "*"
+    arts = {"x": Arts(materials={p: {"sha256": "aa"} for p in sorted(paths)})}
+    result = apply_rules(
+        item_name="x",
+        source_type=ArtifactType.MATERIALS,
+        rules=parse_rules([["ALLOW", pattern]], where="test"),
+        links=arts,
+    )
+    assert result.trace[0].consumed == set(fnmatch.filter(sorted(paths), pattern))
