@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from itertools import compress, filterfalse, repeat
+from itertools import compress, filterfalse, islice, repeat
 from operator import eq
 from typing import Protocol
 
@@ -199,12 +199,17 @@ def _same_hashes(
 def _values_at(paths: list[str], artifacts: Artifacts) -> list[HashDict | None]:
     """The hash dict of each path (None if absent).
 
-    Links list their artifacts sorted, so the links of one build often list the same
-    paths in the same order: then the values are taken as they are, with no look-up
-    (each a cache miss in a dict of 100,000 paths).
+    Links list their artifacts sorted, so `paths` are often a run of the link's own
+    list (all of it, or the paths under one directory): then the values are taken as
+    they are, with no look-up (each a cache miss in a dict of 100,000 paths). The
+    comparison of the run with `paths` makes sure of it, sorted or not.
     """
-    if len(paths) == len(artifacts) and paths == list(artifacts):
-        return list(artifacts.values())
+    keys = list(artifacts)
+    if paths and len(paths) <= len(keys):
+        start = 0 if len(paths) == len(keys) else bisect_left(keys, paths[0])
+        end = start + len(paths)
+        if keys[start:end] == paths:
+            return list(islice(artifacts.values(), start, end))
     return list(map(artifacts.get, paths))
 
 
