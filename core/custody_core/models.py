@@ -11,8 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from itertools import chain
-from operator import itemgetter
+from itertools import chain, repeat
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -289,14 +288,14 @@ def _single_algorithm_digests(hash_dicts: list[Any]) -> list[Any] | None:
     if not hash_dicts or type(hash_dicts[0]) is not dict or len(hash_dicts[0]) != 1:
         return None
     algorithm = next(iter(hash_dicts[0]))
-    if type(algorithm) is not str or set(map(type, hash_dicts)) != {dict}:
+    if type(algorithm) is not str:
         return None
-    if sum(map(len, hash_dicts)) != len(hash_dicts):
+    try:  # dict.__getitem__ also checks the type: TypeError for anything but a dict
+        digests = list(map(dict.__getitem__, hash_dicts, repeat(algorithm)))
+    except (KeyError, TypeError):
         return None
-    try:  # each has one key; with this one, it is the only one
-        return list(map(itemgetter(algorithm), hash_dicts))
-    except KeyError:
-        return None
+    # Each has this key; with one key each, it is the only one.
+    return digests if sum(map(len, hash_dicts)) == len(hash_dicts) else None
 
 
 @dataclass(frozen=True)

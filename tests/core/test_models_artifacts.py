@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 from typing import Any
 
@@ -52,3 +54,21 @@ def test_valid_artifacts_are_kept_as_given(materials: dict[str, Any]) -> None:
 def test_one_bad_artifact_among_many_is_named(last: Any) -> None:
     with pytest.raises(MetadataError, match=re.escape("materials: 'z' must map")):
         Link.from_payload(_link(_many(last)))
+
+
+def test_artifacts_are_read_only_but_copy_and_pickle() -> None:
+    materials = Link.from_payload(_link(_many({"sha256": "ab"}))).materials
+    for mutate in (
+        lambda m: m.__setitem__("x", {}),
+        lambda m: m.__delitem__("z"),
+        lambda m: m.update({}),
+        lambda m: m.pop("z"),
+        lambda m: m.clear(),
+        lambda m: m.setdefault("x", {}),
+        lambda m: m.popitem(),
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate(materials)
+    assert materials["z"] == {"sha256": "ab"}
+    assert copy.deepcopy(materials) == materials
+    assert pickle.loads(pickle.dumps(materials)) == materials
