@@ -13,7 +13,12 @@ from datetime import datetime
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, Envelope, parse_envelope
 from custody_core.errors import MetadataError
 from custody_core.key_policy import KeyPolicy
-from custody_core.link import link_file_name, link_payload_from_envelope
+from custody_core.link import (
+    STATEMENT_TYPE,
+    link_file_name,
+    link_payload_from_envelope,
+    statement_link_payload,
+)
 from custody_core.models import Layout, Link, Step
 from custody_core.verdict import Failure, Stage, VerdictWarning, failure, warning
 
@@ -35,11 +40,14 @@ class LoadedLink:
 
 
 def link_from_envelope(envelope: Envelope) -> Link:
-    """The link in an envelope: a classic link as it is (the model validates it, once),
-    a Statement with the link predicate converted."""
-    if envelope.payload.get("_type") == "link":
-        return Link.from_payload(envelope.payload)
-    return Link.from_payload(link_payload_from_envelope(envelope))
+    """The link in an envelope: a classic link as it is, a Statement with the link
+    predicate reshaped; the model validates either, once."""
+    payload = envelope.payload
+    if payload.get("_type") == STATEMENT_TYPE and envelope.kind == "dsse":
+        return Link.from_payload(statement_link_payload(payload))
+    if payload.get("_type") == "link":
+        return Link.from_payload(payload)
+    return Link.from_payload(link_payload_from_envelope(envelope))  # names what is wrong
 
 
 def parse_link_file(file_name: str, keyid: str, data: bytes) -> LoadedLink:

@@ -21,8 +21,10 @@ from custody_core.link import (
     link_file_name,
     link_payload_from_envelope,
     link_to_statement,
+    statement_link_payload,
     statement_to_link,
 )
+from custody_core.models import Link as CoreLink
 
 hex_digest = st.text("0123456789abcdef", min_size=1, max_size=64)
 artifacts = st.dictionaries(
@@ -192,6 +194,32 @@ def _statement(**changes: Any) -> dict[str, Any]:
 def test_statement_to_link_validates(statement: Any, message: str) -> None:
     with pytest.raises(MetadataError, match=message):
         statement_to_link(statement)
+    # The verification path reshapes and lets the model check: it refuses the same.
+    with pytest.raises(MetadataError):
+        CoreLink.from_payload(statement_link_payload(statement))
+
+
+@settings(max_examples=100, deadline=None)
+@given(materials=artifacts, products=artifacts, command=st.lists(st.text(max_size=5)))
+def test_statement_link_payload_makes_the_same_link(
+    materials: Any, products: Any, command: list[str]
+) -> None:
+    statement = link_to_statement(_link(materials=materials, products=products, command=command))
+    reshaped = CoreLink.from_payload(statement_link_payload(statement))
+    assert reshaped == CoreLink.from_payload(statement_to_link(statement))
+
+
+@pytest.mark.parametrize(
+    "bad_digest",
+    [{"sha256": "xy"}, {"sha256": ""}, {"sha256": 5}, ["sha256"], {1: "ab"}, {"sha256": "é"}],
+)
+def test_statement_with_a_bad_digest_is_refused_both_ways(bad_digest: Any) -> None:
+    subject = [{"name": f"f{i}", "digest": {"sha256": "ab"}} for i in range(50)]
+    statement = _statement(subject=[*subject, {"name": "z", "digest": bad_digest}])
+    with pytest.raises(MetadataError, match=r"subject\[50\]"):
+        statement_to_link(statement)
+    with pytest.raises(MetadataError, match="'z'"):
+        CoreLink.from_payload(statement_link_payload(statement))
 
 
 def test_link_payload_rejects_other_payloads() -> None:
