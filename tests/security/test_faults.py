@@ -149,8 +149,10 @@ def test_clients_that_disconnect_mid_call(start_server: StartServer, pki: Pki) -
 def test_sigterm_under_load_finishes_calls_in_flight(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "state")
     channels = [server.channel() for _ in range(8)]
+    # Large enough that each call takes a good part of a second at 8 in flight: some
+    # surely started well before the signal and are still running at it.
     request = pb.SignLinkRequest(step_name="term", products=[
-        pb.Artifact(path=f"out/{i}", digest={"sha256": "ef" * 32}) for i in range(4_000)])
+        pb.Artifact(path=f"out/{i}", digest={"sha256": "ef" * 32}) for i in range(12_000)])
     signalled: list[float] = []
 
     def terminate() -> None:
