@@ -380,7 +380,8 @@ def run_audit_verify(options: argparse.Namespace, *, out: TextIO | None = None) 
               "(or --no-signatures to check the chain only)", file=out)
         return 2
     try:
-        keys = {k.keyid: k for k in (load_trusted_key(p.read_text()) for p in options.key)}
+        trusted = (load_trusted_key(p.read_text(encoding="utf-8")) for p in options.key)
+        keys = {k.keyid: k for k in trusted}
         files = [AuditFile(str(p), p.read_bytes()) for p in options.files]
         retained = (options.checkpoints.read_bytes().splitlines()
                     if options.checkpoints else [])

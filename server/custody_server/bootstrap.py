@@ -38,7 +38,7 @@ def open_keystore(config: ServerConfig) -> Opened:
         # SoftHSM reads its config once, when the module is first loaded.
         os.environ["SOFTHSM2_CONF"] = str(token.conf_path)
         module = token.module_path
-        pin = Path(token.pin_file).read_text().strip()
+        pin = Path(token.pin_file).read_text(encoding="utf-8").strip()
         notes.append(("created" if fresh else "using")
                      + f" SoftHSM token {hsm.token_label!r} in {token_dir}")
     else:

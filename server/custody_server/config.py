@@ -100,7 +100,7 @@ class HsmConfig:
             return pin
         if self.pin_file:
             try:
-                pin = self.pin_file.read_text().strip()
+                pin = self.pin_file.read_text(encoding="utf-8").strip()
             except OSError as error:
                 raise ConfigError(f"cannot read hsm.pin_file {self.pin_file}: "
                                   f"{error.strerror}") from None
@@ -233,7 +233,7 @@ class ServerConfig:
 def load_config(path: Path) -> ServerConfig:
     """Read a TOML config file; unknown keys are errors, so typos do not go unnoticed."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:

@@ -138,7 +138,8 @@ def test_deploy_config_shows_both_tables() -> None:
 def test_readme_and_audit_doc_show_every_key(tmp_path: Path) -> None:
     """The config blocks in the docs parse, and each names every [audit] key."""
     for doc in ("README.md", "docs/AUDIT.md"):
-        section = (ROOT / doc).read_text().split("\n## Configuration\n")[1].split("\n## ")[0]
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        section = text.split("\n## Configuration\n")[1].split("\n## ")[0]
         named: set[str] = set()
         for block in section.split("```toml\n")[1:]:
             data = tomllib.loads(block.split("```", 1)[0])

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_compose_file_names_what_exists() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     services = compose["services"]
     assert {"softhsm-init", "custody"} <= set(services)
     for service in services.values():
@@ -27,7 +27,7 @@ def test_compose_file_names_what_exists() -> None:
     init_script = services["softhsm-init"]["entrypoint"][1]
     assert init_script.startswith("/opt/custody/")
     assert (ROOT / init_script.removeprefix("/opt/custody/")).is_file()
-    dockerfile = (ROOT / "Dockerfile").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     for copied in ("core", "client", "server", "softhsm", "pyproject.toml"):
         assert f"COPY {copied}" in dockerfile or copied in dockerfile
         assert (ROOT / copied).exists()
