@@ -39,6 +39,8 @@ EnvelopeKind = Literal["metablock", "dsse"]
 # Above this canonical size the signing functions write compact JSON by default.
 COMPACT_ABOVE_BYTES = 1 << 20
 
+# The bytes JSON writes as they are (json.dumps with ensure_ascii escapes all others).
+_NEEDS_NO_ESCAPE = bytes(range(0x20, 0x7F))
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
@@ -218,6 +220,12 @@ def sign_metablock(
     ]
     if compact is None:
         compact = len(canonical) > COMPACT_ABOVE_BYTES
+    if compact and not canonical.translate(None, _NEEDS_NO_ESCAPE):
+        # Printable ASCII only: the canonical bytes are then exactly what json.dumps
+        # writes compact with sorted keys (both escape only '"' and '\\' there), so
+        # they are used as they are instead of encoding a large link a second time.
+        head = _dump({"signatures": signatures}, compact=True)[:-1]
+        return head + b',"signed":' + canonical + b"}"
     return _dump({"signatures": signatures, "signed": signed_value}, compact=compact)
 
 

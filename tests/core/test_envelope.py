@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from formats_support import DEMO, DEMO_DSSE, core_signer, demo_layout_keys
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from securesystemslib.dsse import Envelope as ReferenceEnvelope
 from securesystemslib.formats import encode_canonical as reference_encode_canonical
 
@@ -251,3 +253,32 @@ def test_generated_signers_cover_all_schemes() -> None:
         signer = SoftwareSigner.generate(scheme)
         envelope = parse_envelope(sign_metablock({"_type": "layout"}, [signer]))
         assert envelope.verified_keyids({"name": signer.public_key}) == {"name"}
+
+
+_JSON_TEXT = st.text(alphabet=st.characters(max_codepoint=0x2FF, exclude_categories=("Cs",)))
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | _JSON_TEXT,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(_JSON_TEXT, children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(signed=st.dictionaries(_JSON_TEXT, _JSON_VALUES, max_size=6))
+def test_compact_metablock_is_in_totos_compact_json_whatever_the_strings(
+    signed: dict[str, Any],
+) -> None:
+    # Printable-ASCII documents take the canonical bytes as written; any other string
+    # (control characters, DEL, non-ASCII) goes through json.dumps: the bytes must be
+    # the same either way.
+    content = sign_metablock(signed, [_ED25519], compact=True)
+    document = json.loads(content)
+    assert document["signed"] == signed
+    assert content == json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    [signature] = document["signatures"]
+    assert _ED25519.public_key.verify(bytes.fromhex(signature["sig"]),
+                                      reference_encode_canonical(signed).encode())
+
+
+_ED25519 = SoftwareSigner.generate("ed25519")
