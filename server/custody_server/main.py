@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     while not stopping.wait(timeout=0.5):
         pass
     running.stop(config.shutdown_grace_seconds).wait()
+    if running.access is not None:
+        running.access.report_pending_refusals()
     audit.record(AuditEvent(action="server-stop", category="process", outcome="success"))
     audit.close()  # seals the trail with a closing checkpoint
     if metrics_server is not None:

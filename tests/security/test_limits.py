@@ -114,6 +114,14 @@ def test_a_flood_of_refusals_is_audited_once_per_interval_with_its_count(
     assert refused >= 20  # 4 per second, burst 3: most of a quick loop is refused
     entries = [e for e in limited.audit.events if e.action == "rate-limit"]
     assert [e.details["refusals"] for e in entries] == [1]  # the rest wait for the next
+    # ... or for the shutdown (custody-server does this after the last call finished):
+    # every refusal is in the trail, counted once.
+    limited.running.access.report_pending_refusals()
+    entries = [e for e in limited.audit.events if e.action == "rate-limit"]
+    assert [e.details["refusals"] for e in entries] == [1, refused - 1]
+    assert entries[1].details["caller"] == LIMITED
+    limited.running.access.report_pending_refusals()  # nothing left to report
+    assert len([e for e in limited.audit.events if e.action == "rate-limit"]) == 2
 
 
 def test_refusal_sampler_counts_what_it_does_not_audit() -> None:
@@ -134,6 +142,10 @@ def test_refusal_sampler_counts_what_it_does_not_audit() -> None:
     sampler = RefusalSampler(interval_seconds=60.0, clock=clock, max_identities=2)
     assert [sampler.refused(x) for x in ("a", "b", "a", "b")] == [1, 1, 0, 0]
     assert [sampler.refused(x) for x in ("a", "c", "a", "b")] == [0, 1, 0, 1]
+    assert sampler.refused("b") == 0
+    assert sampler.drain() == {"a": 3, "b": 1}  # counted, not yet reported
+    assert sampler.drain() == {}
+    assert sampler.refused("a") == 1  # afresh after a drain
 
 
 def _layout(depth: int = 1, padding: int = 0) -> bytes:

@@ -5,7 +5,8 @@ call, which is what the limit is there to stop. Not auditing them would hide a f
 from the SIEM. So each identity gets at most one audit entry per interval: the first
 refusal after a quiet interval is audited at once, and its entry says how many
 refusals came since the identity's previous entry (itself included). Refusals in
-between are counted, and reported by the identity's next entry.
+between are counted, and reported by the identity's next entry, or at shutdown
+(`drain`) if none comes.
 """
 
 from __future__ import annotations
@@ -45,3 +46,11 @@ class RefusalSampler:
                 # metrics have every refusal).
                 self._last.popitem(last=False)
             return pending + 1
+
+    def drain(self) -> dict[str, int]:
+        """The refusals counted but not yet reported, by identity; forgets them."""
+        with self._lock:
+            pending = {identity: count for identity, (_at, count) in self._last.items()
+                       if count}
+            self._last.clear()
+            return pending

@@ -144,6 +144,14 @@ class AccessControl:
         raise AccessRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, reason,
                             ((RETRY_AFTER_TRAILER, str(retry_ms)),))
 
+    def report_pending_refusals(self) -> None:
+        """At shutdown: audit the rate-limit refusals that no entry has reported yet."""
+        for identity, refusals in self._refusals.drain().items():
+            self._record_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, AuditEvent(
+                action="rate-limit", category="iam", outcome="failure",
+                reason=f"rate limit for {identity!r} exceeded (reported at shutdown)",
+                details={"caller": identity, "refusals": refusals}))
+
     def _deny(self, code: grpc.StatusCode, action: str, category: str, reason: str,
               details: Mapping[str, Any]) -> NoReturn:
         """Audit the denial, then refuse."""
