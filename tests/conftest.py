@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 import pytest
+from policy_support import open_policy  # type: ignore[import-not-found]
 
 from custody_api.v1 import custody_pb2_grpc
 from custody_server.audit_events import MemoryAuditSink
@@ -83,21 +84,7 @@ def unique_label() -> str:
 # control itself start their own servers (tests/security).
 
 TEST_CLIENT_IDENTITY = "spiffe://custody.local/client/local-admin"  # tls_bootstrap's local client
-TEST_POLICY = f"""\
-version = 1
-
-[rate_limit]
-per_second = 1000000.0
-burst = 1000000
-
-[[grant]]
-identities = ["{TEST_CLIENT_IDENTITY}", "anonymous"]
-rpcs = ["*"]
-link_keys = ["*"]
-steps = ["*"]
-layout_keys = ["*"]
-admin_keys = ["*"]
-"""
+TEST_POLICY = open_policy(TEST_CLIENT_IDENTITY, "anonymous")
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),

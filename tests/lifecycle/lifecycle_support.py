@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from policy_support import open_policy  # type: ignore[import-not-found]
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
@@ -29,21 +30,7 @@ T0 = datetime.now(UTC).replace(microsecond=0)
 EXPIRES = "2099-01-01T00:00:00Z"
 FOO = {"foo.py": {"sha256": "1" * 64}}
 # Plaintext test servers: every caller is "anonymous", which may do everything.
-OPEN_POLICY = """\
-version = 1
-
-[rate_limit]
-per_second = 100000.0
-burst = 100000
-
-[[grant]]
-identities = ["anonymous"]
-rpcs = ["*"]
-link_keys = ["*"]
-steps = ["*"]
-layout_keys = ["*"]
-admin_keys = ["*"]
-"""
+OPEN_POLICY = open_policy("anonymous")
 
 
 class FakeClock:

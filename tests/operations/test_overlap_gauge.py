@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from policy_support import open_policy  # type: ignore[import-not-found]
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
@@ -27,17 +28,7 @@ from custody_server.metrics import MetricsServer, ServiceMetrics
 
 from .ops_support import scrape
 
-OPEN_POLICY = """\
-version = 1
-
-[[grant]]
-identities = ["anonymous"]
-rpcs = ["*"]
-link_keys = ["*"]
-steps = ["*"]
-layout_keys = ["*"]
-admin_keys = ["*"]
-"""
+OPEN_POLICY = open_policy("anonymous")
 GAUGE = "custody_key_overlap_remaining_seconds"
 
 
