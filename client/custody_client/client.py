@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
-from custody_client.link_draft import ENVELOPE_TO_PB, LinkDraft
+from custody_client.link_draft import ENVELOPE_FROM_PB, ENVELOPE_TO_PB, LinkDraft
 from custody_client.models import (
     EnvelopeKind,
     KeyAlgorithm,
@@ -40,7 +40,6 @@ from custody_client.signing_client import SigningClient
 
 __all__ = ["CustodyClient", "LinkDraft"]
 
-_ENVELOPE_FROM_PB = {v: k for k, v in ENVELOPE_TO_PB.items()}
 ALGORITHM_TO_PB = {
     KeyAlgorithm.ECDSA_P256: pb.KEY_ALGORITHM_ECDSA_P256,
     KeyAlgorithm.ECDSA_P384: pb.KEY_ALGORITHM_ECDSA_P384,
@@ -156,7 +155,7 @@ def _signed_layout(response: pb.SignLayoutResponse) -> SignedMetadata:
         keyid=response.keyid,
         key_alias=response.key_alias,
         key_version=response.key_version,
-        envelope=_ENVELOPE_FROM_PB.get(response.envelope, EnvelopeKind.METABLOCK),
+        envelope=ENVELOPE_FROM_PB.get(response.envelope, EnvelopeKind.METABLOCK),
         sha256=response.sha256,
         warnings=tuple(response.warnings),
     )

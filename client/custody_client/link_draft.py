@@ -25,6 +25,7 @@ ENVELOPE_TO_PB = {
     EnvelopeKind.DSSE: 2,
     EnvelopeKind.STATEMENT: 3,
 }
+ENVELOPE_FROM_PB = {number: kind for kind, number in ENVELOPE_TO_PB.items()}
 
 # custody.v1.SignLinkRequest field numbers
 _STEP_NAME, _COMMAND, _MATERIALS, _PRODUCTS, _BYPRODUCTS, _ENVIRONMENT, _KEY_ALIAS, \

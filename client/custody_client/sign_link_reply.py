@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from custody_client.errors import ClientError
+from custody_client.link_draft import ENVELOPE_FROM_PB
 from custody_client.models import EnvelopeKind, SignedMetadata
 
 # custody.v1.SignLinkResponse field numbers
 _SIGNED, _FILE_NAME, _KEYID, _KEY_ALIAS, _KEY_VERSION, _ENVELOPE, _SHA256 = range(1, 8)
 _STRINGS = {_FILE_NAME: "file_name", _KEYID: "keyid", _KEY_ALIAS: "key_alias",
             _SHA256: "sha256"}
-# custody.v1.Envelope numbers (a test checks them against the generated code)
-_ENVELOPES = {1: EnvelopeKind.METABLOCK, 2: EnvelopeKind.DSSE, 3: EnvelopeKind.STATEMENT}
 
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
@@ -92,6 +91,6 @@ def read_sign_link_response(data: bytes) -> SignedMetadata:
         keyid=strings["keyid"],
         key_alias=strings["key_alias"],
         key_version=key_version,
-        envelope=_ENVELOPES.get(envelope, EnvelopeKind.METABLOCK),
+        envelope=ENVELOPE_FROM_PB.get(envelope, EnvelopeKind.METABLOCK),
         sha256=strings["sha256"],
     )
