@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from timing import measure, process_cpu_seconds, summary
+from timing import alternate, measure, summary
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
@@ -104,28 +104,17 @@ def sign_link_caller(address: str, in_flight: int) -> tuple[Callable[[int], obje
 
 def compare(addresses: dict[str, str], pids: dict[str, int], *, in_flight: int,
             seconds: float, rounds: int = 5) -> tuple[dict[str, dict[str, float]], list[float]]:
-    """Alternating rounds on both servers: the totals of all rounds per server (with the
-    server's CPU per call), and each round's throughput ratio durable/off."""
+    """Alternating rounds on both servers (timing.alternate): the totals of all rounds per
+    server (with the server's CPU per call), and each round's throughput ratio durable/off."""
     callers = {mode: sign_link_caller(address, in_flight) for mode, address in addresses.items()}
-    totals: dict[str, tuple[list[float], float]] = {mode: ([], 0.0) for mode in addresses}
-    server_cpu = dict.fromkeys(addresses, 0.0)
-    ratios: list[float] = []
-    for round_number in range(rounds):
-        order = list(addresses) if round_number % 2 == 0 else list(reversed(addresses))
-        this_round: dict[str, float] = {}
-        for mode in order:
-            cpu_before = process_cpu_seconds(pids[mode])
-            latencies, elapsed = measure(callers[mode][0], in_flight=in_flight,
-                                         seconds=seconds / rounds)
-            server_cpu[mode] += process_cpu_seconds(pids[mode]) - cpu_before
-            this_round[mode] = len(latencies) / elapsed
-            totals[mode] = (totals[mode][0] + latencies, totals[mode][1] + elapsed)
-        ratios.append(this_round["durable"] / this_round["off"])
-    for _call, channels in callers.values():
-        for channel in channels:
-            channel.close()
-    return {mode: {**summary(total), "server_us": server_cpu[mode] / max(1, len(total[0])) * 1e6}
-            for mode, total in totals.items()}, ratios
+    try:
+        return alternate({mode: callers[mode][0] for mode in ("off", "durable")},
+                         in_flight=in_flight, seconds=seconds, rounds=rounds,
+                         server_pids=pids)
+    finally:
+        for _call, channels in callers.values():
+            for channel in channels:
+                channel.close()
 
 
 def trail_alone(state: Path, seconds: float) -> None:

@@ -25,46 +25,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from timing import Timing, measure, process_cpu_seconds, summary
+from timing import alternate, measure, summary
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
 from custody_client.local_tls import find_local_tls
-
-
-def alternate(calls: dict[str, Callable[[int], object]], *, in_flight: int, seconds: float,
-              rounds: int, server_pid: int) -> tuple[dict[str, dict[str, float]], list[float]]:
-    """Each call for seconds/rounds per round, in alternating order. Returns the summary
-    of all rounds per call (with the server's and this client's CPU per call), and each
-    round's throughput ratio of the second call to the first."""
-    totals: dict[str, Timing] = {name: ([], 0.0) for name in calls}
-    cpu = {name: [0.0, 0.0] for name in calls}  # server, client seconds
-    ratios: list[float] = []
-    for round_number in range(rounds):
-        names = list(calls) if round_number % 2 == 0 else list(reversed(calls))
-        this_round: dict[str, float] = {}
-        for name in names:
-            server_before, client_before = process_cpu_seconds(server_pid), time.process_time()
-            latencies, elapsed = measure(calls[name], in_flight=in_flight,
-                                         seconds=seconds / rounds)
-            cpu[name][0] += process_cpu_seconds(server_pid) - server_before
-            cpu[name][1] += time.process_time() - client_before
-            this_round[name] = len(latencies) / elapsed
-            totals[name] = (totals[name][0] + latencies, totals[name][1] + elapsed)
-        first, second = list(calls)
-        ratios.append(this_round[second] / this_round[first])
-    results: dict[str, dict[str, float]] = {}
-    for name, timing in totals.items():
-        calls_made = max(1, len(timing[0]))
-        results[name] = {**summary(timing), "server_us": cpu[name][0] / calls_made * 1e6,
-                         "client_us": cpu[name][1] / calls_made * 1e6}
-    return results, ratios
 
 
 def start_server(state: Path) -> tuple[subprocess.Popen[str], str]:
@@ -137,7 +106,7 @@ def main() -> int:
             results, ratios = alternate(
                 {"empty": lambda _: health.Check(empty), "sign": lambda _: custody.SignLink(link)},
                 in_flight=in_flight, seconds=options.seconds, rounds=options.rounds,
-                server_pid=process.pid)
+                server_pids={"empty": process.pid, "sign": process.pid})
             base, sign = results["empty"], results["sign"]
             cpu_lines.append(
                 f"CPU per call at {in_flight} in flight: server {base['server_us']:.0f} us "

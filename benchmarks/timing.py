@@ -6,7 +6,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 Timing = tuple[list[float], float]  # the latency of every call, and the time they took
@@ -44,3 +44,35 @@ def process_cpu_seconds(pid: int) -> float:
     """User and system CPU of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def alternate(calls: Mapping[str, Callable[[int], object]], *, in_flight: int, seconds: float,
+              rounds: int, server_pids: Mapping[str, int]
+              ) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Each call for seconds/rounds per round, in alternating order, so that other load
+    on a shared machine hits all of them alike. Returns per call the summary of all its
+    rounds with the CPU per call of its server process (`server_us`) and of this one
+    (`client_us`), and each round's throughput ratio of the second call to the first."""
+    totals: dict[str, Timing] = {name: ([], 0.0) for name in calls}
+    cpu = {name: [0.0, 0.0] for name in calls}  # server, client seconds
+    ratios: list[float] = []
+    for round_number in range(rounds):
+        names = list(calls) if round_number % 2 == 0 else list(calls)[::-1]
+        this_round: dict[str, float] = {}
+        for name in names:
+            server_before = process_cpu_seconds(server_pids[name])
+            client_before = time.process_time()
+            latencies, elapsed = measure(calls[name], in_flight=in_flight,
+                                         seconds=seconds / rounds)
+            cpu[name][0] += process_cpu_seconds(server_pids[name]) - server_before
+            cpu[name][1] += time.process_time() - client_before
+            this_round[name] = len(latencies) / elapsed
+            totals[name] = (totals[name][0] + latencies, totals[name][1] + elapsed)
+        first, second = list(calls)
+        ratios.append(this_round[second] / this_round[first])
+    results: dict[str, dict[str, float]] = {}
+    for name, timing in totals.items():
+        calls_made = max(1, len(timing[0]))
+        results[name] = {**summary(timing), "server_us": cpu[name][0] / calls_made * 1e6,
+                         "client_us": cpu[name][1] / calls_made * 1e6}
+    return results, ratios
