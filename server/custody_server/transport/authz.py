@@ -138,19 +138,21 @@ class AccessControl:
         reason = f"rate limit for {identity!r} exceeded: retry in {retry_ms} ms"
         log.info("access.rate_limited", caller=identity, retry_after_ms=retry_ms)
         if refusals := self._refusals.refused(identity):
-            self._record_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, AuditEvent(
-                action="rate-limit", category="iam", outcome="failure", reason=reason,
-                details={**details, "refusals": refusals}))
+            self._audit_rate_limit(reason, details, refusals)
         raise AccessRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, reason,
                             ((RETRY_AFTER_TRAILER, str(retry_ms)),))
 
     def report_pending_refusals(self) -> None:
         """At shutdown: audit the rate-limit refusals that no entry has reported yet."""
         for identity, refusals in self._refusals.drain().items():
-            self._record_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, AuditEvent(
-                action="rate-limit", category="iam", outcome="failure",
-                reason=f"rate limit for {identity!r} exceeded (reported at shutdown)",
-                details={"caller": identity, "refusals": refusals}))
+            self._audit_rate_limit(f"rate limit for {identity!r} exceeded (reported at "
+                                   "shutdown)", {"caller": identity}, refusals)
+
+    def _audit_rate_limit(self, reason: str, details: Mapping[str, Any],
+                          refusals: int) -> None:
+        self._record_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, AuditEvent(
+            action="rate-limit", category="iam", outcome="failure", reason=reason,
+            details={**details, "refusals": refusals}))
 
     def _deny(self, code: grpc.StatusCode, action: str, category: str, reason: str,
               details: Mapping[str, Any]) -> NoReturn:
