@@ -140,13 +140,6 @@ def newest_rotated(directory: Path) -> Path | None:
     return best[1] if best else None
 
 
-def trail_files(directory: Path) -> list[Path]:
-    """The rotated files in chain order, then the active file."""
-    rotated = sorted(p for p in directory.iterdir() if _ROTATED.match(p.name))
-    active = directory / ACTIVE_NAME
-    return rotated + ([active] if active.exists() else [])
-
-
 def last_entry_of(path: Path) -> dict[str, Any] | None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

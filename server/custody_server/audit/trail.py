@@ -117,7 +117,6 @@ class AuditTrail:
         self._next_retry = 0.0
         self._refused = 0
         self._closing = False
-        self._closed = False
         self._listener: HealthListener | None = None
         self._timer = threading.Thread(target=self._run_timer, name="custody-audit-timer",
                                        daemon=True)

@@ -76,12 +76,6 @@ CONNECTION_ERRORS: tuple[type[p11.PKCS11Error], ...] = (
 )
 
 
-def _is_not_initialized(error: p11.PKCS11Error) -> bool:
-    # python-pkcs11 0.10.1 has no class for CKR_CRYPTOKI_NOT_INITIALIZED: it raises the bare
-    # PKCS11Error with "not initialized" in the message.
-    return type(error) is p11.PKCS11Error and "not initialized" in str(error)
-
-
 def is_connection_error(error: p11.PKCS11Error) -> bool:
     # A bare PKCS11Error is an unmapped (often vendor-defined) return code: reconnecting is
     # the safe reading of it.
