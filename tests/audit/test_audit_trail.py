@@ -88,7 +88,53 @@ def test_concurrent_records_share_fsyncs_and_all_land_in_order(
     assert stamps == sorted(stamps)
     assert sum(counting.commits) == len(written)
     assert len(counting.commits) < threads * per_thread / 2  # group commit happened
+    ids = [e["event"]["id"] for e in written]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert verify_dir(tmp_path, audit_keys).ok
+
+
+def test_the_open_file_writes_synchronously(open_trail: OpenTrail) -> None:
+    """Durability rests on O_DSYNC: each append returns only once it is on disk."""
+    trail = open_trail()
+    trail.record(event(1))
+    flags = [_open_flags(fd) for fd in _fds_open_on(trail.path)]
+    assert flags and all(f & os.O_DSYNC == os.O_DSYNC and f & os.O_APPEND for f in flags)
+
+
+def test_event_ids_stay_unique_in_a_forked_child() -> None:
+    from custody_server.audit.entry import new_event_id
+
+    parent = [new_event_id() for _ in range(3)]
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        os.write(write, new_event_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    in_child = os.read(read, 64).decode()
+    os.close(read)
+    assert in_child[:16] != parent[0][:16]  # a new instance id, not the parent's counter
+    assert len({*parent, in_child}) == 4
+
+
+def _fds_open_on(path: Path) -> list[int]:
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def _open_flags(fd: int) -> int:
+    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+        if line.startswith("flags:"):
+            return int(line.split()[1], 8)
+    raise AssertionError(f"no flags for fd {fd}")
 
 
 def test_restart_continues_the_chain(open_trail: OpenTrail,

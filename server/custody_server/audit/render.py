@@ -2,7 +2,7 @@
 
 The chain is not the application's logging: its processors number each entry, hash
 it onto the chain, and render the canonical line; its "logger" collects the lines of
-one group commit, which the writer then appends and fsyncs in one go.
+one group commit, which the writer then appends durably in one go.
 """
 
 from __future__ import annotations

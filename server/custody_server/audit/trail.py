@@ -1,14 +1,14 @@
 """The audit trail: a fail-closed `AuditSink` with group commit.
 
-`record()` returns only after its entry is on disk (written and fsync'd); otherwise it
-raises and the caller withholds the signature.
+`record()` returns only after its entry is on disk (a synchronous write, see
+audit.files); otherwise it raises and the caller withholds the signature.
 
 Group commit without a writer thread (leader/follower): a caller queues its entry;
 if no one is writing, it becomes the leader: it takes everything queued, appends it
-and fsyncs once, wakes the callers of that batch (the followers), and hands the lead
-to the oldest caller queued meanwhile. Alone (one request in flight) a caller writes
+in one synchronous write, wakes the callers of that batch (the followers), and hands
+the lead to the oldest caller queued meanwhile. Alone (one request in flight) a caller writes
 its own entry and waits for no other thread; under load the entries that arrive
-during one fsync share the next. (A dedicated writer thread cost two thread
+during one write share the next. (A dedicated writer thread cost two thread
 hand-offs per record, each up to the interpreter's switch interval under load.)
 
 A small timer thread writes the periodic checkpoints when no traffic does, and
@@ -22,7 +22,6 @@ what was durable, or a new file that starts with a checkpoint) and writes an
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import structlog
 
 from custody_client.audit_verify import CHECKPOINT_ACTION
-from custody_server.audit.entry import ecs_entry, format_timestamp
+from custody_server.audit.entry import ecs_entry, format_timestamp, new_event_id
 from custody_server.audit.settings import AuditSettings
 from custody_server.audit.writer import AuditObserver, CheckpointSigner, TrailWriter
 from custody_server.audit_events import AuditEvent
@@ -149,7 +148,7 @@ class AuditTrail:
     def record(self, event: AuditEvent) -> None:
         if event.action == CHECKPOINT_ACTION:
             raise ValueError(f"{CHECKPOINT_ACTION!r} entries are the trail's own")
-        entry = ecs_entry(event, event_id=os.urandom(16).hex(),
+        entry = ecs_entry(event, event_id=new_event_id(),
                           request=structlog.contextvars.get_contextvars())
         self._commit(_Pending(entry))
 
@@ -297,7 +296,7 @@ class AuditTrail:
                                          outcome="success",
                                          reason=f"{type(failure).__name__}: {failure}"[:300],
                                          details=details),
-                              event_id=os.urandom(16).hex(), request={})
+                              event_id=new_event_id(), request={})
             entry["@timestamp"] = format_timestamp(self._clock())
             self._writer.commit([entry], checkpoint=None)
         except Exception as error:

@@ -20,7 +20,7 @@ import structlog
 
 from custody_client.audit_verify import CHECKPOINT_ACTION, checkpoint_signed_bytes
 from custody_core.signer import Signer
-from custody_server.audit.entry import ecs_entry, format_timestamp
+from custody_server.audit.entry import ecs_entry, format_timestamp, new_event_id
 from custody_server.audit.files import (
     ACTIVE_NAME,
     ActiveFile,
@@ -97,7 +97,7 @@ class TrailWriter:
             tail = file.read_tail()
             if tail.torn:
                 # A line cut short by a crash (kill -9, power loss) during a write: its
-                # fsync never returned, so no signature it records was ever returned.
+                # write never returned, so no signature it records was ever returned.
                 file.truncate(tail.size)
                 details["torn_tail"] = {"bytes": len(tail.torn),
                                         "sha256": hashlib.sha256(tail.torn).hexdigest()}
@@ -217,7 +217,7 @@ class TrailWriter:
             return None
         event = AuditEvent(action=CHECKPOINT_ACTION, category="file", outcome="success",
                            reason=reason)
-        entry = ecs_entry(event, event_id=os.urandom(16).hex(), request={})
+        entry = ecs_entry(event, event_id=new_event_id(), request={})
         entry["@timestamp"] = moment
         entry["custody"]["checkpoint"] = {
             "sequence": state.sequence, "chain": state.chain, "time": moment,
