@@ -66,6 +66,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_TOKEN_LABEL = "custody"  # noqa: S105 (a label, not a secret)
 DEFAULT_AUDIT_KEY_ALIAS = "audit"
 _KEY_ALIAS = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # keyring.validate_alias, as a config check
+MAX_COMMIT_DELAY_SECONDS = 0.01
 _AUDIT_NUMBERS = ("checkpoint_interval_seconds", "max_file_bytes", "retry_interval_seconds",
                   "write_timeout_seconds")
 
@@ -173,6 +174,7 @@ class AuditConfig:
     max_file_bytes: int = 64 * 1024 * 1024  # rotate the active file beyond this size
     retry_interval_seconds: float = 0.5  # how often a failed trail tries to write again
     write_timeout_seconds: float = 10.0  # a record() that waits longer fails
+    commit_delay_seconds: float = 0.001  # under concurrent load, gather a group commit
     mirror_stdout: bool = False  # also print each line on stdout, for log shippers
 
     def __post_init__(self) -> None:
@@ -185,6 +187,12 @@ class AuditConfig:
                 raise ConfigError(f"audit.{name} must be a number")
             if not value > 0:  # also refuses NaN
                 raise ConfigError(f"audit.{name} must be positive")
+        delay = self.commit_delay_seconds
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise ConfigError("audit.commit_delay_seconds must be a number")
+        if not 0 <= delay <= MAX_COMMIT_DELAY_SECONDS:  # also refuses NaN
+            raise ConfigError("audit.commit_delay_seconds must be between 0 and "
+                              f"{MAX_COMMIT_DELAY_SECONDS:g}")
         if not isinstance(self.max_file_bytes, int):
             raise ConfigError("audit.max_file_bytes must be an integer")
         if not isinstance(self.mirror_stdout, bool):

@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from custody_core.signer import Signer
 from custody_server.audit import AuditSettings, AuditTrail, AuditWriteError
 from custody_server.audit_events import AuditEvent
@@ -58,6 +60,68 @@ def test_a_lone_caller_writes_its_own_entry(tmp_path: Path, audit_signer: Signer
     thread.join()
     assert writers.threads == ["lone-caller"] * 20
     trail.close()
+
+
+class Sleeps:
+    """Spy on time.sleep: who slept how long (the sleep still happens)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, float]] = []
+        real = time.sleep
+
+        def sleep(seconds: float) -> None:
+            self.calls.append((threading.current_thread().name, seconds))
+            real(seconds)
+
+        monkeypatch.setattr(time, "sleep", sleep)
+
+    def of(self, seconds: float) -> list[str]:
+        return [name for name, slept in self.calls if slept == seconds]
+
+
+DELAY = 0.0087  # a commit delay no other sleep in these tests uses
+
+
+def test_a_lone_caller_never_waits_for_company(tmp_path: Path, audit_signer: Signer,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=DELAY),
+                       checkpoint_signer=lambda: audit_signer)
+    sleeps = Sleeps(monkeypatch)
+    for index in range(20):
+        trail.record(event(index))
+    trail.close()
+    assert sleeps.of(DELAY) == []
+
+
+def test_under_concurrent_load_the_leader_waits_and_batches_grow(
+        tmp_path: Path, audit_signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    def mean_batch(delay: float, directory: Path) -> float:
+        writers = Writers()
+        trail = AuditTrail(settings=AuditSettings(directory=directory,
+                                                  commit_delay_seconds=delay),
+                           checkpoint_signer=lambda: audit_signer, observer=writers)
+        writers.sizes = []
+
+        def caller(worker: int) -> None:
+            for index in range(40):
+                trail.record(event(worker * 100 + index))
+
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        trail.close()
+        assert sorted(written_steps(trail.path)) == sorted(
+            f"step-{w * 100 + i}" for w in range(8) for i in range(40))
+        return sum(writers.sizes) / len(writers.sizes)
+
+    sleeps = Sleeps(monkeypatch)
+    assert mean_batch(DELAY, tmp_path / "delayed") >= 4  # nearly all 8 share each write
+    assert sleeps.of(DELAY)
+    sleeps.calls.clear()
+    mean_batch(0, tmp_path / "undelayed")
+    assert sleeps.of(0) == []  # 0 turns the delay off
 
 
 def test_entries_queued_during_a_write_share_the_next_one(tmp_path: Path,

@@ -28,6 +28,7 @@ checkpoint_interval_seconds = 30
 max_file_bytes = 1048576
 retry_interval_seconds = 0.25
 write_timeout_seconds = 5
+commit_delay_seconds = 0.002
 mirror_stdout = true
 
 [metrics]
@@ -40,13 +41,13 @@ def test_audit_and_metrics_tables_are_read(tmp_path: Path) -> None:
     assert config.audit == AuditConfig(
         directory=tmp_path / "trail", key_alias="audit-ops", checkpoint_interval_seconds=30,
         max_file_bytes=1048576, retry_interval_seconds=0.25, write_timeout_seconds=5,
-        mirror_stdout=True)
+        commit_delay_seconds=0.002, mirror_stdout=True)
     assert config.metrics == MetricsConfig(listen="127.0.0.1:9464")
     settings = AuditSettings.from_config(config.audit, state_dir=tmp_path / "state")
     assert settings == AuditSettings(
         directory=tmp_path / "trail", key_alias="audit-ops", checkpoint_interval_seconds=30,
         max_file_bytes=1048576, retry_interval_seconds=0.25, write_timeout_seconds=5,
-        mirror_stdout=True)
+        commit_delay_seconds=0.002, mirror_stdout=True)
 
 
 def test_without_the_tables_the_old_defaults_hold(tmp_path: Path) -> None:
@@ -71,6 +72,12 @@ def test_without_the_tables_the_old_defaults_hold(tmp_path: Path) -> None:
     ("[audit]\nwrite_timeout_seconds = nan", "audit.write_timeout_seconds must be positive"),
     ("[audit]\nretry_interval_seconds = true", "audit.retry_interval_seconds must be a number"),
     ('[audit]\nmirror_stdout = "yes"', "audit.mirror_stdout must be true or false"),
+    ("[audit]\ncommit_delay_seconds = -0.001", "audit.commit_delay_seconds must be between 0 "
+                                               "and 0.01"),
+    ("[audit]\ncommit_delay_seconds = 0.5", "audit.commit_delay_seconds must be between 0 "
+                                            "and 0.01"),
+    ("[audit]\ncommit_delay_seconds = nan", "audit.commit_delay_seconds must be between"),
+    ("[audit]\ncommit_delay_seconds = true", "audit.commit_delay_seconds must be a number"),
     ("[audit]\ndirectory = 3", "expected a path string"),
     ('[metrics]\nlisten = "9464"', "metrics.listen must be host:port, got '9464'"),
     ('[metrics]\nlisten = "localhost:http"', "metrics.listen must be host:port"),
@@ -99,7 +106,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert config.audit == AuditConfig(
         directory=Path("/srv/trail"), key_alias="audit-flag", checkpoint_interval_seconds=2.5,
         max_file_bytes=4096, retry_interval_seconds=0.25, write_timeout_seconds=5,
-        mirror_stdout=False)
+        commit_delay_seconds=0.002, mirror_stdout=False)
     assert config.metrics.listen == "0.0.0.0:9100"
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from custody_server.config import AuditConfig
+from custody_server.config import MAX_COMMIT_DELAY_SECONDS, AuditConfig
 from custody_server.errors import ConfigError
 
 _DEFAULTS = AuditConfig()  # the one place the defaults are written down
@@ -28,6 +28,7 @@ class AuditSettings:
     max_file_bytes: int = _DEFAULTS.max_file_bytes  # rotate the active file beyond this size
     retry_interval_seconds: float = _DEFAULTS.retry_interval_seconds  # a failed trail retries
     write_timeout_seconds: float = _DEFAULTS.write_timeout_seconds  # a record() waits at most
+    commit_delay_seconds: float = _DEFAULTS.commit_delay_seconds  # see AuditTrail._lead
     mirror_stdout: bool = _DEFAULTS.mirror_stdout  # also each line on stdout, for log shippers
 
     def __post_init__(self) -> None:
@@ -35,6 +36,9 @@ class AuditSettings:
                      "write_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"audit.{name} must be positive")
+        if not 0 <= self.commit_delay_seconds <= MAX_COMMIT_DELAY_SECONDS:
+            raise ConfigError("audit.commit_delay_seconds must be between 0 and "
+                              f"{MAX_COMMIT_DELAY_SECONDS:g}")
 
     @classmethod
     def from_config(cls, config: AuditConfig, *, state_dir: Path) -> AuditSettings:
@@ -46,6 +50,7 @@ class AuditSettings:
             max_file_bytes=config.max_file_bytes,
             retry_interval_seconds=config.retry_interval_seconds,
             write_timeout_seconds=config.write_timeout_seconds,
+            commit_delay_seconds=config.commit_delay_seconds,
             mirror_stdout=config.mirror_stdout,
         )
 
