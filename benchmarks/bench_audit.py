@@ -1,7 +1,7 @@
 """Audit benchmark: SignLink throughput with the durable audit trail on and off, one run.
 
 Starts two servers, each in its own process with its own embedded state (SoftHSM
-token, keys): one with the durable trail (append + fsync per group commit, signed
+token, keys): one with the durable trail (one O_DSYNC append per group commit, signed
 checkpoints every second), one with auditing off (a sink that drops events). The same
 clients load them at 8 and 32 requests in flight (--in-flight), in alternating rounds, so that
 other load on the machine hits both alike. Then the trail alone: record() from 1, 8
@@ -148,7 +148,7 @@ def trail_alone(state: Path, seconds: float) -> None:
         print(f"trail.record() alone, {threads:>2} threads".ljust(40)
               + f"{result['rps']:>9.0f}/s "
               f"{result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f}   "
-              f"{batches.entries / max(batches.commits, 1):6.1f} entries per fsync")
+              f"{batches.entries / max(batches.commits, 1):6.1f} entries per write")
 
 
 def _recorder(trail: Any, event: AuditEvent) -> Callable[[int], object]:

@@ -93,6 +93,27 @@ def test_a_lone_caller_never_waits_for_company(tmp_path: Path, audit_signer: Sig
     assert sleeps.of(DELAY) == []
 
 
+def test_two_callers_never_wait_for_each_other(tmp_path: Path, audit_signer: Signer,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one other request in flight a wait rarely catches it: only a crowd waits."""
+    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=DELAY),
+                       checkpoint_signer=lambda: audit_signer)
+    sleeps = Sleeps(monkeypatch)
+
+    def caller(worker: int) -> None:
+        for index in range(50):
+            trail.record(event(worker * 100 + index))
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trail.close()
+    assert sleeps.of(DELAY) == []
+    assert len(written_steps(trail.path)) == 100
+
+
 def test_under_concurrent_load_the_leader_waits_and_batches_grow(
         tmp_path: Path, audit_signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
     def mean_batch(delay: float, directory: Path) -> float:
