@@ -6,11 +6,11 @@ audit.files); otherwise it raises and the caller withholds the signature.
 Group commit without a writer thread (leader/follower): a caller queues its entry;
 if no one is writing, it becomes the leader: it takes everything queued, appends it
 in one synchronous write, wakes the callers of that batch (the followers), and hands
-the lead to the oldest caller queued meanwhile. Alone (one request in flight) a caller writes
-its own entry and waits for no other thread; under load the entries that arrive
-during one write share the next, and a leader first waits `commit_delay_seconds` so
-that more of them do. (A dedicated writer thread cost two thread
-hand-offs per record, each up to the interpreter's switch interval under load.)
+the lead to the oldest caller queued meanwhile. Alone (one request in flight) a
+caller writes its own entry and waits for no other thread; under load the entries
+that arrive during one write share the next, and a leader first waits
+`commit_delay_seconds` so that more of them do. (A dedicated writer thread cost two
+thread hand-offs per record, each up to the interpreter's switch interval under load.)
 
 A small timer thread writes the periodic checkpoints when no traffic does, and
 retries a failed trail. When a write fails (disk full, file removed, replaced or
