@@ -163,6 +163,15 @@ class Limits:
             raise ConfigError("limits.max_json_depth must be at most 64")
 
 
+def check_commit_delay(delay: object) -> None:
+    """audit.commit_delay_seconds: a number from 0 to MAX_COMMIT_DELAY_SECONDS."""
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise ConfigError("audit.commit_delay_seconds must be a number")
+    if not 0 <= delay <= MAX_COMMIT_DELAY_SECONDS:  # also refuses NaN
+        raise ConfigError("audit.commit_delay_seconds must be between 0 and "
+                          f"{MAX_COMMIT_DELAY_SECONDS:g}")
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """The [audit] table; the --audit-* flags override it. `custody_server.audit` turns it
@@ -187,12 +196,7 @@ class AuditConfig:
                 raise ConfigError(f"audit.{name} must be a number")
             if not value > 0:  # also refuses NaN
                 raise ConfigError(f"audit.{name} must be positive")
-        delay = self.commit_delay_seconds
-        if isinstance(delay, bool) or not isinstance(delay, int | float):
-            raise ConfigError("audit.commit_delay_seconds must be a number")
-        if not 0 <= delay <= MAX_COMMIT_DELAY_SECONDS:  # also refuses NaN
-            raise ConfigError("audit.commit_delay_seconds must be between 0 and "
-                              f"{MAX_COMMIT_DELAY_SECONDS:g}")
+        check_commit_delay(self.commit_delay_seconds)
         if not isinstance(self.max_file_bytes, int):
             raise ConfigError("audit.max_file_bytes must be an integer")
         if not isinstance(self.mirror_stdout, bool):

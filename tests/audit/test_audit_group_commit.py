@@ -82,6 +82,19 @@ class Sleeps:
 DELAY = 0.0087  # a commit delay no other sleep in these tests uses
 
 
+def record_concurrently(trail: AuditTrail, *, callers: int, each: int) -> None:
+    """`callers` threads record `each` events at once: caller w's are step-{w*100+i}."""
+    def caller(worker: int) -> None:
+        for index in range(each):
+            trail.record(event(worker * 100 + index))
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_a_lone_caller_never_waits_for_company(tmp_path: Path, audit_signer: Signer,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=DELAY),
@@ -99,16 +112,7 @@ def test_two_callers_never_wait_for_each_other(tmp_path: Path, audit_signer: Sig
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=DELAY),
                        checkpoint_signer=lambda: audit_signer)
     sleeps = Sleeps(monkeypatch)
-
-    def caller(worker: int) -> None:
-        for index in range(50):
-            trail.record(event(worker * 100 + index))
-
-    threads = [threading.Thread(target=caller, args=(n,)) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    record_concurrently(trail, callers=2, each=50)
     trail.close()
     assert sleeps.of(DELAY) == []
     assert len(written_steps(trail.path)) == 100
@@ -122,16 +126,7 @@ def test_under_concurrent_load_the_leader_waits_and_batches_grow(
                                                   commit_delay_seconds=delay),
                            checkpoint_signer=lambda: audit_signer, observer=writers)
         writers.sizes = []
-
-        def caller(worker: int) -> None:
-            for index in range(40):
-                trail.record(event(worker * 100 + index))
-
-        threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        record_concurrently(trail, callers=8, each=40)
         trail.close()
         assert sorted(written_steps(trail.path)) == sorted(
             f"step-{w * 100 + i}" for w in range(8) for i in range(40))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from custody_server.config import MAX_COMMIT_DELAY_SECONDS, AuditConfig
+from custody_server.config import AuditConfig, check_commit_delay
 from custody_server.errors import ConfigError
 
 _DEFAULTS = AuditConfig()  # the one place the defaults are written down
@@ -36,9 +36,7 @@ class AuditSettings:
                      "write_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"audit.{name} must be positive")
-        if not 0 <= self.commit_delay_seconds <= MAX_COMMIT_DELAY_SECONDS:
-            raise ConfigError("audit.commit_delay_seconds must be between 0 and "
-                              f"{MAX_COMMIT_DELAY_SECONDS:g}")
+        check_commit_delay(self.commit_delay_seconds)
 
     @classmethod
     def from_config(cls, config: AuditConfig, *, state_dir: Path) -> AuditSettings:
