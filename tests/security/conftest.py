@@ -48,7 +48,8 @@ def start_server(keystore: Pkcs11KeyStore, pki: Pki, tmp_path: Path
     started: list[AccessServer] = []
 
     def start(policy: str, *, limits: Limits | None = None,
-              config_changes: dict[str, Any] | None = None) -> AccessServer:
+              config_changes: dict[str, Any] | None = None,
+              audit: MemoryAuditSink | None = None) -> AccessServer:
         keys = KeyRing(keystore)
         for alias in ("build", "owner"):
             if not keys.exists(alias):
@@ -64,7 +65,7 @@ def start_server(keystore: Pkcs11KeyStore, pki: Pki, tmp_path: Path
         )
         if config_changes:
             config = dataclasses.replace(config, **config_changes)
-        audit = MemoryAuditSink()
+        audit = audit if audit is not None else MemoryAuditSink()
         running = build_server(config=config, keys=keys, audit=audit)
         server = AccessServer(running=running, keys=keys, audit=audit, policy_file=policy_file,
                               pki=pki, address=f"127.0.0.1:{running.port}")

@@ -63,6 +63,26 @@ class Pki:
         )
 
 
+class GatedAuditSink(MemoryAuditSink):
+    """Holds the worker that audits a SignLink of `step` until the test releases it.
+
+    A deterministic way to keep a server's only worker busy: waiting on a slow call
+    raced the call itself on a fast machine.
+    """
+
+    def __init__(self, step: str) -> None:
+        super().__init__()
+        self.step = step
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def record(self, event: AuditEvent) -> None:
+        if event.action == "sign-link" and event.details.get("step") == self.step:
+            self.entered.set()
+            self.release.wait(timeout=30)  # bounded: a failing test must not hang
+        super().record(event)
+
+
 @dataclass
 class AccessServer:
     running: Any  # custody_server.app.RunningServer

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import grpc
 import pytest
-from security_support import Pki, StartServer  # type: ignore[import-not-found]
+from security_support import (  # type: ignore[import-not-found]
+    GatedAuditSink,
+    Pki,
+    StartServer,
+)
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_server.config import Limits
@@ -185,42 +189,50 @@ def test_request_limits_are_checked_before_parsing() -> None:
         RequestLimits(max_json_depth=65)
 
 
-_SLOW = pb.SignLinkRequest(step_name="slow", products=[
-    pb.Artifact(path=f"out/{i}", digest={"sha256": "ab" * 32}) for i in range(60_000)])
+def _held_call_in_flight(stub: Any, gate: GatedAuditSink) -> Callable[[], None]:
+    """Start a SignLink that holds a worker until the returned function is called.
 
-
-def _slow_call_in_flight(stub: Any) -> threading.Thread:
-    def call() -> None:
-        stub.SignLink(_SLOW, timeout=60)
-
-    thread = threading.Thread(target=call)
+    The call blocks in the audit sink (after signing, before answering), so the
+    worker is surely busy: no guess at how long a large request takes to arrive.
+    """
+    thread = threading.Thread(target=lambda: stub.SignLink(
+        pb.SignLinkRequest(step_name=gate.step), timeout=60))
     thread.start()
-    time.sleep(0.15)  # the slow call has the only worker now
-    return thread
+    assert gate.entered.wait(timeout=30), "the held call never reached the audit sink"
+
+    def finish() -> None:
+        gate.release.set()
+        thread.join()
+    return finish
 
 
 def test_a_call_whose_deadline_passes_while_queued_signs_nothing(start_server: StartServer,
                                                                  pki: Pki) -> None:
-    server = start_server(POLICY, limits=Limits(max_workers=1))
+    gate = GatedAuditSink(step="held")
+    server = start_server(POLICY, limits=Limits(max_workers=1), audit=gate)
     stub = server.custody(pki.client(uri=(FREE,)))
-    slow = _slow_call_in_flight(stub)
+    finish_held_call = _held_call_in_flight(stub, gate)
     with pytest.raises(grpc.RpcError) as caught:
         stub.SignLink(pb.SignLinkRequest(step_name="late"), timeout=0.1)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    slow.join()
-    time.sleep(0.2)  # the queued call has been dispatched (and refused) by now
+    finish_held_call()
+    # The worker is free: a new call is answered, so the queued late call has been
+    # dispatched (and refused) before it.
+    stub.SignLink(pb.SignLinkRequest(step_name="after"), timeout=10)
     steps = [e.details.get("step") for e in server.audit.events if e.action == "sign-link"]
-    assert steps == ["slow"]  # the late call never reached the signing service
+    assert steps == ["held", "after"]  # the late call never reached the signing service
 
 
 def test_calls_beyond_the_concurrency_bound_are_refused_at_once(start_server: StartServer,
                                                                pki: Pki) -> None:
-    server = start_server(POLICY, limits=Limits(max_workers=1, max_concurrent_rpcs=1))
+    gate = GatedAuditSink(step="held")
+    server = start_server(POLICY, limits=Limits(max_workers=1, max_concurrent_rpcs=1),
+                          audit=gate)
     stub = server.custody(pki.client(uri=(FREE,)))
-    slow = _slow_call_in_flight(stub)
+    finish_held_call = _held_call_in_flight(stub, gate)
     started = time.perf_counter()
     with pytest.raises(grpc.RpcError) as caught:
         stub.SignLink(pb.SignLinkRequest(step_name="extra"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert time.perf_counter() - started < 0.5
-    slow.join()
+    finish_held_call()
