@@ -28,6 +28,7 @@ from custody_server.serving import OPERATOR, ServingHealth
 from custody_server.signing import SigningService
 from custody_server.tls_bootstrap import LocalTls, local_tls_dir
 from custody_server.transport.authz import AccessControl, AccessInterceptor, KeyDefaults
+from custody_server.transport.in_progress import CallCounter
 from custody_server.transport.interceptor import RpcInterceptor
 from custody_server.transport.key_admin import KeyAdminServicer
 from custody_server.transport.servicer import CustodyServicer
@@ -51,6 +52,8 @@ class RunningServer:
     keys: KeyRing
     access: AccessControl | None = None  # policy reload (SIGHUP) goes through it
     scheduler: LifecycleScheduler | None = None  # scheduled key rotation and destruction
+    # Custody and KeyAdmin calls being handled (for AuditTrail.expect_entries_from)
+    calls_in_progress: CallCounter = field(default_factory=CallCounter)
     serving: ServingHealth = field(init=False)  # NOT_SERVING while any reason holds
 
     def __post_init__(self) -> None:
@@ -102,7 +105,9 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         defaults=KeyDefaults(link_key=config.default_link_key,
                              layout_key=config.default_layout_key),
     )
-    interceptors.append(AccessInterceptor(access))  # inside: request id and log line first
+    calls_in_progress = CallCounter()
+    # inside: request id and log line first
+    interceptors.append(AccessInterceptor(access, in_progress=calls_in_progress))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.max_workers,
                                    thread_name_prefix="custody-rpc"),
@@ -136,7 +141,8 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     scheduler = (LifecycleScheduler(lifecycle, interval=config.lifecycle.check_interval_seconds)
                  if config.lifecycle.scheduler else None)
     running = RunningServer(server=server, port=port, health=health_servicer, keys=keys,
-                            scheduler=scheduler, access=access)
+                            scheduler=scheduler, access=access,
+                            calls_in_progress=calls_in_progress)
     if scheduler is not None:
         scheduler.start()
     running.serving.announce()  # SERVING, for every service name

@@ -183,7 +183,7 @@ class AuditConfig:
     max_file_bytes: int = 64 * 1024 * 1024  # rotate the active file beyond this size
     retry_interval_seconds: float = 0.5  # how often a failed trail tries to write again
     write_timeout_seconds: float = 10.0  # a record() that waits longer fails
-    commit_delay_seconds: float = 0.001  # under concurrent load, gather a group commit
+    commit_delay_seconds: float = 0.002  # under concurrent load, gather a group commit
     mirror_stdout: bool = False  # also print each line on stdout, for log shippers
 
     def __post_init__(self) -> None:

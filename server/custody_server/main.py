@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         running = build_server(config=config, keys=opened.keys, audit=audit, metrics=metrics)
         # NOT_SERVING while it cannot write; its recovery never overrides a shutdown
         audit.set_health_listener(running.health_listener(AUDIT_UNWRITABLE))
+        audit.expect_entries_from(running.calls_in_progress)  # group commit waits for them
         metrics.watch_audit(lambda: audit.healthy)
         metrics.watch_keys(lambda: {key.alias: len(key.versions) for key in opened.keys.all()})
         metrics_server = (MetricsServer.start(metrics, listen=config.metrics.listen)

@@ -236,3 +236,20 @@ def test_calls_beyond_the_concurrency_bound_are_refused_at_once(start_server: St
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert time.perf_counter() - started < 0.5
     finish_held_call()
+
+
+def test_calls_in_progress_are_counted_until_they_return(start_server: StartServer,
+                                                         pki: Pki) -> None:
+    """The count the audit trail's group commit waits by (AuditTrail.expect_entries_from)."""
+    gate = GatedAuditSink(step="held")
+    server = start_server(POLICY, audit=gate)
+    counted = server.running.calls_in_progress
+    stub = server.custody(pki.client(uri=(FREE,)))
+    finish_held_call = _held_call_in_flight(stub, gate)
+    assert counted() == 1
+    with pytest.raises(grpc.RpcError):  # a refused call is counted only while it runs
+        server.custody(pki.client(uri=("spiffe://ci/stranger",))).SignLink(
+            pb.SignLinkRequest(step_name="denied"), timeout=10)
+    assert counted() == 1
+    finish_held_call()
+    assert counted() == 0

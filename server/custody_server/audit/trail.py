@@ -8,9 +8,10 @@ if no one is writing, it becomes the leader: it takes everything queued, appends
 in one synchronous write, wakes the callers of that batch (the followers), and hands
 the lead to the oldest caller queued meanwhile. Alone (one request in flight) a
 caller writes its own entry and waits for no other thread; under load the entries
-that arrive during one write share the next, and a leader first waits
-`commit_delay_seconds` so that more of them do. (A dedicated writer thread cost two
-thread hand-offs per record, each up to the interpreter's switch interval under load.)
+that arrive during one write share the next, and a leader first waits (at most
+`commit_delay_seconds`) for the entries of the server's other calls in progress, so
+that more of them do. (A dedicated writer thread cost two thread hand-offs per record,
+each up to the interpreter's switch interval under load.)
 
 A small timer thread writes the periodic checkpoints when no traffic does, and
 retries a failed trail. When a write fails (disk full, file removed, replaced or
@@ -43,8 +44,9 @@ from custody_server.errors import AuditUnavailableError
 log = structlog.get_logger("custody.audit")
 
 MAX_BATCH = 4096
-CROWD = 3  # entries written or queued together that make a leader wait for more
+CROWD = 3  # calls in progress that make a leader wait for their entries
 HealthListener = Callable[[bool], None]
+CallsInProgress = Callable[[], int]  # how many calls that write entries are under way
 
 
 class AuditWriteError(AuditUnavailableError):
@@ -113,13 +115,15 @@ class AuditTrail:
         self._lead_free = threading.Condition(self._lock)  # close() waits here
         self._queue: list[_Pending] = []
         self._leading = False  # a thread holds the lead; queued entries are then its
-        self._last_batch = 0  # how many entries the last batch held
         self._failure: BaseException | None = None
         self._failed_at = 0.0
         self._next_retry = 0.0
         self._refused = 0
         self._closing = False
         self._listener: HealthListener | None = None
+        self._calls_in_progress: CallsInProgress | None = None
+        self._gather_until = 0  # a leader waits until this many entries are queued
+        self._gathered = threading.Condition(self._lock)  # ... and is woken here
         self._timer = threading.Thread(target=self._run_timer, name="custody-audit-timer",
                                        daemon=True)
         self._timer.start()
@@ -147,6 +151,12 @@ class AuditTrail:
             healthy = self._failure is None
         if listener is not None:
             listener(healthy)
+
+    def expect_entries_from(self, calls_in_progress: CallsInProgress | None) -> None:
+        """Tell the trail how many calls are under way (the server's RPCs in progress):
+        a leader then waits for the entries of those calls, not for a fixed delay."""
+        with self._lock:
+            self._calls_in_progress = calls_in_progress
 
     def record(self, event: AuditEvent) -> None:
         if event.action == CHECKPOINT_ACTION:
@@ -189,6 +199,8 @@ class AuditTrail:
             if pending.entry is not None:  # stamped here, so time follows sequence order
                 pending.entry["@timestamp"] = format_timestamp(self._clock())
             self._queue.append(pending)
+            if self._gather_until and len(self._queue) >= self._gather_until:
+                self._gathered.notify()  # the batch the leader waits for is complete
             lead = not self._leading
             if lead:
                 self._leading = pending.lead = True
@@ -215,12 +227,10 @@ class AuditTrail:
 
     def _lead(self) -> None:
         """Write one batch (the oldest queued entries, ours first), then pass the lead on."""
-        if self._others_auditing():
-            time.sleep(self._settings.commit_delay_seconds)
+        self._gather()
         with self._lock:
             batch = self._queue[:MAX_BATCH]
             del self._queue[:MAX_BATCH]
-            self._last_batch = len(batch)
         try:
             self._process(batch)
         except Exception as error:  # a bug: fail the batch, keep the trail going
@@ -230,18 +240,31 @@ class AuditTrail:
         finally:
             self._pass_lead()
 
-    def _others_auditing(self) -> bool:
-        """Under concurrent load (CROWD entries queued, or in the last batch) the leader
-        waits `commit_delay_seconds` before taking its batch, so that more entries share
-        one write: fewer writes and thread hand-offs per entry save more CPU than the
-        wait costs (as PostgreSQL's commit_delay). With one other request in flight the
-        wait rarely catches it (measured: 3-4% less throughput at 2 in flight), hence
-        three; a caller alone never waits."""
-        if not self._settings.commit_delay_seconds:
-            return False
+    def _gather(self) -> None:
+        """Under concurrent load, wait up to `commit_delay_seconds` for the entries of the
+        calls still under way, so that more of them share one write: fewer writes and
+        thread hand-offs per entry save more CPU than the wait costs (as PostgreSQL's
+        commit_delay with commit_siblings).
+
+        The leader waits only when told the calls in progress (`expect_entries_from`),
+        CROWD or more of them are, and some have not queued their entry yet; the entry
+        that completes the batch wakes it. A caller alone never waits, and with one
+        other call under way a wait does not pay (measured: 3-4% less throughput at 2
+        in flight), hence CROWD = 3. A call that never records (a slow Verify, a
+        ListKeys) costs at most the delay per write.
+        """
+        delay = self._settings.commit_delay_seconds
         with self._lock:
-            return self._failure is None and bool(self._queue) and (
-                max(len(self._queue), self._last_batch) >= CROWD)
+            if not delay or self._calls_in_progress is None or self._failure is not None:
+                return
+            expected = min(self._calls_in_progress(), MAX_BATCH)
+            if expected < CROWD or len(self._queue) >= expected:
+                return
+            self._gather_until = expected
+            try:
+                self._gathered.wait(delay)
+            finally:
+                self._gather_until = 0
 
     def _pass_lead(self) -> None:
         with self._lock:

@@ -44,6 +44,7 @@ from custody_server.policy import (
 from custody_server.policy.errors import IdentityError
 from custody_server.policy.refusal_sampler import RefusalSampler
 from custody_server.policy.rpcs import KeyScope
+from custody_server.transport.in_progress import CallCounter
 
 log = structlog.get_logger("custody.access")
 
@@ -195,9 +196,11 @@ class AccessControl:
 
 class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, access: AccessControl,
-                 catalog: Mapping[str, RpcInfo] = RPC_CATALOG) -> None:
+                 catalog: Mapping[str, RpcInfo] = RPC_CATALOG,
+                 in_progress: CallCounter | None = None) -> None:
         self._access = access
         self._catalog = catalog
+        self._in_progress = in_progress or CallCounter()
 
     def intercept_service(self, continuation: Callable[[Any], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -207,21 +210,23 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return handler  # health, reflection, unknown methods: not ours to decide
         inner = handler.unary_unary
         access = self._access
+        counting = self._in_progress.counting
 
         def admitted(request: Any, context: grpc.ServicerContext) -> Any:
             if context.time_remaining() <= 0:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                               "the deadline passed before the call started")
-            try:
-                auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
-                identity = access.admit(rpc, request, auth=auth, peer=context.peer())
-            except AccessRefused as refused:
-                _abort(context, refused)
-            token = _caller.set(identity)
-            try:
-                return inner(request, context)
-            finally:
-                _caller.reset(token)
+            with counting():  # denials are audited too
+                try:
+                    auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
+                    identity = access.admit(rpc, request, auth=auth, peer=context.peer())
+                except AccessRefused as refused:
+                    _abort(context, refused)
+                token = _caller.set(identity)
+                try:
+                    return inner(request, context)
+                finally:
+                    _caller.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
             admitted,
