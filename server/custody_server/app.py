@@ -52,7 +52,7 @@ class RunningServer:
     keys: KeyRing
     access: AccessControl | None = None  # policy reload (SIGHUP) goes through it
     scheduler: LifecycleScheduler | None = None  # scheduled key rotation and destruction
-    # Custody and KeyAdmin calls being handled (for AuditTrail.expect_entries_from)
+    # calls being handled that write audit entries (for AuditTrail.expect_entries_from)
     calls_in_progress: CallCounter = field(default_factory=CallCounter)
     serving: ServingHealth = field(init=False)  # NOT_SERVING while any reason holds
 

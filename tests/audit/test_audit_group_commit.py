@@ -271,7 +271,7 @@ def test_without_the_calls_in_progress_the_leader_never_waits(
 
 def test_the_wait_for_calls_in_progress_ends_at_the_commit_delay(
         tmp_path: Path, audit_signer: Signer, long_delays: None) -> None:
-    """A call in progress that never records (a slow Verify, a ListKeys) costs at most
+    """A call in progress that records late or not at all (a slow Verify) costs at most
     the delay per write."""
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=0.2),
                        checkpoint_signer=lambda: audit_signer)

@@ -22,6 +22,7 @@ from custody_server.config import Limits
 from custody_server.errors import LimitExceededError
 from custody_server.policy import RateLimit, RateLimiter, RequestLimits
 from custody_server.policy.refusal_sampler import RefusalSampler
+from custody_server.policy.rpcs import READS_WITHOUT_AUDIT, RPCS_BY_NAME
 from custody_server.transport.authz import RETRY_AFTER_TRAILER
 
 LIMITED = "spiffe://example.test/limited"
@@ -253,3 +254,23 @@ def test_calls_in_progress_are_counted_until_they_return(start_server: StartServ
     assert counted() == 1
     finish_held_call()
     assert counted() == 0
+
+
+def test_reads_not_counted_as_in_progress_write_no_audit_entry(start_server: StartServer,
+                                                                pki: Pki) -> None:
+    """A call counted in progress that never records makes a group commit wait in vain
+    (up to the commit delay): the reads left out of the count must really not audit."""
+    assert set(RPCS_BY_NAME) >= READS_WITHOUT_AUDIT
+    grants = ", ".join(f'"{name}"' for name in sorted(READS_WITHOUT_AUDIT))
+    server = start_server(f"""
+version = 1
+[[grant]]
+identities = ["{FREE}"]
+rpcs = [{grants}]
+admin_keys = ["build"]
+""")
+    admin = server.key_admin(pki.client(uri=(FREE,)))
+    before = len(server.audit.events)
+    admin.ListKeys(pb.ListKeysRequest(), timeout=10)
+    admin.GetPublicKey(pb.GetPublicKeyRequest(alias="build"), timeout=10)
+    assert server.audit.events[before:] == []

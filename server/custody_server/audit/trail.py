@@ -250,8 +250,8 @@ class AuditTrail:
         CROWD or more of them are, and some have not queued their entry yet; the entry
         that completes the batch wakes it. A caller alone never waits, and with one
         other call under way a wait does not pay (measured: 3-4% less throughput at 2
-        in flight), hence CROWD = 3. A call that never records (a slow Verify, a
-        ListKeys) costs at most the delay per write.
+        in flight), hence CROWD = 3. A call that records late or not at all (a slow
+        Verify) costs at most the delay per write.
         """
         delay = self._settings.commit_delay_seconds
         with self._lock:

@@ -56,6 +56,9 @@ def build_catalog(descriptor: FileDescriptor) -> Mapping[str, RpcInfo]:
     return MappingProxyType(catalog)
 
 
+# Admitted, these only read: they write no audit entry (a refusal of them is audited).
+READS_WITHOUT_AUDIT = frozenset({"ListKeys", "GetPublicKey"})
+
 RPC_CATALOG: Mapping[str, RpcInfo] = build_catalog(custody_pb2.DESCRIPTOR)
 RPCS_BY_NAME: Mapping[str, RpcInfo] = MappingProxyType(
     {info.name: info for info in RPC_CATALOG.values()}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
@@ -43,7 +44,7 @@ from custody_server.policy import (
 )
 from custody_server.policy.errors import IdentityError
 from custody_server.policy.refusal_sampler import RefusalSampler
-from custody_server.policy.rpcs import KeyScope
+from custody_server.policy.rpcs import READS_WITHOUT_AUDIT, KeyScope
 from custody_server.transport.in_progress import CallCounter
 
 log = structlog.get_logger("custody.access")
@@ -210,13 +211,15 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return handler  # health, reflection, unknown methods: not ours to decide
         inner = handler.unary_unary
         access = self._access
-        counting = self._in_progress.counting
+        # the calls whose audit entry a group commit waits for
+        counting = (nullcontext if rpc.name in READS_WITHOUT_AUDIT
+                    else self._in_progress.counting)
 
         def admitted(request: Any, context: grpc.ServicerContext) -> Any:
             if context.time_remaining() <= 0:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                               "the deadline passed before the call started")
-            with counting():  # denials are audited too
+            with counting():  # refusals are audited too
                 try:
                     auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
                     identity = access.admit(rpc, request, auth=auth, peer=context.peer())

@@ -1,4 +1,5 @@
-"""How many Custody and KeyAdmin calls the server is handling right now.
+"""How many calls that write an audit entry the server is handling right now
+(every Custody and KeyAdmin RPC but the reads in policy.rpcs.READS_WITHOUT_AUDIT).
 
 The audit trail reads it (AuditTrail.expect_entries_from): a group-commit leader waits
 for the entries of calls still under way instead of sleeping a fixed delay.
