@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from venv_tools import venv_tool  # type: ignore[import-not-found]
 
 from custody_api.v1 import custody_pb2 as pb
 
@@ -64,7 +65,7 @@ def _reference_verify(tmp_path: Path, layout: bytes, links: list[pb.SignLinkResp
     for link in links:
         (tmp_path / link.file_name).write_bytes(link.signed)
     return subprocess.run(
-        ["in-toto-verify", "-l", "root.layout", "--verification-keys", "owner.pub"],
+        [venv_tool("in-toto-verify"), "-l", "root.layout", "--verification-keys", "owner.pub"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )
 

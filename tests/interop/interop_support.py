@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from venv_tools import venv_tool  # type: ignore[import-not-found]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -57,10 +59,8 @@ def agent_env(*, server: str, state_dir: Path | None, home: Path) -> dict[str, s
 
 def reference(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run one of in-toto's commands (in-toto-run, in-toto-record, in-toto-verify, ...)."""
-    executable = shutil.which(tool)
-    assert executable, f"{tool} is not installed"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
-    return subprocess.run([executable, *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([venv_tool(tool), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from policy_support import open_policy  # type: ignore[import-not-found]
+from venv_tools import venv_tool  # type: ignore[import-not-found]
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
@@ -140,6 +141,6 @@ def reference_verify(directory: Path, *, signed_layout: bytes, owner_pem: str,
     for name, content in links:
         (directory / name).write_bytes(content)
     return subprocess.run(
-        ["in-toto-verify", "-l", "root.layout", "--verification-keys", "owner.pub"],
+        [venv_tool("in-toto-verify"), "-l", "root.layout", "--verification-keys", "owner.pub"],
         cwd=directory, capture_output=True, text=True, timeout=60, check=False,
     )
