@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from custody_client.audit_verify import (
+from custody_core.audit_trail import (
     AuditFile,
     AuditVerdict,
     encode_entry,

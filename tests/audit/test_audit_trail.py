@@ -16,7 +16,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from custody_client.audit_verify import AuditFile, AuditVerdict, verify_audit_trail
+from custody_core.audit_trail import AuditFile, AuditVerdict, verify_audit_trail
 from custody_core.keys import PublicKey
 from custody_server.audit import AuditTrail, AuditWriteError
 from custody_server.audit_events import AuditEvent
@@ -350,7 +350,7 @@ def test_records_after_close_are_refused(open_trail: OpenTrail) -> None:
 def test_rendered_lines_are_the_canonical_entries_on_the_chain(details: dict[str, Any],
                                                                reason: str) -> None:
     """The writer builds lines from parts; they must equal the verifier's definition."""
-    from custody_client.audit_verify import encode_entry, next_chain, parse_entry, without_hash
+    from custody_core.audit_trail import encode_entry, next_chain, parse_entry, without_hash
     from custody_server.audit.entry import ecs_entry
     from custody_server.audit.render import ChainState, EntryRenderer
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from custody_client.audit_verify import EntryError, parse_entry
+from custody_core.audit_trail import EntryError, parse_entry
 
 ACTIVE_NAME = "audit.log"
 _ROTATED = re.compile(r"^audit\.(?P<first>\d{12})-(?P<last>\d{12})\.log$")

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from custody_client.audit_verify import GENESIS_CHAIN, canonical_json
+from custody_core.audit_trail import GENESIS_CHAIN, canonical_json
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from custody_client.audit_verify import CHECKPOINT_ACTION
+from custody_core.audit_trail import CHECKPOINT_ACTION
 from custody_server.audit.entry import ecs_entry, format_timestamp, new_event_id
 from custody_server.audit.settings import AuditSettings
 from custody_server.audit.writer import AuditObserver, CheckpointSigner, TrailWriter

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from custody_client.audit_verify import CHECKPOINT_ACTION, checkpoint_signed_bytes
+from custody_core.audit_trail import CHECKPOINT_ACTION, checkpoint_signed_bytes
 from custody_core.signer import Signer
 from custody_server.audit.entry import ecs_entry, format_timestamp, new_event_id
 from custody_server.audit.files import (
