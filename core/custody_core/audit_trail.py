@@ -15,6 +15,15 @@ format and what a SIEM must keep.
   signature (base64) over PAE(CHECKPOINT_PAYLOAD_TYPE, canonical {chain, sequence,
   time}), attesting the entry just before it (sequence = its own sequence - 1).
 - A file that does not start at sequence 1 starts with a checkpoint: its anchor.
+- Every entry names its trail: `custody.trail_id` (32 hex digits, fixed when the trail
+  starts) and the server that writes it, `service.node.name`. One server writes one
+  trail; replicas write one each. Entry 1 of a trail is its genesis ("audit-open").
+- The last entry of every write carries `custody.seal`: an HMAC-SHA256 made inside the
+  HSM with the trail's secret seal key over `seal_input(chain(n-1), entry n without
+  event.hash and custody.seal)`. It covers the whole chain up to that entry. Only the
+  server can check it (the key never leaves the token): it proves at start-up that the
+  tail it continues is the one it wrote. Verifiers without the key check the chain and
+  the checkpoints; a seal is part of the entry like any other field.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
 GENESIS_CHAIN = "0" * 64
 CHECKPOINT_ACTION = "audit-checkpoint"
 CHECKPOINT_PAYLOAD_TYPE = "application/vnd.custody.audit-checkpoint+json"
+SEAL_DOMAIN = b"custody-audit-seal-v1\x00"
 MAX_PROBLEMS = 100
 
 
@@ -69,6 +79,24 @@ def checkpoint_signed_bytes(*, sequence: int, chain: str, time: str) -> bytes:
 def without_hash(entry: Mapping[str, Any]) -> dict[str, Any]:
     event = {k: v for k, v in entry["event"].items() if k != "hash"}
     return {**entry, "event": event}
+
+
+def seal_input(previous_chain: str, unsealed: bytes) -> bytes:
+    """What a seal's HMAC covers: the chain before the entry and the digest of the entry's
+    canonical bytes without `event.hash` and `custody.seal` (`unsealed`)."""
+    return SEAL_DOMAIN + bytes.fromhex(previous_chain) + hashlib.sha256(unsealed).digest()
+
+
+def without_seal(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """`entry` without `event.hash` and `custody.seal`: the bytes `seal_input` takes."""
+    custody = {k: v for k, v in entry.get("custody", {}).items() if k != "seal"}
+    return {**without_hash(entry), "custody": custody}
+
+
+def trail_id_of(entry: Mapping[str, Any]) -> str | None:
+    """The trail an entry names (None: written before trails had ids)."""
+    value = entry.get("custody", {}).get("trail_id")
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)
