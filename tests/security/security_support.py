@@ -75,12 +75,16 @@ class GatedAuditSink(MemoryAuditSink):
         self.step = step
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.recorded = threading.Event()  # the held call's entry is in the sink
 
     def record(self, event: AuditEvent) -> None:
-        if event.action == "sign-link" and event.details.get("step") == self.step:
+        held = event.action == "sign-link" and event.details.get("step") == self.step
+        if held:
             self.entered.set()
             self.release.wait(timeout=30)  # bounded: a failing test must not hang
         super().record(event)
+        if held:
+            self.recorded.set()
 
 
 @dataclass

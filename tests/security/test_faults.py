@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from security_support import Pki, ServerProcess, StartServer  # type: ignore[import-not-found]
+import pytest
+from security_support import (  # type: ignore[import-not-found]
+    AccessServer,
+    GatedAuditSink,
+    Pki,
+    ServerProcess,
+    StartServer,
+)
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
@@ -42,15 +49,17 @@ class Outcome:
     sha256: str = ""
 
 
-def _load(call: Callable[[int], Any], *, clients: int, seconds: float) -> list[Outcome]:
-    """`clients` threads calling `call(n)` back to back for `seconds`; every outcome."""
+def _load(call: Callable[[int], Any], *, clients: int, seconds: float,
+          stop: threading.Event | None = None) -> list[Outcome]:
+    """`clients` threads calling `call(n)` back to back for `seconds` (or until `stop` is
+    set); every outcome."""
     outcomes: list[Outcome] = []
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    deadline = time.monotonic() + seconds
     counter = iter(range(10**9))
 
     def client() -> None:
-        while time.monotonic() < stop:
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
             started = time.monotonic()
             try:
                 response = call(next(counter))
@@ -114,36 +123,64 @@ def test_token_unavailable_mid_load_and_back(start_server: StartServer, pki: Pki
     assert len(failures) == len(refused)  # every refused call is audited as a failure too
 
 
-_SLOW = pb.SignLinkRequest(step_name="slow", products=[
-    pb.Artifact(path=f"out/{i}", digest={"sha256": "cd" * 32}) for i in range(40_000)])
+def _signed_steps(server: AccessServer, prefix: str) -> list[str]:
+    return [str(e.details.get("step")) for e in server.audit.events if e.action == "sign-link"
+            and e.outcome == "success" and str(e.details.get("step", "")).startswith(prefix)]
 
 
-def test_clients_that_disconnect_mid_call(start_server: StartServer, pki: Pki) -> None:
-    server = start_server(POLICY)
+@pytest.mark.parametrize("disconnect", ["cancel", "close"])
+def test_clients_that_disconnect_mid_call(start_server: StartServer, pki: Pki,
+                                          disconnect: str) -> None:
+    # The call is held after signing, before its audit entry is written and its answer
+    # sent: the client goes away at the moment a signature exists that nobody will receive.
+    gate = GatedAuditSink(step="held")
+    server = start_server(POLICY, audit=gate)
     agent = pki.client(uri=(AGENT,))
     background: list[Outcome] = []
-    thread = threading.Thread(target=lambda: background.extend(_load(
+    stop = threading.Event()
+    load = threading.Thread(target=lambda: background.extend(_load(
         lambda n: server.custody(agent).SignLink(pb.SignLinkRequest(step_name=f"bg-{n}"),
-                                                 timeout=20), clients=4, seconds=2.5)))
-    thread.start()
-    for attempt in range(6):
+                                                 timeout=20),
+        clients=4, seconds=60, stop=stop)))
+    load.start()
+    try:
         channel = server.channel(agent)
         stub = custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]
-        future = stub.SignLink.future(_SLOW, timeout=30)
-        time.sleep(0.05 + 0.03 * attempt)  # somewhere inside the call
-        if attempt % 2:
-            future.cancel()
+        future = stub.SignLink.future(pb.SignLinkRequest(step_name="held"), timeout=30)
+        assert gate.entered.wait(timeout=30), "the held call never reached the audit sink"
+        if disconnect == "cancel":
+            assert future.cancel(), "the held call was answered before the cancel"
         else:
             channel.close()  # the connection itself goes away
-        assert future.cancelled() or future.exception() is not None
-    thread.join()
+            error = future.exception(timeout=10)
+            assert isinstance(error, grpc.RpcError)
+            assert error.code() == grpc.StatusCode.CANCELLED
+        # Other clients are served while the disconnected call is still held.
+        served = len(_signed_steps(server, "bg-"))
+        deadline = time.monotonic() + 30
+        while len(_signed_steps(server, "bg-")) <= served:
+            assert time.monotonic() < deadline, "no other call was served meanwhile"
+            time.sleep(0.01)
+        gate.release.set()
+        assert gate.recorded.wait(timeout=30), "the held call's entry was never written"
+    finally:
+        gate.release.set()
+        stop.set()
+        load.join()
+    # The client got nothing, even now that the server has finished the call.
+    with pytest.raises((grpc.FutureCancelledError, grpc.RpcError)):
+        future.result(timeout=10)
     assert background and {o.code for o in background} == {grpc.StatusCode.OK}
     # The service still answers at once, and what it signed for nobody is still audited.
     response = server.custody(agent).SignLink(pb.SignLinkRequest(step_name="after"), timeout=5)
     events = [e for e in server.audit.events if e.action == "sign-link"]
+    assert all(e.outcome == "success" for e in events)
+    held = [e for e in events if e.details.get("step") == "held"]
+    assert len(held) == 1 and held[0].details["signed_sha256"]
     after = [e for e in events if e.details.get("step") == "after"]
     assert [e.details["signed_sha256"] for e in after] == [response.sha256]
-    assert all(e.outcome == "success" for e in events)
+    audited = {e.details["signed_sha256"] for e in events}
+    assert {o.sha256 for o in background} <= audited
 
 
 def test_sigterm_under_load_finishes_calls_in_flight(tmp_path: Path) -> None:
