@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
-from custody_client.link_draft import ENVELOPE_FROM_PB, ENVELOPE_TO_PB, LinkDraft
+from custody_client.link_draft import LinkDraft
 from custody_client.models import (
     EnvelopeKind,
     KeyAlgorithm,
@@ -37,16 +37,14 @@ from custody_client.models import (
 )
 from custody_client.settings import NO_RETRIES, ConnectionSettings
 from custody_client.signing_client import SigningClient
+from custody_core.api_enums import (
+    ENVELOPE_NUMBERS,
+    ENVELOPES_BY_NUMBER,
+    KEY_ALGORITHM_NUMBERS,
+    KEY_ALGORITHMS_BY_NUMBER,
+)
 
 __all__ = ["CustodyClient", "LinkDraft"]
-
-ALGORITHM_TO_PB = {
-    KeyAlgorithm.ECDSA_P256: pb.KEY_ALGORITHM_ECDSA_P256,
-    KeyAlgorithm.ECDSA_P384: pb.KEY_ALGORITHM_ECDSA_P384,
-    KeyAlgorithm.ED25519: pb.KEY_ALGORITHM_ED25519,
-    KeyAlgorithm.RSA_3072: pb.KEY_ALGORITHM_RSA_3072,
-}
-_ALGORITHM_FROM_PB = {v: k for k, v in ALGORITHM_TO_PB.items()}
 
 
 class CustodyClient(SigningClient):
@@ -66,7 +64,7 @@ class CustodyClient(SigningClient):
                     envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> SignedMetadata:
         response = self._call("SignLayout", self._custody.SignLayout, pb.SignLayoutRequest(
             layout=layout, key_alias=key_alias,
-            envelope=cast("pb.Envelope", ENVELOPE_TO_PB[envelope])))
+            envelope=cast("pb.Envelope", ENVELOPE_NUMBERS[envelope])))
         return _signed_layout(response)
 
     def verify(
@@ -110,7 +108,7 @@ class CustodyClient(SigningClient):
                    algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256) -> KeyInfo:
         # Not retried: a retry after a lost response would report ALREADY_EXISTS.
         response = self._call("CreateKey", self._admin.CreateKey, pb.CreateKeyRequest(
-            alias=alias, algorithm=ALGORITHM_TO_PB[algorithm]), retry=NO_RETRIES)
+            alias=alias, algorithm=_algorithm_number(algorithm)), retry=NO_RETRIES)
         return _key_info(response.key)
 
     def list_keys(self) -> tuple[KeyInfo, ...]:
@@ -128,7 +126,7 @@ class CustodyClient(SigningClient):
         configured overlap for the alias, 72 h by default)."""
         request = pb.RotateKeyRequest(alias=alias)
         if algorithm is not None:
-            request.algorithm = ALGORITHM_TO_PB[algorithm]
+            request.algorithm = _algorithm_number(algorithm)
         if overlap is not None:
             request.overlap.FromTimedelta(overlap)
         # Not retried: a retry after a lost response would rotate twice.
@@ -148,6 +146,10 @@ class CustodyClient(SigningClient):
         return _key_info(response.key)
 
 
+def _algorithm_number(algorithm: KeyAlgorithm) -> pb.KeyAlgorithm:
+    return cast("pb.KeyAlgorithm", KEY_ALGORITHM_NUMBERS[algorithm])
+
+
 def _signed_layout(response: pb.SignLayoutResponse) -> SignedMetadata:
     return SignedMetadata(
         content=bytes(response.signed),
@@ -155,7 +157,7 @@ def _signed_layout(response: pb.SignLayoutResponse) -> SignedMetadata:
         keyid=response.keyid,
         key_alias=response.key_alias,
         key_version=response.key_version,
-        envelope=ENVELOPE_FROM_PB.get(response.envelope, EnvelopeKind.METABLOCK),
+        envelope=ENVELOPES_BY_NUMBER.get(response.envelope, EnvelopeKind.METABLOCK),
         sha256=response.sha256,
         warnings=tuple(response.warnings),
     )
@@ -164,7 +166,7 @@ def _signed_layout(response: pb.SignLayoutResponse) -> SignedMetadata:
 def _key_info(key: pb.KeyInfo) -> KeyInfo:
     return KeyInfo(
         alias=key.alias,
-        algorithm=_ALGORITHM_FROM_PB.get(key.algorithm),
+        algorithm=KEY_ALGORITHMS_BY_NUMBER.get(key.algorithm),
         scheme=key.scheme,
         keyid=key.keyid,
         public_key_pem=key.public_key_pem,

@@ -15,17 +15,10 @@ from typing import TYPE_CHECKING
 
 from custody_client.errors import InputError
 from custody_client.models import Byproducts, EnvelopeKind
+from custody_core.api_enums import ENVELOPE_NUMBERS
 
 if TYPE_CHECKING:
     from custody_api.v1 import custody_pb2 as pb
-
-# custody.v1.Envelope numbers (a test checks them against the generated code)
-ENVELOPE_TO_PB = {
-    EnvelopeKind.METABLOCK: 1,
-    EnvelopeKind.DSSE: 2,
-    EnvelopeKind.STATEMENT: 3,
-}
-ENVELOPE_FROM_PB = {number: kind for kind, number in ENVELOPE_TO_PB.items()}
 
 # custody.v1.SignLinkRequest field numbers
 _STEP_NAME, _COMMAND, _MATERIALS, _PRODUCTS, _BYPRODUCTS, _ENVIRONMENT, _KEY_ALIAS, \
@@ -125,7 +118,7 @@ class LinkDraft:
         for name, value in self._environment.items():
             tail += _length_delimited(_ENVIRONMENT, _string(1, name) + _string(2, value))
         tail += _string(_KEY_ALIAS, key_alias)
-        tail += _varint(_ENVELOPE << 3) + _varint(ENVELOPE_TO_PB[envelope])
+        tail += _varint(_ENVELOPE << 3) + _varint(ENVELOPE_NUMBERS[envelope])
         return b"".join((self._body, tail))  # one copy
 
     def to_message(self, *, key_alias: str = "",

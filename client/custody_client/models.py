@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,22 +11,10 @@ from typing import Any
 
 from custody_client.errors import InputError
 
-
-class EnvelopeKind(enum.Enum):
-    """How signed metadata is wrapped (custody.v1.Envelope)."""
-
-    METABLOCK = "metablock"
-    DSSE = "dsse"
-    STATEMENT = "statement"  # DSSE around an in-toto Statement v1 (links only)
-
-
-class KeyAlgorithm(enum.Enum):
-    """Service key algorithms (custody.v1.KeyAlgorithm), named as the CLI spells them."""
-
-    ECDSA_P256 = "ecdsa-p256"
-    ECDSA_P384 = "ecdsa-p384"
-    ED25519 = "ed25519"
-    RSA_3072 = "rsa-3072"
+# The values the client sends and receives, defined once in the core; part of this
+# module's public face, as callers name them beside the types below.
+from custody_core.api_enums import EnvelopeKind as EnvelopeKind
+from custody_core.api_enums import KeyAlgorithm as KeyAlgorithm
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from custody_client.errors import ClientError
-from custody_client.link_draft import ENVELOPE_FROM_PB
 from custody_client.models import EnvelopeKind, SignedMetadata
+from custody_core.api_enums import ENVELOPES_BY_NUMBER
 
 # custody.v1.SignLinkResponse field numbers
 _SIGNED, _FILE_NAME, _KEYID, _KEY_ALIAS, _KEY_VERSION, _ENVELOPE, _SHA256 = range(1, 8)
@@ -91,6 +91,6 @@ def read_sign_link_response(data: bytes) -> SignedMetadata:
         keyid=strings["keyid"],
         key_alias=strings["key_alias"],
         key_version=key_version,
-        envelope=ENVELOPE_FROM_PB.get(envelope, EnvelopeKind.METABLOCK),
+        envelope=ENVELOPES_BY_NUMBER.get(envelope, EnvelopeKind.METABLOCK),
         sha256=strings["sha256"],
     )

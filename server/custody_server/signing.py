@@ -6,13 +6,13 @@ No signature leaves this module unless its audit record was written first.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from custody_core.api_enums import EnvelopeKind
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, sign_dsse, sign_metablock
 from custody_core.errors import CustodyError, MetadataError, SignatureError
 from custody_core.keys import PublicKey
@@ -29,12 +29,6 @@ ALIAS_PREFIX = "alias:"
 # The link's environment records who asked for it (the client certificate's identity,
 # docs/SECURITY.md); a client cannot set this key itself.
 REQUESTED_BY = "custody.requested-by"
-
-
-class EnvelopeKind(enum.Enum):
-    METABLOCK = "metablock"
-    DSSE = "dsse"
-    STATEMENT = "statement"
 
 
 @dataclass(frozen=True)

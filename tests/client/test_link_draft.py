@@ -74,12 +74,11 @@ def test_a_digest_that_is_not_sha256_hex_is_refused(digest: str) -> None:
         LinkDraft(step_name="s").add_materials([("a", digest)])
 
 
-def test_envelope_numbers_are_the_generated_ones() -> None:
-    from custody_client.link_draft import ENVELOPE_TO_PB
-
-    assert ENVELOPE_TO_PB == {EnvelopeKind.METABLOCK: pb.ENVELOPE_METABLOCK,
-                              EnvelopeKind.DSSE: pb.ENVELOPE_DSSE,
-                              EnvelopeKind.STATEMENT: pb.ENVELOPE_STATEMENT}
+@pytest.mark.parametrize(("kind", "number"), [(EnvelopeKind.METABLOCK, pb.ENVELOPE_METABLOCK),
+                                             (EnvelopeKind.DSSE, pb.ENVELOPE_DSSE),
+                                             (EnvelopeKind.STATEMENT, pb.ENVELOPE_STATEMENT)])
+def test_the_envelope_goes_out_as_its_generated_number(kind: EnvelopeKind, number: int) -> None:
+    assert LinkDraft(step_name="s").to_message(envelope=kind).envelope == number
 
 
 def test_paths_at_every_length_boundary_round_trip() -> None:

@@ -110,9 +110,10 @@ def test_oversized_message_is_refused(service: Any) -> None:
 
 
 def test_too_many_artifacts_is_refused_before_signing(service: Any) -> None:
+    from custody_core.api_enums import EnvelopeKind
     from custody_server.audit_events import MemoryAuditSink
     from custody_server.errors import LimitExceededError
-    from custody_server.signing import EnvelopeKind, LinkRequest, SigningService
+    from custody_server.signing import LinkRequest, SigningService
 
     audit = MemoryAuditSink()
     signing = SigningService(keys=service.keys, audit=audit, max_artifacts=2)

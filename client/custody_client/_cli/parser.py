@@ -10,6 +10,7 @@ from custody_client._cli.audit_arguments import add_audit_verify_arguments
 from custody_client.cli_keys import add_key_commands
 from custody_client.local_tls import ENV_STATE_DIR
 from custody_client.settings import DEFAULT_ADDRESS, ENV_CA, ENV_CERT, ENV_KEY_FILE, ENV_SERVER
+from custody_core.api_enums import EnvelopeKind, KeyAlgorithm
 
 DESCRIPTION = """\
 Custody client for pipeline agents: record a step and have the Custody server sign its
@@ -17,8 +18,9 @@ link with a key that never leaves the HSM; verify a supply chain; sign layouts; 
 keys. A drop-in for in-toto-run, in-toto-record and in-toto-verify without a private key.
 """
 
-ENVELOPES = ("metablock", "dsse", "statement")
-ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-3072")
+ENVELOPES = tuple(kind.value for kind in EnvelopeKind)
+LAYOUT_ENVELOPES = (EnvelopeKind.METABLOCK.value, EnvelopeKind.DSSE.value)  # no STATEMENT
+ALGORITHMS = tuple(algorithm.value for algorithm in KeyAlgorithm)
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -147,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="owner key (default: the server's layout key)")
     sign_layout.add_argument("-o", "--output", required=True, metavar="FILE",
                              help="where to write the signed layout ('-': stdout)")
-    sign_layout.add_argument("--envelope", choices=ENVELOPES[:2], default="metablock")
+    sign_layout.add_argument("--envelope", choices=LAYOUT_ENVELOPES, default="metablock")
 
     keys = _command(commands, common, "keys", help="key administration")
     key_commands = keys.add_subparsers(dest="keys_command", required=True,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from custody_core.api_enums import KeyAlgorithm
 from custody_server.keystore._connection import ReconnectBackoff
-from custody_server.keystore.algorithms import KeyAlgorithm
 from custody_server.keystore.errors import (
     KeyExistsError,
     KeyNotFoundError,

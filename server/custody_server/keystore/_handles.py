@@ -9,6 +9,7 @@ from typing import Any, Protocol, cast
 import pkcs11
 from pkcs11 import Attribute, MechanismFlag, ObjectClass
 
+from custody_core.api_enums import KeyAlgorithm
 from custody_core.keys import PublicKey
 from custody_server.keystore._profiles import (
     PROFILES,
@@ -17,7 +18,6 @@ from custody_server.keystore._profiles import (
     algorithm_of,
     crypto_public_key,
 )
-from custody_server.keystore.algorithms import KeyAlgorithm
 from custody_server.keystore.errors import KeyExistsError, KeystoreError
 
 _KEY_ID_BYTES = 16

@@ -10,6 +10,7 @@ from typing import TypeVar
 import pkcs11
 from pkcs11 import Attribute
 
+from custody_core.api_enums import KeyAlgorithm
 from custody_core.keys import PublicKey
 from custody_core.signer import Signer
 from custody_server.keystore import _data_objects
@@ -28,7 +29,6 @@ from custody_server.keystore._handles import (
     probe_token,
 )
 from custody_server.keystore._profiles import PROFILES
-from custody_server.keystore.algorithms import KeyAlgorithm
 from custody_server.keystore.errors import (
     KeyNotFoundError,
     KeystoreError,

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from custody_core.api_enums import KeyAlgorithm
 from custody_core.keys import PublicKey
-from custody_server.keystore.algorithms import KeyAlgorithm
 from custody_server.lifecycle.policy import (
     AliasLifecycle,
     KeyState,

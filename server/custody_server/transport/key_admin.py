@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from typing import cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -11,27 +12,25 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
+from custody_core.api_enums import (
+    KEY_ALGORITHM_NUMBERS,
+    KEY_ALGORITHMS_BY_NUMBER,
+    UNSPECIFIED,
+    KeyAlgorithm,
+)
 from custody_server.errors import RequestError
 from custody_server.keyring import KeyVersion, ServiceKey
-from custody_server.keystore import KeyAlgorithm
 from custody_server.lifecycle import policy
 from custody_server.lifecycle.manager import KeyLifecycle
 from custody_server.lifecycle.settings import RotationSchedule
 from custody_server.transport.servicer import caller_identity
 
-ALGORITHMS = {
-    pb.KEY_ALGORITHM_UNSPECIFIED: KeyAlgorithm.ECDSA_P256,
-    pb.KEY_ALGORITHM_ECDSA_P256: KeyAlgorithm.ECDSA_P256,
-    pb.KEY_ALGORITHM_ECDSA_P384: KeyAlgorithm.ECDSA_P384,
-    pb.KEY_ALGORITHM_ED25519: KeyAlgorithm.ED25519,
-    pb.KEY_ALGORITHM_RSA_3072: KeyAlgorithm.RSA_3072,
-}
-ALGORITHM_TO_PB = {v: k for k, v in ALGORITHMS.items() if k != pb.KEY_ALGORITHM_UNSPECIFIED}
+DEFAULT_ALGORITHM = KeyAlgorithm.ECDSA_P256  # CreateKey's, for KEY_ALGORITHM_UNSPECIFIED
 _MAX_OVERLAP = timedelta(days=100 * 365)
 
 
 def _algorithm(value: int) -> KeyAlgorithm:
-    algorithm: KeyAlgorithm | None = ALGORITHMS.get(value)  # type: ignore[call-overload]
+    algorithm = KEY_ALGORITHMS_BY_NUMBER.get(value)
     if algorithm is None:
         raise RequestError(f"unknown key algorithm {value}")
     return algorithm
@@ -50,7 +49,8 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
 
     def CreateKey(self, request: pb.CreateKeyRequest,
                   context: grpc.ServicerContext) -> pb.CreateKeyResponse:
-        algorithm = _algorithm(request.algorithm)
+        algorithm = (DEFAULT_ALGORITHM if request.algorithm == UNSPECIFIED
+                     else _algorithm(request.algorithm))
         key = self._lifecycle.create(_required_alias(request.alias), algorithm,
                                      caller=caller_identity(context))
         return pb.CreateKeyResponse(key=self._info(key))
@@ -69,7 +69,7 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
         overlap = request.overlap.ToTimedelta() if request.HasField("overlap") else None
         if overlap is not None and not timedelta(0) <= overlap <= _MAX_OVERLAP:
             raise RequestError("overlap must be between 0 and 100 years")
-        algorithm = (None if request.algorithm == pb.KEY_ALGORITHM_UNSPECIFIED
+        algorithm = (None if request.algorithm == UNSPECIFIED  # the key's own algorithm
                      else _algorithm(request.algorithm))
         rotation = self._lifecycle.rotate(_required_alias(request.alias), overlap=overlap,
                                           algorithm=algorithm, caller=caller_identity(context))
@@ -99,7 +99,7 @@ def key_info(key: ServiceKey, *, now: datetime,
     active = key.active.public_key
     info = pb.KeyInfo(
         alias=key.alias,
-        algorithm=ALGORITHM_TO_PB[key.algorithm],
+        algorithm=cast("pb.KeyAlgorithm", KEY_ALGORITHM_NUMBERS[key.algorithm]),
         scheme=active.scheme,
         keyid=active.keyid,
         public_key_pem=active.public if active.keytype != "ed25519" else "",

@@ -11,28 +11,14 @@ import grpc
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
+from custody_core.api_enums import ENVELOPE_NUMBERS, ENVELOPES_BY_NUMBER, UNSPECIFIED, EnvelopeKind
 from custody_core.verdict import Verdict
 from custody_server.errors import RequestError
-from custody_server.signing import (
-    EnvelopeKind,
-    LinkRequest,
-    SignedMetadata,
-    SigningService,
-)
+from custody_server.signing import LinkRequest, SignedMetadata, SigningService
 from custody_server.transport.authz import authenticated_identity
 from custody_server.verification import TrustedKeySpec, VerificationService, VerifyInput
 
-ENVELOPES = {
-    pb.ENVELOPE_UNSPECIFIED: EnvelopeKind.METABLOCK,
-    pb.ENVELOPE_METABLOCK: EnvelopeKind.METABLOCK,
-    pb.ENVELOPE_DSSE: EnvelopeKind.DSSE,
-    pb.ENVELOPE_STATEMENT: EnvelopeKind.STATEMENT,
-}
-ENVELOPE_TO_PB = {
-    EnvelopeKind.METABLOCK: pb.ENVELOPE_METABLOCK,
-    EnvelopeKind.DSSE: pb.ENVELOPE_DSSE,
-    EnvelopeKind.STATEMENT: pb.ENVELOPE_STATEMENT,
-}
+DEFAULT_ENVELOPE = EnvelopeKind.METABLOCK  # for ENVELOPE_UNSPECIFIED
 
 
 def caller_identity(context: grpc.ServicerContext) -> str:
@@ -43,7 +29,9 @@ def caller_identity(context: grpc.ServicerContext) -> str:
 
 
 def _envelope(value: int) -> EnvelopeKind:
-    kind: EnvelopeKind | None = ENVELOPES.get(value)  # type: ignore[call-overload]
+    if value == UNSPECIFIED:
+        return DEFAULT_ENVELOPE
+    kind = ENVELOPES_BY_NUMBER.get(value)
     if kind is None:
         raise RequestError(f"unknown envelope {value}")
     return kind
@@ -114,7 +102,7 @@ def _key_fields(signed: SignedMetadata) -> dict[str, Any]:
         "keyid": signed.key.public_key.keyid,
         "key_alias": signed.key.alias,
         "key_version": signed.key.version,
-        "envelope": ENVELOPE_TO_PB[signed.envelope],
+        "envelope": ENVELOPE_NUMBERS[signed.envelope],
         "sha256": signed.signed_sha256,
     }
 
