@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -58,7 +59,7 @@ def test_one_bad_artifact_among_many_is_named(last: Any) -> None:
 
 def test_artifacts_are_read_only_but_copy_and_pickle() -> None:
     materials = Link.from_payload(_link(_many({"sha256": "ab"}))).materials
-    for mutate in (
+    mutations: tuple[Callable[[Any], object], ...] = (
         lambda m: m.__setitem__("x", {}),
         lambda m: m.__delitem__("z"),
         lambda m: m.update({}),
@@ -66,7 +67,8 @@ def test_artifacts_are_read_only_but_copy_and_pickle() -> None:
         lambda m: m.clear(),
         lambda m: m.setdefault("x", {}),
         lambda m: m.popitem(),
-    ):
+    )
+    for mutate in mutations:
         with pytest.raises(TypeError, match="read-only"):
             mutate(materials)
     assert materials["z"] == {"sha256": "ab"}

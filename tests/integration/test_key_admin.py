@@ -24,7 +24,7 @@ ALGORITHMS = {
 
 @pytest.mark.parametrize(("algorithm", "scheme"), ALGORITHMS.items())
 def test_create_key_then_sign_with_it(custody: Any, key_admin: Any, service: Any,
-                                      algorithm: int, scheme: str) -> None:
+                                      algorithm: pb.KeyAlgorithm, scheme: str) -> None:
     alias = f"k-{uuid.uuid4().hex[:12]}"
     created = key_admin.CreateKey(pb.CreateKeyRequest(alias=alias, algorithm=algorithm)).key
     assert created.alias == alias

@@ -83,7 +83,7 @@ def test_unknown_alias_is_not_found(custody: Any) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         custody.SignLink(_link_request(key_alias="no-such-key"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "no-such-key" in caught.value.details()
+    assert "no-such-key" in (caught.value.details() or "")
 
 
 @pytest.mark.parametrize(("overrides", "needle"), [
@@ -98,4 +98,4 @@ def test_bad_link_requests_are_invalid_argument(custody: Any, overrides: dict[st
     with pytest.raises(grpc.RpcError) as caught:
         custody.SignLink(_link_request(**overrides))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert needle in caught.value.details().lower()
+    assert needle in (caught.value.details() or "").lower()

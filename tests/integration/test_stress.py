@@ -37,7 +37,8 @@ def test_concurrent_signing_with_every_key_type(service: Any, key_admin: Any) ->
     channels = [service.open_channel() for _ in range(CLIENTS)]
 
     def sign(index: int) -> None:
-        stub = custody_pb2_grpc.CustodyStub(channels[index % CLIENTS])
+        channel = channels[index % CLIENTS]
+        stub = custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]
         try:
             response = stub.SignLink(pb.SignLinkRequest(
                 step_name=f"step-{index}",
