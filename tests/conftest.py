@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 import pytest
-from policy_support import open_policy  # type: ignore[import-not-found]
+from policy_support import open_policy
 
 from custody_api.v1 import custody_pb2_grpc
 from custody_server.audit_events import MemoryAuditSink

@@ -27,7 +27,7 @@ from in_toto.models.metadata import Envelope as RefEnvelope
 from in_toto.models.metadata import Metablock, Metadata
 from in_toto.runlib import in_toto_run
 from in_toto.verifylib import in_toto_verify
-from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
+from securesystemslib.signer import CryptoSigner
 
 from custody_core.keys import PublicKey
 from custody_core.verdict import Stage, Verdict

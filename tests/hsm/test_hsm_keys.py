@@ -9,7 +9,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from securesystemslib.signer import Signature, SSlibKey  # type: ignore[attr-defined]
+from securesystemslib.signer import Signature, SSlibKey
 
 from custody_core.keys import PublicKey
 from custody_server.keystore import (

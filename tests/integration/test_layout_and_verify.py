@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from venv_tools import venv_tool  # type: ignore[import-not-found]
+from venv_tools import venv_tool
 
 from custody_api.v1 import custody_pb2 as pb
 
@@ -39,7 +40,7 @@ def _layout(expires: str = "2099-01-01T00:00:00Z") -> dict[str, Any]:
     }
 
 
-def _sign_links(custody: Any, envelope: int, *, package_materials: dict[str, Any] = FOO
+def _sign_links(custody: Any, envelope: pb.Envelope, *, package_materials: dict[str, Any] = FOO
                 ) -> list[pb.SignLinkResponse]:
     def art(items: dict[str, Any]) -> list[pb.Artifact]:
         return [pb.Artifact(path=p, digest=d) for p, d in items.items()]
@@ -71,16 +72,17 @@ def _reference_verify(tmp_path: Path, layout: bytes, links: list[pb.SignLinkResp
 
 
 def _verify(custody: Any, layout: bytes, links: list[pb.SignLinkResponse]) -> pb.VerifyResponse:
-    return custody.Verify(pb.VerifyRequest(
+    response: pb.VerifyResponse = custody.Verify(pb.VerifyRequest(
         layout=layout,
         layout_keys=[pb.TrustedKey(alias="owner")],
         links=[pb.MetadataFile(path=link.file_name, content=link.signed) for link in links],
     ))
+    return response
 
 
 @pytest.mark.parametrize("envelope", [pb.ENVELOPE_METABLOCK, pb.ENVELOPE_DSSE])
 def test_chain_passes_here_and_in_reference(custody: Any, key_admin: Any, tmp_path: Path,
-                                            envelope: int) -> None:
+                                            envelope: pb.Envelope) -> None:
     signed = custody.SignLayout(pb.SignLayoutRequest(
         layout=json.dumps(_layout()).encode(), key_alias="owner", envelope=envelope))
     links = _sign_links(custody, envelope)
@@ -127,13 +129,16 @@ def test_layout_signed_by_other_key_fails(custody: Any) -> None:
     (json.dumps({"_type": "link"}).encode(), "layout"),
 ])
 def test_bad_layouts_are_invalid_argument(custody: Any, layout: bytes, needle: str) -> None:
-    for call in (lambda: custody.SignLayout(pb.SignLayoutRequest(layout=layout)),
-                 lambda: custody.Verify(pb.VerifyRequest(
-                     layout=layout, layout_keys=[pb.TrustedKey(alias="owner")]))):
+    calls: tuple[Callable[[], object], ...] = (
+        lambda: custody.SignLayout(pb.SignLayoutRequest(layout=layout)),
+        lambda: custody.Verify(pb.VerifyRequest(
+            layout=layout, layout_keys=[pb.TrustedKey(alias="owner")])),
+    )
+    for call in calls:
         with pytest.raises(grpc.RpcError) as caught:
             call()
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert needle in caught.value.details().lower()
+        assert needle in (caught.value.details() or "").lower()
 
 
 def test_verify_without_layout_keys_is_invalid(custody: Any) -> None:

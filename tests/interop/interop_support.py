@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from venv_tools import venv_tool  # type: ignore[import-not-found]
+from venv_tools import venv_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 

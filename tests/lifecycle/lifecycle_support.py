@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from policy_support import open_policy  # type: ignore[import-not-found]
-from venv_tools import venv_tool  # type: ignore[import-not-found]
+from policy_support import open_policy
+from venv_tools import venv_tool
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from policy_support import open_policy  # type: ignore[import-not-found]
+from policy_support import open_policy
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc

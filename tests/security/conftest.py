@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from security_support import AccessServer, Pki, StartServer  # type: ignore[import-not-found]
+from security_support import AccessServer, Pki, StartServer
 
 from custody_server.audit_events import MemoryAuditSink
 from custody_server.config import Limits, PolicyConfig, ServerConfig, TlsConfig

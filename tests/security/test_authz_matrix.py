@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from security_support import AccessServer, ClientCert, Pki, StartServer, unique_alias  # type: ignore[import-not-found]
+from security_support import AccessServer, ClientCert, Pki, StartServer, unique_alias
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_core.envelope import sign_metablock

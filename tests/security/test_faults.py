@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from security_support import (  # type: ignore[import-not-found]
+from security_support import (
     AccessServer,
     GatedAuditSink,
     Pki,

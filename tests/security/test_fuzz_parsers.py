@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from fuzz_targets import TARGETS, fuzz  # type: ignore[import-not-found]
+from fuzz_targets import TARGETS, fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

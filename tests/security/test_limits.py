@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from security_support import (  # type: ignore[import-not-found]
+from security_support import (
     GatedAuditSink,
     Pki,
     StartServer,

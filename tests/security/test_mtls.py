@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
-from security_support import Pki, StartServer  # type: ignore[import-not-found]
+from security_support import Pki, StartServer
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc

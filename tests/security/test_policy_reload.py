@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
-from security_support import (  # type: ignore[import-not-found]
+from security_support import (
     Pki,
     ServerProcess,
     StartServer,
