@@ -174,8 +174,9 @@ def check_commit_delay(delay: object) -> None:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The [audit] table; the --audit-* flags override it. `custody_server.audit` turns it
-    into AuditSettings once the state directory is known (it owns these defaults too)."""
+    """The [audit] table; the --audit-* flags override it. Its defaults and checks are the
+    audit trail's: AuditSettings (custody_server.audit.settings) is this table with the
+    directory resolved once the state directory is known."""
 
     directory: Path | None = None  # None: state_dir/audit
     key_alias: str = DEFAULT_AUDIT_KEY_ALIAS  # the HSM key that signs checkpoints

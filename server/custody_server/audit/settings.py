@@ -1,8 +1,9 @@
 """How the audit trail is set up: where, which key, how often it checkpoints.
 
-The config file's `[audit]` table (custody_server.config.AuditConfig) holds the same
-fields; the `--audit-*` flags override it, and `AuditSettings.from_config` fills in the
-directory once the state directory is known.
+AuditSettings is the config file's `[audit]` table (custody_server.config.AuditConfig)
+with the directory resolved: it adds no field of its own. The `--audit-*` flags
+override the table, and `AuditSettings.from_config` fills in the directory once the state
+directory is known.
 """
 
 from __future__ import annotations
@@ -13,44 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from custody_server.config import AuditConfig, check_commit_delay
-from custody_server.errors import ConfigError
+from custody_server.config import AuditConfig
 
-_DEFAULTS = AuditConfig()  # the one place the defaults are written down
+_DEFAULTS = AuditConfig()  # the defaults and checks are AuditConfig's
 DEFAULT_KEY_ALIAS = _DEFAULTS.key_alias
 
 
 @dataclass(frozen=True)
-class AuditSettings:
-    directory: Path
-    key_alias: str = _DEFAULTS.key_alias  # the HSM key that signs checkpoints
-    checkpoint_interval_seconds: float = _DEFAULTS.checkpoint_interval_seconds
-    max_file_bytes: int = _DEFAULTS.max_file_bytes  # rotate the active file beyond this size
-    retry_interval_seconds: float = _DEFAULTS.retry_interval_seconds  # a failed trail retries
-    write_timeout_seconds: float = _DEFAULTS.write_timeout_seconds  # a record() waits at most
-    commit_delay_seconds: float = _DEFAULTS.commit_delay_seconds  # see AuditTrail._lead
-    mirror_stdout: bool = _DEFAULTS.mirror_stdout  # also each line on stdout, for log shippers
+class AuditSettings(AuditConfig):
+    """AuditConfig's fields and checks, with the directory required."""
 
-    def __post_init__(self) -> None:
-        for name in ("checkpoint_interval_seconds", "max_file_bytes", "retry_interval_seconds",
-                     "write_timeout_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"audit.{name} must be positive")
-        check_commit_delay(self.commit_delay_seconds)
+    directory: Path  # where the trail's files are (AuditConfig's None resolved)
 
     @classmethod
     def from_config(cls, config: AuditConfig, *, state_dir: Path) -> AuditSettings:
         """The [audit] table's settings; no directory there means state_dir/audit."""
-        return cls(
-            directory=config.directory or state_dir / "audit",
-            key_alias=config.key_alias,
-            checkpoint_interval_seconds=config.checkpoint_interval_seconds,
-            max_file_bytes=config.max_file_bytes,
-            retry_interval_seconds=config.retry_interval_seconds,
-            write_timeout_seconds=config.write_timeout_seconds,
-            commit_delay_seconds=config.commit_delay_seconds,
-            mirror_stdout=config.mirror_stdout,
-        )
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return cls(**{**values, "directory": config.directory or state_dir / "audit"})
 
 
 # flag destination -> AuditConfig field; a flag left out (None) keeps the file's value
