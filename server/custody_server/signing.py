@@ -19,8 +19,8 @@ from custody_core.keys import PublicKey
 from custody_core.link import build_link, link_file_name, link_to_statement
 from custody_core.models import Layout
 from custody_core.signer import Signer
-from custody_server.audit_events import AuditEvent, AuditSink
-from custody_server.errors import AuditUnavailableError, LimitExceededError, RequestError
+from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
+from custody_server.errors import LimitExceededError, RequestError
 from custody_server.jsonlimits import loads_limited
 from custody_server.keyring import KeyRing, KeyVersion
 from custody_server.lifecycle.functionaries import resolve_functionaries
@@ -140,19 +140,13 @@ class SigningService:
             "keyid": result.key.public_key.keyid,
             "signed_sha256": result.signed_sha256,
         })
-        try:
-            self._audit.record(event)
-        except Exception as error:  # any failure to audit withholds the signature
-            raise AuditUnavailableError("audit log unavailable: signature withheld") from error
+        record_or_refuse(self._audit, event, refusal="audit log unavailable: signature withheld")
 
     def _audit_failure(self, action: str, error: CustodyError,
                        details: Mapping[str, Any]) -> None:
-        event = AuditEvent(action=action, category="process", outcome="failure",
-                           reason=str(error)[:500], details=details)
-        try:
-            self._audit.record(event)
-        except Exception as audit_error:
-            raise AuditUnavailableError("audit log unavailable") from audit_error
+        event = AuditEvent.failure(action=action, category="process", error=error,
+                                   details=details)
+        record_or_refuse(self._audit, event, refusal="audit log unavailable")
 
 
 class _RecordingSigner:

@@ -16,8 +16,8 @@ from custody_core.errors import CustodyError, MetadataError
 from custody_core.keys import PublicKey
 from custody_core.verdict import Stage, Verdict, warning
 from custody_core.verify import verify_supply_chain
-from custody_server.audit_events import AuditEvent, AuditSink
-from custody_server.errors import AuditUnavailableError, RequestError
+from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
+from custody_server.errors import RequestError
 from custody_server.jsonlimits import loads_limited
 from custody_server.keyring import KeyRing, KeyVersion
 from custody_server.lifecycle.policy import KeyState, format_time
@@ -72,8 +72,8 @@ class VerificationService:
             )
             verdict = self._warn_layout_key_windows(verdict, layout_keys, now)
         except CustodyError as error:
-            self._record(AuditEvent(action="verify", category="process", outcome="failure",
-                                    reason=str(error)[:500], details=details))
+            self._record(AuditEvent.failure(action="verify", category="process", error=error,
+                                            details=details))
             raise
         first = verdict.failures[0] if verdict.failures else None
         self._record(AuditEvent(
@@ -146,7 +146,4 @@ class VerificationService:
                           trace=verdict.trace)
 
     def _record(self, event: AuditEvent) -> None:
-        try:
-            self._audit.record(event)
-        except Exception as error:
-            raise AuditUnavailableError("audit log unavailable: verdict withheld") from error
+        record_or_refuse(self._audit, event, refusal="audit log unavailable: verdict withheld")

@@ -22,8 +22,7 @@ from typing import Any
 import structlog
 
 from custody_core.errors import CustodyError
-from custody_server.audit_events import AuditEvent, AuditSink
-from custody_server.errors import AuditUnavailableError
+from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.keyring import KeyRing, KeyVersion, ServiceKey, TokenKeys, validate_alias
 from custody_server.keystore import KeyAlgorithm, KeyNotFoundError
 from custody_server.lifecycle import policy
@@ -257,21 +256,14 @@ class KeyLifecycle:
     def _record(self, action: str, details: Mapping[str, Any]) -> None:
         event = AuditEvent(action=action, category="configuration", outcome="success",
                            details=details)
-        try:
-            self._audit.record(event)
-        except Exception as error:
-            raise AuditUnavailableError(
-                f"{action} was done but its audit record could not be written"
-            ) from error
+        record_or_refuse(self._audit, event,
+                         refusal=f"{action} was done but its audit record could not be written")
 
     def _record_failure(self, action: str, error: CustodyError,
                         details: Mapping[str, Any]) -> None:
-        event = AuditEvent(action=action, category="configuration", outcome="failure",
-                           reason=str(error)[:500], details=details)
-        try:
-            self._audit.record(event)
-        except Exception as audit_error:
-            raise AuditUnavailableError("audit log unavailable") from audit_error
+        event = AuditEvent.failure(action=action, category="configuration", error=error,
+                                   details=details)
+        record_or_refuse(self._audit, event, refusal="audit log unavailable")
 
 
 def _with_lifecycle(key: ServiceKey, lifecycle: policy.AliasLifecycle) -> ServiceKey:
