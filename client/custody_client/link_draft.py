@@ -20,17 +20,51 @@ from custody_core.api_enums import ENVELOPE_NUMBERS
 if TYPE_CHECKING:
     from custody_api.v1 import custody_pb2 as pb
 
-# custody.v1.SignLinkRequest field numbers
-_STEP_NAME, _COMMAND, _MATERIALS, _PRODUCTS, _BYPRODUCTS, _ENVIRONMENT, _KEY_ALIAS, \
-    _ENVELOPE = range(1, 9)
+# Field numbers, as in protos/custody/v1/custody.proto. WIRE_FIELDS below lists each with
+# the wire type it is written with; tests/client/test_wire_fields.py holds that table to the
+# generated descriptors and fails when a message gains a field this encoder does not write.
+# custody.v1.SignLinkRequest
+_STEP_NAME = 1
+_COMMAND = 2
+_MATERIALS = 3
+_PRODUCTS = 4
+_BYPRODUCTS = 5
+_ENVIRONMENT = 6
+_KEY_ALIAS = 7
+_ENVELOPE = 8
+# custody.v1.Artifact
+_ARTIFACT_PATH = 1
+_ARTIFACT_DIGEST = 2
+# custody.v1.Byproducts
+_STDOUT = 1
+_STDERR = 2
+_RETURN_VALUE = 3
+# The entries of a map<string, string> (Artifact.digest, SignLinkRequest.environment)
+_MAP_KEY = 1
+_MAP_VALUE = 2
+# Wire types
+_VARINT = 0
+_LENGTH_DELIMITED = 2
+
+_LD = _LENGTH_DELIMITED
+WIRE_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
+    "custody.v1.SignLinkRequest": {
+        "step_name": (_STEP_NAME, _LD), "command": (_COMMAND, _LD),
+        "materials": (_MATERIALS, _LD), "products": (_PRODUCTS, _LD),
+        "byproducts": (_BYPRODUCTS, _LD), "environment": (_ENVIRONMENT, _LD),
+        "key_alias": (_KEY_ALIAS, _LD), "envelope": (_ENVELOPE, _VARINT),
+    },
+    "custody.v1.SignLinkRequest.EnvironmentEntry": {
+        "key": (_MAP_KEY, _LD), "value": (_MAP_VALUE, _LD),
+    },
+    "custody.v1.Artifact": {"path": (_ARTIFACT_PATH, _LD), "digest": (_ARTIFACT_DIGEST, _LD)},
+    "custody.v1.Artifact.DigestEntry": {"key": (_MAP_KEY, _LD), "value": (_MAP_VALUE, _LD)},
+    "custody.v1.Byproducts": {
+        "stdout": (_STDOUT, _LD), "stderr": (_STDERR, _LD),
+        "return_value": (_RETURN_VALUE, _VARINT),
+    },
+}
 _HEX_DIGITS = b"0123456789abcdef"
-# Artifact.digest = {"sha256": <64 hex>}: field 2, one map entry {1: "sha256", 2: hex}.
-_SHA256_DIGEST = b"\x12\x4a\x0a\x06sha256\x12\x40"
-# An Artifact whose path has fewer than 50 UTF-8 bytes is under 128 bytes long, so both
-# its length and its path's length are one-byte varints: this prefix, by path length.
-_SHORT_PATH = 50
-_SHORT_PREFIX = tuple(bytes((size + 2 + len(_SHA256_DIGEST) + 64, 1 << 3 | 2, size))
-                      for size in range(_SHORT_PATH))
 
 
 def _varint(value: int) -> bytes:
@@ -44,12 +78,29 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _key(field: int, wire_type: int) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
 def _length_delimited(field: int, data: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
+    return _key(field, _LENGTH_DELIMITED) + _varint(len(data)) + data
 
 
 def _string(field: int, text: str) -> bytes:
     return _length_delimited(field, text.encode("utf-8"))
+
+
+# Artifact.digest = {"sha256": <64 hex>}: one map entry {key: "sha256", value: hex}, all of
+# it but the 64 hex digits, which follow.
+_SHA256_ENTRY = _string(_MAP_KEY, "sha256") + _key(_MAP_VALUE, _LENGTH_DELIMITED) + _varint(64)
+_SHA256_DIGEST = _key(_ARTIFACT_DIGEST, _LENGTH_DELIMITED) + _varint(len(_SHA256_ENTRY) + 64) \
+    + _SHA256_ENTRY
+# An Artifact whose path has fewer than 50 UTF-8 bytes is under 128 bytes long, so both
+# its length and its path's length are one-byte varints: this prefix, by path length.
+_SHORT_PATH = 50
+_SHORT_PREFIX = tuple(_varint(size + 2 + len(_SHA256_DIGEST) + 64)
+                      + _key(_ARTIFACT_PATH, _LENGTH_DELIMITED) + _varint(size)
+                      for size in range(_SHORT_PATH))
 
 
 def _hex_digest(path: str, sha256: str) -> bytes:
@@ -81,7 +132,7 @@ class LinkDraft:
     def _add(self, field: int, artifacts: Iterable[tuple[str, str]]) -> int:
         # The loop runs once per file of a tree: appends of ready-made pieces, no calls
         # per varint (3x faster than building each Artifact with the helpers above).
-        tag = _varint(field << 3 | 2)
+        tag = _key(field, _LENGTH_DELIMITED)
         body = self._body
         count = 0
         for path, sha256 in artifacts:
@@ -93,7 +144,7 @@ class LinkDraft:
                 body += _SHORT_PREFIX[size]
                 body += encoded
             else:
-                artifact_path = _length_delimited(1, encoded)
+                artifact_path = _length_delimited(_ARTIFACT_PATH, encoded)
                 body += _varint(len(artifact_path) + len(_SHA256_DIGEST) + 64)
                 body += artifact_path
             body += _SHA256_DIGEST
@@ -111,14 +162,16 @@ class LinkDraft:
         """The serialized SignLinkRequest."""
         tail = bytearray()
         if self._byproducts is not None:
-            message = _string(1, self._byproducts.stdout) + _string(2, self._byproducts.stderr)
-            if self._byproducts.return_value is not None:
-                message += _varint(3 << 3) + _varint(self._byproducts.return_value)
+            byproducts = self._byproducts
+            message = _string(_STDOUT, byproducts.stdout) + _string(_STDERR, byproducts.stderr)
+            if byproducts.return_value is not None:
+                message += _key(_RETURN_VALUE, _VARINT) + _varint(byproducts.return_value)
             tail += _length_delimited(_BYPRODUCTS, message)
         for name, value in self._environment.items():
-            tail += _length_delimited(_ENVIRONMENT, _string(1, name) + _string(2, value))
+            entry = _string(_MAP_KEY, name) + _string(_MAP_VALUE, value)
+            tail += _length_delimited(_ENVIRONMENT, entry)
         tail += _string(_KEY_ALIAS, key_alias)
-        tail += _varint(_ENVELOPE << 3) + _varint(ENVELOPE_NUMBERS[envelope])
+        tail += _key(_ENVELOPE, _VARINT) + _varint(ENVELOPE_NUMBERS[envelope])
         return b"".join((self._body, tail))  # one copy
 
     def to_message(self, *, key_alias: str = "",

@@ -16,12 +16,30 @@ from custody_client.errors import ClientError
 from custody_client.models import EnvelopeKind, SignedMetadata
 from custody_core.api_enums import ENVELOPES_BY_NUMBER
 
-# custody.v1.SignLinkResponse field numbers
-_SIGNED, _FILE_NAME, _KEYID, _KEY_ALIAS, _KEY_VERSION, _ENVELOPE, _SHA256 = range(1, 8)
+# custody.v1.SignLinkResponse field numbers, as in protos/custody/v1/custody.proto.
+# WIRE_FIELDS below lists each with the wire type it is read from;
+# tests/client/test_wire_fields.py holds that table to the generated descriptor and fails
+# when the message gains a field this reader does not know.
+_SIGNED = 1
+_FILE_NAME = 2
+_KEYID = 3
+_KEY_ALIAS = 4
+_KEY_VERSION = 5
+_ENVELOPE = 6
+_SHA256 = 7
 _STRINGS = {_FILE_NAME: "file_name", _KEYID: "keyid", _KEY_ALIAS: "key_alias",
             _SHA256: "sha256"}
 
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+WIRE_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
+    "custody.v1.SignLinkResponse": {
+        "signed": (_SIGNED, _LENGTH_DELIMITED),
+        **{name: (number, _LENGTH_DELIMITED) for number, name in _STRINGS.items()},
+        "key_version": (_KEY_VERSION, _VARINT),
+        "envelope": (_ENVELOPE, _VARINT),
+    },
+}
 
 
 class _Malformed(ValueError):
@@ -41,8 +59,8 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
-def wire_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) in order: an int for varints, bytes for the rest."""
+def wire_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """(field number, wire type, value) in order: an int for varints, bytes for the rest."""
     position = 0
     while position < len(data):
         key, position = _varint(data, position)
@@ -51,7 +69,7 @@ def wire_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             raise _Malformed("field number 0")
         if wire_type == _VARINT:
             value, position = _varint(data, position)
-            yield number, value
+            yield number, wire_type, value
             continue
         if wire_type == _LENGTH_DELIMITED:
             size, position = _varint(data, position)
@@ -62,7 +80,7 @@ def wire_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
         end = position + size
         if end > len(data):
             raise _Malformed("truncated field")
-        yield number, data[position:end]
+        yield number, wire_type, data[position:end]
         position = end
 
 
@@ -72,15 +90,17 @@ def read_sign_link_response(data: bytes) -> SignedMetadata:
     strings = dict.fromkeys(_STRINGS.values(), "")
     key_version = envelope = 0
     try:
-        for number, value in wire_fields(data):
-            if number == _SIGNED and isinstance(value, bytes):
-                signed = value
-            elif number in _STRINGS and isinstance(value, bytes):
-                strings[_STRINGS[number]] = value.decode("utf-8")
-            elif number == _KEY_VERSION and isinstance(value, int):
-                key_version = value & 0xFFFF_FFFF  # uint32
-            elif number == _ENVELOPE and isinstance(value, int):
-                envelope = value
+        for number, wire_type, value in wire_fields(data):
+            if isinstance(value, int):  # a varint
+                if number == _KEY_VERSION:
+                    key_version = value & 0xFFFF_FFFF  # uint32
+                elif number == _ENVELOPE:
+                    envelope = value
+            elif wire_type == _LENGTH_DELIMITED:
+                if number == _SIGNED:
+                    signed = value
+                elif number in _STRINGS:
+                    strings[_STRINGS[number]] = value.decode("utf-8")
             # anything else, a known field with another wire type included, is skipped
     except (_Malformed, UnicodeDecodeError) as error:
         raise ClientError(f"SignLink: the server's reply does not parse ({error})",

@@ -68,3 +68,15 @@ def test_a_reply_that_does_not_parse_is_a_client_error(data: bytes) -> None:
     with pytest.raises(ClientError, match="does not parse") as error:
         read_sign_link_response(data)
     assert error.value.code == "INTERNAL"
+
+
+@pytest.mark.parametrize("stray", [
+    b"\x0d" + b"abcd",  # signed (1) as fixed32
+    b"\x09" + b"abcdefgh",  # signed (1) as fixed64
+    b"\x15" + b"abcd",  # file_name (2) as fixed32
+    b"\x08\x05",  # signed (1) as a varint
+], ids=["signed-fixed32", "signed-fixed64", "file_name-fixed32", "signed-varint"])
+def test_a_known_field_in_another_wire_type_is_skipped_even_last(stray: bytes) -> None:
+    data = pb.SignLinkResponse(signed=b"{}", file_name="a.link").SerializeToString() + stray
+    assert read_sign_link_response(data) == expected(pb.SignLinkResponse.FromString(data))
+    assert read_sign_link_response(data).content == b"{}"
