@@ -112,7 +112,7 @@ class ClientTls:
 class Service:
     running: Any  # custody_server.app.RunningServer
     store: Pkcs11KeyStore
-    keys: Any  # custody_server.keyring.KeyRing
+    keys: Any  # custody_server.lifecycle.keyring.KeyRing
     audit: MemoryAuditSink
     address: str  # "127.0.0.1:PORT", mTLS
     tls: ClientTls
@@ -127,7 +127,7 @@ def _start_service(keystore: Pkcs11KeyStore, state: Path, *, insecure: bool) -> 
     # Imported here so that a broken server module fails its own tests, not the whole suite.
     from custody_server.app import build_server
     from custody_server.config import PolicyConfig, TlsConfig
-    from custody_server.keyring import KeyRing
+    from custody_server.lifecycle.keyring import KeyRing
     from custody_server.tls_bootstrap import ensure_local_tls
 
     keys = KeyRing(keystore)

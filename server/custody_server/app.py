@@ -18,7 +18,7 @@ from custody_server.audit_events import AuditSink
 from custody_server.bootstrap import prepare_access
 from custody_server.config import ServerConfig
 from custody_server.errors import ConfigError
-from custody_server.keyring import KeyRing
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.lifecycle.manager import KeyLifecycle
 from custody_server.lifecycle.model import overlap_remaining
 from custody_server.lifecycle.scheduler import LifecycleScheduler

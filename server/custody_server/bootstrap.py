@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from custody_server.config import ServerConfig
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 from custody_server.lifecycle.guard import default_guard
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.policy.defaults import write_default_policy
 from custody_server.softhsm import find_softhsm_module, init_token
 from custody_server.tls_bootstrap import ensure_local_tls

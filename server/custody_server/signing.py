@@ -22,8 +22,8 @@ from custody_core.signer import Signer
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import LimitExceededError, RequestError
 from custody_server.jsonlimits import loads_limited
-from custody_server.keyring import KeyRing, KeyVersion
 from custody_server.lifecycle.functionaries import resolve_functionaries
+from custody_server.lifecycle.keyring import KeyRing, KeyVersion
 
 ALIAS_PREFIX = "alias:"
 # The link's environment records who asked for it (the client certificate's identity,

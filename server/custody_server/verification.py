@@ -19,7 +19,7 @@ from custody_core.verify import verify_supply_chain
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import RequestError
 from custody_server.jsonlimits import loads_limited
-from custody_server.keyring import KeyRing, KeyVersion
+from custody_server.lifecycle.keyring import KeyRing, KeyVersion
 from custody_server.lifecycle.policy import KeyState, format_time
 from custody_server.lifecycle.verify_policy import ServiceKeyPolicy
 

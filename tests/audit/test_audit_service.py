@@ -26,8 +26,8 @@ from custody_core.audit_trail import AuditFile, AuditVerdict, verify_audit_trail
 from custody_core.envelope import parse_envelope
 from custody_server.app import RunningServer, build_server
 from custody_server.audit import AuditSettings, AuditTrail, open_audit_trail
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.metrics import ServiceMetrics
 
 from .audit_support import (

@@ -110,8 +110,8 @@ def link_only_server(keystore: Any, tmp_path_factory: pytest.TempPathFactory
     from custody_server.app import build_server
     from custody_server.audit_events import MemoryAuditSink
     from custody_server.config import PolicyConfig, ServerConfig
-    from custody_server.keyring import KeyRing
     from custody_server.keystore import KeyAlgorithm
+    from custody_server.lifecycle.keyring import KeyRing
     from custody_server.tls_bootstrap import ensure_local_tls
 
     state = tmp_path_factory.mktemp("link-only")

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from custody_server.audit_events import MemoryAuditSink
-from custody_server.keyring import KeyRing
 from custody_server.keystore import Pkcs11KeyStore
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.lifecycle.manager import KeyLifecycle
 from custody_server.lifecycle.settings import LifecycleSettings, RotationSchedule
 

@@ -21,8 +21,8 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
 from custody_server.audit_events import AuditEvent, MemoryAuditSink
 from custody_server.config import ServerConfig, TlsConfig
-from custody_server.keyring import KeyRing
 from custody_server.keystore import Pkcs11KeyStore
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.lifecycle.manager import KeyLifecycle
 from custody_server.lifecycle.settings import LifecycleSettings
 

@@ -22,8 +22,8 @@ from google.protobuf.duration_pb2 import Duration
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.softhsm import SoftHsmToken
 
 from .lifecycle_support import OPEN_POLICY, layout, sign_link, step, unique_alias

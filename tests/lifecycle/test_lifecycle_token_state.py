@@ -14,13 +14,13 @@ import pytest
 
 from custody_server.audit_events import AuditEvent, MemoryAuditSink
 from custody_server.errors import AuditUnavailableError
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 from custody_server.lifecycle.guard import (
     FileLockGuard,
     LifecycleBusyError,
     default_guard,
 )
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.lifecycle.manager import KeyLifecycle
 from custody_server.lifecycle.settings import LifecycleSettings, RotationSchedule
 from custody_server.lifecycle.token_state import (

@@ -24,8 +24,8 @@ from typing import TypeVar
 
 from custody_server.audit import AuditSettings, open_audit_trail
 from custody_server.bootstrap import ensure_default_keys
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeystoreUnavailableError, Pkcs11KeyStore
+from custody_server.lifecycle.keyring import KeyRing
 
 T = TypeVar("T")
 

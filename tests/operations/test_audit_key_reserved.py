@@ -23,8 +23,8 @@ from custody_server.config import (
     config_from_dict,
 )
 from custody_server.errors import ConfigError
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.policy import AccessRequest, PolicyStore, parse_policy
 from custody_server.policy.rpcs import KeyScope
 

@@ -21,9 +21,9 @@ import pytest
 
 from custody_server.audit import AuditSettings, open_audit_trail
 from custody_server.bootstrap import ensure_default_keys
-from custody_server.keyring import KeyRing
 from custody_server.keystore import Pkcs11KeyStore
 from custody_server.lifecycle.guard import LifecycleGuard, ProcessGuard, default_guard
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.softhsm import SoftHsmToken
 
 from .ops_support import PYTHONPATH

@@ -20,8 +20,8 @@ from custody_api.v1 import custody_pb2_grpc
 from custody_server.app import build_server
 from custody_server.audit_events import MemoryAuditSink
 from custody_server.config import PolicyConfig, ServerConfig, TlsConfig
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.lifecycle.model import overlap_remaining
 from custody_server.lifecycle.settings import LifecycleSettings
 from custody_server.metrics import MetricsServer, ServiceMetrics

@@ -17,8 +17,8 @@ from custody_server.app import SERVICE_NAMES, RunningServer, build_server
 from custody_server.audit import AuditSettings, AuditTrail, AuditWriteError, open_audit_trail
 from custody_server.audit_events import AuditEvent
 from custody_server.config import PolicyConfig, ServerConfig, TlsConfig
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
+from custody_server.lifecycle.keyring import KeyRing
 from custody_server.serving import AUDIT_UNWRITABLE, OPERATOR, SHUTDOWN, ServingHealth
 
 from .test_overlap_gauge import OPEN_POLICY

@@ -43,7 +43,7 @@ def start_server(keystore: Pkcs11KeyStore, pki: Pki, tmp_path: Path
                  ) -> Iterator[StartServer]:
     """start_server(policy_text, **limits) -> AccessServer; stopped after the test."""
     from custody_server.app import build_server
-    from custody_server.keyring import KeyRing
+    from custody_server.lifecycle.keyring import KeyRing
 
     started: list[AccessServer] = []
 

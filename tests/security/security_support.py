@@ -90,7 +90,7 @@ class GatedAuditSink(MemoryAuditSink):
 @dataclass
 class AccessServer:
     running: Any  # custody_server.app.RunningServer
-    keys: Any  # custody_server.keyring.KeyRing
+    keys: Any  # custody_server.lifecycle.keyring.KeyRing
     audit: MemoryAuditSink
     policy_file: Path
     pki: Pki

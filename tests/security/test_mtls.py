@@ -196,7 +196,7 @@ def test_plaintext_only_when_asked_and_callers_are_anonymous(keystore: Any,
     """[tls] insecure = true: plaintext; every caller is "anonymous", which the default
     policy (written on first start) allows, and which the signed link records."""
     from custody_server.app import build_server
-    from custody_server.keyring import KeyRing
+    from custody_server.lifecycle.keyring import KeyRing
 
     config = ServerConfig(listen="127.0.0.1:0", state_dir=tmp_path,
                           tls=TlsConfig(insecure=True), limits=Limits())
@@ -214,7 +214,7 @@ def test_plaintext_only_when_asked_and_callers_are_anonymous(keystore: Any,
 
 def test_a_missing_policy_file_stops_the_server(keystore: Any, tmp_path: Path) -> None:
     from custody_server.app import build_server
-    from custody_server.keyring import KeyRing
+    from custody_server.lifecycle.keyring import KeyRing
 
     config = ServerConfig(listen="127.0.0.1:0", state_dir=tmp_path,
                           policy=PolicyConfig(file=tmp_path / "absent.toml"))

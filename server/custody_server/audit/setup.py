@@ -9,8 +9,8 @@ from custody_core.signer import Signer
 from custody_server.audit.settings import AuditSettings
 from custody_server.audit.trail import AuditTrail
 from custody_server.audit.writer import AuditObserver
-from custody_server.keyring import KeyRing
 from custody_server.keystore import KeyAlgorithm
+from custody_server.lifecycle.keyring import KeyRing
 
 
 def _utc_now() -> datetime:

@@ -2,6 +2,7 @@
 
 - `policy`: pure rules over versions and time (which version signs, which verify at t).
 - `model`: key versions as the rest of the server sees them (alias, keys, lifecycle).
+- `keyring`: the service keys by alias and version on the token, with a cached view.
 - `token_state`: the lifecycle record of an alias, kept as a data object in the token.
 - `guard`: the cross-process lock that makes lifecycle changes happen once.
 - `manager`: rotate, retire, destroy and scheduled work, with audit events.

@@ -23,10 +23,16 @@ import structlog
 
 from custody_core.errors import CustodyError
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
-from custody_server.keyring import KeyRing, KeyVersion, ServiceKey, TokenKeys, validate_alias
 from custody_server.keystore import KeyAlgorithm, KeyNotFoundError
 from custody_server.lifecycle import policy
 from custody_server.lifecycle.durations import format_duration
+from custody_server.lifecycle.keyring import (
+    KeyRing,
+    KeyVersion,
+    ServiceKey,
+    TokenKeys,
+    validate_alias,
+)
 from custody_server.lifecycle.settings import LifecycleSettings, RotationSchedule
 
 log = structlog.get_logger("custody.lifecycle")

@@ -19,8 +19,8 @@ from custody_core.api_enums import (
     KeyAlgorithm,
 )
 from custody_server.errors import RequestError
-from custody_server.keyring import KeyVersion, ServiceKey
 from custody_server.lifecycle import policy
+from custody_server.lifecycle.keyring import KeyVersion, ServiceKey
 from custody_server.lifecycle.manager import KeyLifecycle
 from custody_server.lifecycle.settings import RotationSchedule
 from custody_server.transport.servicer import caller_identity
