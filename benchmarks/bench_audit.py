@@ -61,7 +61,8 @@ def serve(mode: str, state: Path, workers: int) -> int:
     if mode == "durable":
         trail = open_audit_trail(AuditSettings(directory=state / f"audit-{os.getpid()}",
                                                checkpoint_interval_seconds=1.0),
-                                 keys=opened.keys)
+                                 keys=opened.keys, store=opened.store,
+                                 node=f"bench-{os.getpid()}")
         audit = trail
     running = build_server(config=config, keys=opened.keys, audit=audit)
     if trail is not None:  # as custody_server.main wires it
@@ -121,9 +122,15 @@ def compare(addresses: dict[str, str], pids: dict[str, int], *, in_flight: int,
 
 
 def trail_alone(state: Path, seconds: float) -> None:
-    """record() throughput of the trail itself, with a software checkpoint key."""
+    """record() throughput of the trail itself, with a software checkpoint key (the seals
+    are made in an embedded SoftHSM token, as in the server)."""
     from custody_core.software_signer import SoftwareSigner
     from custody_server.audit import AuditSettings, AuditTrail
+    from custody_server.audit.anchor import TrailAnchor
+    from custody_server.bootstrap import open_keystore
+    from custody_server.config import ServerConfig
+
+    store = open_keystore(ServerConfig(state_dir=state / "alone")).store
 
     class Batches:
         commits = 0
@@ -144,7 +151,8 @@ def trail_alone(state: Path, seconds: float) -> None:
     for threads in (1, 8, 32):
         batches = Batches()
         trail = AuditTrail(settings=AuditSettings(directory=state / f"alone-{threads}"),
-                           checkpoint_signer=lambda: signer, observer=batches)
+                           checkpoint_signer=lambda: signer, observer=batches,
+                           anchor=TrailAnchor(store, f"alone-{os.getpid()}-{threads}"))
         trail.expect_entries_from(lambda n=threads: n)  # each thread a call under way
         result = summary(measure(_recorder(trail, event), in_flight=threads,
                                   seconds=seconds))

@@ -45,6 +45,7 @@ A config file looks like this (every key is optional; see README "Configuration"
     retry_interval_seconds = 0.5
     write_timeout_seconds = 10
     mirror_stdout = false       # also print each line on stdout, for log shippers
+    node_name = "custody-1"     # this server's trail in the token (default: the host name)
 
     [metrics]
     listen = "127.0.0.1:9464"   # Prometheus /metrics; none: no endpoint (--metrics-listen)
@@ -65,6 +66,7 @@ from custody_server.lifecycle.settings import LifecycleSettings, lifecycle_setti
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_TOKEN_LABEL = "custody"  # noqa: S105 (a label, not a secret)
 DEFAULT_AUDIT_KEY_ALIAS = "audit"
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _KEY_ALIAS = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # keyring.validate_alias, as a config check
 MAX_COMMIT_DELAY_SECONDS = 0.01
 _AUDIT_NUMBERS = ("checkpoint_interval_seconds", "max_file_bytes", "retry_interval_seconds",
@@ -186,8 +188,16 @@ class AuditConfig:
     write_timeout_seconds: float = 10.0  # a record() that waits longer fails
     commit_delay_seconds: float = 0.002  # under concurrent load, gather a group commit
     mirror_stdout: bool = False  # also print each line on stdout, for log shippers
+    # Names this server's trail and its anchor in the token (ECS service.node.name); one
+    # per replica, stable across restarts. None: the host's name.
+    node_name: str | None = None
 
     def __post_init__(self) -> None:
+        if self.node_name is not None and (not isinstance(self.node_name, str)
+                                           or not NODE_NAME.match(self.node_name)):
+            raise ConfigError(f"audit.node_name {str(self.node_name)[:80]!r}: use 1-63 "
+                              "letters, digits, '.', '_' or '-', starting with a letter or "
+                              "digit")
         if not isinstance(self.key_alias, str) or not _KEY_ALIAS.match(self.key_alias):
             raise ConfigError(f"audit.key_alias {str(self.key_alias)[:80]!r} is not a key "
                               "alias: use 1-63 of a-z, 0-9, '.', '_', '-'")

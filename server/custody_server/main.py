@@ -27,8 +27,9 @@ from custody_server.audit import (
     open_audit_trail,
 )
 from custody_server.audit_events import AuditEvent
-from custody_server.bootstrap import open_keystore, prepare_access
+from custody_server.bootstrap import Opened, open_keystore, prepare_access
 from custody_server.config import MetricsConfig, ServerConfig, load_config
+from custody_server.errors import ConfigError
 from custody_server.logging_setup import configure_logging
 from custody_server.metrics import MetricsServer, ServiceMetrics
 from custody_server.serving import AUDIT_UNWRITABLE
@@ -72,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         access_notes = prepare_access(config)  # local mTLS material and policy, first start
         opened = open_keystore(config)
         metrics = ServiceMetrics()
-        audit = open_audit_trail(AuditSettings.from_config(config.audit,
-                                                           state_dir=config.state_dir),
-                                 keys=opened.keys, observer=metrics)
+        settings = AuditSettings.from_config(config.audit, state_dir=config.state_dir)
+        if options.new_audit_segment is not None:
+            return _new_audit_segment(settings, opened, reason=options.new_audit_segment)
+        audit = open_audit_trail(settings, keys=opened.keys, store=opened.store,
+                                 node=settings.node_name, observer=metrics)
         running = build_server(config=config, keys=opened.keys, audit=audit, metrics=metrics)
         # NOT_SERVING while it cannot write; its recovery never overrides a shutdown
         audit.set_health_listener(running.health_listener(AUDIT_UNWRITABLE))
@@ -133,6 +136,27 @@ def main(argv: list[str] | None = None) -> int:
         metrics_server.close()
     opened.store.close()
     log.info("server.stop")
+    return 0
+
+
+def _new_audit_segment(settings: AuditSettings, opened: Opened, *, reason: str
+                       ) -> int:
+    """The operator's answer to a refused trail: a new segment, then exit."""
+    if not reason.strip():
+        raise ConfigError("--new-audit-segment needs a reason (it goes into the trail)")
+    operator = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+    trail = open_audit_trail(settings, keys=opened.keys, store=opened.store,
+                             node=settings.node_name,
+                             new_segment={"reason": reason[:900], "operator": operator})
+    previous = trail.opened_details.get("new_segment", {})
+    trail.record(AuditEvent(action="audit-new-segment", category="file", outcome="success",
+                            reason=reason[:900], details=previous))
+    trail.close()
+    opened.store.close()
+    moved = previous.get("files_moved_to")
+    print(f"custody-server: new audit segment started in {settings.directory}"
+          + (f"; the previous files are in {settings.directory / moved}" if moved else "")
+          + f" (problem found: {previous.get('problem')})", file=sys.stderr)
     return 0
 
 

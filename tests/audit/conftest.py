@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from custody_core.keys import PublicKey
 from custody_core.signer import Signer
 from custody_server.audit import AuditSettings, AuditTrail
+from custody_server.audit.anchor import TrailAnchor
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 
 
@@ -34,7 +36,13 @@ def audit_keys(audit_signer: Signer) -> dict[str, PublicKey]:
 
 
 @pytest.fixture
-def open_trail(tmp_path: Path, audit_signer: Signer
+def trail_anchor(keystore: Pkcs11KeyStore) -> TrailAnchor:
+    """This test's anchor in the session's token: a node name of its own."""
+    return TrailAnchor(keystore, f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def open_trail(tmp_path: Path, audit_signer: Signer, trail_anchor: TrailAnchor
                ) -> Iterator[Callable[..., AuditTrail]]:
     """Opens trails on tmp_path/audit (closed at the end of the test)."""
     opened: list[AuditTrail] = []
@@ -42,7 +50,8 @@ def open_trail(tmp_path: Path, audit_signer: Signer
     def open_(**overrides: Any) -> AuditTrail:
         settings = AuditSettings(**{"directory": tmp_path / "audit",
                                     "retry_interval_seconds": 0.05, **overrides})
-        trail = AuditTrail(settings=settings, checkpoint_signer=lambda: audit_signer)
+        trail = AuditTrail(settings=settings, checkpoint_signer=lambda: audit_signer,
+                           anchor=trail_anchor)
         opened.append(trail)
         return trail
 

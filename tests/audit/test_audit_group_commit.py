@@ -12,6 +12,7 @@ import pytest
 from custody_core.signer import Signer
 from custody_server import config
 from custody_server.audit import AuditSettings, AuditTrail, AuditWriteError
+from custody_server.audit.anchor import TrailAnchor
 from custody_server.audit_events import AuditEvent
 
 
@@ -45,11 +46,15 @@ class Writers:
         pass
 
 
-def test_a_lone_caller_writes_its_own_entry(tmp_path: Path, audit_signer: Signer) -> None:
+def test_a_lone_caller_writes_its_own_entry(
+        trail_anchor: TrailAnchor,
+        tmp_path: Path,
+        audit_signer: Signer) -> None:
     """One request in flight: no hand-off to another thread, in either direction."""
     writers = Writers()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
-                       checkpoint_signer=lambda: audit_signer, observer=writers)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                       observer=writers)
     writers.threads.clear()
 
     def caller() -> None:
@@ -76,11 +81,12 @@ def record_concurrently(trail: AuditTrail, *, callers: int, each: int) -> None:
         thread.join()
 
 
-def test_under_concurrent_load_the_leader_waits_and_batches_grow(
+def test_under_concurrent_load_the_leader_waits_and_batches_grow(trail_anchor: TrailAnchor,
         tmp_path: Path, audit_signer: Signer) -> None:
     writers = Writers()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=0.01),
-                       checkpoint_signer=lambda: audit_signer, observer=writers)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                       observer=writers)
     trail.expect_entries_from(lambda: 8)  # as the server tells it: 8 calls under way
     writers.sizes = []
     record_concurrently(trail, callers=8, each=40)
@@ -91,11 +97,12 @@ def test_under_concurrent_load_the_leader_waits_and_batches_grow(
     assert sum(writers.sizes) / len(writers.sizes) >= 5
 
 
-def test_entries_queued_during_a_write_share_the_next_one(tmp_path: Path,
+def test_entries_queued_during_a_write_share_the_next_one(trail_anchor: TrailAnchor, tmp_path: Path,
                                                           audit_signer: Signer) -> None:
     writers = Writers()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
-                       checkpoint_signer=lambda: audit_signer, observer=writers)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                       observer=writers)
     writers.stall, writers.sizes = 0.3, []
     writers.stall_once.set()
     first = threading.Thread(target=trail.record, args=(event(0),))
@@ -112,13 +119,14 @@ def test_entries_queued_during_a_write_share_the_next_one(tmp_path: Path,
     assert sorted(written_steps(trail.path)) == sorted(f"step-{n}" for n in range(9))
 
 
-def test_a_write_that_hangs_times_out_its_followers_and_the_trail_goes_on(
+def test_a_write_that_hangs_times_out_its_followers_and_the_trail_goes_on(trail_anchor: TrailAnchor,
         tmp_path: Path, audit_signer: Signer) -> None:
     """Followers give up after write_timeout_seconds (no signature for them); those never
     taken into a write are never written; the trail keeps working after the slow write."""
     writers = Writers()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, write_timeout_seconds=0.2),
-                       checkpoint_signer=lambda: audit_signer, observer=writers)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                       observer=writers)
     writers.stall = 0.6
     writers.stall_once.set()
     outcomes: dict[int, str] = {}
@@ -151,13 +159,14 @@ def test_a_write_that_hangs_times_out_its_followers_and_the_trail_goes_on(
     assert len(steps) == len(set(steps))
 
 
-def test_many_callers_with_short_timeouts_never_lose_or_duplicate(
+def test_many_callers_with_short_timeouts_never_lose_or_duplicate(trail_anchor: TrailAnchor,
         tmp_path: Path, audit_signer: Signer) -> None:
     """Timeouts race with promotions to leader: the trail must keep going, and every
     record() that returned is on disk exactly once."""
     writers = Writers()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, write_timeout_seconds=0.002),
-                       checkpoint_signer=lambda: audit_signer, observer=writers)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                       observer=writers)
     returned: list[str] = []
     lock = threading.Lock()
 
@@ -186,10 +195,14 @@ def test_many_callers_with_short_timeouts_never_lose_or_duplicate(
     assert returned  # most calls succeed even with a 2 ms timeout
 
 
-def test_close_waits_for_the_writes_in_progress(tmp_path: Path, audit_signer: Signer) -> None:
+def test_close_waits_for_the_writes_in_progress(
+        trail_anchor: TrailAnchor,
+        tmp_path: Path,
+        audit_signer: Signer) -> None:
     writers = Writers()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
-                       checkpoint_signer=lambda: audit_signer, observer=writers)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                       observer=writers)
     writers.stall = 0.3
     writers.stall_once.set()
     results: list[str] = []
@@ -216,11 +229,12 @@ def long_delays(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config, "MAX_COMMIT_DELAY_SECONDS", 60.0)
 
 
-def test_the_leader_waits_for_the_calls_in_progress_and_no_longer(
+def test_the_leader_waits_for_the_calls_in_progress_and_no_longer(trail_anchor: TrailAnchor,
         tmp_path: Path, audit_signer: Signer, long_delays: None) -> None:
     writers = Writers()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=30),
-                       checkpoint_signer=lambda: audit_signer, observer=writers)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                       observer=writers)
     asked = threading.Event()
 
     def three_in_progress() -> int:
@@ -245,12 +259,12 @@ def test_the_leader_waits_for_the_calls_in_progress_and_no_longer(
 
 
 @pytest.mark.parametrize("in_progress", [1, 2])
-def test_fewer_than_three_calls_in_progress_never_wait(
+def test_fewer_than_three_calls_in_progress_never_wait(trail_anchor: TrailAnchor,
         tmp_path: Path, audit_signer: Signer, long_delays: None, in_progress: int) -> None:
     """A caller alone never waits for company; with one other call under way a wait
     rarely catches it, so two callers do not wait for each other either."""
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=30),
-                       checkpoint_signer=lambda: audit_signer)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor)
     trail.expect_entries_from(lambda: in_progress)
     started = time.monotonic()
     record_concurrently(trail, callers=in_progress, each=20)
@@ -259,22 +273,22 @@ def test_fewer_than_three_calls_in_progress_never_wait(
     assert len(written_steps(trail.path)) == 20 * in_progress
 
 
-def test_without_the_calls_in_progress_the_leader_never_waits(
+def test_without_the_calls_in_progress_the_leader_never_waits(trail_anchor: TrailAnchor,
         tmp_path: Path, audit_signer: Signer, long_delays: None) -> None:
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=30),
-                       checkpoint_signer=lambda: audit_signer)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor)
     started = time.monotonic()
     record_concurrently(trail, callers=8, each=5)
     assert time.monotonic() - started < 15
     trail.close()
 
 
-def test_the_wait_for_calls_in_progress_ends_at_the_commit_delay(
+def test_the_wait_for_calls_in_progress_ends_at_the_commit_delay(trail_anchor: TrailAnchor,
         tmp_path: Path, audit_signer: Signer, long_delays: None) -> None:
     """A call in progress that records late or not at all (a slow Verify) costs at most
     the delay per write."""
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=0.2),
-                       checkpoint_signer=lambda: audit_signer)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor)
     trail.expect_entries_from(lambda: 5)
     started = time.monotonic()
     trail.record(event(0))

@@ -11,6 +11,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ def audited(keystore: Pkcs11KeyStore, softhsm_token: Any, tmp_path: Path,
     trail = open_audit_trail(AuditSettings(directory=tmp_path / "audit",
                                            retry_interval_seconds=0.05,
                                            checkpoint_interval_seconds=0.2),
-                             keys=keys, observer=metrics)
+                             keys=keys, store=keystore, node=f"test-{uuid.uuid4().hex[:12]}",
+                             observer=metrics)
     running = build_server(config=plaintext_config(tmp_path),
                            keys=keys, audit=trail, metrics=metrics)
     trail.set_health_listener(running.set_serving)
@@ -82,7 +84,7 @@ def audited(keystore: Pkcs11KeyStore, softhsm_token: Any, tmp_path: Path,
     # Nothing this test made the server print or write holds the token's PIN.
     pin = softhsm_token.read_pin()
     captured = capfd.readouterr()
-    written = b"".join(p.read_bytes() for p in (tmp_path / "audit").iterdir() if p.is_file())
+    written = b"".join(p.read_bytes() for p in (tmp_path / "audit").glob("audit*") if p.is_file())
     assert pin not in captured.out + captured.err
     assert pin.encode() not in written and b"PRIVATE KEY" not in written
 

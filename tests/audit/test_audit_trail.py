@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import random
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from custody_core.audit_trail import AuditFile, AuditVerdict, verify_audit_trail
 from custody_core.keys import PublicKey
 from custody_server.audit import AuditTrail, AuditWriteError
+from custody_server.audit.anchor import TrailAnchor
 from custody_server.audit_events import AuditEvent
 from custody_server.errors import AuditUnavailableError
 
@@ -37,7 +39,7 @@ def entries(path: Path) -> list[dict[str, Any]]:
 
 def verify_dir(directory: Path, keys: dict[str, PublicKey],
                names: list[str] | None = None) -> AuditVerdict:
-    paths = [directory / n for n in names] if names else sorted(directory.iterdir())
+    paths = [directory / n for n in names] if names else sorted(directory.glob("audit*"))
     return verify_audit_trail([AuditFile(p.name, p.read_bytes()) for p in paths],
                               trusted_keys=keys)
 
@@ -61,13 +63,14 @@ class Counting:
         self.failures.append(kind)
 
 
-def test_concurrent_records_share_fsyncs_and_all_land_in_order(
+def test_concurrent_records_share_fsyncs_and_all_land_in_order(trail_anchor: TrailAnchor,
         tmp_path: Path, audit_signer: Any, audit_keys: dict[str, PublicKey]) -> None:
     from custody_server.audit import AuditSettings
 
     counting = Counting()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
-                       checkpoint_signer=lambda: audit_signer, observer=counting)
+                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                       observer=counting)
     threads, per_thread = 16, 100
 
     def work(worker: int) -> None:
@@ -174,11 +177,11 @@ def test_a_torn_last_line_is_dropped_and_recorded(open_trail: OpenTrail,
 
 
 def test_a_corrupt_last_entry_stops_the_start(open_trail: OpenTrail) -> None:
-    open_trail().close()
-    directory = open_trail().path.parent
-    with (directory / "audit.log").open("ab") as file:
+    trail = open_trail()
+    trail.close()
+    with trail.path.open("ab") as file:
         file.write(b'{"not": "an entry"}\n')
-    with pytest.raises(AuditUnavailableError, match="not valid"):
+    with pytest.raises(AuditUnavailableError, match="line 3: not a valid entry"):
         open_trail()
 
 
@@ -189,7 +192,7 @@ def test_rotation_keeps_the_chain_across_files(open_trail: OpenTrail,
         trail.record(event(index))
     trail.close()
     directory = trail.path.parent
-    names = sorted(p.name for p in directory.iterdir())
+    names = sorted(p.name for p in directory.glob("audit*"))
     rotated = [n for n in names if n != "audit.log"]
     assert len(rotated) >= 3
     shuffled = list(names)
@@ -282,7 +285,9 @@ def test_checkpoints_come_on_time_without_traffic(open_trail: OpenTrail) -> None
     assert entries(trail.path)[-1]["event"]["reason"] == "interval"
 
 
-def test_an_unsigned_checkpoint_does_not_fail_records(tmp_path: Path) -> None:
+def test_an_unsigned_checkpoint_does_not_fail_records(
+        trail_anchor: TrailAnchor,
+        tmp_path: Path) -> None:
     from custody_server.audit import AuditSettings
 
     def broken_signer() -> Any:
@@ -291,7 +296,7 @@ def test_an_unsigned_checkpoint_does_not_fail_records(tmp_path: Path) -> None:
     counting = Counting()
     trail = AuditTrail(settings=AuditSettings(directory=tmp_path,
                                               checkpoint_interval_seconds=0.01),
-                       checkpoint_signer=broken_signer, observer=counting)
+                       checkpoint_signer=broken_signer, anchor=trail_anchor, observer=counting)
     for index in range(3):
         trail.record(event(index))
         time.sleep(0.02)
@@ -323,7 +328,8 @@ def test_entries_use_ecs_fields_and_never_hold_secrets(open_trail: OpenTrail) ->
     assert written["event"]["reason"].startswith("bad\nrequest")
     assert written["source"] == {"ip": "::1", "address": "::1", "port": 40000}
     assert written["user"] == {"name": "spiffe://ci/agent"}
-    assert written["service"] == {"name": "custody"}
+    assert written["service"]["name"] == "custody"
+    assert written["service"]["node"]["name"].startswith("test-")
     assert written["custody"]["key"] == {"alias": "build", "version": 2, "id": "ab" * 32}
     assert written["custody"]["request_id"] == "r-1"
     assert written["custody"]["user_pin"] == written["custody"]["payload"] == "[redacted]"
@@ -350,7 +356,14 @@ def test_records_after_close_are_refused(open_trail: OpenTrail) -> None:
 def test_rendered_lines_are_the_canonical_entries_on_the_chain(details: dict[str, Any],
                                                                reason: str) -> None:
     """The writer builds lines from parts; they must equal the verifier's definition."""
-    from custody_core.audit_trail import encode_entry, next_chain, parse_entry, without_hash
+    from custody_core.audit_trail import (
+        encode_entry,
+        next_chain,
+        parse_entry,
+        seal_input,
+        without_hash,
+        without_seal,
+    )
     from custody_server.audit.entry import ecs_entry
     from custody_server.audit.render import ChainState, EntryRenderer
 
@@ -359,8 +372,20 @@ def test_rendered_lines_are_the_canonical_entries_on_the_chain(details: dict[str
                       event_id="0" * 32, request={"peer": "ipv4:10.0.0.1:5"})
     entry["@timestamp"] = "2030-01-01T00:00:00.000000Z"
     after = ChainState(sequence=41, chain="ab" * 32)
-    (line,), state = EntryRenderer().render([entry], after=after)
+    sealed: list[bytes] = []
+
+    def sealer(data: bytes) -> bytes:  # the token's HMAC in the server
+        sealed.append(data)
+        return hmac.digest(b"k" * 32, data, "sha256")
+
+    renderer = EntryRenderer(trail_id="cd" * 16, node="node-1", sealer=sealer)
+    (line,), state = renderer.render([entry], after=after, seal=True)
     parsed = parse_entry(line.rstrip(b"\n"))  # canonical, or it raises
     assert encode_entry(parsed) + b"\n" == line
     assert parsed["event"]["sequence"] == state.sequence == 42
     assert next_chain(after.chain, without_hash(parsed)) == parsed["event"]["hash"] == state.chain
+    assert parsed["custody"]["trail_id"] == "cd" * 16
+    assert parsed["service"]["node"] == {"name": "node-1"}
+    # The seal covers the chain before the entry and the entry without its hash and seal.
+    assert sealed == [seal_input(after.chain, encode_entry(without_seal(parsed)))]
+    assert parsed["custody"]["seal"] == hmac.digest(b"k" * 32, sealed[0], "sha256").hex()

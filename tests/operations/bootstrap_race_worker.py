@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -52,7 +53,7 @@ def main() -> int:
     sys.stdin.readline()
     notes = ensure_default_keys(keys, (link_alias, layout_alias))
     trail = open_audit_trail(AuditSettings(directory=Path(audit_dir), key_alias=audit_alias),
-                             keys=keys)
+                             keys=keys, store=store, node=f"race-{uuid.uuid4().hex[:12]}")
     trail.close()
     keyids = retried(lambda: {alias: keys.get(alias).active.keyid
                               for alias in (link_alias, layout_alias, audit_alias)})

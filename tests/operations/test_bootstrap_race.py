@@ -69,7 +69,8 @@ def test_threads_racing_to_create_the_same_keys(
             start.wait(timeout=30)
             notes = ensure_default_keys(keys, (link, layout))
             trail = open_audit_trail(AuditSettings(directory=tmp_path / f"audit-{number}",
-                                                   key_alias=audit), keys=keys)
+                                                   key_alias=audit), keys=keys,
+                                     store=keystore, node=f"race-{uuid.uuid4().hex[:12]}")
             trail.close()
             results.append({"notes": notes, "keyids": {
                 alias: keys.get(alias).active.keyid for alias in (link, layout, audit)}})

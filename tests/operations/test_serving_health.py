@@ -4,6 +4,7 @@ audit trail recovering never announces SERVING over another reason or over a shu
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,8 @@ def server(keystore: Pkcs11KeyStore, tmp_path: Path) -> Iterator[Server]:
     for alias in ("build", "owner"):
         keys.ensure(alias, KeyAlgorithm.ECDSA_P256)
     trail = open_audit_trail(AuditSettings(directory=tmp_path / "audit",
-                                           retry_interval_seconds=0.05), keys=keys)
+                                           retry_interval_seconds=0.05), keys=keys,
+                             store=keystore, node=f"test-{uuid.uuid4().hex[:12]}")
     (tmp_path / "policy.toml").write_text(OPEN_POLICY)
     running = build_server(config=ServerConfig(
         listen="127.0.0.1:0", state_dir=tmp_path, tls=TlsConfig(insecure=True),

@@ -7,6 +7,7 @@ first and last sequence numbers it holds (zero-padded, so names sort in chain or
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from custody_core.audit_trail import EntryError, parse_entry
 
 ACTIVE_NAME = "audit.log"
+LOCK_NAME = ".audit.lock"  # hidden: `custody audit verify DIR/*` skips it
 _ROTATED = re.compile(r"^audit\.(?P<first>\d{12})-(?P<last>\d{12})\.log$")
 _TAIL_WINDOW = 1 << 20  # an entry is far smaller than this
 
@@ -91,6 +93,17 @@ class ActiveFile:
                     last_entry=_entry(self.path, end[start:cut - 1]),
                     torn=torn, size=size - len(torn))
 
+    def read_all(self) -> bytes:
+        size = os.fstat(self._fd).st_size
+        chunks, offset = [], 0
+        while offset < size:
+            chunk = os.pread(self._fd, min(size - offset, 1 << 24), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
         os.fsync(self._fd)
@@ -135,6 +148,18 @@ def rotated_name(first: int, last: int) -> str:
     return f"audit.{first:012d}-{last:012d}.log"
 
 
+def trail_files(directory: Path) -> list[Path]:
+    """The files of the trail in `directory`: rotated ones in order, then the active one,
+    and any file the server once moved aside (kept for inspection)."""
+    if not directory.is_dir():
+        return []
+    names = sorted(p.name for p in directory.iterdir() if p.is_file())
+    rotated = [n for n in names if _ROTATED.match(n)]
+    displaced = [n for n in names if n.startswith(f"{ACTIVE_NAME}.displaced-")]
+    active = [ACTIVE_NAME] if ACTIVE_NAME in names else []
+    return [directory / n for n in (*rotated, *active, *displaced)]
+
+
 def newest_rotated(directory: Path) -> Path | None:
     """The rotated file with the highest sequence numbers, if any."""
     best: tuple[int, Path] | None = None
@@ -145,12 +170,35 @@ def newest_rotated(directory: Path) -> Path | None:
     return best[1] if best else None
 
 
-def last_entry_of(path: Path) -> dict[str, Any] | None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return ActiveFile(path, fd).read_tail().last_entry
-    finally:
-        os.close(fd)
+class TrailLock:
+    """An exclusive lock on the trail's directory: one writer per trail.
+
+    flock on `audit.lock`, held while the server runs and released by the kernel when
+    the process ends (kill -9 too). The file holds the holder's pid, for the message.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        path = directory / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise AuditFileError(f"another custody-server (pid {holder}) writes the audit "
+                                 f"trail in {directory}: one server per trail (give each "
+                                 "replica its own [audit] directory)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
 
 def fsync_directory(directory: Path) -> None:

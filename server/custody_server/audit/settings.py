@@ -40,6 +40,7 @@ _FLAG_FIELDS = {
     "audit_checkpoint_seconds": "checkpoint_interval_seconds",
     "audit_max_bytes": "max_file_bytes",
     "audit_stdout": "mirror_stdout",
+    "audit_node": "node_name",
 }
 
 
@@ -60,6 +61,13 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--audit-stdout", action=argparse.BooleanOptionalAction, default=None,
                        help="also write each audit line to stdout, for log shippers "
                             "(default: off)")
+    group.add_argument("--audit-node",
+                       help="this server's node name: names its trail and the trail's anchor "
+                            "in the token; one per replica (default: the host name)")
+    group.add_argument("--new-audit-segment", metavar="REASON",
+                       help="operator command: when the trail was refused at start, move its "
+                            "files aside, start a new segment whose first entry names the "
+                            "break and REASON, and exit")
 
 
 def audit_config_with_args(config: AuditConfig, options: argparse.Namespace) -> AuditConfig:

@@ -35,8 +35,11 @@ from typing import Any
 import structlog
 
 from custody_core.audit_trail import CHECKPOINT_ACTION
+from custody_server.audit.anchor import TrailAnchor
 from custody_server.audit.entry import ecs_entry, format_timestamp, new_event_id
+from custody_server.audit.files import TrailLock
 from custody_server.audit.settings import AuditSettings
+from custody_server.audit.tail_check import AuditTrailRefused
 from custody_server.audit.writer import AuditObserver, CheckpointSigner, TrailWriter
 from custody_server.audit_events import AuditEvent
 from custody_server.errors import AuditUnavailableError
@@ -95,20 +98,33 @@ class AuditTrail:
     """Implements custody_server.audit_events.AuditSink."""
 
     def __init__(self, *, settings: AuditSettings, checkpoint_signer: CheckpointSigner,
-                 clock: Callable[[], datetime] = _utc_now,
-                 observer: AuditObserver | None = None) -> None:
+                 anchor: TrailAnchor, clock: Callable[[], datetime] = _utc_now,
+                 observer: AuditObserver | None = None,
+                 new_segment: dict[str, Any] | None = None) -> None:
+        """Open the trail in settings.directory, checked against `anchor` (AuditTrailRefused
+        if it does not check out). `new_segment`: the operator's command to start a new
+        segment instead (its details, e.g. the reason, go into the first entry)."""
         self._settings = settings
         self._clock = clock
         self._observer = observer
         settings.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._writer = TrailWriter(settings=settings, checkpoint_signer=checkpoint_signer,
-                                   clock=clock, observer=observer,
+                                   anchor=anchor, clock=clock, observer=observer,
                                    mirror=_write_stdout if settings.mirror_stdout else None)
         try:
-            opened = self._writer.start()
+            self._trail_lock: TrailLock | None = TrailLock(settings.directory)
+        except OSError as error:
+            raise AuditUnavailableError(str(error)) from error
+        try:
+            opened = self._writer.start(new_segment=new_segment)
+        except AuditTrailRefused:
+            self._release_lock()
+            raise
         except Exception as error:
+            self._release_lock()
             raise AuditUnavailableError(
                 f"cannot open the audit trail in {settings.directory}: {error}") from error
+        self.opened_details = opened  # what the audit-open entry says (start-up checks)
         # Everything below is guarded by _lock. The writer is used only by the leader.
         self._lock = threading.Lock()
         self._timer_wake = threading.Condition(self._lock)  # the timer thread waits here
@@ -130,6 +146,8 @@ class AuditTrail:
         try:
             self.record(AuditEvent(action="audit-open", category="file", outcome="success",
                                    details=opened))
+            if self._writer.new_trail:  # the token records the genesis at once
+                self._writer.record_head()
         except AuditWriteError:
             self.close()
             raise
@@ -186,6 +204,12 @@ class AuditTrail:
             healthy = self._failure is None
         self._writer.close(seal=healthy)
         self._timer.join(timeout=self._settings.write_timeout_seconds)
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._trail_lock is not None:
+            self._trail_lock.release()
+            self._trail_lock = None
 
     # Callers: queue, then lead or follow
 

@@ -8,7 +8,6 @@ method that cannot make its change durable raises, and leaves the chain state as
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ import structlog
 
 from custody_core.audit_trail import CHECKPOINT_ACTION, checkpoint_signed_bytes
 from custody_core.signer import Signer
+from custody_server.audit.anchor import AnchorRecord, TrailAnchor
 from custody_server.audit.entry import ecs_entry, format_timestamp, new_event_id
 from custody_server.audit.files import (
     ACTIVE_NAME,
@@ -27,12 +27,13 @@ from custody_server.audit.files import (
     AuditFileError,
     FileIdentity,
     fsync_directory,
-    last_entry_of,
     newest_rotated,
     rotated_name,
+    trail_files,
 )
 from custody_server.audit.render import ChainState, EntryRenderer
 from custody_server.audit.settings import AuditSettings
+from custody_server.audit.tail_check import AuditTrailRefused, CheckedTail, check_file
 from custody_server.audit_events import AuditEvent
 
 log = structlog.get_logger("custody.audit")
@@ -55,15 +56,18 @@ class CheckpointSigningError(RuntimeError):
 
 class TrailWriter:
     def __init__(self, *, settings: AuditSettings, checkpoint_signer: CheckpointSigner,
-                 clock: Callable[[], datetime], observer: AuditObserver | None,
-                 mirror: Callable[[bytes], None] | None) -> None:
+                 anchor: TrailAnchor, clock: Callable[[], datetime],
+                 observer: AuditObserver | None, mirror: Callable[[bytes], None] | None
+                 ) -> None:
         self._settings = settings
+        self._anchor = anchor
+        self._record: AnchorRecord | None = None
         self._active_path = settings.directory / ACTIVE_NAME
         self._signer = checkpoint_signer
         self._clock = clock
         self._observer = observer
         self._mirror = mirror
-        self._renderer = EntryRenderer()
+        self._renderer: EntryRenderer | None = None  # made once the trail is known
         self._state = ChainState.genesis()
         self._file: ActiveFile | None = None
         self._known: tuple[FileIdentity, int] | None = None  # the file and size last durable
@@ -86,49 +90,148 @@ class TrailWriter:
 
     # Opening
 
-    def start(self) -> dict[str, Any]:
-        """Continue the chain from the last entry on disk; details for the audit-open entry."""
-        details: dict[str, Any] = {"file": str(self._active_path)}
-        if not self._active_path.exists():
-            self._state = self._state_from_rotated()
-            self._create_file()
-        else:
-            file = ActiveFile.open(self._active_path)
-            tail = file.read_tail()
-            if tail.torn:
-                # A line cut short by a crash (kill -9, power loss) during a write: its
-                # write never returned, so no signature it records was ever returned.
-                file.truncate(tail.size)
-                details["torn_tail"] = {"bytes": len(tail.torn),
-                                        "sha256": hashlib.sha256(tail.torn).hexdigest()}
-                log.warning("audit.torn_tail_dropped", bytes=len(tail.torn))
-            self._adopt(file, last=tail.last_entry, first=tail.first_entry)
-        details["continued_from"] = self._state.sequence
+    def start(self, *, new_segment: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Check the trail on disk against the token's anchor, then continue it; details
+        for the audit-open entry. A trail that does not check out raises AuditTrailRefused.
+
+        `new_segment` (the operator's explicit command): do not continue; move the files
+        aside and start a new trail whose first entry names the break.
+        """
+        details: dict[str, Any] = {"file": str(self._active_path), "node": self._anchor.node}
+        record = self._anchor.read()
+        files = trail_files(self._settings.directory)
+        if new_segment is not None:
+            details["new_segment"] = self._new_segment(record, files, new_segment)
+            return details
+        if record is None:
+            if files:
+                raise AuditTrailRefused(
+                    f"{self._settings.directory} holds an audit trail ({files[0].name}), but "
+                    f"the token holds no anchor for node {self._anchor.node!r}: a trail "
+                    "written by an earlier version, by another node (set [audit] "
+                    "node_name to the node named in its entries), or planted")
+            self._begin(details)
+            return details
+        self._record = record
+        self._anchor.use(record)
+        self._renderer = self._make_renderer(record)
+        if not files:
+            if record.sequence:
+                raise AuditTrailRefused(
+                    f"no audit trail in {self._settings.directory}, but the token records "
+                    f"trail {record.trail_id} of node {record.node!r} up to entry "
+                    f"{record.sequence}: it was removed (or this node name belongs to "
+                    "another replica)")
+            self._begin(details)  # the last start crashed before its first checkpoint
+            return details
+        details["trail_id"] = record.trail_id
+        self._continue(details)
         return details
 
-    def _adopt(self, file: ActiveFile, *, last: dict[str, Any] | None,
-               first: dict[str, Any] | None) -> None:
+    def _continue(self, details: dict[str, Any]) -> None:
+        """Verify the newest file with entries and continue its chain."""
+        assert self._record is not None
+        file = ActiveFile.open(self._active_path)
+        try:
+            checked = self._check(self._active_path, file)
+            if checked is None:  # an empty active file: a rotation crashed midway
+                newest = newest_rotated(self._settings.directory)
+                checked = self._check(newest, None) if newest is not None else None
+                if checked is None:
+                    raise AuditTrailRefused(f"{self._active_path} holds no entry and no "
+                                            "rotated file precedes it")
+                self._state = ChainState(sequence=checked.sequence, chain=checked.chain)
+                self._adopt(file, first_sequence=checked.sequence + 1)
+                self.commit([], checkpoint="file-start", required=True)
+            else:
+                if checked.dropped is not None:
+                    # A write cut short by a crash (kill -9, power loss): its callers never
+                    # got an answer, so no signature it records was ever returned.
+                    file.truncate(checked.keep_bytes)
+                    details["torn_tail"] = checked.dropped
+                    log.warning("audit.torn_tail_dropped", **checked.dropped)
+                self._state = ChainState(sequence=checked.sequence, chain=checked.chain)
+                self._adopt(file, first_sequence=checked.first_sequence)
+        except BaseException:
+            file.close()
+            raise
+        details["continued_from"] = self._state.sequence
+
+    def _check(self, path: Path, file: ActiveFile | None) -> CheckedTail | None:
+        assert self._record is not None
+        content = file.read_all() if file is not None else path.read_bytes()
+        return check_file(path, content, record=self._record,
+                          check_seal=self._anchor.check_seal)
+
+    def _begin(self, details: dict[str, Any], *, previous: dict[str, Any] | None = None
+               ) -> None:
+        """A new trail: its id and seal key in the token, then its first file."""
+        created = format_timestamp(self._clock())
+        self._record = self._anchor.begin(trail_id=os.urandom(16).hex(), created=created)
+        self._renderer = self._make_renderer(self._record)
+        self._state = ChainState.genesis()
+        self._adopt(ActiveFile.open(self._active_path), first_sequence=1)
+        details.update(trail_id=self._record.trail_id, genesis=True, continued_from=0)
+        if previous is not None:
+            details["previous"] = previous
+
+    def _new_segment(self, record: AnchorRecord | None, files: list[Path],
+                     reason: dict[str, Any]) -> dict[str, Any]:
+        """Move the trail's files aside (kept for inspection) and begin a new trail."""
+        problem = "none found"
+        if record is not None and files:
+            try:
+                self._record = record
+                self._anchor.use(record)
+                file = ActiveFile.open(self._active_path) if self._active_path.exists() else None
+                try:
+                    self._check(self._active_path, file)
+                finally:
+                    if file is not None:
+                        file.close()
+            except (AuditTrailRefused, OSError) as error:
+                problem = getattr(error, "problem", str(error))
+        elif files:
+            problem = "the token held no anchor for this node"
+        elif record is not None and record.sequence:
+            problem = "the trail's files were missing"
+        stamp = format_timestamp(self._clock()).replace(":", "")
+        aside = self._settings.directory / f"segment-before-{stamp}"
+        if files:
+            aside.mkdir(mode=0o700)
+            for path in files:
+                os.rename(path, aside / path.name)
+            fsync_directory(self._settings.directory)
+        previous: dict[str, Any] = {
+            **reason, "problem": problem[:900],
+            "trail_id": record.trail_id if record else None,
+            "recorded_sequence": record.sequence if record else None,
+            "recorded_chain": record.chain if record else None,
+            "files_moved_to": aside.name if files else None,
+        }
+        details: dict[str, Any] = {}
+        self._begin(details, previous=previous)
+        return previous
+
+    def _make_renderer(self, record: AnchorRecord) -> EntryRenderer:
+        return EntryRenderer(trail_id=record.trail_id, node=record.node,
+                             sealer=self._anchor.seal)
+
+    def _adopt(self, file: ActiveFile, *, first_sequence: int) -> None:
         self._file = file
         self._known = (file.identity, file.size)
-        if last is not None and first is not None:
-            self._state = ChainState.of_entry(last)
-            self._first_sequence = first["event"]["sequence"]
-            return
-        if self._state.sequence == 0:  # an empty file at start-up
-            self._state = self._state_from_rotated()
-        self._first_sequence = self._state.sequence + 1
-        if self._state.sequence:
-            self.commit([], checkpoint="file-start", required=True)
+        self._first_sequence = first_sequence
 
-    def _state_from_rotated(self) -> ChainState:
-        newest = newest_rotated(self._settings.directory)
-        last = last_entry_of(newest) if newest else None
-        return ChainState.of_entry(last) if last else ChainState.genesis()
+    @property
+    def new_trail(self) -> bool:
+        """The trail began with this start: its genesis is not sealed by a checkpoint yet."""
+        return self._record is not None and self._record.sequence == 0
 
     def _create_file(self) -> None:
-        """A new active file; it starts with a checkpoint unless the chain starts here."""
-        self._file = ActiveFile.open(self._active_path)
-        self._adopt(self._file, last=None, first=None)
+        """A new active file during the run; it starts with a checkpoint (its anchor)."""
+        self._adopt(ActiveFile.open(self._active_path), first_sequence=self._state.sequence + 1)
+        if self._state.sequence:
+            self.commit([], checkpoint="file-start", required=True)
 
     def recover(self) -> dict[str, Any]:
         """Reopen after a failed write: the file cut back to what was durable, or a new one."""
@@ -153,7 +256,8 @@ class TrailWriter:
             try:
                 if tail.torn:
                     file.truncate(tail.size)
-                self._adopt(file, last=tail.last_entry, first=tail.first_entry)
+                first = tail.first_entry["event"]["sequence"] if tail.first_entry else None
+                self._adopt(file, first_sequence=first or self._state.sequence + 1)
             except BaseException:
                 file.close()
                 raise
@@ -171,16 +275,19 @@ class TrailWriter:
     def commit(self, entries: Sequence[dict[str, Any]], *, checkpoint: str | None,
                required: bool = False) -> bool:
         """Append `entries` (and a checkpoint after them) durably; True if a checkpoint was."""
-        if self._file is None:
+        if self._file is None or self._renderer is None:
             raise OSError("the audit file is not open")
-        lines, state = self._renderer.render(entries, after=self._state)
+        renderer = self._renderer
+        lines, state = renderer.render(entries, after=self._state, seal=checkpoint is None)
         sealed = False
         if checkpoint is not None:
             entry = self._checkpoint_entry(checkpoint, state, required=required)
             if entry is not None:
-                more, state = self._renderer.render([entry], after=state)
+                more, state = renderer.render([entry], after=state, seal=True)
                 lines += more
                 sealed = True
+            elif entries:  # no checkpoint after all: the entries end the write
+                lines, state = renderer.render(entries, after=self._state, seal=True)
         if not lines:
             return False
         data = b"".join(lines)
@@ -193,11 +300,27 @@ class TrailWriter:
         self._known = (self._file.identity, self._file.size)
         if sealed:
             self._unsealed, self._last_checkpoint = 0, time.monotonic()
+            self.record_head()
         else:
             self._unsealed += len(lines)
         if self._mirror is not None:
             self._mirror(data)
         return sealed
+
+    def record_head(self) -> None:
+        """Move the token's record to the entry just written (after it is durable, so the
+        record never runs ahead of the file): after the genesis and each checkpoint. A
+        failure leaves the older record: the trail still verifies; a cut after that record
+        goes unseen until the next one."""
+        if self._record is None:
+            return
+        try:
+            self._record = self._anchor.record_head(
+                self._record, sequence=self._state.sequence, chain=self._state.chain)
+        except Exception as error:
+            log.warning("audit.anchor_not_recorded", error=str(error)[:200])
+            if self._observer is not None:
+                self._observer.audit_failed(kind="anchor")
 
     def _checkpoint_entry(self, reason: str, state: ChainState, *, required: bool
                           ) -> dict[str, Any] | None:
