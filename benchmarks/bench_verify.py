@@ -37,7 +37,7 @@ from in_toto.verifylib import in_toto_verify  # noqa: E402
 
 from custody_core.envelope import parse_envelope, sign_metablock  # noqa: E402
 from custody_core.software_signer import SoftwareSigner  # noqa: E402
-from custody_core.verify import verify_supply_chain  # noqa: E402
+from custody_core.supply_chain import verify_supply_chain  # noqa: E402
 
 
 def _digest(i: int, salt: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Pipeline stages over a (sub)layout as a whole: layout signatures, parameters, rule
 lists, command alignment, the summary link. Each returns findings; none raises for a
-verification failure (verify.py decides when to stop)."""
+verification failure (supply_chain.py decides when to stop)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Pipeline stages over a step's links: load by authorized key id, verify, count, agree.
 
-Kept apart from verify.py so that each stays small. Every function returns values and
+Kept apart from supply_chain.py so that each stays small. Every function returns values and
 findings; none raises for a verification failure.
 """
 

@@ -14,14 +14,14 @@ from typing import Any
 from custody_core.envelope import parse_envelope
 from custody_core.errors import CustodyError, MetadataError
 from custody_core.keys import PublicKey
+from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Stage, Verdict, warning
-from custody_core.verify import verify_supply_chain
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import RequestError
 from custody_server.jsonlimits import loads_limited
 from custody_server.lifecycle.keyring import KeyRing, KeyVersion
-from custody_server.lifecycle.policy import KeyState, format_time
-from custody_server.lifecycle.verify_policy import ServiceKeyPolicy
+from custody_server.lifecycle.rotation import KeyState, format_time
+from custody_server.lifecycle.service_key_policy import ServiceKeyPolicy
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A Scenario is a mutable description (layout dicts, link dicts, who signs what, files in
 the final product's directory). `write()` signs and writes everything with in-toto 3.1;
 `run_reference()` runs in_toto_verify on the files; `run_core()` feeds the same bytes to
-custody_core.verify.verify_supply_chain, with inspection links recorded by
+custody_core.supply_chain.verify_supply_chain, with inspection links recorded by
 in_toto.runlib.in_toto_run (record only) in a fresh copy of the product directory.
 """
 
@@ -30,8 +30,8 @@ from in_toto.verifylib import in_toto_verify
 from securesystemslib.signer import CryptoSigner
 
 from custody_core.keys import PublicKey
+from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Stage, Verdict
-from custody_core.verify import verify_supply_chain
 
 Tamper = Callable[[dict[str, Any]], None]
 PY_CONTENT = b"print('hello')\n"

@@ -26,8 +26,8 @@ from in_toto.verifylib import in_toto_verify
 
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, sign_dsse, sign_metablock
 from custody_core.software_signer import SoftwareSigner
+from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Stage, Verdict
-from custody_core.verify import verify_supply_chain
 
 FIXTURES = Path("/work/shared/conformance/in-toto-python")
 DEMO = FIXTURES / "demo_files"

@@ -36,8 +36,8 @@ from custody_core.key_policy import FunctionaryMap
 from custody_core.keys import PublicKey
 from custody_core.link import link_to_statement
 from custody_core.software_signer import SoftwareSigner
+from custody_core.supply_chain import MAX_SUBLAYOUT_DEPTH, verify_supply_chain
 from custody_core.verdict import Failure, Stage, Verdict
-from custody_core.verify import MAX_SUBLAYOUT_DEPTH, verify_supply_chain
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_server.keystore import KeyNotFoundError, Pkcs11KeyStore
-from custody_server.lifecycle.policy import format_time
+from custody_server.lifecycle.rotation import format_time
 from custody_server.lifecycle.settings import LifecycleSettings
 
 from .lifecycle_support import (

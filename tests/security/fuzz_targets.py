@@ -30,8 +30,8 @@ from custody_core.keys import ED25519, PublicKey
 from custody_core.link import link_payload_from_envelope, link_to_statement, statement_to_link
 from custody_core.models import Layout, Link
 from custody_core.software_signer import SoftwareSigner
+from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Verdict
-from custody_core.verify import verify_supply_chain
 from custody_server.errors import LimitExceededError
 from custody_server.jsonlimits import loads_limited
 from custody_server.policy import RequestLimits, identity_from_auth_context, parse_policy

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from custody_server.errors import RequestError
 from custody_server.lifecycle.model import KeyVersion, ServiceKey
-from custody_server.lifecycle.policy import format_time
-from custody_server.lifecycle.verify_policy import FUNCTIONARY_PREFIX, functionary_name
+from custody_server.lifecycle.rotation import format_time
+from custody_server.lifecycle.service_key_policy import FUNCTIONARY_PREFIX, functionary_name
 
 ALIAS_PREFIX = FUNCTIONARY_PREFIX
 

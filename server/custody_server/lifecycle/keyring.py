@@ -37,7 +37,7 @@ from custody_server.keystore import (
 from custody_server.lifecycle import settings
 from custody_server.lifecycle.guard import LifecycleGuard, default_guard
 from custody_server.lifecycle.model import KeyVersion, ServiceKey, key_label
-from custody_server.lifecycle.policy import VersionLifecycle
+from custody_server.lifecycle.rotation import VersionLifecycle
 from custody_server.lifecycle.token_state import TokenLifecycleStore
 
 __all__ = ["KeyRing", "KeyVersion", "ServiceKey", "TokenKeys", "key_label", "validate_alias"]

@@ -24,7 +24,7 @@ import structlog
 from custody_core.errors import CustodyError
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.keystore import KeyAlgorithm, KeyNotFoundError
-from custody_server.lifecycle import policy
+from custody_server.lifecycle import rotation
 from custody_server.lifecycle.durations import format_duration
 from custody_server.lifecycle.keyring import (
     KeyRing,
@@ -93,12 +93,12 @@ class KeyLifecycle:
                                    "overlap": format_duration(overlap), "trigger": "request"}
         try:
             with self._keys.guard.hold():
-                rotation = self._rotate_locked(self._require(alias), overlap, algorithm)
+                result = self._rotate_locked(self._require(alias), overlap, algorithm)
         except CustodyError as error:
             self._record_failure("key-rotate", error, details)
             raise
-        self._record_rotation(rotation, details)
-        return rotation
+        self._record_rotation(result, details)
+        return result
 
     def retire(self, alias: str, *, version: int, caller: str) -> ServiceKey:
         validate_alias(alias)
@@ -110,8 +110,8 @@ class KeyLifecycle:
                 key = self._key_of(current)
                 if key.version(version) is None:
                     raise KeyNotFoundError(f"{alias} has no version {version}")
-                lifecycle = policy.retire(key.lifecycle, alias=alias, version=version,
-                                          now=self.now())
+                lifecycle = rotation.retire(key.lifecycle, alias=alias, version=version,
+                                            now=self.now())
                 updated = _with_lifecycle(key, lifecycle)
                 if updated != key:
                     self._keys.write(updated)
@@ -122,7 +122,7 @@ class KeyLifecycle:
         assert retired is not None
         self._record("key-retire", {
             **details, "keyid": retired.keyid, "changed": updated != key,
-            "window_ended": policy.format_time(retired.lifecycle.verify_until or self.now()),
+            "window_ended": rotation.format_time(retired.lifecycle.verify_until or self.now()),
         })
         return updated
 
@@ -148,12 +148,12 @@ class KeyLifecycle:
 
     def _may_be_due(self, key: ServiceKey, now: datetime) -> bool:
         lifecycle = key.lifecycle
-        if policy.destruction_due(lifecycle, retention=self.settings.destroy_after, now=now):
+        if rotation.destruction_due(lifecycle, retention=self.settings.destroy_after, now=now):
             return True
         schedule = self.schedule_of(key.alias)
         return schedule is not None and (
             lifecycle.active.created is None  # to adopt
-            or policy.rotation_due(lifecycle, period=schedule.period, now=now))
+            or rotation.rotation_due(lifecycle, period=schedule.period, now=now))
 
     def _run_due_for(self, alias: str, *, rotated: list[str], destroyed: list[str],
                      adopted: list[str]) -> None:
@@ -165,21 +165,22 @@ class KeyLifecycle:
             now = self.now()
             if not current.has_record and schedule is not None:
                 # Made before lifecycle tracking: its age is unknown, so count from now.
-                self._keys.write(_with_lifecycle(current.key, policy.AliasLifecycle((
+                self._keys.write(_with_lifecycle(current.key, rotation.AliasLifecycle((
                     dataclasses.replace(current.key.active.lifecycle, created=now),))))
                 adopted.append(alias)
                 return
             key = current.key
-            for number in policy.destruction_due(key.lifecycle,
-                                                 retention=self.settings.destroy_after, now=now):
+            for number in rotation.destruction_due(key.lifecycle,
+                                                   retention=self.settings.destroy_after,
+                                                   now=now):
                 key = self._destroy_locked(key, number, now)
                 destroyed.append(f"{alias} v{number}")
-            if schedule is None or not policy.rotation_due(key.lifecycle,
-                                                           period=schedule.period, now=now):
+            if schedule is None or not rotation.rotation_due(key.lifecycle,
+                                                             period=schedule.period, now=now):
                 return
-            rotation = self._rotate_locked(self._keys.read_fresh(alias), schedule.overlap, None)
-            rotated.append(f"{alias} v{rotation.previous.version} -> v{rotation.new.version}")
-        self._record_rotation(rotation, {"key_alias": alias, "caller": "scheduler",
+            result = self._rotate_locked(self._keys.read_fresh(alias), schedule.overlap, None)
+            rotated.append(f"{alias} v{result.previous.version} -> v{result.new.version}")
+        self._record_rotation(result, {"key_alias": alias, "caller": "scheduler",
                                          "overlap": format_duration(schedule.overlap),
                                          "trigger": "schedule"})
 
@@ -199,7 +200,7 @@ class KeyLifecycle:
                        algorithm: KeyAlgorithm | None) -> Rotation:
         key = self._key_of(current)
         now = self.now()
-        lifecycle = policy.rotate(key.lifecycle, now=now, overlap=overlap)
+        lifecycle = rotation.rotate(key.lifecycle, now=now, overlap=overlap)
         number = lifecycle.active.version
         leftover = current.stored.get(number)
         if leftover is not None:
@@ -231,13 +232,13 @@ class KeyLifecycle:
         version = key.version(number)
         assert version is not None
         removed = self._keys.destroy(version)
-        updated = _with_lifecycle(key, policy.mark_destroyed(key.lifecycle, version=number,
-                                                             now=now))
+        updated = _with_lifecycle(key, rotation.mark_destroyed(key.lifecycle, version=number,
+                                                               now=now))
         self._keys.write(updated)
         self._record("key-destroy", {
             "key_alias": key.alias, "key_version": number, "keyid": version.keyid,
             "caller": "scheduler", "key_was_present": removed,
-            "window_ended": policy.format_time(version.lifecycle.verify_until or now),
+            "window_ended": rotation.format_time(version.lifecycle.verify_until or now),
             "retention": format_duration(self.settings.destroy_after),
         })
         return updated
@@ -248,15 +249,15 @@ class KeyLifecycle:
 
     # Audit
 
-    def _record_rotation(self, rotation: Rotation, details: Mapping[str, Any]) -> None:
+    def _record_rotation(self, result: Rotation, details: Mapping[str, Any]) -> None:
         self._record("key-rotate", {
             **details,
-            "key_version": rotation.new.version,
-            "keyid": rotation.new.keyid,
-            "previous_version": rotation.previous.version,
-            "previous_keyid": rotation.previous.keyid,
-            "previous_verify_until": policy.format_time(
-                rotation.previous.lifecycle.verify_until or self.now()),
+            "key_version": result.new.version,
+            "keyid": result.new.keyid,
+            "previous_version": result.previous.version,
+            "previous_keyid": result.previous.keyid,
+            "previous_verify_until": rotation.format_time(
+                result.previous.lifecycle.verify_until or self.now()),
         })
 
     def _record(self, action: str, details: Mapping[str, Any]) -> None:
@@ -272,7 +273,7 @@ class KeyLifecycle:
         record_or_refuse(self._audit, event, refusal="audit log unavailable")
 
 
-def _with_lifecycle(key: ServiceKey, lifecycle: policy.AliasLifecycle) -> ServiceKey:
+def _with_lifecycle(key: ServiceKey, lifecycle: rotation.AliasLifecycle) -> ServiceKey:
     return ServiceKey(key.alias, tuple(
         dataclasses.replace(v, lifecycle=lifecycle.versions[i])
         for i, v in enumerate(key.versions)

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from custody_core.api_enums import KeyAlgorithm
 from custody_core.keys import PublicKey
-from custody_server.lifecycle.policy import (
+from custody_server.lifecycle.rotation import (
     AliasLifecycle,
     KeyState,
     VersionLifecycle,

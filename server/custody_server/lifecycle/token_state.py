@@ -26,7 +26,7 @@ from custody_core.errors import CustodyError, KeyFormatError
 from custody_core.keys import PublicKey
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 from custody_server.lifecycle.model import KeyVersion, ServiceKey
-from custody_server.lifecycle.policy import VersionLifecycle
+from custody_server.lifecycle.rotation import VersionLifecycle
 
 FORMAT = "custody.key-lifecycle/v1"
 _MAX_RECORD_BYTES = 1024 * 1024

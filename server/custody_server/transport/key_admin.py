@@ -19,7 +19,7 @@ from custody_core.api_enums import (
     KeyAlgorithm,
 )
 from custody_server.errors import RequestError
-from custody_server.lifecycle import policy
+from custody_server.lifecycle import rotation
 from custody_server.lifecycle.keyring import KeyVersion, ServiceKey
 from custody_server.lifecycle.manager import KeyLifecycle
 from custody_server.lifecycle.settings import RotationSchedule
@@ -71,14 +71,14 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
             raise RequestError("overlap must be between 0 and 100 years")
         algorithm = (None if request.algorithm == UNSPECIFIED  # the key's own algorithm
                      else _algorithm(request.algorithm))
-        rotation = self._lifecycle.rotate(_required_alias(request.alias), overlap=overlap,
+        result = self._lifecycle.rotate(_required_alias(request.alias), overlap=overlap,
                                           algorithm=algorithm, caller=caller_identity(context))
         return pb.RotateKeyResponse(
-            key=self._info(rotation.key),
-            previous_version=rotation.previous.version,
-            new_version=rotation.new.version,
-            previous_verify_until=_timestamp(rotation.previous.lifecycle.verify_until),
-            warnings=list(rotation.warnings),
+            key=self._info(result.key),
+            previous_version=result.previous.version,
+            new_version=result.new.version,
+            previous_verify_until=_timestamp(result.previous.lifecycle.verify_until),
+            warnings=list(result.warnings),
         )
 
     def RetireKey(self, request: pb.RetireKeyRequest,
@@ -109,7 +109,7 @@ def key_info(key: ServiceKey, *, now: datetime,
     )
     if schedule is not None:
         info.rotation_period.CopyFrom(_duration(schedule.period))
-        due = policy.rotation_due_at(key.lifecycle, period=schedule.period)
+        due = rotation.rotation_due_at(key.lifecycle, period=schedule.period)
         if (next_rotation := _timestamp(due)) is not None:
             info.next_rotation.CopyFrom(next_rotation)
     return info

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from custody_server.lifecycle import policy
+from custody_server.lifecycle import rotation
 from custody_server.lifecycle.durations import format_duration, parse_duration
-from custody_server.lifecycle.policy import AliasLifecycle, KeyState, VersionLifecycle
+from custody_server.lifecycle.rotation import AliasLifecycle, KeyState, VersionLifecycle
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -21,7 +21,7 @@ def fresh() -> AliasLifecycle:
 
 
 def test_rotation_opens_a_window_for_the_old_version() -> None:
-    rotated = policy.rotate(fresh(), now=T0 + HOUR, overlap=72 * HOUR)
+    rotated = rotation.rotate(fresh(), now=T0 + HOUR, overlap=72 * HOUR)
     old, new = rotated.versions
     assert new.version == 2 and new.is_active and new.created == T0 + HOUR
     assert old.verify_until == T0 + 73 * HOUR
@@ -32,54 +32,54 @@ def test_rotation_opens_a_window_for_the_old_version() -> None:
 
 
 def test_overlap_zero_retires_at_once() -> None:
-    old, _ = policy.rotate(fresh(), now=T0, overlap=timedelta(0)).versions
+    old, _ = rotation.rotate(fresh(), now=T0, overlap=timedelta(0)).versions
     assert old.state_at(T0) is KeyState.RETIRED
 
 
 def test_retire_ends_the_window_now_and_says_so() -> None:
-    rotated = policy.rotate(fresh(), now=T0, overlap=72 * HOUR)
-    retired = policy.retire(rotated, alias="build", version=1, now=T0 + HOUR)
+    rotated = rotation.rotate(fresh(), now=T0, overlap=72 * HOUR)
+    retired = rotation.retire(rotated, alias="build", version=1, now=T0 + HOUR)
     old = retired.versions[0]
     assert old.verify_until == T0 + HOUR and old.retired_at == T0 + HOUR
     assert old.state_at(T0 + HOUR) is KeyState.RETIRED
-    reason = policy.refusal_reason("build", old, T0 + 2 * HOUR)
+    reason = rotation.refusal_reason("build", old, T0 + 2 * HOUR)
     assert reason == ("build v1 is retired: its window ended at 2030-01-01T01:00:00Z "
                       "(ended early by RetireKey)")
     # Retiring again, or after the window ended by itself, changes nothing.
-    assert policy.retire(retired, alias="build", version=1, now=T0 + 5 * HOUR) == retired
+    assert rotation.retire(retired, alias="build", version=1, now=T0 + 5 * HOUR) == retired
 
 
 def test_the_active_version_cannot_be_retired() -> None:
-    with pytest.raises(policy.LifecycleRuleError, match=r"build v1 is the active version"):
-        policy.retire(fresh(), alias="build", version=1, now=T0)
-    with pytest.raises(policy.LifecycleRuleError, match=r"build has no version 7"):
-        policy.retire(fresh(), alias="build", version=7, now=T0)
+    with pytest.raises(rotation.LifecycleRuleError, match=r"build v1 is the active version"):
+        rotation.retire(fresh(), alias="build", version=1, now=T0)
+    with pytest.raises(rotation.LifecycleRuleError, match=r"build has no version 7"):
+        rotation.retire(fresh(), alias="build", version=7, now=T0)
 
 
 def test_refusal_reason_names_alias_version_and_window_end() -> None:
-    old = policy.rotate(fresh(), now=T0, overlap=HOUR).versions[0]
-    assert policy.refusal_reason("build", old, T0 + HOUR / 2) is None
-    assert policy.refusal_reason("build", old, T0 + HOUR) == (
+    old = rotation.rotate(fresh(), now=T0, overlap=HOUR).versions[0]
+    assert rotation.refusal_reason("build", old, T0 + HOUR / 2) is None
+    assert rotation.refusal_reason("build", old, T0 + HOUR) == (
         "build v1 is retired: its window ended at 2030-01-01T01:00:00Z")
-    destroyed = policy.mark_destroyed(policy.rotate(fresh(), now=T0, overlap=HOUR),
-                                      version=1, now=T0 + 2 * HOUR).versions[0]
-    assert policy.refusal_reason("build", destroyed, T0 + 3 * HOUR) == (
+    destroyed = rotation.mark_destroyed(rotation.rotate(fresh(), now=T0, overlap=HOUR),
+                                        version=1, now=T0 + 2 * HOUR).versions[0]
+    assert rotation.refusal_reason("build", destroyed, T0 + 3 * HOUR) == (
         "build v1 is destroyed: its window ended at 2030-01-01T01:00:00Z")
 
 
 def test_due_work() -> None:
     lifecycle = fresh()
-    assert policy.rotation_due_at(lifecycle, period=24 * HOUR) == T0 + 24 * HOUR
-    assert not policy.rotation_due(lifecycle, period=24 * HOUR, now=T0 + 23 * HOUR)
-    assert policy.rotation_due(lifecycle, period=24 * HOUR, now=T0 + 24 * HOUR)
+    assert rotation.rotation_due_at(lifecycle, period=24 * HOUR) == T0 + 24 * HOUR
+    assert not rotation.rotation_due(lifecycle, period=24 * HOUR, now=T0 + 23 * HOUR)
+    assert rotation.rotation_due(lifecycle, period=24 * HOUR, now=T0 + 24 * HOUR)
     unknown_age = AliasLifecycle((VersionLifecycle(version=1, created=None),))
-    assert not policy.rotation_due(unknown_age, period=HOUR, now=T0)
+    assert not rotation.rotation_due(unknown_age, period=HOUR, now=T0)
 
-    rotated = policy.rotate(lifecycle, now=T0, overlap=HOUR)
-    assert policy.destruction_due(rotated, retention=HOUR, now=T0 + 2 * HOUR - HOUR / 2) == ()
-    assert policy.destruction_due(rotated, retention=HOUR, now=T0 + 2 * HOUR) == (1,)
-    destroyed = policy.mark_destroyed(rotated, version=1, now=T0 + 2 * HOUR)
-    assert policy.destruction_due(destroyed, retention=HOUR, now=T0 + 9 * HOUR) == ()
+    rotated = rotation.rotate(lifecycle, now=T0, overlap=HOUR)
+    assert rotation.destruction_due(rotated, retention=HOUR, now=T0 + 2 * HOUR - HOUR / 2) == ()
+    assert rotation.destruction_due(rotated, retention=HOUR, now=T0 + 2 * HOUR) == (1,)
+    destroyed = rotation.mark_destroyed(rotated, version=1, now=T0 + 2 * HOUR)
+    assert rotation.destruction_due(destroyed, retention=HOUR, now=T0 + 9 * HOUR) == ()
 
 
 @pytest.mark.parametrize("versions", [
@@ -114,14 +114,14 @@ def test_any_sequence_keeps_exactly_one_signer(ops: list[tuple[str, int, int]]) 
         now += step * HOUR
         try:
             if name == "rotate":
-                lifecycle = policy.rotate(lifecycle, now=now, overlap=value * HOUR)
+                lifecycle = rotation.rotate(lifecycle, now=now, overlap=value * HOUR)
             elif name == "retire":
-                lifecycle = policy.retire(lifecycle, alias="a", version=value % 5 + 1, now=now)
+                lifecycle = rotation.retire(lifecycle, alias="a", version=value % 5 + 1, now=now)
             else:
-                due = policy.destruction_due(lifecycle, retention=value * HOUR, now=now)
+                due = rotation.destruction_due(lifecycle, retention=value * HOUR, now=now)
                 for number in due:
-                    lifecycle = policy.mark_destroyed(lifecycle, version=number, now=now)
-        except policy.LifecycleRuleError:
+                    lifecycle = rotation.mark_destroyed(lifecycle, version=number, now=now)
+        except rotation.LifecycleRuleError:
             continue
         states = [v.state_at(now) for v in lifecycle.versions]
         assert states.count(KeyState.ACTIVE) == 1
