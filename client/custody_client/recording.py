@@ -30,11 +30,7 @@ from itertools import combinations
 
 from custody_client.digest_cache import DigestCache
 from custody_client.errors import RecordingError
-from custody_client.excludes import (
-    DEFAULT_EXCLUDE_PATTERNS,
-    ExcludeFilter,
-    normalize_for_matching,
-)
+from custody_client.excludes import DEFAULT_EXCLUDE_PATTERNS, ExcludeFilter
 from custody_client.hashing import sha256_file, sha256_files
 
 log = logging.getLogger("custody.client.recording")
@@ -196,10 +192,7 @@ class _Planner:
             prefix = "" if directory == "." else (
                 directory if directory.endswith("/") else directory + "/")  # posixpath.join
             # The loop below runs once per file of the tree: no call that can be avoided.
-            # Normalizing for the exclude patterns only strips a leading "/" or "./", so
-            # the directory's part can be normalized once: same answer, one call less.
-            excludes = self._exclude.excludes_normalized
-            match_prefix = normalize_for_matching(prefix)
+            excludes = self._exclude.excludes
             plain = self._plain_names and not scheme_prefix
             files = self.files
             for entry in listing:
@@ -210,10 +203,10 @@ class _Planner:
                 except OSError:
                     is_dir = False
                 if is_dir:
-                    if (follow or not entry.is_symlink()) and not excludes(match_prefix + name):
+                    if (follow or not entry.is_symlink()) and not excludes(path):
                         subdirectories.append(path)
                     continue
-                if excludes(match_prefix + name):
+                if excludes(path):
                     continue
                 try:
                     is_file = entry.is_file()
