@@ -27,7 +27,7 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
         [str(LINT_IMPORTS), "--no-cache"],
         cwd=cwd,
         capture_output=True,
-        text=True,
+        encoding="utf-8",  # its banner is box drawing; not the locale's, which may be ASCII
         timeout=120,
         check=False,
     )
