@@ -88,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _skip_the_final_collection() -> None:
     """At exit the interpreter runs one last full garbage collection over every object
-    still alive, gRPC's and protobuf's included (~20 ms of a `custody run`): freeze them
-    just before, so that it skips them. Nothing of ours waits for that collection: links
-    are written and the channel is closed before main() returns."""
+    still alive, gRPC's and protobuf's included (measured: see
+    docs/PERFORMANCE.md#client-start-up-and-exit): freeze them just before, so that it
+    skips them. Nothing of ours waits for that collection: links are written and the
+    channel is closed before main() returns."""
     import atexit
     import gc
 

@@ -26,8 +26,8 @@ Progress = Callable[[int], None]
 
 def default_workers() -> int:
     """Threads pay off with cores to spare: with two or fewer, the per-file work that holds
-    the GIL makes them slower than one thread (measured: 0.43 s against 0.30 s for 10,000
-    files of 1-32 KiB on two busy cores)."""
+    the GIL makes them slower than one thread (measured: see
+    docs/PERFORMANCE.md#hashing-threads)."""
     cores = os.cpu_count() or 1
     return 1 if cores <= 2 else min(8, cores)
 

@@ -1,7 +1,8 @@
 """SignLinkResponse read from its wire bytes, without protobuf's runtime.
 
 `custody run` sends a request LinkDraft encoded by hand and gets back one small message;
-loading protobuf only to read it costs about 18 ms of every run. The wire format is
+loading protobuf only to read it would lengthen every run (measured: see
+docs/PERFORMANCE.md#client-start-up-and-exit). The wire format is
 protobuf's: (field number, wire type) keys as varints, then a varint or a length and
 bytes. As protobuf does, a field that comes twice keeps its last value, and unknown fields
 (or known ones with another wire type) are skipped; anything that does not parse is a

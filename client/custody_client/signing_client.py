@@ -1,9 +1,9 @@
 """The part of the Custody client a build agent needs: a channel, the preflight, SignLink.
 
 `custody run` and `custody record` use it as it is; CustodyClient (custody_client.client)
-adds every other call. It loads gRPC but not protobuf's runtime (~18 ms of each run): the
-request is in wire format already (LinkDraft) and the reply is read by hand
-(custody_client.sign_link_reply).
+adds every other call. It loads gRPC but not protobuf's runtime (a cost in every run:
+docs/PERFORMANCE.md#client-start-up-and-exit): the request is in wire format already
+(LinkDraft) and the reply is read by hand (custody_client.sign_link_reply).
 
 Every call has one deadline (`ConnectionSettings.timeout`) that covers its retries;
 UNAVAILABLE is retried with exponential backoff and jitter, except for calls made with

@@ -112,7 +112,8 @@ def encode_canonical_as_written(
 
 def _is_compact(written: bytes) -> bool:
     # -0 is the one integer written otherwise (as 0); looked for in strings too. (A
-    # regular expression: `b"-0" in written` is three times slower amid hex digests.)
+    # regular expression: `b"-0" in written` is slower amid hex digests; measured: see
+    # docs/PERFORMANCE.md#core-checks-on-large-links.)
     return _NEGATIVE_ZERO.search(written) is None and not outside_strings(written, b" \t\n\r")
 
 

@@ -210,7 +210,8 @@ def sign_metablock(
     sorted keys and ASCII-only either way: indented (`indent=1`, its default) or,
     with `compact`, its `compact_json` style. By default documents whose
     canonical form exceeds COMPACT_ABOVE_BYTES are compact: the standard library
-    indents in pure Python, which costs seconds for a link with 100,000 artifacts.
+    indents in pure Python, slow for a link with many artifacts (measured: see
+    docs/PERFORMANCE.md#core-checks-on-large-links).
     """
     signed_value = dict(signed)
     canonical = encode_canonical(signed_value)

@@ -9,19 +9,13 @@ Why shared, and why one lock:
   the stores of a process share one session per token (reference counted); the last
   `release` closes it.
 
-Why a lock rather than one owner thread (measured with benchmarks/bench_hsm.py: SoftHSM
-2.6.1, 8 caller threads, 2 CPUs; signatures/s and p99):
-
-    ECDSA P-256   FIFO lock 5,900-6,300/s p99 1.8 ms   owner thread 6,200-6,500/s p99 1.5-1.8 ms
-                  plain threading.Lock 6,400-6,500/s, but p99 5.7-23 ms
-    RSA-3072      FIFO lock 300-320/s p99 33-37 ms     owner thread 230-330/s p99 33-75 ms
-                  plain threading.Lock 280-300/s, but p99 210-290 ms
-
-A plain Lock is unfair (the releasing thread re-takes it while the waiters wake up), which
-wrecks tail latency. A FIFO lock and an owner thread are both fair and equally fast within
-the noise; the lock wins on simplicity: the call runs on the caller's thread (its context
-and exceptions stay where they are), there is no thread to start, stop or lose, and a
-single caller pays nothing for a hand-over. So: one FifoLock per module.
+Why a lock rather than one owner thread (measured with benchmarks/bench_hsm.py: see
+docs/PERFORMANCE.md#the-hsm-lock): a plain Lock is unfair (the releasing thread re-takes
+it while the waiters wake up), which wrecks tail latency. A FIFO lock and an owner thread
+are both fair and equally fast within the noise; the lock wins on simplicity: the call runs
+on the caller's thread (its context and exceptions stay where they are), there is no thread
+to start, stop or lose, and a single caller pays nothing for a hand-over. So: one FifoLock
+per module.
 
 Recovery: a call that fails with a session, token or device error (or a stale handle) drops
 the session and every cached key handle, and raises KeystoreUnavailableError. The next call

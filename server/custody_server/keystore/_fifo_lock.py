@@ -1,8 +1,8 @@
 """A mutex that passes itself to waiting threads in arrival order.
 
 `threading.Lock` is not fair: a thread that releases it and asks again at once (holding the
-GIL) usually wins, so under load some callers wait for many turns. With 8 threads signing,
-that put the p99 of ECDSA P-256 near 10 ms and of RSA-3072 above 200 ms. Handing the lock
+GIL) usually wins, so under load some callers wait for many turns: with 8 threads signing,
+the p99 of a signature grew several times over (docs/PERFORMANCE.md#the-hsm-lock). Handing the lock
 directly to the oldest waiter bounds every wait by the queue ahead of it.
 """
 

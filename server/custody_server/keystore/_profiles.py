@@ -1,8 +1,9 @@
 """How each KeyAlgorithm maps onto PKCS#11: generation, signing, public key decoding.
 
-Facts of SoftHSM 2.6.1 that shape this (see DESIGN.md):
+Facts of SoftHSM 2.6.1 that shape this (see softhsm/README.md, "Hazards"):
 - no CKM_ECDSA_SHA256: hash in Python, sign the digest with CKM_ECDSA, and turn the raw
-  r||s into DER with `encode_dss_signature` (ten times faster than python-pkcs11's helper);
+  r||s into DER with `encode_dss_signature` (faster than python-pkcs11's helper: see
+  docs/PERFORMANCE.md#ecdsa-signatures-to-der);
 - Ed25519 is CKK_EC_EDWARDS on the curve OID 1.3.101.112, signed with pure CKM_EDDSA;
 - RSA-3072 signs PSS(sha256, MGF1-sha256, salt 32) over a digest hashed in Python
   (CKM_RSA_PKCS_PSS), so large payloads are hashed outside the token lock;

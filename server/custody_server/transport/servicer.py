@@ -110,8 +110,9 @@ def _key_fields(signed: SignedMetadata) -> dict[str, Any]:
 def _artifacts(artifacts: Any, *, what: str) -> dict[str, dict[str, str]]:
     """{path: {algorithm: digest}} from repeated Artifact; duplicate paths are refused
     rather than merged. One plain copy per digest map (links hold 100,000s of them):
-    reading a map key by key is about twice as fast as dict() on it, and the usual
-    map, sha256 alone, is read without iterating it (20k artifacts: 33 -> 23 ms)."""
+    reading a map key by key is faster than dict() on it, and the usual map, sha256
+    alone, is read without iterating it (measured: see
+    docs/PERFORMANCE.md#artifact-maps-in-signlink)."""
     result: dict[str, dict[str, str]] = {}
     for artifact in artifacts:
         digest = artifact.digest
