@@ -1,7 +1,8 @@
 """Many threads signing at once with every key type: no crash, no failure, all valid.
 
 python-pkcs11 releases the GIL inside PKCS#11 calls and SoftHSM's locking is off, so without
-the store's serialization this crashes the process within seconds (see DESIGN.md).
+the store's serialization this crashes the process within seconds (softhsm/README.md,
+"Hazards").
 """
 
 from __future__ import annotations
