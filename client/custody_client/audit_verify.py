@@ -1,8 +1,8 @@
 """`custody audit verify`: check an audit trail's files with custody_core.audit_trail.
 
 The trail's format and the check itself live in the core (the server writes what the
-core defines); this module reads the files, the keys and the retained checkpoints, and
-turns the verdict into output and an exit code.
+core defines); this module reads the files, the keys and the checkpoints given apart,
+and turns the verdict into output and an exit code.
 """
 
 from __future__ import annotations
@@ -10,13 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from custody_core.audit_trail import CHECKPOINT_ACTION, AuditFile, verify_audit_trail
+from custody_core.audit_trail import (
+    CHECKPOINT_ACTION,
+    AuditFile,
+    AuditVerdict,
+    RetainedCheckpoint,
+    verify_audit_trail,
+)
 from custody_core.errors import CustodyError
 
 if TYPE_CHECKING:
     from custody_core.keys import PublicKey
+
+EXIT_INTACT = 0
+EXIT_TAMPERED_OR_INCOMPLETE = 1
+EXIT_CANNOT_CHECK = 2
 
 
 def load_trusted_key(text: str) -> PublicKey:
@@ -29,38 +40,64 @@ def load_trusted_key(text: str) -> PublicKey:
     return PublicKey.from_pem(stripped)
 
 
+def read_start(path: Path) -> RetainedCheckpoint:
+    """The checkpoint to start from: a file holding one checkpoint line."""
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise ValueError(f"--from-checkpoint {path}: holds {len(lines)} lines, not the one "
+                         "checkpoint line to start from")
+    try:
+        return RetainedCheckpoint.from_line(lines[0])
+    except ValueError as error:
+        raise ValueError(f"--from-checkpoint {path}: {error}") from None
+
+
 def run_audit_verify(options: argparse.Namespace, *, out: TextIO | None = None) -> int:
-    """0: the trail verifies; 1: it does not (the first bad entry is named); 2: usage."""
+    """0: the trail is intact; 1: it is tampered with or incomplete (the first bad entry
+    is named); 2: it could not be checked (arguments, files, keys)."""
     out = out or sys.stdout
     if not options.key and not options.no_signatures:
         print("custody audit verify: give the audit public key with --key "
               "(or --no-signatures to check the chain only)", file=out)
-        return 2
+        return EXIT_CANNOT_CHECK
     try:
         trusted = (load_trusted_key(p.read_text(encoding="utf-8")) for p in options.key)
         keys = {k.keyid: k for k in trusted}
         files = [AuditFile(str(p), p.read_bytes()) for p in options.files]
         retained = (options.checkpoints.read_bytes().splitlines()
                     if options.checkpoints else [])
+        start = read_start(options.from_checkpoint) if options.from_checkpoint else None
     except (OSError, ValueError, CustodyError) as error:
         print(f"custody audit verify: {error}", file=out)
-        return 2
+        return EXIT_CANNOT_CHECK
     retained = [line for line in retained if CHECKPOINT_ACTION.encode() in line]
     verdict = verify_audit_trail(files, trusted_keys=None if options.no_signatures else keys,
-                                 retained_checkpoints=retained)
+                                 retained_checkpoints=retained, start=start)
     for warning in verdict.warnings:
         print(f"warning: {warning}", file=out)
     if verdict.first_problem is not None:
         print(f"FAILED: first bad entry: {verdict.first_problem}", file=out)
         for problem in verdict.problems[1:]:
             print(f"  also: {problem}", file=out)
-        return 1
-    checked = "verified" if keys else "matching (signatures not checked)"
-    print(f"OK: entries {verdict.first_sequence} to {verdict.last_sequence} "
-          f"({verdict.entries} in {len(files)} file(s)), {verdict.checkpoints} checkpoint(s) "
-          f"{checked}{', sealed' if verdict.sealed else ''}; chain {verdict.last_chain}",
+        if start is None and verdict.first_sequence > 1:
+            print("hint: to verify from a checkpoint your SIEM retained on, name it with "
+                  "--from-checkpoint FILE (entries before it are then not checked)", file=out)
+        return EXIT_TAMPERED_OR_INCOMPLETE
+    print(_ok_line(verdict, files=len(files), signed=bool(keys) and not options.no_signatures),
           file=out)
-    return 0
+    return EXIT_INTACT
+
+
+def _ok_line(verdict: AuditVerdict, *, files: int, signed: bool) -> str:
+    trail = (f"trail {verdict.trail_id}" if verdict.trail_id
+             else "a legacy trail (no trail id)")
+    checked = "verified" if signed else "matching (signatures not checked)"
+    unchecked = (f" entries before {verdict.first_sequence} not checked (started from the "
+                 "checkpoint named);" if verdict.first_sequence > 1 else "")
+    return (f"OK: entries {verdict.first_sequence} to {verdict.last_sequence} of {trail} "
+            f"({verdict.entries} in {files} file(s)), {verdict.checkpoints} checkpoint(s) "
+            f"{checked}{', sealed' if verdict.sealed else ''};{unchecked} "
+            f"chain {verdict.last_chain}")
 
 
 def main(argv: list[str] | None = None) -> int:

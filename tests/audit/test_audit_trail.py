@@ -17,7 +17,12 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from custody_core.audit_trail import AuditFile, AuditVerdict, verify_audit_trail
+from custody_core.audit_trail import (
+    AuditFile,
+    AuditVerdict,
+    RetainedCheckpoint,
+    verify_audit_trail,
+)
 from custody_core.keys import PublicKey
 from custody_server.audit import AuditTrail, AuditWriteError
 from custody_server.audit.anchor import TrailAnchor
@@ -38,10 +43,16 @@ def entries(path: Path) -> list[dict[str, Any]]:
 
 
 def verify_dir(directory: Path, keys: dict[str, PublicKey],
-               names: list[str] | None = None) -> AuditVerdict:
+               names: list[str] | None = None, *, start: bytes | None = None
+               ) -> AuditVerdict:
     paths = [directory / n for n in names] if names else sorted(directory.glob("audit*"))
     return verify_audit_trail([AuditFile(p.name, p.read_bytes()) for p in paths],
-                              trusted_keys=keys)
+                              trusted_keys=keys,
+                              start=RetainedCheckpoint.from_line(start) if start else None)
+
+
+def first_line(path: Path) -> bytes:
+    return path.read_bytes().split(b"\n", 1)[0]
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -205,8 +216,11 @@ def test_rotation_keeps_the_chain_across_files(open_trail: OpenTrail,
         assert first["event"]["action"] == last["event"]["action"] == "audit-checkpoint"
         assert name == f"audit.{first['event']['sequence']:012d}-" \
                        f"{last['event']['sequence']:012d}.log"
-        alone = verify_dir(directory, audit_keys, [name])
-        assert alone.ok, alone.problems
+        alone = verify_dir(directory, audit_keys, [name])  # does not start at entry 1
+        assert not alone.ok and "missing" in alone.problems[0].message
+        from_its_start = verify_dir(directory, audit_keys, [name],
+                                    start=first_line(directory / name))
+        assert from_its_start.ok, from_its_start.problems
     without_middle = [n for n in names if n != rotated[1]]
     problem = verify_dir(directory, audit_keys, without_middle).first_problem
     assert problem is not None and "missing" in problem.message
@@ -259,8 +273,10 @@ def test_removed_file_fails_the_batch_then_starts_a_new_file(
     trail.record(event(3))
     trail.close()
     verdict = verify_dir(trail.path.parent, audit_keys)
-    assert verdict.ok, verdict.problems
-    assert verdict.first_sequence > 1  # anchored by a checkpoint, not entry 1
+    assert verdict.first_sequence > 1  # anchored by a checkpoint, not entry 1: the
+    assert "entries 1 to" in verdict.problems[0].message  # removed file's entries are lost
+    after = verify_dir(trail.path.parent, audit_keys, start=first_line(trail.path))
+    assert after.ok, after.problems
 
 
 def test_a_foreign_file_is_moved_aside(open_trail: OpenTrail,
@@ -275,7 +291,8 @@ def test_a_foreign_file_is_moved_aside(open_trail: OpenTrail,
     trail.close()
     displaced = [p for p in trail.path.parent.iterdir() if ".displaced-" in p.name]
     assert len(displaced) == 1 and displaced[0].read_bytes() == b"someone else's file\n"
-    assert verify_dir(trail.path.parent, audit_keys, ["audit.log"]).ok
+    anchor = first_line(trail.path)  # the removed file's entries are lost
+    assert verify_dir(trail.path.parent, audit_keys, ["audit.log"], start=anchor).ok
 
 
 def test_checkpoints_come_on_time_without_traffic(open_trail: OpenTrail) -> None:

@@ -1,4 +1,5 @@
-"""The command line of `custody audit verify FILE... --key KEY [--checkpoints FILE]`.
+"""The command line of `custody audit verify FILE... --key KEY [--checkpoints FILE]
+[--from-checkpoint FILE]`.
 
 Apart from custody_client.audit_verify, which runs it, so that building the `custody`
 parser for every command does not load the trail's verifier (~6 ms).
@@ -9,13 +10,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+EXIT_STATUS = """\
+The files must hold the whole trail, from its genesis (entry 1) to its end, unless
+--from-checkpoint names a checkpoint to start from: then entries before the files'
+start are not checked, and the output says so.
+
+exit status:
+  0  the trail is intact: every entry is there and matches its chain and checkpoints
+  1  it is tampered with or incomplete: the output names the first bad entry
+  2  it could not be checked: bad arguments, a file or key missing or unreadable
+"""
+
 
 def add_audit_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUS
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("files", nargs="+", type=Path,
                         help="the trail's files (audit.log and rotated audit.*.log), any order")
     parser.add_argument("--key", action="append", type=Path, default=[],
                         help="the audit public key (PEM or key JSON); repeat for each version")
-    parser.add_argument("--checkpoints", type=Path,
-                        help="checkpoint lines your SIEM retained: exposes a cut tail")
+    parser.add_argument("--checkpoints", type=Path, metavar="FILE",
+                        help="checkpoint lines your SIEM retained: each must agree with the "
+                             "files and attest an entry they hold (exposes a cut tail or head)")
+    parser.add_argument("--from-checkpoint", type=Path, metavar="FILE",
+                        help="a file holding one retained checkpoint line: verify from it on "
+                             "(when older files are archived or gone); its signature is "
+                             "checked with --key, and the files must reach back to the entry "
+                             "after the one it attests")
     parser.add_argument("--no-signatures", action="store_true",
                         help="check the chain only, not the checkpoint signatures")
