@@ -42,14 +42,18 @@ def cli(custody_server_address: str, client_tls: Any,
                          home=home))
 
 
-@pytest.fixture(scope="module")
-def signed_layout(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+def sign_demo_layout(cli: Cli, work: Path, *, envelope: str) -> tuple[bytes, bytes]:
     """The demo layout signed by the server's owner key, and that key's PEM."""
-    work = tmp_path_factory.mktemp("layout")
     (work / "layout.json").write_text(json.dumps(demo_layout(functionary="alias:build")))
-    cli("sign-layout", "-l", "layout.json", "--key", "owner", "-o", "root.layout", cwd=work)
+    cli("sign-layout", "-l", "layout.json", "--key", "owner", "-o", "root.layout",
+        "--envelope", envelope, cwd=work)
     cli("keys", "public", "owner", "-o", "owner.pub", cwd=work)
     return (work / "root.layout").read_bytes(), (work / "owner.pub").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def signed_layout(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    return sign_demo_layout(cli, tmp_path_factory.mktemp("layout"), envelope="metablock")
 
 
 def record_chain_with_custody(cli: Cli, work: Path, *, tamper: bool,
@@ -97,6 +101,29 @@ def test_demo_chain_passes_reference_and_custody_verify(
     # The inspection ran here, as in-toto-verify runs it: the tarball was unpacked.
     assert (tmp_path / "final-custody" / "demo-project" / "foo.py").read_text() \
         == "VERSION = 'foo-v1'\n"
+
+
+# README, "Which verifier accepts which envelope": what in-toto 3.1's in-toto-verify reads.
+def test_a_dsse_layout_passes_reference_and_custody_verify(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "layout").mkdir()
+    layout = sign_demo_layout(cli, tmp_path / "layout", envelope="dsse")
+    assert b'"payloadType"' in layout[0]
+    functionary = record_chain_with_custody(cli, tmp_path, tamper=False, envelope="dsse")
+    ref, ours = verify_with_both(cli, tmp_path, functionary, layout)
+    assert ref.returncode == 0, ref.stderr
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+
+
+def test_statement_links_pass_custody_verify_but_not_the_reference(
+        cli: Cli, signed_layout: tuple[bytes, bytes], tmp_path: Path) -> None:
+    """in-toto 3.1 reads DSSE payloads of `_type` link or layout only: an in-toto Statement
+    (link predicate v0.3) is InvalidMetadata to it. custody verify reads all three."""
+    functionary = record_chain_with_custody(cli, tmp_path, tamper=False, envelope="statement")
+    ref, ours = verify_with_both(cli, tmp_path, functionary, signed_layout)
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    assert ours.stdout.startswith("PASS: root.layout verified (3 steps, 1 inspection run here)")
+    assert ref.returncode == 1
+    assert "InvalidMetadata" in ref.stderr, ref.stderr
 
 
 def test_tampered_chain_fails_in_both_naming_the_same_artifact(
