@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 import sys
 import tomllib
@@ -27,10 +28,9 @@ def test_compose_file_names_what_exists() -> None:
     init_script = services["softhsm-init"]["entrypoint"][1]
     assert init_script.startswith("/opt/custody/")
     assert (ROOT / init_script.removeprefix("/opt/custody/")).is_file()
-    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    for copied in ("core", "client", "server", "softhsm", "pyproject.toml"):
-        assert f"COPY {copied}" in dockerfile or copied in dockerfile
-        assert (ROOT / copied).exists()
+    copies = dockerfile_copies((ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    assert any(init_script.startswith(f"{landed}/") for landed in copies.values()), \
+        f"the image does not hold {init_script}"
     config = tomllib.loads((ROOT / "deploy" / "custody.toml").read_text())
     from custody_server.config import config_from_dict
 
@@ -43,6 +43,41 @@ def test_compose_file_names_what_exists() -> None:
     assert f"{parsed.state_dir}/tls/" in health
     env_conf = services["custody"]["environment"]["SOFTHSM2_CONF"]
     assert str(parsed.hsm.pin_file).startswith(str(Path(env_conf).parent))
+
+
+def dockerfile_copies(dockerfile: str) -> dict[str, str]:
+    """Each COPY source of the Dockerfile -> the absolute path it lands at in the image."""
+    copies: dict[str, str] = {}
+    workdir = "/"
+    for line in dockerfile.splitlines():
+        words = [word for word in line.split() if not word.startswith("--")]
+        if words[:1] == ["WORKDIR"]:
+            workdir = posixpath.join(workdir, words[1])
+        elif words[:1] == ["COPY"]:
+            *sources, destination = words[1:]
+            for source in sources:
+                target = destination + source if destination.endswith("/") else destination
+                copies[source] = posixpath.normpath(posixpath.join(workdir, target))
+    return copies
+
+
+def test_dockerfile_copies_what_the_install_needs() -> None:
+    """`pip install '.[server]'` in the image needs pyproject.toml, its readme and every
+    package directory, at the paths pyproject.toml names, beside it."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", pyproject["project"]["readme"],
+              *pyproject["tool"]["setuptools"]["packages"]["find"]["where"]}
+    copies = dockerfile_copies((ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    assert needed <= set(copies), f"the Dockerfile does not copy {needed - set(copies)}"
+    install_root = posixpath.dirname(copies["pyproject.toml"])
+    for source, landed in copies.items():
+        assert (ROOT / source).exists(), f"the Dockerfile copies missing {source}"
+        assert landed == posixpath.join(install_root, source), (source, landed)
+
+
+def test_dockerfile_copies_reads_copy_lines() -> None:
+    copies = dockerfile_copies("WORKDIR /opt/x\nCOPY a b ./\nCOPY --chown=u c ./d\n")
+    assert copies == {"a": "/opt/x/a", "b": "/opt/x/b", "c": "/opt/x/d"}
 
 
 def test_client_imports_without_server_dependencies() -> None:
