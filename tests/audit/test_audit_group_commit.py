@@ -93,7 +93,8 @@ def test_under_concurrent_load_the_leader_waits_and_batches_grow(trail_anchor: T
     trail.close()
     assert sorted(written_steps(trail.path)) == sorted(
         f"step-{w * 100 + i}" for w in range(8) for i in range(40))
-    # 7.8 on the development VM: the leader waits until all 8 are in (at most 10 ms)
+    # The leader waits until all 8 are in (at most 10 ms), so batches come close to 8
+    # (docs/PERFORMANCE.md#audit-group-commit-batches); 5 leaves room for a busy machine.
     assert sum(writers.sizes) / len(writers.sizes) >= 5
 
 

@@ -2,7 +2,8 @@
 [--from-checkpoint FILE]`.
 
 Apart from custody_client.audit_verify, which runs it, so that building the `custody`
-parser for every command does not load the trail's verifier (~6 ms).
+parser for every command does not load the trail's verifier (a start-up cost: see
+docs/PERFORMANCE.md#client-start-up-and-exit).
 """
 
 from __future__ import annotations
