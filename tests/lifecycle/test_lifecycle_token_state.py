@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -136,22 +137,36 @@ def test_the_guard_lives_beside_the_softhsm_token(softhsm_token: SoftHsmToken) -
 
 def test_a_held_guard_makes_others_wait_then_give_up(tmp_path: Path) -> None:
     lock = tmp_path / "held.lock"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
+    holder = subprocess.Popen([sys.executable, "-c", (  # holds the lock until told to go
+        "import fcntl, os, sys\n"
         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
         "print('held', flush=True)\n"
-        "time.sleep(1.0)\n"
-    )], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    impatient = FileLockGuard(lock, timeout=0.2)
-    with pytest.raises(LifecycleBusyError, match="another replica holds"), impatient.hold():
-        pass
-    started = time.monotonic()
-    with FileLockGuard(lock, timeout=10).hold():  # waits for the holder to finish
-        waited = time.monotonic() - started
-    holder.wait(timeout=10)
-    assert 0.3 < waited < 5
+        "sys.stdin.readline()\n"
+    )], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        acquired: list[float] = []
+
+        def wait_for_the_lock() -> None:
+            with FileLockGuard(lock, timeout=30).hold():
+                acquired.append(time.monotonic())
+
+        patient = threading.Thread(target=wait_for_the_lock)
+        patient.start()
+        impatient = FileLockGuard(lock, timeout=0.2)
+        with pytest.raises(LifecycleBusyError, match="another replica holds"), impatient.hold():
+            pass
+        assert acquired == []  # still waiting, as long as the holder holds
+        released = time.monotonic()
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        patient.join(timeout=30)
+        assert acquired and acquired[0] > released  # ... then it has the lock
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
 
 
 def test_retired_versions_are_destroyed_once_and_keep_their_keyids(
