@@ -111,25 +111,38 @@ class SigningLoad:
             thread.join(timeout=60)
 
 
+def server_command(state: Path, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a plaintext `custody-server` on `state`."""
+    config_args: tuple[str, ...] = ()
+    if _PLAINTEXT:
+        config = state.parent / f"{state.name}.toml"
+        config.write_text(f'state_dir = "{state}"\n[tls]\ninsecure = true\n')
+        config_args = ("--config", str(config))
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    env["PYTHONFAULTHANDLER"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("core", "client", "server"))
+    command = [sys.executable, "-m", "custody_server.main", *config_args, "--state-dir",
+               str(state), "--listen", "127.0.0.1:0", "--log-level", "debug", "--audit-stdout",
+               "--metrics-listen", "127.0.0.1:0", *args]
+    return command, env
+
+
+def run_server_to_end(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A server start that is expected to end by itself (a refusal, or an operator
+    command such as --new-audit-segment)."""
+    command, env = server_command(state, args)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+
+
 class ServerProcess:
     """`custody-server` in its own process; its stdout and stderr are collected (pipes:
     a file-size limit on the process must not hit its logs)."""
 
     def __init__(self, state: Path, *, args: tuple[str, ...] = ()) -> None:
-        config_args: tuple[str, ...] = ()
-        if _PLAINTEXT:
-            config = state.parent / f"{state.name}.toml"
-            config.write_text(f'state_dir = "{state}"\n[tls]\ninsecure = true\n')
-            config_args = ("--config", str(config))
-        env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
-        env["PYTHONFAULTHANDLER"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("core", "client", "server"))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "custody_server.main", *config_args, "--state-dir", str(state),
-             "--listen", "127.0.0.1:0", "--log-level", "debug", "--audit-stdout",
-             "--metrics-listen", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        )
+        command, env = server_command(state, args)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=env)
         self.stdout = bytearray()
         self.stderr = bytearray()
         self._readers = [
@@ -192,6 +205,31 @@ def run_verify(*args: str) -> subprocess.CompletedProcess[str]:
            "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("core", "client"))}
     return subprocess.run([sys.executable, "-m", "custody_client", "audit", "verify", *args],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def audit_key_file(state: Path, process: ServerProcess) -> Path:
+    """The audit public key as `custody keys get audit` would give it."""
+    with grpc.insecure_channel(process.address) as channel:
+        admin = custody_pb2_grpc.KeyAdminStub(channel)  # type: ignore[no-untyped-call]
+        key = admin.GetPublicKey(pb.GetPublicKeyRequest(alias="audit"), timeout=10).key
+    path = state.parent / f"{state.name}-audit.pub"
+    path.write_text(key.public_key_json)
+    return path
+
+
+def audit_files(state: Path) -> list[Path]:
+    """The trail's files in chain order (rotated ones, then audit.log)."""
+    return sorted((state / "audit").glob("audit*.log"))
+
+
+def audit_log(state: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in audit_files(state))
+
+
+def verify_state(state: Path, key: Path) -> str:
+    result = run_verify(*map(str, audit_files(state)), "--key", str(key))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> None:

@@ -28,10 +28,12 @@ from custody_server.softhsm import init_token
 from .audit_support import (
     ServerProcess,
     SigningLoad,
+    audit_key_file,
+    audit_log,
     custody_stub,
     eventually,
-    run_verify,
     signed_digests,
+    verify_state,
     wait_for_health,
 )
 
@@ -46,29 +48,6 @@ def state(tmp_path: Path) -> Path:
     directory = tmp_path / "state"
     init_token(directory / "hsm", label="custody", pin=USER_PIN, so_pin=SO_PIN)
     return directory
-
-
-def audit_key_file(state: Path, process: ServerProcess) -> Path:
-    """The audit public key as `custody keys get audit` would give it."""
-    from custody_api.v1 import custody_pb2_grpc
-
-    with grpc.insecure_channel(process.address) as channel:
-        admin = custody_pb2_grpc.KeyAdminStub(channel)  # type: ignore[no-untyped-call]
-        key = admin.GetPublicKey(pb.GetPublicKeyRequest(alias="audit"), timeout=10).key
-    path = state.parent / "audit.pub"
-    path.write_text(key.public_key_json)
-    return path
-
-
-def audit_log(state: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted((state / "audit").glob("audit*.log")))
-
-
-def verify_state(state: Path, key: Path) -> str:
-    files = [str(p) for p in sorted((state / "audit").glob("audit*.log"))]
-    result = run_verify(*files, "--key", str(key))
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def test_disk_full_during_load(state: Path) -> None:

@@ -84,7 +84,8 @@ def _start(state_dir: Path, config: Path) -> Replica:
     process = subprocess.Popen(
         [sys.executable, "-m", "custody_server.main", "--config", str(config),
          "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--log-format", "console",
-         "--log-level", "warning", "--audit-checkpoint-seconds", "3600"],
+         "--log-level", "warning", "--audit-checkpoint-seconds", "3600",
+         "--audit-node", state_dir.name],  # replicas on one token: a trail each
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )
     assert process.stderr is not None

@@ -1,0 +1,206 @@
+"""The trail anchored in the HSM, against someone who can write the audit directory but
+cannot use the token: each attack on a real `custody-server` process and its SoftHSM token.
+
+What the attacker does while the server is down (forge a tail, remove or cut the trail),
+what the restarted server does (refuses, signs nothing), and the operator's way out (a new
+segment that names the break). docs/AUDIT.md ("Who can change the trail") lists these.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from custody_api.v1 import custody_pb2 as pb
+from custody_core.audit_trail import encode_entry, next_chain
+
+from .audit_support import (
+    ServerProcess,
+    SigningLoad,
+    audit_files,
+    audit_key_file,
+    audit_log,
+    custody_stub,
+    eventually,
+    link_request,
+    run_server_to_end,
+    run_verify,
+    signed_digests,
+    verify_state,
+)
+
+REFUSED = 2  # custody-server's exit code for a start it refuses
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def sign(server: ServerProcess, count: int, *, first: int = 0) -> list[pb.SignLinkResponse]:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = custody_stub(channel)
+        return [stub.SignLink(link_request(first + n), timeout=30) for n in range(count)]
+
+
+def entries(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def forge_tail(path: Path) -> None:
+    """Append a sign-link entry chained exactly as the server chains (the hash needs no
+    secret), blaming another identity, with the trail's own id and node."""
+    last = entries(path)[-1]
+    forged: dict[str, Any] = {
+        "@timestamp": last["@timestamp"],
+        "ecs": last["ecs"], "service": last["service"],
+        "event": {"action": "sign-link", "category": ["process"], "type": ["creation"],
+                  "outcome": "success", "kind": "event", "dataset": "custody.audit",
+                  "id": "f" * 32, "sequence": last["event"]["sequence"] + 1},
+        "custody": {"step": "deploy-to-prod", "trail_id": last["custody"]["trail_id"],
+                    "signed_sha256": "ee" * 32},
+        "user": {"name": "spiffe://custody.local/client/release-manager"},
+    }
+    forged["event"]["hash"] = next_chain(last["event"]["hash"], forged)
+    with path.open("ab") as file:
+        file.write(encode_entry(forged) + b"\n")
+
+
+def assert_refused(state: Path, reason: str) -> None:
+    """The server refuses to start, says why, listens nowhere and writes nothing."""
+    before = {p: p.read_bytes() for p in audit_files(state)}
+    result = run_server_to_end(state)
+    assert result.returncode == REFUSED, result.stderr[-2000:]
+    assert reason in result.stderr, result.stderr[-2000:]
+    assert "--new-audit-segment" in result.stderr
+    assert "listening on" not in result.stderr
+    assert {p: p.read_bytes() for p in audit_files(state)} == before
+
+
+def test_a_tail_forged_while_the_server_is_down_is_refused(state: Path) -> None:
+    server = ServerProcess(state)
+    key = audit_key_file(state, server)
+    signed = sign(server, 5)
+    assert server.terminate() == 0
+    trail = state / "audit" / "audit.log"
+    forge_tail(trail)
+    # The chain alone cannot tell: `custody audit verify` without retained checkpoints
+    # sees a well-chained tail after the closing checkpoint. The seal can.
+    assert_refused(state, "were not written by it")
+
+    # The operator's way out: a new segment that names the break.
+    operator = run_server_to_end(state, "--new-audit-segment", "forged tail: INC-7")
+    assert operator.returncode == 0, operator.stderr[-2000:]
+    aside = [p for p in (state / "audit").iterdir() if p.name.startswith("segment-before-")]
+    assert len(aside) == 1 and b"deploy-to-prod" in (aside[0] / "audit.log").read_bytes()
+    old = entries(aside[0] / "audit.log")
+    server = ServerProcess(state)
+    after = sign(server, 1, first=100)
+    assert server.terminate() == 0
+    new = entries(trail)
+    genesis = new[0]
+    assert genesis["event"]["sequence"] == 1 and genesis["event"]["action"] == "audit-open"
+    previous = genesis["custody"]["new_segment"]
+    assert previous["trail_id"] == old[0]["custody"]["trail_id"] != genesis["custody"]["trail_id"]
+    assert previous["reason"] == "forged tail: INC-7"
+    assert "were not written by it" in previous["problem"]
+    assert [e["event"]["action"] for e in new[:2]] == ["audit-open", "audit-new-segment"]
+    assert "sealed" in verify_state(state, key)
+    assert signed_digests(audit_log(state))[after[0].sha256] == 1
+    assert all(signed_digests((aside[0] / "audit.log").read_bytes())[r.sha256] == 1
+               for r in signed)
+
+
+def test_a_removed_trail_is_refused(state: Path) -> None:
+    server = ServerProcess(state)
+    sign(server, 3)
+    assert server.terminate() == 0
+    (state / "audit" / "audit.log").unlink()
+    assert_refused(state, "it was removed")
+
+
+def test_a_trail_cut_back_to_an_earlier_sealed_entry_is_refused(state: Path) -> None:
+    """Every write ends with a sealed entry, so a cut at a write boundary leaves a valid
+    seal at the end: the token's record of the last checkpoint exposes it."""
+    server = ServerProcess(state)
+    sign(server, 5)
+    assert server.terminate() == 0  # the closing checkpoint is recorded in the token
+    trail = state / "audit" / "audit.log"
+    lines = trail.read_bytes().splitlines(keepends=True)
+    last_link = max(i for i, line in enumerate(lines) if b'"sign-link"' in line)
+    trail.write_bytes(b"".join(lines[:last_link + 1]))
+    assert_refused(state, "entries were removed")
+
+
+def test_after_kill_9_a_genuine_tail_continues_and_a_forged_one_is_refused(
+        state: Path, tmp_path: Path) -> None:
+    server = ServerProcess(state, args=("--audit-checkpoint-seconds", "3600"))
+    load = SigningLoad(server.address, clients=4)
+    eventually(lambda: load.ok() > 200)
+    server.kill()  # no closing checkpoint: the tail after the genesis is unsealed by one
+    load.stop()
+    received = list(load.returned)
+    # The same state twice (the token is a directory in it): forged in one copy.
+    forged_state = tmp_path / "forged"
+    shutil.copytree(state, forged_state, symlinks=True)
+    forged_trail = forged_state / "audit" / "audit.log"
+    if not forged_trail.read_bytes().endswith(b"\n"):  # a torn write: drop it as the server would
+        content = forged_trail.read_bytes()
+        forged_trail.write_bytes(content[:content.rfind(b"\n") + 1])
+    forge_tail(forged_trail)
+    assert_refused(forged_state, "were not written by it")
+
+    restarted = ServerProcess(state)
+    sign(restarted, 1, first=10**9)
+    assert restarted.terminate() == 0
+    logged = signed_digests(audit_log(state))
+    assert all(logged[r.sha256] == 1 for r in received)  # every signature a client got
+
+
+def test_a_second_server_on_the_same_trail_refuses(state: Path) -> None:
+    first = ServerProcess(state)
+    try:
+        second = run_server_to_end(state)
+        assert second.returncode == REFUSED
+        assert f"another custody-server (pid {first.pid})" in second.stderr
+        sign(first, 2)  # the first one is undisturbed
+    finally:
+        assert first.terminate() == 0
+    assert entries(state / "audit" / "audit.log")[-1]["event"]["reason"] == "close"
+
+
+def test_replicas_on_one_token_keep_a_trail_each(tmp_path: Path) -> None:
+    first_state, second_state = tmp_path / "a", tmp_path / "b"
+    first = ServerProcess(first_state, args=("--audit-node", "replica-a"))
+    second_state.mkdir()
+    (second_state / "hsm").symlink_to(first_state / "hsm")  # one token, as replicas share it
+    second = ServerProcess(second_state, args=("--audit-node", "replica-b"))
+    key = audit_key_file(first_state, first)
+    signed = {"replica-a": sign(first, 3), "replica-b": sign(second, 3, first=50)}
+    assert first.terminate() == 0 and second.terminate() == 0
+    trail_ids = set()
+    for state, node in ((first_state, "replica-a"), (second_state, "replica-b")):
+        written = entries(state / "audit" / "audit.log")
+        assert {e["service"]["node"]["name"] for e in written} == {node}
+        trail_ids |= {e["custody"]["trail_id"] for e in written}
+        assert "sealed" in verify_state(state, key)
+        logged = signed_digests(audit_log(state))
+        assert all(logged[r.sha256] == 1 for r in signed[node])
+    assert len(trail_ids) == 2
+
+
+def test_deleting_the_oldest_rotated_file_fails_the_check(state: Path) -> None:
+    server = ServerProcess(state, args=("--audit-max-bytes", "4096"))
+    key = audit_key_file(state, server)
+    sign(server, 40)
+    assert server.terminate() == 0
+    files = audit_files(state)
+    assert len(files) >= 3
+    assert run_verify(*map(str, files), "--key", str(key)).returncode == 0
+    cut = run_verify(*map(str, files[1:]), "--key", str(key))
+    assert cut.returncode == 1, cut.stdout + cut.stderr
