@@ -7,9 +7,11 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,6 +26,7 @@ from custody_server.lifecycle.model import overlap_remaining
 from custody_server.lifecycle.scheduler import LifecycleScheduler
 from custody_server.metrics import ServiceMetrics
 from custody_server.policy import PolicyStore, RequestLimits
+from custody_server.policy.revocation import RevocationStore
 from custody_server.serving import OPERATOR, ServingHealth
 from custody_server.signing import SigningService
 from custody_server.tls_bootstrap import LocalTls, local_tls_dir
@@ -33,6 +36,8 @@ from custody_server.transport.interceptor import RpcInterceptor
 from custody_server.transport.key_admin import KeyAdminServicer
 from custody_server.transport.servicer import CustodyServicer
 from custody_server.verification import VerificationService
+
+log = structlog.get_logger("custody.server")
 
 SERVICE_NAMES = (
     custody_pb2.DESCRIPTOR.services_by_name["Custody"].full_name,
@@ -99,7 +104,7 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     policy = PolicyStore.from_file(config.policy_file, reserved_signing_keys={
         config.audit.key_alias: "the audit trail's checkpoints (audit.key_alias)"})
     access = AccessControl(  # after the metrics wrap: denials' audit writes are observed too
-        policy=policy, audit=audit,
+        policy=policy, audit=audit, revocation=_revocation(config),
         limits=RequestLimits(max_layout_bytes=limits.max_layout_bytes,
                              max_json_depth=limits.max_json_depth),
         defaults=KeyDefaults(link_key=config.default_link_key,
@@ -149,19 +154,37 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     return running
 
 
+def _tls_files(config: ServerConfig) -> tuple[Path, Path, Path]:
+    """The server's certificate chain, its key and the client CA file."""
+    tls = config.tls
+    if tls.local:
+        local = LocalTls(local_tls_dir(config.state_dir))
+        return local.server_cert, local.server_key, local.ca_cert
+    if tls.cert and tls.key and tls.client_ca:
+        return tls.cert, tls.key, tls.client_ca
+    raise ConfigError("tls needs cert, key and client_ca")  # TlsConfig refuses this
+
+
+def _revocation(config: ServerConfig) -> RevocationStore | None:
+    """The CRL of `[tls] crl_file`, checked against the client CA; a bad one stops the
+    server (RevocationError, a ConfigError)."""
+    if config.tls.crl_file is None or config.tls.insecure:
+        return None
+    store = RevocationStore.from_files(config.tls.crl_file,
+                                       client_ca_file=_tls_files(config)[2])
+    if store.current.expired(utc_now()):
+        log.warning("crl.expired", crl_file=str(store.path),
+                    next_update=str(store.current.next_update))
+    return store
+
+
 def _bind(server: grpc.Server, config: ServerConfig) -> int:
     """mTLS (client certificates required) unless tls.insecure; see config.TlsConfig."""
     tls = config.tls
     if tls.insecure:
         port = server.add_insecure_port(config.listen)
     else:
-        if tls.local:
-            local = LocalTls(local_tls_dir(config.state_dir))
-            files = (local.server_cert, local.server_key, local.ca_cert)
-        elif tls.cert and tls.key and tls.client_ca:
-            files = (tls.cert, tls.key, tls.client_ca)
-        else:  # TlsConfig refuses this when it is made
-            raise ConfigError("tls needs cert, key and client_ca")
+        files = _tls_files(config)
         try:
             chain, key, client_ca = (path.read_bytes() for path in files)
         except OSError as error:

@@ -16,6 +16,7 @@ A config file looks like this (every key is optional; see README "Configuration"
     cert = "/etc/custody/server.pem"
     key = "/etc/custody/server.key"
     client_ca = "/etc/custody/clients-ca.pem"   # client certificates are always required
+    crl_file = "/etc/custody/clients.crl"     # revoked client certificates (PEM or DER)
     # insecure = true           # plaintext, every caller "anonymous": never in production
 
     [policy]
@@ -122,9 +123,13 @@ class TlsConfig:
     key: Path | None = None
     client_ca: Path | None = None
     insecure: bool = False
+    # A CRL from the client CA (PEM or DER): its certificates are refused; re-read on SIGHUP
+    crl_file: Path | None = None
 
     def __post_init__(self) -> None:
         given = [name for name in ("cert", "key", "client_ca") if getattr(self, name)]
+        if self.insecure and self.crl_file:
+            raise ConfigError("tls.insecure = true cannot be combined with tls.crl_file")
         if self.insecure and given:
             raise ConfigError(f"tls.insecure = true cannot be combined with tls.{given[0]}")
         if given and len(given) != 3:
@@ -267,7 +272,8 @@ def load_config(path: Path) -> ServerConfig:
 def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
     table = dict(data)
     hsm = _section(table.pop("hsm", {}), "hsm", {"module", "token_label", "pin_env", "pin_file"})
-    tls = _section(table.pop("tls", {}), "tls", {"cert", "key", "client_ca", "insecure"})
+    tls = _section(table.pop("tls", {}), "tls",
+                   {"cert", "key", "client_ca", "insecure", "crl_file"})
     insecure = tls.pop("insecure", False)
     if not isinstance(insecure, bool):
         raise ConfigError("tls.insecure must be true or false")

@@ -19,3 +19,7 @@ class LimitExceededError(RequestError):
 
 class AuditUnavailableError(CustodyError):
     """The audit record could not be written, so nothing is signed (UNAVAILABLE)."""
+
+
+class MalformedRequestError(RequestError):
+    """A request's bytes are not a valid protobuf message of its RPC (INVALID_ARGUMENT)."""

@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("server.insecure", reason="tls.insecure = true")
     print(f"custody-server: access policy {config.policy_file} (reload: kill -HUP {os.getpid()})",
           file=sys.stderr, flush=True)
+    if running.access is not None and running.access.revocation is not None:
+        crl = running.access.revocation
+        print(f"custody-server: certificate revocation list {crl.path} "
+              f"({len(crl.current.serials)} revoked; reloaded with the policy)",
+              file=sys.stderr, flush=True)
     log.info("server.start", listen=f"{host}:{running.port}")
     if metrics_server is not None:
         print(f"custody-server: metrics on port {metrics_server.port}", file=sys.stderr,
@@ -161,8 +166,9 @@ def _new_audit_segment(settings: AuditSettings, opened: Opened, *, reason: str
 
 
 def _reload_policy_on_request(requested: threading.Event, running: RunningServer) -> None:
-    """SIGHUP: re-read the policy file. Calls in flight are not disturbed; a bad file is
-    rejected with its error and the old policy stays (both audited)."""
+    """SIGHUP: re-read the policy file and the CRL (`[tls] crl_file`). Calls in flight are
+    not disturbed; a bad file is rejected with its error and the old one stays (each
+    outcome audited)."""
     while True:
         requested.wait()
         requested.clear()
@@ -173,6 +179,12 @@ def _reload_policy_on_request(requested: threading.Event, running: RunningServer
                                     if outcome.loaded else
                                     f"policy NOT reloaded, the old one stays: {outcome.error}"),
               file=sys.stderr, flush=True)
+        crl = running.access.reload_revocation()  # None: no [tls] crl_file
+        if crl is not None:
+            print("custody-server: " + (f"CRL reloaded (sha256 {crl.fingerprint})"
+                                        if crl.loaded else
+                                        f"CRL NOT reloaded, the old one stays: {crl.error}"),
+                  file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -138,25 +138,49 @@ def test_the_handshake_refuses_what_has_no_trusted_client_certificate(
     assert server.denials() == []  # nothing reached the service: no call, nothing to audit
 
 
+def _certificate_auth(pki: Pki, request: CertificateRequest) -> dict[str, list[bytes]]:
+    """gRPC's auth context for a TLS peer with a certificate from the test CA."""
+    issued = issue_certificate(pki.ca, request, now=datetime.now(UTC))
+    return {"transport_security_type": [b"ssl"], "x509_pem_cert": [issued.cert_pem],
+            # what gRPC itself reads from a certificate: never used for the identity
+            "peer_uri": [b"spiffe://a/b"], "x509_common_name": [b"gRPC's own"]}
+
+
 @pytest.mark.parametrize(("auth", "expected"), [
     ({}, ANONYMOUS),
     ({"transport_security_type": [b"insecure"]}, ANONYMOUS),
-    ({"transport_security_type": [b"ssl"], "peer_uri": [b"spiffe://a/b"],
-      "peer_dns": [b"d.example"], "x509_common_name": [b"cn"]}, "spiffe://a/b"),
-    ({"transport_security_type": [b"ssl"], "peer_dns": [b"d.example", b"e.example"],
-      "x509_common_name": [b"cn"]}, "dns:d.example"),
-    ({"transport_security_type": [b"ssl"], "x509_common_name": [b"builder"]}, "cn:builder"),
-    ({"transport_security_type": [b"ssl"], "peer_uri": [b"spiffe://a", b"spiffe://b"]},
-     "2 URI SANs"),
-    ({"transport_security_type": [b"ssl"], "peer_uri": [b"dns:d.example"]}, "usable scheme"),
-    ({"transport_security_type": [b"ssl"], "peer_uri": [b"no-scheme"]}, "usable scheme"),
-    ({"transport_security_type": [b"ssl"], "x509_common_name": [b"\xff"]}, "UTF-8"),
-    ({"transport_security_type": [b"ssl"], "x509_common_name": [b"a\nb"]}, "control"),
-    ({"transport_security_type": [b"ssl"]}, "names no identity"),
+    ({"transport_security_type": [b"ssl"], "peer_uri": [b"spiffe://a/b"]},
+     "presented no certificate"),
 ])
-def test_identity_order_and_refusals(auth: dict[str, list[bytes]], expected: str) -> None:
+def test_identity_without_a_certificate(auth: dict[str, list[bytes]], expected: str) -> None:
     try:
         identity = identity_from_auth_context(auth)
+    except IdentityError as error:
+        assert expected in str(error)
+    else:
+        assert identity.value == expected
+
+
+@pytest.mark.parametrize(("request_", "expected"), [
+    (CertificateRequest("cn", uri_names=("spiffe://a/b",), dns_names=("d.example",)),
+     "spiffe://a/b"),
+    (CertificateRequest("cn", dns_names=("d.example", "e.example")), "dns:d.example"),
+    (CertificateRequest("builder"), "cn:builder"),
+    (CertificateRequest("", uri_names=("spiffe://a", "spiffe://b")), "2 URI SANs"),
+    (CertificateRequest("", uri_names=("dns:d.example",)), "usable scheme"),
+    (CertificateRequest("", uri_names=("no-scheme",)), "usable scheme"),
+    (CertificateRequest("a\nb"), r"common name 'a\x0ab' contains a control character"),
+    (CertificateRequest("cn", uri_names=("spiffe://a/b\0.evil",)),
+     r"URI SAN 'spiffe://a/b\x00.evil' contains a control character"),
+    # any name with a control character refuses the certificate, also one not used
+    (CertificateRequest("c\x85n", uri_names=("spiffe://a/b",)), r"'c\x85n'"),
+    (CertificateRequest("", uri_names=("spiffe://a/b",), dns_names=("d\x7f",)), r"'d\x7f'"),
+    (CertificateRequest(""), "names no identity"),
+])
+def test_identity_order_and_refusals(pki: Pki, request_: CertificateRequest,
+                                     expected: str) -> None:
+    try:
+        identity = identity_from_auth_context(_certificate_auth(pki, request_))
     except IdentityError as error:
         assert expected in str(error)
     else:

@@ -12,3 +12,8 @@ class PolicyError(ConfigError):
 
 class IdentityError(CustodyError):
     """A client certificate names no usable identity (the call is UNAUTHENTICATED)."""
+
+
+class RevocationError(ConfigError):
+    """The certificate revocation list is unreadable, not the client CA's, or of a kind
+    Custody does not check (delta, indirect, unknown critical extension)."""

@@ -3,14 +3,22 @@
 For every Custody and KeyAdmin RPC, before the servicer runs, in this order:
 
 1. a call whose deadline passed while it waited for a worker: DEADLINE_EXCEEDED;
-2. the identity from the client certificate (custody_server.policy.identity);
-   a certificate without a usable identity: UNAUTHENTICATED (audited);
+2. the client certificate, read from its own bytes (custody_server.policy.identity):
+   one that names no usable identity, or whose serial the CRL in force revokes
+   (custody_server.policy.revocation), is UNAUTHENTICATED (audited with its serial),
+   after a token from a bucket of its own (keyed by the serial, at the default rate),
+   so that a stolen or broken certificate can neither flood the audit trail nor use up
+   the rate of the identity it names;
 3. the identity's token bucket: RESOURCE_EXHAUSTED with a `retry-after-ms` trailer
    (audited at most once a minute per identity, with the count of refusals since the
    previous entry: custody_server.policy.refusal_sampler);
 4. an identity no grant names: UNAUTHENTICATED (audited);
-5. the policy's decision on RPC, key alias and step name: PERMISSION_DENIED (audited);
-6. layout size and nesting limits: INVALID_ARGUMENT.
+5. the request's bytes parsed as the RPC's protobuf message: INVALID_ARGUMENT if they
+   do not parse (audited as `decode-request`). The service handlers are registered
+   with the raw bytes (AccessInterceptor), so that no request, however malformed,
+   skips steps 2-4, the audit trail or the request id;
+6. the policy's decision on RPC, key alias and step name: PERMISSION_DENIED (audited);
+7. layout size and nesting limits: INVALID_ARGUMENT.
 
 Health checking and reflection pass through (the TLS handshake still requires a
 client certificate signed by the client CA). The servicer learns the identity
@@ -24,6 +32,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -31,26 +40,30 @@ import structlog
 
 from custody_core.errors import CustodyError
 from custody_server.audit_events import AuditEvent, AuditSink
+from custody_server.errors import MalformedRequestError
 from custody_server.policy import (
     RPC_CATALOG,
     AccessRequest,
     ClientIdentity,
+    Policy,
     PolicyStore,
     RateLimiter,
     ReloadOutcome,
     RequestLimits,
     RpcInfo,
-    identity_from_auth_context,
 )
-from custody_server.policy.errors import IdentityError
+from custody_server.policy.identity import PeerCertificate, peer_from_auth_context
 from custody_server.policy.refusal_sampler import RefusalSampler
+from custody_server.policy.revocation import RevocationStore
 from custody_server.policy.rpcs import READS_WITHOUT_AUDIT, KeyScope
+from custody_server.transport.errors import status_for
 from custody_server.transport.in_progress import CallCounter
 
 log = structlog.get_logger("custody.access")
 
 RETRY_AFTER_TRAILER = "retry-after-ms"
 _LAYOUT_RPCS = frozenset({"SignLayout", "Verify"})  # their `layout` field: size and depth
+Parse = Callable[[bytes], Any]  # the RPC's request message from its bytes
 _caller: contextvars.ContextVar[ClientIdentity | None] = contextvars.ContextVar(
     "custody_caller", default=None)
 
@@ -83,28 +96,33 @@ class AccessControl:
 
     def __init__(self, *, policy: PolicyStore, audit: AuditSink, limits: RequestLimits,
                  defaults: KeyDefaults, rate_limiter: RateLimiter | None = None,
-                 refusal_sampler: RefusalSampler | None = None) -> None:
+                 refusal_sampler: RefusalSampler | None = None,
+                 revocation: RevocationStore | None = None) -> None:
         self.policy = policy
+        self.revocation = revocation  # None: no CRL configured
         self._audit = audit
         self._limits = limits
         self._defaults = defaults
         self._rate_limiter = rate_limiter or RateLimiter()
         self._refusals = refusal_sampler or RefusalSampler()
 
-    def admit(self, rpc: RpcInfo, request: Any, *, auth: Mapping[str, Sequence[bytes]],
-              peer: str) -> ClientIdentity:
-        """The caller's identity if the call may go ahead; AccessRefused if not."""
+    def admit(self, rpc: RpcInfo, message: Any, *, auth: Mapping[str, Sequence[bytes]],
+              peer: str, parse: Parse | None = None) -> tuple[ClientIdentity, Any]:
+        """The caller's identity and its request if the call may go ahead; AccessRefused
+        if not. `message` is the request's bytes, parsed with `parse` once the caller is
+        known (without `parse`, `message` is the request itself)."""
         details: dict[str, Any] = {"rpc": rpc.name, "peer": peer}
-        try:
-            identity = identity_from_auth_context(auth)
-        except IdentityError as error:
-            self._deny(grpc.StatusCode.UNAUTHENTICATED, "authenticate", "authentication",
-                       f"unauthenticated: {error}", {**details, "caller": ""})
-        details.update(caller=identity.value, identity_source=identity.source.value)
         policy = self.policy.current  # one policy for the whole decision
+        identity = self._authenticate(peer_from_auth_context(auth), policy, details)
+        details.update(caller=identity.value, identity_source=identity.source.value)
         wait = self._rate_limiter.acquire(identity.value, policy.rate_for(identity.value))
         if wait > 0:
             self._refuse_for_rate(identity.value, wait, details)
+        if not policy.knows(identity.value):
+            self._deny(grpc.StatusCode.UNAUTHENTICATED, "authenticate", "authentication",
+                       f"unauthenticated: identity {identity.value!r} is not in the policy",
+                       details)
+        request = message if parse is None else self._parse(parse, message, details)
         access = self._access_request(rpc, request, identity.value)
         if access.key_alias is not None:
             details["key_alias"] = access.key_alias
@@ -120,7 +138,40 @@ class AccessControl:
         layout = getattr(request, "layout", None) if rpc.name in _LAYOUT_RPCS else None
         if isinstance(layout, bytes):
             self._limits.check_layout(layout)
-        return identity
+        return identity, request
+
+    def _authenticate(self, certificate: PeerCertificate, policy: Policy,
+                      details: dict[str, Any]) -> ClientIdentity:
+        """The certificate's identity; AccessRefused if it has none or is revoked."""
+        if certificate.serial is not None:
+            details["certificate_serial"] = certificate.serial_text
+        revocation = self.revocation.current if self.revocation is not None else None
+        if certificate.identity is not None and (revocation is None
+                                                 or not revocation.revokes(certificate)):
+            return certificate.identity
+        if certificate.identity is None:
+            reason = certificate.problem
+            details["caller"] = ""
+        else:
+            assert revocation is not None  # for mypy: revoked, so a CRL is in force
+            reason = (f"client certificate (serial {certificate.serial_text}) is revoked "
+                      "by the CRL in force")
+            details.update(caller=certificate.identity.value, crl_sha256=revocation.fingerprint)
+        bucket = f"certificate-serial:{certificate.serial_text or 'none'}"
+        wait = self._rate_limiter.acquire(bucket, policy.default_rate)
+        if wait > 0:
+            self._refuse_for_rate(bucket, wait, details)
+        self._deny(grpc.StatusCode.UNAUTHENTICATED, "authenticate", "authentication",
+                   f"unauthenticated: {reason}", details)
+
+    def _parse(self, parse: Parse, message: Any, details: Mapping[str, Any]) -> Any:
+        """The request from its bytes; INVALID_ARGUMENT (audited) if they do not parse."""
+        try:
+            return parse(message)
+        except Exception as error:  # DecodeError, or anything else a parser raises on bytes
+            refused = MalformedRequestError(
+                f"malformed request: {str(error)[:200] or type(error).__name__}")
+        self._deny(status_for(refused), "decode-request", "api", str(refused), details)
 
     def _access_request(self, rpc: RpcInfo, request: Any, identity: str) -> AccessRequest:
         alias: str | None = None
@@ -172,6 +223,36 @@ class AccessControl:
         except Exception:
             log.exception("access.audit_failed", code=code.name)
 
+    def reload_revocation(self) -> ReloadOutcome | None:
+        """Re-read the CRL (SIGHUP); audit the outcome; the old one stays if the new is bad.
+        None when no CRL is configured."""
+        if self.revocation is None:
+            return None
+        outcome = self.revocation.reload()
+        current = self.revocation.current
+        details: dict[str, Any] = {"crl_file": str(self.revocation.path),
+                                   "crl_sha256": outcome.fingerprint,
+                                   "previous_crl_sha256": outcome.previous_fingerprint,
+                                   "revoked_serials": len(current.serials)}
+        expired = current.expired(datetime.now(UTC))
+        if expired:
+            details["crl_expired"] = True
+        try:
+            self._audit.record(AuditEvent(
+                action="crl-reload", category="configuration",
+                outcome="success" if outcome.loaded else "failure",
+                reason=outcome.error[:500], details=details))
+        except Exception:
+            log.exception("access.audit_failed", action="crl-reload")
+        if outcome.loaded:
+            log.info("crl.reloaded", crl_sha256=outcome.fingerprint,
+                     revoked_serials=len(current.serials))
+        else:
+            log.error("crl.reload_rejected", error=outcome.error, crl_sha256=outcome.fingerprint)
+        if expired:
+            log.warning("crl.expired", next_update=str(current.next_update))
+        return outcome
+
     def reload_policy(self) -> ReloadOutcome:
         """Re-read the policy file (SIGHUP); audit the outcome; the old one stays if bad."""
         outcome = self.policy.reload()
@@ -215,14 +296,17 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         counting = (nullcontext if rpc.name in READS_WITHOUT_AUDIT
                     else self._in_progress.counting)
 
-        def admitted(request: Any, context: grpc.ServicerContext) -> Any:
+        parse = handler.request_deserializer  # parsed in admit(), once the caller is known
+
+        def admitted(message: bytes, context: grpc.ServicerContext) -> Any:
             if context.time_remaining() <= 0:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                               "the deadline passed before the call started")
             with counting():  # refusals are audited too
                 try:
                     auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
-                    identity = access.admit(rpc, request, auth=auth, peer=context.peer())
+                    identity, request = access.admit(rpc, message, auth=auth,
+                                                     peer=context.peer(), parse=parse)
                 except AccessRefused as refused:
                     _abort(context, refused)
                 token = _caller.set(identity)
@@ -231,9 +315,10 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 finally:
                     _caller.reset(token)
 
+        # No deserializer: gRPC hands over the bytes as received, and a request that does
+        # not parse is refused here, authenticated, rate-limited and audited like any other.
         return grpc.unary_unary_rpc_method_handler(
-            admitted,
-            request_deserializer=handler.request_deserializer,
+            admitted, request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
