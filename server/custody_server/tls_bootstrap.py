@@ -17,6 +17,11 @@ More client certificates from the local CA, e.g. for a build agent:
 
     python -m custody_server.tls_bootstrap issue-client --state-dir DIR \
         --uri spiffe://example.org/ci/builder --out builder
+
+and a CRL that revokes one (name it in `[tls] crl_file`, then `kill -HUP` the server):
+
+    python -m custody_server.tls_bootstrap revoke --state-dir DIR --crl DIR/tls/clients.crl \
+        builder.pem
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import ipaddress
 import os
 import socket
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +45,7 @@ LOCAL_CLIENT_IDENTITY = "spiffe://custody.local/client/local-admin"
 CA_LIFETIME = timedelta(days=3650)
 LEAF_LIFETIME = timedelta(days=730)
 RENEW_BEFORE = timedelta(days=30)
+CRL_LIFETIME = timedelta(days=30)  # nextUpdate of the CRLs issue_crl makes
 _BACKDATE = timedelta(minutes=5)  # tolerate small clock skew between client and server
 
 
@@ -144,6 +151,26 @@ def issue_certificate(ca: CertificateAuthority, request: CertificateRequest, *,
     certificate = builder.sign(ca.private_key, hashes.SHA256())
     return IssuedCertificate(cert_pem=certificate.public_bytes(serialization.Encoding.PEM),
                              key_pem=_key_pem(key))
+
+
+def issue_crl(ca: CertificateAuthority, *, revoked: Iterable[int], now: datetime,
+              lifetime: timedelta = CRL_LIFETIME) -> bytes:
+    """A CRL (PEM) from `ca` revoking the certificates with these serial numbers, for
+    `[tls] crl_file`."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now - _BACKDATE)
+        .next_update(now + lifetime)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            ca.private_key.public_key()), critical=False)
+    )
+    for serial in sorted(set(revoked)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial)
+            .revocation_date(now - _BACKDATE).build())
+    crl = builder.sign(ca.private_key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)
 
 
 @dataclass(frozen=True)
@@ -290,9 +317,29 @@ def issue_client_files(state_dir: Path, *, out: Path, request: CertificateReques
     return cert_file, key_file
 
 
+def revoke_local_files(state_dir: Path, *, crl_file: Path, certificates: Iterable[Path]) -> int:
+    """Add the serials of `certificates` to `crl_file` (created if missing), a CRL from
+    the local CA; the serials it already lists stay. Returns how many it lists."""
+    ca = LocalTls(local_tls_dir(state_dir)).authority()
+    serials: set[int] = set()
+    if crl_file.exists():
+        existing = x509.load_pem_x509_crl(crl_file.read_bytes())
+        if not existing.is_signature_valid(ca.private_key.public_key()):
+            raise ValueError(f"{crl_file} is not a CRL of the local CA in {state_dir}")
+        serials = {entry.serial_number for entry in existing}
+    for path in certificates:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+        if certificate.issuer != ca.certificate.subject:
+            raise ValueError(f"{path} was not issued by the local CA in {state_dir}")
+        serials.add(certificate.serial_number)
+    _write(crl_file, issue_crl(ca, revoked=serials, now=datetime.now(UTC)), private=False)
+    return len(serials)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m custody_server.tls_bootstrap issue-client ...`: one more client
-    certificate from the embedded default's local CA (e.g. for a build agent)."""
+    certificate from the embedded default's local CA (e.g. for a build agent);
+    `... revoke ...`: a CRL from the local CA for `[tls] crl_file`."""
     parser = argparse.ArgumentParser(prog="python -m custody_server.tls_bootstrap")
     commands = parser.add_subparsers(dest="command", required=True)
     issue = commands.add_parser("issue-client", help="issue a client certificate")
@@ -303,7 +350,24 @@ def main(argv: list[str] | None = None) -> int:
     issue.add_argument("--dns", action="append", default=[], help="DNS SAN")
     issue.add_argument("--cn", default="", help="subject common name")
     issue.add_argument("--days", type=int, default=LEAF_LIFETIME.days)
+    revoke = commands.add_parser(
+        "revoke", help="add client certificates to a CRL of the local CA (tls.crl_file); "
+                       "then kill -HUP the server")
+    revoke.add_argument("--state-dir", type=Path, required=True)
+    revoke.add_argument("--crl", type=Path, required=True,
+                        help="the CRL file (PEM) to write; the serials it lists stay")
+    revoke.add_argument("certificates", type=Path, nargs="*",
+                        help="certificates (PEM) to revoke; none: renew the CRL's dates")
     options = parser.parse_args(argv)
+    if options.command == "revoke":
+        try:
+            count = revoke_local_files(options.state_dir, crl_file=options.crl,
+                                       certificates=options.certificates)
+        except (OSError, ValueError) as error:
+            print(f"tls_bootstrap: {error}", file=sys.stderr)
+            return 2
+        print(f"{options.crl}: {count} revoked certificate(s)")
+        return 0
     if not (options.uri or options.dns or options.cn):
         parser.error("give --uri, --dns or --cn: the identity the policy will name")
     try:
