@@ -25,3 +25,8 @@ class KeyFormatError(MetadataError):
 
 class SignatureError(CustodyError):
     """A signature does not verify, or no trusted signature was found."""
+
+
+class UnusableKeyError(KeyFormatError):
+    """A well-formed key dict whose key cannot verify anything here: an unsupported
+    keytype or scheme, or public key material that does not parse or does not fit."""

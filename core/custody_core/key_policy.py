@@ -1,9 +1,11 @@
 """How the verifier treats key ids beyond "the signature verifies".
 
-A threshold counts distinct functionaries, not key ids: two versions of one rotated key
-are one functionary. And a key version may be refused at a given time (outside its
-overlap window). Key rotation supplies its own policy; the default treats every key id as
-its own functionary and refuses nothing.
+A threshold counts distinct functionaries, not key ids. The verifier always counts one
+public key as one functionary, whatever keyids (legacy, modern) or schemes it is listed
+under (PublicKey.material); a policy can group more: two versions of one rotated key are
+one functionary. And a key version may be refused at a given time (outside its overlap
+window). Key rotation supplies its own policy; the default groups nothing beyond the key
+material and refuses nothing.
 """
 
 from __future__ import annotations

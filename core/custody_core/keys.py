@@ -17,6 +17,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -24,10 +25,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from custody_core.canonical import encode_canonical
-from custody_core.errors import KeyFormatError
+from custody_core.errors import KeyFormatError, UnusableKeyError
 
 __all__ = [
     "LEGACY_KEYID_HASH_ALGORITHMS",
+    "REFERENCE_SCHEMES",
     "SCHEMES",
     "CryptoPublicKey",
     "KeyType",
@@ -36,33 +38,73 @@ __all__ = [
     "compute_legacy_keyid",
 ]
 
-KeyType = Literal["ecdsa", "ed25519", "rsa"]
-CryptoPublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+KeyType = Literal["ecdsa", "ed25519", "rsa", "ml-dsa"]
+CryptoPublicKey: TypeAlias = Any  # rsa, ec, ed25519 or (cryptography >= 48) ML-DSA
 
 ECDSA_P256 = "ecdsa-sha2-nistp256"
 ECDSA_P384 = "ecdsa-sha2-nistp384"
+ECDSA_P521 = "ecdsa-sha2-nistp521"
 ED25519 = "ed25519"
 RSA_PSS_SHA256 = "rsassa-pss-sha256"
+MLDSA_TYPE = "ml-dsa"
 
-# scheme -> keytype
-SCHEMES: Mapping[str, str] = {
-    ECDSA_P256: "ecdsa",
-    ECDSA_P384: "ecdsa",
-    ED25519: "ed25519",
-    RSA_PSS_SHA256: "rsa",
-}
+
+@dataclass(frozen=True)
+class _Scheme:
+    """How a securesystemslib 1.x scheme verifies (signer/_key.py SSlibKey._verify)."""
+
+    keytype: str
+    hash: type[hashes.HashAlgorithm] | None = None
+    curve: type[ec.EllipticCurve] | None = None
+    rsa_padding: Literal["pss", "pkcs1v15", ""] = ""
+    mldsa_class: Any = None
+    # securesystemslib registers it in KEY_FOR_TYPE_AND_SCHEME, so in-toto 3.1 loads a
+    # layout that lists it. SSlibKey verifies the SHA-224 RSA schemes too, but Key.from_dict
+    # refuses them: in-toto-verify refuses every layout that lists such a key.
+    in_reference: bool = True
+
+
+def _scheme_table() -> dict[str, _Scheme]:
+    table = {
+        ECDSA_P256: _Scheme("ecdsa", hashes.SHA256, ec.SECP256R1),
+        ECDSA_P384: _Scheme("ecdsa", hashes.SHA384, ec.SECP384R1),
+        ECDSA_P521: _Scheme("ecdsa", hashes.SHA512, ec.SECP521R1),
+        ED25519: _Scheme("ed25519"),
+    }
+    rsa_hashes: dict[str, type[hashes.HashAlgorithm]] = {
+        "sha224": hashes.SHA224, "sha256": hashes.SHA256,
+        "sha384": hashes.SHA384, "sha512": hashes.SHA512,
+    }
+    for name, digest in rsa_hashes.items():
+        in_reference = name != "sha224"
+        table[f"rsassa-pss-{name}"] = _Scheme("rsa", digest, rsa_padding="pss",
+                                               in_reference=in_reference)
+        table[f"rsa-pkcs1v15-{name}"] = _Scheme("rsa", digest, rsa_padding="pkcs1v15",
+                                                 in_reference=in_reference)
+    try:  # ML-DSA needs cryptography >= 48, as in securesystemslib
+        from cryptography.hazmat.primitives.asymmetric import mldsa
+    except ImportError:  # pragma: no cover - depends on the installed cryptography
+        return table
+    for name, key_class in (("ml-dsa-44/1", mldsa.MLDSA44PublicKey),
+                            ("ml-dsa-65/1", mldsa.MLDSA65PublicKey),
+                            ("ml-dsa-87/1", mldsa.MLDSA87PublicKey)):
+        table[name] = _Scheme(MLDSA_TYPE, hashes.SHA512, mldsa_class=key_class)
+    return table
+
+
+_SCHEME_TABLE: Mapping[str, _Scheme] = MappingProxyType(_scheme_table())
+# scheme -> keytype: every scheme securesystemslib 1.x verifies with the keys in-toto uses
+SCHEMES: Mapping[str, str] = MappingProxyType(
+    {name: scheme.keytype for name, scheme in _SCHEME_TABLE.items()}
+)
+# The schemes in-toto 3.1 loads in a layout's keys (see _Scheme.in_reference).
+REFERENCE_SCHEMES: frozenset[str] = frozenset(
+    name for name, scheme in _SCHEME_TABLE.items() if scheme.in_reference
+)
 LEGACY_KEYID_HASH_ALGORITHMS: tuple[str, ...] = ("sha256", "sha512")
-
-_CURVE_FOR_SCHEME: Mapping[str, type[ec.EllipticCurve]] = {
-    ECDSA_P256: ec.SECP256R1,
-    ECDSA_P384: ec.SECP384R1,
-}
-_HASH_FOR_SCHEME: Mapping[str, type[hashes.HashAlgorithm]] = {
-    ECDSA_P256: hashes.SHA256,
-    ECDSA_P384: hashes.SHA384,
-    RSA_PSS_SHA256: hashes.SHA256,
-}
+_LEGACY_ECDSA_KEYTYPES = frozenset({ECDSA_P256, ECDSA_P384, ECDSA_P521})
 _ED25519_HEX = re.compile(r"[0-9a-f]{64}")
+_MLDSA_CONTEXT = b"tuf\x01"  # securesystemslib get_mldsa_payload(data, 1) (TAP 21)
 
 
 @dataclass(frozen=True)
@@ -70,9 +112,16 @@ class PublicKey:
     """A public verification key as a layout lists it.
 
     `keyid` is taken as given and never recomputed when matching signatures.
-    `public` is PEM SubjectPublicKeyInfo for ecdsa and rsa, and 64 lowercase hex
+    `public` is PEM SubjectPublicKeyInfo for ecdsa, rsa and ml-dsa, and 64 lowercase hex
     characters for ed25519. `keyid_hash_algorithms` is kept only when a legacy
     key dict carried it, so that `to_dict` gives the dict back.
+
+    `material` identifies the key itself: the SHA-256 of its DER SubjectPublicKeyInfo,
+    the same for every keyid, scheme and encoding the key is listed under. A threshold
+    counts keys by it (one key is one functionary).
+
+    UnusableKeyError (a KeyFormatError): the scheme is not one securesystemslib 1.x
+    verifies, or the public key does not parse or does not fit the keytype and scheme.
     """
 
     keyid: str
@@ -81,15 +130,19 @@ class PublicKey:
     public: str
     keyid_hash_algorithms: tuple[str, ...] | None = None
     _crypto_key: CryptoPublicKey = field(init=False, repr=False, compare=False)
+    material: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.keyid, str) or not self.keyid:
             raise KeyFormatError("key: keyid must be a non-empty string")
+        if not isinstance(self.keytype, str) or not isinstance(self.scheme, str):
+            raise KeyFormatError(f"key {self.keyid}: keytype and scheme must be strings")
         if self.scheme not in SCHEMES:
-            raise KeyFormatError(f"key {self.keyid}: unsupported scheme {self.scheme!r}")
+            raise UnusableKeyError(f"key {self.keyid}: unsupported scheme {self.scheme!r:.80}")
         if SCHEMES[self.scheme] != self.keytype:
-            raise KeyFormatError(
-                f"key {self.keyid}: keytype {self.keytype!r} does not fit scheme {self.scheme!r}"
+            raise UnusableKeyError(
+                f"key {self.keyid}: keytype {self.keytype!r:.80} does not fit scheme "
+                f"{self.scheme!r}"
             )
         if not isinstance(self.public, str):
             raise KeyFormatError(f"key {self.keyid}: public key value must be a string")
@@ -97,20 +150,39 @@ class PublicKey:
             isinstance(name, str) for name in self.keyid_hash_algorithms
         ):
             raise KeyFormatError(f"key {self.keyid}: keyid_hash_algorithms must be strings")
-        object.__setattr__(self, "_crypto_key", _load_public(self))
+        crypto_key = _load_public(self)
+        object.__setattr__(self, "_crypto_key", crypto_key)
+        der = crypto_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        object.__setattr__(self, "material", hashlib.sha256(der).hexdigest())
+
+    @property
+    def in_reference(self) -> bool:
+        """Whether in-toto 3.1 loads a layout that lists this key (see REFERENCE_SCHEMES)."""
+        return self.scheme in REFERENCE_SCHEMES
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """Whether `signature` is valid over `data`. Never raises on a bad signature."""
         key = self._crypto_key
+        scheme = _SCHEME_TABLE[self.scheme]
         try:
             if isinstance(key, ed25519.Ed25519PublicKey):
                 key.verify(signature, data)
             elif isinstance(key, ec.EllipticCurvePublicKey):
-                key.verify(signature, data, ec.ECDSA(_HASH_FOR_SCHEME[self.scheme]()))
-            else:
-                digest = _HASH_FOR_SCHEME[self.scheme]()
-                pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.AUTO)
-                key.verify(signature, data, pss, digest)
+                assert scheme.hash is not None
+                key.verify(signature, data, ec.ECDSA(scheme.hash()))
+            elif isinstance(key, rsa.RSAPublicKey):
+                assert scheme.hash is not None
+                digest = scheme.hash()
+                pad: padding.AsymmetricPadding = (
+                    padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.AUTO)
+                    if scheme.rsa_padding == "pss"
+                    else padding.PKCS1v15()
+                )
+                key.verify(signature, data, pad, digest)
+            else:  # ML-DSA, over securesystemslib's payload
+                key.verify(signature, _MLDSA_CONTEXT + hashlib.sha512(data).digest())
         except (InvalidSignature, ValueError, TypeError):
             return False
         return True
@@ -156,7 +228,7 @@ class PublicKey:
             raise KeyFormatError("key: keytype and scheme must be strings")
         if not isinstance(keyval, Mapping) or not isinstance(keyval.get("public"), str):
             raise KeyFormatError("key: keyval.public must be a string")
-        if keytype == scheme and scheme in _CURVE_FOR_SCHEME:
+        if keytype == scheme and scheme in _LEGACY_ECDSA_KEYTYPES:
             keytype = "ecdsa"  # legacy keytype spelling
         public: str = keyval["public"]
         hash_algorithms = _read_hash_algorithms(data.get("keyid_hash_algorithms"))
@@ -186,23 +258,30 @@ class PublicKey:
 
     @classmethod
     def from_crypto(cls, key: object, *, scheme: str | None = None) -> PublicKey:
-        """From a `cryptography` public key; keyid by the modern formula."""
+        """From a `cryptography` public key; keyid by the modern formula. The default
+        scheme is securesystemslib's: rsassa-pss-sha256, the curve's ECDSA scheme,
+        ed25519, ml-dsa-NN/1."""
+        mldsa_scheme = next((name for name, s in _SCHEME_TABLE.items()
+                             if s.mldsa_class is not None and isinstance(key, s.mldsa_class)),
+                            None)
         if isinstance(key, ed25519.Ed25519PublicKey):
-            keytype = "ed25519"
+            keytype, default_scheme = "ed25519", ED25519
             public = key.public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
             ).hex()
-            default_scheme = ED25519
-        elif isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        else:
             if isinstance(key, rsa.RSAPublicKey):
                 keytype, default_scheme = "rsa", RSA_PSS_SHA256
-            else:
+            elif isinstance(key, ec.EllipticCurvePublicKey):
                 keytype, default_scheme = "ecdsa", _ecdsa_scheme_for_curve(key.curve)
-            public = key.public_bytes(
+            elif mldsa_scheme is not None:
+                keytype, default_scheme = MLDSA_TYPE, mldsa_scheme
+            else:
+                raise KeyFormatError(f"key: unsupported public key type {type(key).__name__}")
+            pem_key: Any = key
+            public = pem_key.public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             ).decode("ascii")
-        else:
-            raise KeyFormatError(f"key: unsupported public key type {type(key).__name__}")
         chosen_scheme = scheme or default_scheme
         return cls(
             keyid=compute_keyid(keytype=keytype, scheme=chosen_scheme, public=public),
@@ -258,32 +337,40 @@ def _read_hash_algorithms(value: object) -> tuple[str, ...] | None:
 
 
 def _ecdsa_scheme_for_curve(curve: ec.EllipticCurve) -> str:
-    for scheme, curve_type in _CURVE_FOR_SCHEME.items():
-        if isinstance(curve, curve_type):
+    for scheme, spec in _SCHEME_TABLE.items():
+        if spec.curve is not None and isinstance(curve, spec.curve):
             return scheme
     raise KeyFormatError(f"key: unsupported elliptic curve {curve.name}")
 
 
 def _load_public(key: PublicKey) -> CryptoPublicKey:
     """Parse `key.public` and check that it fits the keytype and scheme."""
+    spec = _SCHEME_TABLE[key.scheme]
     if key.keytype == "ed25519":
         if not _ED25519_HEX.fullmatch(key.public):
-            raise KeyFormatError(f"key {key.keyid}: ed25519 public key must be 64 lowercase hex")
+            raise UnusableKeyError(
+                f"key {key.keyid}: ed25519 public key must be 64 lowercase hex"
+            )
         return ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.public))
     try:
         loaded = serialization.load_pem_public_key(key.public.encode("ascii"))
     except (ValueError, TypeError, UnicodeEncodeError, UnsupportedAlgorithm) as exc:
-        raise KeyFormatError(
+        raise UnusableKeyError(
             f"key {key.keyid}: public key is not a PEM SubjectPublicKeyInfo"
         ) from exc
     if key.keytype == "rsa":
         if not isinstance(loaded, rsa.RSAPublicKey):
-            raise KeyFormatError(f"key {key.keyid}: PEM does not hold an RSA key")
+            raise UnusableKeyError(f"key {key.keyid}: PEM does not hold an RSA key")
+        return loaded
+    if spec.mldsa_class is not None:
+        if not isinstance(loaded, spec.mldsa_class):
+            raise UnusableKeyError(f"key {key.keyid}: PEM does not hold a {key.scheme} key")
         return loaded
     if not isinstance(loaded, ec.EllipticCurvePublicKey):
-        raise KeyFormatError(f"key {key.keyid}: PEM does not hold an EC key")
-    if not isinstance(loaded.curve, _CURVE_FOR_SCHEME[key.scheme]):
-        raise KeyFormatError(
+        raise UnusableKeyError(f"key {key.keyid}: PEM does not hold an EC key")
+    assert spec.curve is not None
+    if not isinstance(loaded.curve, spec.curve):
+        raise UnusableKeyError(
             f"key {key.keyid}: curve {loaded.curve.name} does not fit scheme {key.scheme}"
         )
     return loaded

@@ -5,6 +5,7 @@ verification failure (supply_chain.py decides when to stop)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import TypeVar
@@ -15,7 +16,7 @@ from custody_core.key_policy import KeyPolicy
 from custody_core.keys import PublicKey
 from custody_core.models import Inspection, Layout, Link, Step
 from custody_core.rules import ArtifactRule, ArtifactsSource, ArtifactType, apply_rules
-from custody_core.substitution import check_parameters
+from custody_core.substitution import check_parameters, placeholder_names
 from custody_core.verdict import (
     Failure,
     Stage,
@@ -70,14 +71,52 @@ def substitute_layout(
 
     steps = [substituted(step) for step in layout.steps]
     inspections = [substituted(inspection) for inspection in layout.inspections]
-    result = Layout(
+    result = replace(
+        layout,
         steps=tuple(step for step in steps if step is not None),
         inspections=tuple(item for item in inspections if item is not None),
-        keys=layout.keys,
-        expires=layout.expires,
-        readme=layout.readme,
     )
     return result, failures
+
+
+def placeholder_warnings(layout: Layout, prefix: str) -> list[VerdictWarning]:
+    """Without parameters nothing is substituted (as in-toto-verify, which has no way to
+    pass any): say where the layout holds text that looks like a `{NAME}` placeholder."""
+    found: dict[str, list[str]] = {}
+    items: tuple[Step | Inspection, ...] = (*layout.steps, *layout.inspections)
+    for item in items:
+        texts = item.run if isinstance(item, Inspection) else item.expected_command
+        rules = (*item.expected_materials, *item.expected_products)
+        for text in (*texts, *(token for rule in rules for token in rule.tokens)):
+            for name in placeholder_names(text):
+                found.setdefault(name, [])
+                if item.name not in found[name]:
+                    found[name].append(item.name)
+    if not found:
+        return []
+    names = ", ".join(f"{{{name}}} ({', '.join(prefix + n for n in where)})"
+                      for name, where in sorted(found.items()))
+    return [
+        warning(
+            Stage.PARAMETERS,
+            f"no parameters were given, so nothing was substituted (as in-toto-verify): "
+            f"the layout holds {names}; if these are parameters, give their values",
+        )
+    ]
+
+
+def unusable_key_warnings(layout: Layout, prefix: str) -> list[VerdictWarning]:
+    """A warning for each listed key that cannot verify anything (links it signs are
+    ignored); in-toto 3.1 refuses the whole layout when the scheme is unknown to it."""
+    where = f" of sublayout {prefix.rstrip('/')}" if prefix else ""
+    return [
+        warning(
+            Stage.LINKS,
+            f"layout key {keyid[:8]}{where} cannot verify: {reason}; links it signs do "
+            "not count (in-toto-verify refuses such a layout)",
+        )
+        for keyid, reason in layout.unusable_keys.items()
+    ]
 
 
 def open_rule_list_warnings(layout: Layout, prefix: str) -> list[VerdictWarning]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain, repeat
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from custody_core.errors import KeyFormatError, MetadataError
+from custody_core.errors import KeyFormatError, MetadataError, UnusableKeyError
 from custody_core.keys import PublicKey
 from custody_core.rule_syntax import ArtifactRule, parse_rules
 from custody_core.substitution import substitute
@@ -160,10 +160,18 @@ def parse_expires(value: object) -> datetime:
         raise MetadataError(f"layout: expires {value!r} is not a valid date: {exc}") from None
 
 
-def _parse_keys(value: object) -> Mapping[str, PublicKey]:
+def _parse_keys(value: object) -> tuple[Mapping[str, PublicKey], Mapping[str, str]]:
+    """The usable keys, and why each other key cannot verify (keyid -> reason).
+
+    A malformed key dict fails the layout, as in in-toto. A well-formed one that cannot
+    verify here (an unknown scheme, key material that does not parse) is kept aside: the
+    verdict warns, and links it signs do not count (in-toto refuses the layout when the
+    scheme is unknown to securesystemslib, and fails only when it uses such a key).
+    """
     if not isinstance(value, Mapping):
         raise MetadataError("layout: keys must be a JSON object of key id -> public key")
     keys: dict[str, PublicKey] = {}
+    unusable: dict[str, str] = {}
     for keyid, key_data in value.items():
         if not _is_hex(keyid):
             raise MetadataError(f"layout: key id {keyid!r:.80} is not hex")
@@ -174,9 +182,11 @@ def _parse_keys(value: object) -> Mapping[str, PublicKey]:
             raise KeyFormatError(f"layout: key {keyid[:8]} states another keyid {stated!r:.80}")
         try:
             keys[keyid] = PublicKey.from_dict(key_data, keyid=keyid)
+        except UnusableKeyError as exc:
+            unusable[keyid] = str(exc).removeprefix(f"key {keyid}: ")
         except MetadataError as exc:
             raise KeyFormatError(f"layout: key {keyid[:8]}: {exc}") from None
-    return MappingProxyType(keys)
+    return MappingProxyType(keys), MappingProxyType(unusable)
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,8 @@ class Layout:
     keys: Mapping[str, PublicKey]
     expires: datetime
     readme: str = ""
+    # keyid -> why it cannot verify (see _parse_keys); such keys are not in `keys`
+    unusable_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if self.expires.tzinfo is None:
@@ -205,6 +217,7 @@ class Layout:
         data = _check_type(payload, "layout", "layout", required=True)
         steps = _field(data, "steps", list, "layout")
         inspections = _field(data, "inspect", list, "layout")
+        keys, unusable_keys = _parse_keys(data.get("keys", {}))
         return cls(
             steps=tuple(
                 Step.from_payload(step, where=f"layout steps[{i}]") for i, step in enumerate(steps)
@@ -213,7 +226,8 @@ class Layout:
                 Inspection.from_payload(item, where=f"layout inspect[{i}]")
                 for i, item in enumerate(inspections)
             ),
-            keys=_parse_keys(data.get("keys", {})),
+            keys=keys,
+            unusable_keys=unusable_keys,
             expires=parse_expires(data.get("expires")),
             readme=_field(data, "readme", str, "layout", ""),
         )

@@ -99,7 +99,7 @@ class StepLinks:
 
     step: Step
     accepted: tuple[LoadedLink, ...]
-    functionaries: frozenset[str]
+    functionaries: frozenset[str]  # for each functionary counted, the first file it signed
 
 
 def _refusal(
@@ -107,6 +107,8 @@ def _refusal(
 ) -> str | None:
     """Why this link does not count for the step, or None if it does."""
     key = layout.keys.get(loaded.keyid)
+    if key is None and loaded.keyid in layout.unusable_keys:
+        return f"key {loaded.keyid[:8]} cannot verify: {layout.unusable_keys[loaded.keyid]}"
     if key is None:
         return f"key {loaded.keyid[:8]} is authorized but not in the layout's keys"
     refused = policy.refusal(loaded.keyid, now)
@@ -119,6 +121,44 @@ def _refusal(
     return None
 
 
+class _Functionaries:
+    """Accepted links grouped by who signed them. Two links are one functionary when
+    their keys are one key (the same public key material under two keyids: a legacy and
+    a modern keyid, or two schemes) or when the key policy says so (two versions of one
+    rotated service key). The reference counts keyids, so it counts such links twice."""
+
+    def __init__(self, layout: Layout, policy: KeyPolicy) -> None:
+        self._layout = layout
+        self._policy = policy
+        self._group_of_label: dict[str, int] = {}
+        self.first_file: dict[int, str] = {}  # group -> the first link file counted for it
+
+    def add(self, candidate: LoadedLink) -> str | None:
+        """Count `candidate`; the file already counted for its functionary, if any."""
+        key = self._layout.keys[candidate.keyid]
+        labels = (f"key:{key.material}", f"policy:{self._policy.functionary_of(key.keyid)}")
+        groups = sorted({self._group_of_label[label] for label in labels
+                         if label in self._group_of_label})
+        if not groups:
+            group = len(self.first_file)
+            self.first_file[group] = candidate.file_name
+            for label in labels:
+                self._group_of_label[label] = group
+            return None
+        group, *merged = groups
+        for label, owner in list(self._group_of_label.items()):
+            if owner in merged:
+                self._group_of_label[label] = group
+        for other in merged:
+            self.first_file.pop(other)
+        for label in labels:
+            self._group_of_label[label] = group
+        return self.first_file[group]
+
+    def __len__(self) -> int:
+        return len(self.first_file)
+
+
 def verify_thresholds(
     *,
     layout: Layout,
@@ -126,35 +166,40 @@ def verify_thresholds(
     policy: KeyPolicy,
     now: datetime,
 ) -> tuple[list[StepLinks], list[Failure], list[VerdictWarning]]:
-    """Keep the acceptable links of each step and count distinct functionaries."""
+    """Keep the acceptable links of each step and count distinct functionaries (keys)."""
     result: list[StepLinks] = []
     failures: list[Failure] = []
     warnings: list[VerdictWarning] = []
     for step in layout.steps:
         accepted: list[LoadedLink] = []
-        functionaries: dict[str, str] = {}
+        functionaries = _Functionaries(layout, policy)
         ignored: list[str] = []
+        merged: list[str] = []
         for candidate in loaded.get(step.name, []):
             refusal = _refusal(step, candidate, layout, policy, now)
             if refusal is not None:
                 ignored.append(f"{candidate.file_name}: {refusal}")
                 warnings.append(warning(Stage.THRESHOLD, f"ignored {ignored[-1]}", step=step.name))
                 continue
-            functionary = policy.functionary_of(candidate.keyid)
-            if functionary in functionaries:
+            counted = functionaries.add(candidate)
+            if counted is not None:
+                merged.append(f"{candidate.file_name} and {counted}")
                 warnings.append(
                     warning(
                         Stage.THRESHOLD,
-                        f"{candidate.file_name} and {functionaries[functionary]} are signed by "
-                        f"one functionary ({functionary[:16]}): counted once",
+                        f"{candidate.file_name} and {counted} are signed by one functionary "
+                        "(one key, or versions of one service key): counted once",
                         step=step.name,
                     )
                 )
-            else:
-                functionaries[functionary] = candidate.file_name
             accepted.append(candidate)
         if len(functionaries) < step.threshold:
             found = f"found {len(functionaries)}"
+            if merged:
+                found += (
+                    " (" + "; ".join(merged) + " are signed by one functionary under different "
+                    "keyids; in-toto-verify counts keyids and would count them twice)"
+                )
             if ignored:
                 found += " (ignored " + "; ".join(ignored) + ")"
             elif not loaded.get(step.name):
@@ -167,7 +212,9 @@ def verify_thresholds(
                     step=step.name,
                 )
             )
-        result.append(StepLinks(step, tuple(accepted), frozenset(functionaries)))
+        result.append(
+            StepLinks(step, tuple(accepted), frozenset(functionaries.first_file.values()))
+        )
     return result, failures, warnings
 
 

@@ -1,10 +1,13 @@
 """in-toto layout parameter substitution (`{NAME}` placeholders), without `str.format`'s reach.
 
-The reference runs `stanza.format(**parameters)` on every rule element, expected command
-and inspection `run` element. We accept the same placeholders and escapes (`{NAME}`, `{{`,
-`}}`) but refuse what `str.format` would also do with untrusted text: attribute and index
-lookups (`{NAME.__class__}`), conversions and format specs. Those, a missing parameter,
-and a malformed brace are MetadataErrors.
+Substitution happens only when parameters are given, as in in-toto: `in_toto_verify`
+substitutes when its caller passes `substitution_parameters` (in-toto-verify never does),
+so a layout without parameters keeps shell braces such as `${V}` or `awk '{print $1}'`
+as they are. The reference runs `stanza.format(**parameters)` on every rule element,
+expected command and inspection `run` element. We accept the same placeholders and
+escapes (`{NAME}`, `{{`, `}}`) but refuse what `str.format` would also do with untrusted
+text: attribute and index lookups (`{NAME.__class__}`), conversions and format specs.
+Those, a missing parameter, and a malformed brace are MetadataErrors.
 """
 
 from __future__ import annotations
@@ -47,3 +50,23 @@ def substitute(text: str, parameters: Mapping[str, str]) -> str:
             raise MetadataError(f"no value for parameter {{{field}}} in {text!r:.120}")
         out.append(parameters[field])
     return "".join(out)
+
+
+def placeholder_names(text: str) -> list[str]:
+    """The `{NAME}` placeholders that substitution would fill in `text` (none if its
+    braces are malformed: then it cannot be a parameterized text)."""
+    if "{" not in text:
+        return []
+    try:
+        parts = list(_FORMATTER.parse(text))
+    except ValueError:
+        return []
+    return [
+        field
+        for _, field, format_spec, conversion in parts
+        if field is not None
+        and PARAMETER_NAME.fullmatch(field) is not None
+        and not field.isdigit()
+        and not format_spec
+        and not conversion
+    ]

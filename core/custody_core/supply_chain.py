@@ -15,6 +15,7 @@ Where we differ from in-toto 3.1 (its verdict is the oracle everywhere else):
 - a link whose payload names another step is ignored (in-toto accepts a replayed link);
 - `expires` is required and `threshold` must be at least 1 (in-toto defaults them);
 - `{NAME}` placeholders: no attribute, index or format-spec evaluation (`str.format`);
+  substituted only when parameters are given, as in in-toto (see substitution.py);
 - inspections are never run here: the caller hands in the links it recorded;
 - a present but malformed link file fails even if its signature would not verify (in-toto
   ignores a DSSE one in that case); Statement v1 links (link predicate v0.3) are accepted;
@@ -39,8 +40,10 @@ from custody_core.layout_stages import (
     command_warnings,
     layout_signature_failures,
     open_rule_list_warnings,
+    placeholder_warnings,
     substitute_layout,
     summary_link,
+    unusable_key_warnings,
 )
 from custody_core.models import Layout, Link
 from custody_core.rules import ArtifactsSource
@@ -59,7 +62,6 @@ __all__ = ["MAX_SUBLAYOUT_DEPTH", "verify_supply_chain"]
 # nest sublayouts at will: bound it well below Python's recursion limit.
 MAX_SUBLAYOUT_DEPTH = 16
 _NO_FILES: Mapping[str, bytes] = MappingProxyType({})
-_NO_PARAMETERS: Mapping[str, str] = MappingProxyType({})
 
 
 class _StageFailed(Exception):
@@ -93,7 +95,7 @@ def verify_supply_chain(
     layout_keys: Mapping[str, PublicKey],
     links: Mapping[str, bytes],
     inspection_links: Mapping[str, bytes] = _NO_FILES,
-    parameters: Mapping[str, str] = _NO_PARAMETERS,
+    parameters: Mapping[str, str] | None = None,
     now: datetime,
     key_policy: KeyPolicy | None = None,
 ) -> Verdict:
@@ -103,8 +105,10 @@ def verify_supply_chain(
     layout. `links` maps file names as in a link directory (`<step>.<keyid8>.link`,
     sublayout links under `<step>.<keyid8>/`) to envelope bytes; `inspection_links` maps
     `<inspection>.link` to the links the caller recorded by running the inspections.
-    `{NAME}` placeholders in the layout are replaced from `parameters` (a missing one
-    fails, as in-toto-verify with substitution parameters). `now` must be timezone-aware.
+    `{NAME}` placeholders in the layout are replaced from `parameters` when it is not
+    None (a missing one fails, as in_toto_verify with substitution_parameters); with None
+    nothing is substituted (as in-toto-verify) and the verdict warns of what looks like a
+    placeholder. `now` must be timezone-aware.
 
     Raises MetadataError only if `layout` cannot be parsed as a signed layout.
     """
@@ -209,6 +213,9 @@ def _verify_layout(
     if parameters is not None:
         layout, failures = substitute_layout(layout, parameters)
         _raise_if(failures)
+    elif depth == 0:  # the reference never substitutes in sublayouts: nothing to warn of
+        context.warnings.extend(placeholder_warnings(layout, prefix))
+    context.warnings.extend(unusable_key_warnings(layout, prefix))
     context.warnings.extend(open_rule_list_warnings(layout, prefix))
 
     loaded, failures = load_step_links(layout, context.links, prefix=prefix)

@@ -66,7 +66,9 @@ class VerificationService:
                 layout_keys=layout_keys,
                 links=request.links,
                 inspection_links=request.inspection_links,
-                parameters=request.parameters,
+                # the wire cannot tell no parameters from none given: both mean none, so
+                # nothing is substituted (as in-toto-verify)
+                parameters=request.parameters or None,
                 now=now,
                 key_policy=ServiceKeyPolicy(self._keys.versions_by_keyid()),
             )

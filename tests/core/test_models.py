@@ -99,10 +99,24 @@ def test_malformed_layouts_say_what_is_wrong(edit: Edit, message: str) -> None:
         Layout.from_payload(_broken(edit))
 
 
-def test_unknown_key_type_is_a_key_format_error() -> None:
+def test_a_key_that_cannot_verify_is_set_aside_not_fatal() -> None:
+    """An unknown keytype or scheme, or key material that does not parse, makes the key
+    unusable (links it signs do not count), not the layout malformed."""
+    keyid = ""
+
     def edit(d: dict[str, Any]) -> None:
-        key = next(iter(d["keys"].values()))
+        nonlocal keyid
+        keyid, key = next(iter(d["keys"].items()))
         key["keytype"] = "gpg"
+
+    layout = Layout.from_payload(_broken(edit))
+    assert keyid not in layout.keys
+    assert "does not fit scheme" in layout.unusable_keys[keyid]
+
+
+def test_a_key_dict_without_its_fields_is_a_key_format_error() -> None:
+    def edit(d: dict[str, Any]) -> None:
+        del next(iter(d["keys"].values()))["scheme"]
 
     with pytest.raises(KeyFormatError, match="layout: key"):
         Layout.from_payload(_broken(edit))

@@ -55,11 +55,19 @@ def test_parameters_reach_the_inspection_that_runs_here(cli: Cli, tmp_path: Path
     (tmp_path / "layout.json").write_text(json.dumps(layout))
     cli("sign-layout", "-l", str(tmp_path / "layout.json"), "-o", "root.layout", cwd=final)
 
+    # Without --param nothing is substituted (as in-toto-verify): `CREATE {ARCHIVE}` is
+    # taken literally, the step's rules fail, and the verdict says why it may have.
     missing = cli("verify", "-l", "root.layout", "--layout-key-alias", "owner", cwd=final,
                   check=False)
     assert missing.returncode == 1
-    assert "failed at parameters" in missing.stdout and "ARCHIVE" in missing.stdout
+    assert "failed at step-rules" in missing.stdout, missing.stdout
+    assert "no parameters were given" in missing.stdout and "{ARCHIVE}" in missing.stdout
     assert not (final / "demo-project").exists()  # nothing ran
+
+    wrong = cli("verify", "-l", "root.layout", "--layout-key-alias", "owner",
+                "--param", "OTHER=x", cwd=final, check=False)
+    assert wrong.returncode == 1
+    assert "failed at parameters" in wrong.stdout and "ARCHIVE" in wrong.stdout
 
     given = cli("verify", "-l", "root.layout", "--layout-key-alias", "owner",
                 "--param", "ARCHIVE=demo-project.tar.gz", cwd=final, check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -72,10 +73,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     layout = parse_layout(layout_bytes, where=args.layout)
     keys = _layout_keys(args)
     parameters = parse_parameters(args.params or [])
-    try:
-        root = layout.substituted(parameters)
-    except MetadataError:
-        root = layout  # the server fails this at its parameters stage, before inspections
+    root = layout  # without --param nothing is substituted, as in in-toto-verify
+    # A substitution that fails here fails at the server's parameters stage, before any
+    # inspection runs.
+    if parameters:
+        with contextlib.suppress(MetadataError):
+            root = layout.substituted(parameters)
     links = collect_links(Path(args.link_dir), {step.name for step in layout.steps})
     log.info("sending %d link files from %s", len(links), args.link_dir)
     inspection_links: dict[str, bytes] = {}
