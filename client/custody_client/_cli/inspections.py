@@ -20,7 +20,6 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from custody_client._cli.process import run_command
 from custody_client.digest_cache import DigestCache
@@ -33,8 +32,6 @@ from custody_core.models import Layout
 
 log = logging.getLogger("custody.cli")
 
-_LINK_FILE = re.compile(r"(?P<step>.+)\.[0-9a-f]{8}\.link")
-_SUBLAYOUT_DIR = re.compile(r"(?P<step>.+)\.[0-9a-f]{8}")
 # The innermost "sublayout <prefix><inspection> failed at inspections: ..." of a reason.
 _SUBLAYOUT_INSPECTION = re.compile(r".*sublayout (?P<where>.+?) failed at inspections: ")
 
@@ -45,30 +42,6 @@ def parse_layout(data: bytes, *, where: str) -> Layout:
         return Layout.from_payload(parse_envelope(data).payload)
     except MetadataError as error:
         raise InputError(f"bad layout {where}: {error}") from None
-
-
-def collect_links(link_dir: Path, step_names: set[str]) -> dict[str, bytes]:
-    """`<step>.<keyid8>.link` files of the layout's steps, and their sublayout directories."""
-    if not link_dir.is_dir():
-        raise InputError(f"link directory {link_dir} does not exist")
-    links: dict[str, bytes] = {}
-    for entry in sorted(link_dir.iterdir()):
-        if entry.is_file() and (m := _LINK_FILE.fullmatch(entry.name)) \
-                and m["step"] in step_names:
-            links[entry.name] = _read(entry)
-        elif entry.is_dir() and (m := _SUBLAYOUT_DIR.fullmatch(entry.name)) \
-                and m["step"] in step_names:
-            for path in sorted(entry.rglob("*.link")):
-                if path.is_file() and _LINK_FILE.fullmatch(path.name):
-                    links[path.relative_to(link_dir).as_posix()] = _read(path)
-    return links
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise InputError(f"cannot read link {path}: {error.strerror}") from None
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 from custody_client._cli.common import EXIT_FAILED, EXIT_OK, read_file
 from custody_client._cli.inspections import (
     PendingInspection,
-    collect_links,
     inspections_wanted,
     parse_layout,
     parse_parameters,
     run_inspection,
 )
+from custody_client._cli.link_files import collect_links
 from custody_client._cli.verdict_output import format_verdict, verdict_json
 from custody_client.errors import InputError
 from custody_client.models import LayoutKey, VerifyFailure, VerifyResult
@@ -79,7 +79,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if parameters:
         with contextlib.suppress(MetadataError):
             root = layout.substituted(parameters)
-    links = collect_links(Path(args.link_dir), {step.name for step in layout.steps})
+    links = collect_links(Path(args.link_dir), layout)
     log.info("sending %d link files from %s", len(links), args.link_dir)
     inspection_links: dict[str, bytes] = {}
     ran: list[str] = []
