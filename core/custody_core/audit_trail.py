@@ -18,12 +18,13 @@ format and what a SIEM must keep.
 - Every entry names its trail: `custody.trail_id` (32 hex digits, fixed when the trail
   starts) and the server that writes it, `service.node.name`. One server writes one
   trail; replicas write one each. Entry 1 of a trail is its genesis ("audit-open").
-- The last entry of every write carries `custody.seal`: an HMAC-SHA256 made inside the
-  HSM with the trail's secret seal key over `seal_input(chain(n-1), entry n without
-  event.hash and custody.seal)`. It covers the whole chain up to that entry. Only the
-  server can check it (the key never leaves the token): it proves at start-up that the
-  tail it continues is the one it wrote. Verifiers without the key check the chain and
-  the checkpoints; a seal is part of the entry like any other field.
+- The last entry of every write carries `custody.seal`: an HMAC-SHA256 with the trail's
+  seal key (derived inside the HSM from a key that never leaves it) over
+  `seal_input(chain(n-1), entry n without event.hash and custody.seal)`. It covers the
+  whole chain up to that entry. Only the server can make or check it (only the token can
+  derive the key): it proves at start-up that the tail it continues is the one it wrote.
+  Verifiers without the key check the chain and the checkpoints; a seal is part of the
+  entry like any other field.
 """
 
 from __future__ import annotations

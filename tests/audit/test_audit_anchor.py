@@ -202,5 +202,15 @@ def test_deleting_the_oldest_rotated_file_fails_the_check(state: Path) -> None:
     files = audit_files(state)
     assert len(files) >= 3
     assert run_verify(*map(str, files), "--key", str(key)).returncode == 0
-    cut = run_verify(*map(str, files[1:]), "--key", str(key))
+    deleted = run_verify(*map(str, files[1:]), "--key", str(key))
+    assert deleted.returncode == 1, deleted.stdout + deleted.stderr
+    assert "entries 1 to" in deleted.stdout and "missing" in deleted.stdout
+    # The head cut at a genuine checkpoint inside the oldest file: what is left is a
+    # well-formed trail from that checkpoint on, and still not the whole trail.
+    lines = files[0].read_bytes().splitlines(keepends=True)
+    checkpoint = next(i for i, line in enumerate(lines)
+                      if i > 0 and b'"audit-checkpoint"' in line)
+    files[0].write_bytes(b"".join(lines[checkpoint:]))
+    cut = run_verify(*map(str, files), "--key", str(key))
     assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert "missing" in cut.stdout

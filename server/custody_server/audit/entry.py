@@ -27,6 +27,8 @@ REDACTED = "[redacted]"
 
 # Details keys the services use, moved to their ECS or custody.* place.
 _KEY_FIELDS = {"key_alias": "alias", "key_version": "version", "keyid": "id"}
+# custody.* fields the writer sets (audit_trail's format): a detail never takes their place.
+_WRITER_FIELDS = frozenset({"seal", "trail_id"})
 _SECRET_WORDS = frozenset({"pin", "password", "passphrase", "secret", "private", "payload"})
 _WORD = re.compile(r"[a-z0-9]+")
 _PEER = re.compile(r"^(?P<family>ipv4|ipv6):(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)$")
@@ -100,7 +102,8 @@ def ecs_entry(event: AuditEvent, *, event_id: str,
         elif name == "caller":
             caller = str(value)
         else:
-            custody[_clean(name)] = _value(name, value)
+            field = _clean(name)
+            custody[f"detail_{field}" if field in _WRITER_FIELDS else field] = _value(name, value)
     if key:
         custody["key"] = key
     for name in ("request_id", "rpc"):
