@@ -9,7 +9,11 @@ Verification stops after the first stage that fails (later stages depend on it);
 stage every failure is reported. A verification failure is a failing Verdict, never an
 exception; only layout bytes that cannot be understood raise MetadataError.
 
-Where we differ from in-toto 3.1 (its verdict is the oracle everywhere else):
+Where we differ from in-toto 3.1 (its verdict is the oracle everywhere else; the full
+list, with reasons and tests, is docs/REFERENCE.md):
+- a threshold counts keys (public key material), not keyids; in-toto counts keyids;
+- a listed key that cannot verify is set aside with a warning (in-toto refuses the
+  layout at load when it does not know the scheme);
 - signatures are checked over the bytes as received, never over a re-serialized model
   (in-toto fails on layouts and links with fields it does not know);
 - a link whose payload names another step is ignored (in-toto accepts a replayed link);
