@@ -24,12 +24,17 @@ from custody_core.strict_json import DEFAULT_MAX_DEPTH, ParsedJson, parse_json
 __all__ = [
     "COMPACT_ABOVE_BYTES",
     "DEFAULT_MAX_DEPTH",
+    "MAX_SIGNATURE_BYTES",
     "PAYLOAD_TYPE_INTOTO",
     "Envelope",
     "EnvelopeKind",
     "Signature",
+    "UnsignedDsse",
+    "UnsignedMetablock",
     "pae",
     "parse_envelope",
+    "prepare_dsse",
+    "prepare_metablock",
     "sign_dsse",
     "sign_metablock",
 ]
@@ -201,6 +206,11 @@ def _decode_base64(text: str, *, where: str) -> bytes:
     raise MetadataError(f"envelope: {where} is not valid base64")
 
 
+# The longest signature a signer here makes, with room to spare: DER ECDSA P-256 is at
+# most 72 bytes, P-384 104, Ed25519 64, RSA-3072 384, RSA-8192 1024.
+MAX_SIGNATURE_BYTES = 1024
+
+
 def sign_metablock(
     signed: Mapping[str, Any], signers: Sequence[Signer], *, compact: bool | None = None
 ) -> bytes:
@@ -213,21 +223,7 @@ def sign_metablock(
     indents in pure Python, slow for a link with many artifacts (measured: see
     docs/PERFORMANCE.md#core-checks-on-large-links).
     """
-    signed_value = dict(signed)
-    canonical = encode_canonical(signed_value)
-    signatures = [
-        {"keyid": signer.public_key.keyid, "sig": _checked_signature(signer, canonical).hex()}
-        for signer in signers
-    ]
-    if compact is None:
-        compact = len(canonical) > COMPACT_ABOVE_BYTES
-    if compact and not canonical.translate(None, _NEEDS_NO_ESCAPE):
-        # Printable ASCII only: the canonical bytes are then exactly what json.dumps
-        # writes compact with sorted keys (both escape only '"' and '\\' there), so
-        # they are used as they are instead of encoding a large link a second time.
-        head = _dump({"signatures": signatures}, compact=True)[:-1]
-        return head + b',"signed":' + canonical + b"}"
-    return _dump({"signatures": signatures, "signed": signed_value}, compact=compact)
+    return prepare_metablock(signed, compact=compact).sign(signers)
 
 
 def sign_dsse(
@@ -242,24 +238,136 @@ def sign_dsse(
     `compact` as for `sign_metablock` (the envelope is small: only the payload
     size decides).
     """
-    signed_bytes = pae(payload_type, payload)
-    signatures = [
-        {
-            "keyid": signer.public_key.keyid,
-            "sig": base64.b64encode(_checked_signature(signer, signed_bytes)).decode("ascii"),
-        }
-        for signer in signers
-    ]
+    return prepare_dsse(payload, payload_type=payload_type, compact=compact).sign(signers)
+
+
+@dataclass(frozen=True)
+class UnsignedMetablock:
+    """A Metablock before its signatures: what they will cover (`signed_bytes`), and how
+    large the file will be (`size_bound`), known before any signer is asked."""
+
+    signed_bytes: bytes = field(repr=False)  # the canonical JSON of `signed`
+    compact: bool
+    signed_size: int  # how many bytes `signed` takes in the file
+    _value: Mapping[str, Any] = field(repr=False)
+    _written: bytes | None = field(repr=False)  # `signed` as written, if already made
+
+    def size_bound(self, keyids: Sequence[str]) -> int:
+        """The file's size at most, with one signature by each of `keyids`."""
+        head, tail = _metablock_frame(_largest_signatures(keyids, "hex"), compact=self.compact)
+        return len(head) + self.signed_size + len(tail)
+
+    def sign(self, signers: Sequence[Signer]) -> bytes:
+        signatures = [
+            {"keyid": signer.public_key.keyid,
+             "sig": _checked_signature(signer, self.signed_bytes).hex()}
+            for signer in signers
+        ]
+        head, tail = _metablock_frame(signatures, compact=self.compact)
+        written = self._written
+        if written is None:  # compact, escapes needed: made only now, once it is signed
+            written = _dump(dict(self._value), compact=True)
+        return b"".join((head, written, tail))
+
+
+def prepare_metablock(signed: Mapping[str, Any], *, compact: bool | None = None
+                      ) -> UnsignedMetablock:
+    """The canonical JSON of `signed` and the size of the file it will be in (see
+    `sign_metablock` for `compact`); MetadataError if `signed` cannot be canonical."""
+    signed_value = dict(signed)
+    canonical = encode_canonical(signed_value)
+    if compact is None:
+        compact = len(canonical) > COMPACT_ABOVE_BYTES
+    if not compact:
+        # Indented one level deeper than on its own: every newline gets one more space.
+        written = _dump(signed_value, compact=False).replace(b"\n", b"\n ")
+        return UnsignedMetablock(canonical, compact, len(written), signed_value, written)
+    escapes = canonical.translate(None, _NEEDS_NO_ESCAPE)
+    if not escapes:
+        # Printable ASCII only: the canonical bytes are then exactly what json.dumps
+        # writes compact with sorted keys (both escape only '"' and '\\' there), so
+        # they are used as they are instead of encoding a large link a second time.
+        return UnsignedMetablock(canonical, compact, len(canonical), signed_value, canonical)
+    return UnsignedMetablock(canonical, compact, len(canonical) + _escaped_growth(escapes),
+                             signed_value, None)
+
+
+@dataclass(frozen=True)
+class UnsignedDsse:
+    """A DSSE envelope before its signatures: as UnsignedMetablock."""
+
+    payload: bytes = field(repr=False)
+    payload_type: str
+    compact: bool
+
+    @property
+    def signed_bytes(self) -> bytes:
+        return pae(self.payload_type, self.payload)
+
+    def size_bound(self, keyids: Sequence[str]) -> int:
+        """The file's size at most, with one signature by each of `keyids`."""
+        frame = self._document("", _largest_signatures(keyids, "base64"))
+        return len(frame) + 4 * ((len(self.payload) + 2) // 3)
+
+    def sign(self, signers: Sequence[Signer]) -> bytes:
+        signed_bytes = self.signed_bytes
+        signatures = [
+            {"keyid": signer.public_key.keyid,
+             "sig": base64.b64encode(_checked_signature(signer, signed_bytes)).decode("ascii")}
+            for signer in signers
+        ]
+        return self._document(base64.b64encode(self.payload).decode("ascii"), signatures)
+
+    def _document(self, payload: str, signatures: list[dict[str, str]]) -> bytes:
+        return _dump({"payload": payload, "payloadType": self.payload_type,
+                      "signatures": signatures}, compact=self.compact)
+
+
+def prepare_dsse(payload: bytes, *, payload_type: str, compact: bool | None = None
+                 ) -> UnsignedDsse:
+    """See `sign_dsse`."""
     if compact is None:
         compact = len(payload) > COMPACT_ABOVE_BYTES
-    return _dump(
-        {
-            "payload": base64.b64encode(payload).decode("ascii"),
-            "payloadType": payload_type,
-            "signatures": signatures,
-        },
-        compact=compact,
-    )
+    return UnsignedDsse(payload, payload_type, compact)
+
+
+def _largest_signatures(keyids: Sequence[str], encoding: str) -> list[dict[str, str]]:
+    largest = ("00" * MAX_SIGNATURE_BYTES if encoding == "hex"
+               else base64.b64encode(bytes(MAX_SIGNATURE_BYTES)).decode("ascii"))
+    return [{"keyid": keyid, "sig": largest} for keyid in keyids]
+
+
+def _metablock_frame(signatures: list[dict[str, str]], *, compact: bool
+                     ) -> tuple[bytes, bytes]:
+    """What a Metablock file holds before and after its `signed` value: the bytes
+    json.dumps writes around it (sorted keys: "signatures" comes first)."""
+    if compact:
+        return _dump({"signatures": signatures}, compact=True)[:-1] + b',"signed":', b"}"
+    listed = _dump(signatures, compact=False).replace(b"\n", b"\n ")
+    return b'{\n "signatures": ' + listed + b',\n "signed": ', b"\n}"
+
+
+# What json.dumps (ASCII only) writes for a byte of canonical JSON that is not printable
+# ASCII, less the byte itself: \b \f \n \r \t one more, other control characters and
+# DEL five more (\u0001); a UTF-8 lead byte stands for its character, written \uXXXX
+# (six bytes for two or three) or as a surrogate pair (twelve for four); continuation
+# bytes add nothing.
+_GROWTH_CLASS = bytes(
+    1 if byte in b"\b\f\n\r\t"
+    else 5 if byte < 0x20 or byte == 0x7F
+    else 4 if 0xC0 <= byte <= 0xDF
+    else 3 if 0xE0 <= byte <= 0xEF
+    else 8 if 0xF0 <= byte <= 0xF7
+    else 0
+    for byte in range(256)
+)
+
+
+def _escaped_growth(escapes: bytes) -> int:
+    """How many bytes json.dumps (ASCII only) adds to canonical JSON whose bytes other
+    than printable ASCII are `escapes`: a few C-level passes, nothing encoded."""
+    classes = escapes.translate(_GROWTH_CLASS)
+    return sum(growth * classes.count(growth) for growth in (1, 3, 4, 5, 8))
 
 
 def _checked_signature(signer: Signer, data: bytes) -> bytes:
@@ -272,7 +380,7 @@ def _checked_signature(signer: Signer, data: bytes) -> bytes:
     return signature
 
 
-def _dump(document: dict[str, Any], *, compact: bool) -> bytes:
+def _dump(document: dict[str, Any] | list[Any], *, compact: bool) -> bytes:
     if compact:
         text = json.dumps(document, separators=(",", ":"), sort_keys=True)
     else:

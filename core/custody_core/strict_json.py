@@ -1,7 +1,17 @@
-"""Strict parsing of untrusted JSON: UTF-8 only, no duplicate keys, bounded depth.
+"""The one reader of untrusted JSON: everything a client sends goes through `parse_json`.
 
-Every failure is a MetadataError with a message that says what was wrong and
-where; no RecursionError, UnicodeDecodeError or JSONDecodeError escapes.
+What it refuses, each with a MetadataError (INVALID_ARGUMENT at the server) that names the
+document (`what`: the request field) and the reason; no RecursionError, ValueError,
+UnicodeDecodeError or JSONDecodeError escapes:
+- more than `max_bytes` bytes, or nesting deeper than `max_depth` levels (both checked
+  before the parser runs);
+- bytes that are not UTF-8, and strings that are not Unicode text (a lone surrogate
+  written as an escape, `"\\ud800"`: UTF-8 cannot hold it);
+- a key written twice in one object (readers disagree on which value counts);
+- `NaN`, `Infinity`, `-Infinity`, and numbers too large for a float (`1e400`, which
+  Python reads as infinity and writes back as `Infinity`);
+- integers longer than MAX_INTEGER_DIGITS digits.
+So what a reviewer read is what is signed, and what Custody's own Verify later accepts.
 
 Fast, for 20 MB links, without a Python call per object:
 1. the nesting depth is read off the raw bytes first (json_skeleton), so the parser
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import math
 import re
 from _json import scanstring
 from collections.abc import Mapping
@@ -32,9 +43,21 @@ from custody_core.errors import MetadataError
 from custody_core.json_skeleton import Skeleton
 from custody_core.json_survey import survey
 
-__all__ = ["DEFAULT_MAX_DEPTH", "Member", "ParsedJson", "parse_json"]
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "MAX_INTEGER_DIGITS",
+    "JsonLimits",
+    "Member",
+    "ParsedJson",
+    "parse_json",
+]
 
 DEFAULT_MAX_DEPTH = 64
+# Far beyond any count, exit code or timestamp (an int64 has 19 digits), and far below
+# the 4,300 digits beyond which Python refuses to convert a string to an integer (a
+# ValueError, not a JSON error). Converting a decimal string costs time quadratic in
+# its length: this keeps every integer cheap.
+MAX_INTEGER_DIGITS = 64
 
 _NO_MEMBERS: Mapping[str, Member] = MappingProxyType({})
 
@@ -76,21 +99,75 @@ class ParsedJson:
         return self.text[member.start : member.end].encode("utf-8")
 
 
-def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH) -> ParsedJson:
-    """Parse `data`; `what` names the document in error messages."""
+@dataclass(frozen=True)
+class JsonLimits:
+    """The limits of one kind of document. `max_bytes` None: only the message size
+    bounds it. `bytes_setting` and `depth_setting` name where an operator sets the two
+    (config keys), quoted in the refusal: "... (limits.max_layout_bytes)"."""
+
+    max_bytes: int | None = None
+    max_depth: int = DEFAULT_MAX_DEPTH
+    bytes_setting: str = ""
+    depth_setting: str = ""
+
+    def __post_init__(self) -> None:
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if self.max_depth < 1:
+            raise ValueError("max_depth must be at least 1")
+
+    def parse(self, data: bytes, *, what: str) -> ParsedJson:
+        """`parse_json` with these limits."""
+        return _parse(data, what=what, limits=self)
+
+    def check_size_and_depth(self, data: bytes, *, what: str) -> None:
+        """Only the two limits, before anything is parsed (for bytes that a parser with
+        these limits reads later); linear in the input."""
+        _check_size(data, what=what, limits=self)
+        _check_depth(Skeleton.of(bytes(data)), what=what, limits=self)
+
+
+def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH,
+               max_bytes: int | None = None) -> ParsedJson:
+    """Parse `data`; `what` names the document in error messages (the request field)."""
+    return _parse(data, what=what, limits=JsonLimits(max_bytes=max_bytes, max_depth=max_depth))
+
+
+def _setting_note(setting: str) -> str:
+    return f" ({setting})" if setting else ""
+
+
+def _check_size(data: bytes, *, what: str, limits: JsonLimits) -> None:
+    if limits.max_bytes is not None and len(data) > limits.max_bytes:
+        raise MetadataError(f"{what}: {len(data)} bytes, over the limit of {limits.max_bytes}"
+                            f"{_setting_note(limits.bytes_setting)}")
+
+
+def _check_depth(skeleton: Skeleton, *, what: str, limits: JsonLimits) -> None:
+    if skeleton.nesting_exceeds(limits.max_depth):
+        raise MetadataError(f"{what}: JSON nested deeper than {limits.max_depth} levels"
+                            f"{_setting_note(limits.depth_setting)}")
+
+
+def _parse(data: bytes, *, what: str, limits: JsonLimits) -> ParsedJson:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MetadataError(f"{what}: expected bytes, got {type(data).__name__}")
+    _check_size(data, what=what, limits=limits)
+    max_depth = limits.max_depth
     raw = bytes(data)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MetadataError(f"{what}: not valid UTF-8 (at byte {exc.start})") from exc
     skeleton = Skeleton.of(raw)
-    if skeleton.nesting_exceeds(max_depth):
-        raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels")
-    parsed = _FastParse.of(text)
+    _check_depth(skeleton, what=what, limits=limits)
+    try:
+        parsed = _FastParse.of(text)
+    except _RefusedValue as exc:
+        raise MetadataError(f"{what}: {exc}") from None
     if parsed is None:
-        return _parse_precisely(raw, text, what=what, max_depth=max_depth)
+        return _no_lone_surrogates(
+            _parse_precisely(raw, text, what=what, max_depth=max_depth), what=what)
     if parsed.spans:  # an object at the top: the walk starts below it
         found = survey(list(parsed.value.values()), containers=skeleton.containers - 1)
         members, depth = len(parsed.value) + found.members, found.depth + 1
@@ -100,8 +177,9 @@ def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH) ->
     if depth > max_depth:  # the raw check already refused this
         raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels")
     if members != skeleton.members:
-        return _parse_precisely(raw, text, what=what, max_depth=max_depth)
-    return ParsedJson(
+        return _no_lone_surrogates(
+            _parse_precisely(raw, text, what=what, max_depth=max_depth), what=what)
+    return _no_lone_surrogates(ParsedJson(
         value=parsed.value,
         has_floats=parsed.floats > 0,
         raw=raw,
@@ -114,39 +192,82 @@ def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH) ->
         ),
         keys_sorted=found.keys_sorted,
         compact=skeleton.compact and not parsed.negative_zero,
-    )
+    ), what=what)
 
 
-class _ConstantError(ValueError):
-    pass
+class _RefusedValue(ValueError):
+    """A value the reader refuses (NaN, an integer too long, ...); says which."""
 
 
 def _refuse_constant(name: str) -> Any:
-    raise _ConstantError(name)
+    raise _RefusedValue(f"JSON constant {name} is not allowed")
+
+
+def _excerpt(literal: str) -> str:
+    return literal if len(literal) <= 24 else f"{literal[:12]}...{literal[-4:]}"
 
 
 class _IntegerWatch:
-    """parse_int for the C scanner: notes whether `-0` is written (an integer canonical
-    JSON writes otherwise). Links hold a few integers; their artifacts none."""
+    """parse_int for the C scanner: refuses integers longer than MAX_INTEGER_DIGITS and
+    notes whether `-0` is written (an integer canonical JSON writes otherwise). Links
+    hold a few integers; their artifacts none."""
 
     def __init__(self) -> None:
         self.negative_zero = False
 
     def __call__(self, literal: str) -> int:
+        digits = len(literal) - literal.startswith("-")
+        if digits > MAX_INTEGER_DIGITS:
+            raise _RefusedValue(f"integer of {digits} digits ({_excerpt(literal)}) is over "
+                                f"the limit of {MAX_INTEGER_DIGITS} digits")
         if literal == "-0":
             self.negative_zero = True
         return int(literal)
 
 
 class _FloatCounter:
-    """parse_float for the C scanner: called only for numbers with a fraction or exponent."""
+    """parse_float for the C scanner: called only for numbers with a fraction or exponent.
+    Refuses those beyond a float's range (`1e400` would be read as infinity)."""
 
     def __init__(self) -> None:
         self.count = 0
 
     def __call__(self, literal: str) -> float:
         self.count += 1
-        return float(literal)
+        value = float(literal)
+        if not math.isfinite(value):
+            raise _RefusedValue(f"number {_excerpt(literal)} is out of range (it would be "
+                                "read as infinity)")
+        return value
+
+
+# A surrogate written as a JSON escape: a pair (one character beyond U+FFFF) or alone.
+_SURROGATE_PAIR_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _no_lone_surrogates(parsed: ParsedJson, *, what: str) -> ParsedJson:
+    """`parsed`, or MetadataError if a string holds a surrogate without its partner.
+
+    Raw UTF-8 cannot hold a surrogate (the decoder refused it), so only an escape can.
+    Documents rarely hold one (writers that escape non-ASCII write emoji as pairs): the
+    raw bytes are searched first, pairs taken out, and only a document with an escape
+    left over (possibly a false alarm: `\\\\ud800` is a backslash and text) is encoded
+    again to decide.
+    """
+    raw = parsed.raw
+    if b"\\u" not in raw or _SURROGATE_ESCAPE.search(raw) is None:
+        return parsed
+    if _SURROGATE_ESCAPE.search(_SURROGATE_PAIR_ESCAPE.sub(b"", raw)) is None:
+        return parsed
+    try:
+        json.dumps(parsed.value, ensure_ascii=False, check_circular=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MetadataError(
+            f"{what}: a string holds a lone surrogate escape (\\ud800 to \\udfff without "
+            "its partner): not Unicode text") from None
+    return parsed
 
 
 _scan_string = scanstring  # the C string scanner: (string, end) after an opening quote
@@ -204,6 +325,8 @@ class _FastParse:
                     index = _end_of_whitespace(text, index + 1)
             if _end_of_whitespace(text, index + 1) != len(text):
                 return None
+        except _RefusedValue:
+            raise
         except (ValueError, StopIteration, RecursionError):
             return None
         return cls(
@@ -229,6 +352,7 @@ def _parse_precisely(raw: bytes, text: str, *, what: str, max_depth: int) -> Par
             text,
             object_pairs_hook=_unique_object,
             parse_float=floats,
+            parse_int=_IntegerWatch(),
             parse_constant=_refuse_constant,
         )
     except json.JSONDecodeError as exc:
@@ -239,8 +363,8 @@ def _parse_precisely(raw: bytes, text: str, *, what: str, max_depth: int) -> Par
         raise MetadataError(f"{what}: JSON nested deeper than {max_depth} levels") from exc
     except _DuplicateKeyError as exc:
         raise MetadataError(f"{what}: duplicate key {exc.key!r} in a JSON object") from exc
-    except _ConstantError as exc:
-        raise MetadataError(f"{what}: JSON constant {exc} is not allowed") from exc
+    except _RefusedValue as exc:
+        raise MetadataError(f"{what}: {exc}") from exc
     except ValueError as exc:  # e.g. an integer longer than Python will convert
         raise MetadataError(f"{what}: invalid JSON value: {exc}") from exc
     return ParsedJson(value=value, has_floats=floats.count > 0, raw=raw, text=text)

@@ -23,3 +23,8 @@ class AuditUnavailableError(CustodyError):
 
 class MalformedRequestError(RequestError):
     """A request's bytes are not a valid protobuf message of its RPC (INVALID_ARGUMENT)."""
+
+
+class ResponseTooLargeError(CustodyError):
+    """The response would exceed the message size limit; found before anything was
+    signed, so nothing was (RESOURCE_EXHAUSTED)."""

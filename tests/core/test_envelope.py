@@ -14,11 +14,14 @@ from securesystemslib.dsse import Envelope as ReferenceEnvelope
 from securesystemslib.formats import encode_canonical as reference_encode_canonical
 
 from custody_core.envelope import (
+    MAX_SIGNATURE_BYTES,
     PAYLOAD_TYPE_INTOTO,
     Envelope,
     Signature,
     pae,
     parse_envelope,
+    prepare_dsse,
+    prepare_metablock,
     sign_dsse,
     sign_metablock,
 )
@@ -202,9 +205,10 @@ MALFORMED = [
     (b'{"signed": {"a": NaN}, "signatures": []}', "constant NaN"),
     (b'{"signed": {"a": Infinity}, "signatures": []}', "constant Infinity"),
     (b'{"signed": {"a": 1.5}, "signatures": []}', "floats"),
-    (b'{"signed": {"a": 1' + b"0" * 5000 + b"}, \"signatures\": []}", "invalid JSON value"),
-    (b'{"signed": "\\ud800", "signatures": []}', "must be a JSON object"),
-    (b'{"signed": {"a": "\\ud800"}, "signatures": []}', "not valid Unicode"),
+    (b'{"signed": {"a": 1' + b"0" * 5000 + b"}, \"signatures\": []}", "5001 digits"),
+    (b'{"signed": {"a": 1e400}, "signatures": []}', "out of range"),
+    (b'{"signed": "\\ud800", "signatures": []}', "lone surrogate"),
+    (b'{"signed": {"a": "\\ud800"}, "signatures": []}', "lone surrogate"),
     (_nested(65), "nested deeper than 64"),
     (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
     (b'{"signed": {}, "payload": "", "signatures": []}', "both"),
@@ -283,3 +287,53 @@ def test_compact_metablock_is_in_totos_compact_json_whatever_the_strings(
 
 
 _ED25519 = SoftwareSigner.generate("ed25519")
+
+
+# Strings of what JSON writes escaped: control characters, DEL, non-ASCII of each UTF-8
+# length, quotes and backslashes.
+_escaped_text = st.text(
+    st.sampled_from(["a", " ", "\n", "\t", "\x01", "\x1f", "\x7f", "é", "€", "😀", '"', "\\"]),
+    max_size=8,
+)
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), _escaped_text),
+    lambda children: st.one_of(st.lists(children, max_size=3),
+                               st.dictionaries(_escaped_text, children, max_size=3)),
+    max_leaves=12,
+)
+
+
+class _CountingSigner:
+    def __init__(self, signer: SoftwareSigner) -> None:
+        self.public_key = signer.public_key
+        self._signer = signer
+        self.calls = 0
+
+    def sign(self, data: bytes) -> bytes:
+        self.calls += 1
+        return self._signer.sign(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_escaped_text, _json_values, max_size=4),
+       st.sampled_from([True, False, None]))
+def test_the_size_of_a_signed_file_is_known_before_signing(
+        signed: dict[str, Any], compact: bool | None) -> None:
+    # Ed25519 signatures have one length (64 bytes): the bound is exact but for the
+    # room it leaves for the longest signature.
+    signer = _CountingSigner(core_signer("ed25519"))
+    keyids = [signer.public_key.keyid]
+    unsigned = prepare_metablock(signed, compact=compact)
+    bound = unsigned.size_bound(keyids)
+    assert signer.calls == 0
+    content = unsigned.sign([signer])
+    assert signer.calls == 1
+    assert content == sign_metablock(signed, [signer], compact=compact)
+    assert json.loads(content)["signed"] == signed
+    assert bound - len(content) == 2 * (MAX_SIGNATURE_BYTES - 64)
+    payload = json.dumps(signed, sort_keys=True).encode()
+    dsse = prepare_dsse(payload, payload_type=PAYLOAD_TYPE_INTOTO, compact=compact)
+    bound = dsse.size_bound(keyids)
+    content = dsse.sign([signer])
+    longest = len(base64.b64encode(bytes(MAX_SIGNATURE_BYTES)))
+    assert bound - len(content) == longest - len(base64.b64encode(bytes(64)))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from custody_core.errors import MetadataError
 from custody_core.json_skeleton import Skeleton, outside_strings
-from custody_core.strict_json import parse_json
+from custody_core.strict_json import MAX_INTEGER_DIGITS, JsonLimits, parse_json
 
 # Keys and strings full of what the raw scans look at: quotes, colons, brackets, escapes.
 _tricky_text = st.lists(
@@ -213,3 +213,67 @@ def test_key_order_and_compactness_are_reported() -> None:
     assert not parse_json(b'{"z":{"a":-0}}', what="doc").compact
     assert parse_json(b'{"z":{"a":"-0"}}', what="doc").compact  # only numbers count
     assert not parse_json(b'{"z": 1}', what="doc").compact
+
+
+_LONG = "9" * 5_000
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"readme":"reviewed","readme":"SMUGGLED"}', "duplicate key 'readme'"),
+        ('{"a":NaN}', "constant NaN"),
+        ('{"a":[Infinity]}', "constant Infinity"),
+        ('{"x":{"a":-Infinity}}', "constant -Infinity"),
+        ('{"a":1e400}', r"number 1e400 is out of range"),
+        ('{"a":-1.5E+999}', "out of range"),
+        ('{"a":' + _LONG + "}", "integer of 5000 digits"),
+        ('{"a":[-' + _LONG + "]}", "integer of 5000 digits"),
+        ("[" + "1" * (MAX_INTEGER_DIGITS + 1) + "]", f"integer of {MAX_INTEGER_DIGITS + 1} digits"),
+        ('{"a":"\\ud800"}', "lone surrogate"),
+        ('{"\\udc00":1}', "lone surrogate"),  # in a key too
+        ('{"a":"\\udc00\\ud800"}', "lone surrogate"),  # a low one before a high one
+        ('{"a":"\\ud83d\\ud83d"}', "lone surrogate"),
+    ],
+)
+def test_what_no_reader_agrees_on_is_refused(text: str, reason: str) -> None:
+    for layout in (text, text.replace(":", ": ")):  # written compact or not
+        with pytest.raises(MetadataError, match=reason) as caught:
+            parse_json(layout.encode(), what="layout_keys[0].public_key_json")
+        assert str(caught.value).startswith("layout_keys[0].public_key_json: ")
+        assert len(str(caught.value)) < 200  # never the whole input
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":"\\ud83d\\ude00"}',  # a pair: one character beyond U+FFFF
+        '{"a":"\\\\ud800"}',  # a backslash, then text
+        '{"a":"\\\\\\ud83d\\ude00"}',
+        "[" + "9" * MAX_INTEGER_DIGITS + ", -" + "9" * MAX_INTEGER_DIGITS + "]",
+        '{"a":1.7976931348623157e308,"b":-0.0}',
+    ],
+)
+def test_what_every_reader_agrees_on_is_read(text: str) -> None:
+    assert parse_json(text.encode(), what="doc").value == json.loads(text)
+
+
+def test_limits_are_checked_before_parsing_and_name_their_settings() -> None:
+    limits = JsonLimits(max_bytes=100, max_depth=2, bytes_setting="limits.max_layout_bytes",
+                        depth_setting="limits.max_json_depth")
+    limits.check_size_and_depth(b'{"a": ["[[[[", "\\"]]]"]}', what="layout")  # in strings
+    with pytest.raises(MetadataError, match=r"^layout: JSON nested deeper than 2 levels "
+                                            r"\(limits.max_json_depth\)$"):
+        limits.parse(b'{"a": [[1]]}', what="layout")
+    with pytest.raises(MetadataError, match=r"^layout: 101 bytes, over the limit of 100 "
+                                            r"\(limits.max_layout_bytes\)$"):
+        limits.check_size_and_depth(b" " * 101, what="layout")  # no parser looked at it
+    assert limits.parse(b'{"a": [1]}', what="layout").value == {"a": [1]}
+
+
+def test_many_long_numbers_are_refused_quickly() -> None:
+    text = "[" + ",".join([_LONG] * 2_000) + "]"  # 10 MB of digits
+    start = time.perf_counter()
+    with pytest.raises(MetadataError, match="5000 digits"):
+        parse_json(text.encode(), what="doc")
+    assert time.perf_counter() - start < 2.0

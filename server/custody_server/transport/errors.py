@@ -11,7 +11,12 @@ from __future__ import annotations
 import grpc
 
 from custody_core.errors import CustodyError, KeyFormatError, MetadataError, SignatureError
-from custody_server.errors import AuditUnavailableError, ConfigError, RequestError
+from custody_server.errors import (
+    AuditUnavailableError,
+    ConfigError,
+    RequestError,
+    ResponseTooLargeError,
+)
 from custody_server.keystore import (
     KeyExistsError,
     KeyNotFoundError,
@@ -28,6 +33,7 @@ STATUS_BY_ERROR: dict[type[CustodyError], grpc.StatusCode] = {
     SignatureError: grpc.StatusCode.FAILED_PRECONDITION,
     KeystoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
     AuditUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    ResponseTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
     CustodyError: grpc.StatusCode.INTERNAL,
 }
