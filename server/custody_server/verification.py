@@ -14,11 +14,11 @@ from typing import Any
 from custody_core.envelope import parse_envelope
 from custody_core.errors import CustodyError, MetadataError
 from custody_core.keys import PublicKey
+from custody_core.strict_json import JsonLimits, parse_json
 from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Stage, Verdict, warning
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import RequestError
-from custody_server.jsonlimits import loads_limited
 from custody_server.lifecycle.keyring import KeyRing, KeyVersion
 from custody_server.lifecycle.rotation import KeyState, format_time
 from custody_server.lifecycle.service_key_policy import ServiceKeyPolicy
@@ -44,8 +44,12 @@ class VerifyInput:
 
 class VerificationService:
     def __init__(self, *, keys: KeyRing, audit: AuditSink,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], layout_limits: JsonLimits | None = None
+                 ) -> None:
+        """`layout_limits`: the size and nesting a layout may have (the core's reader
+        refuses more than 64 levels in every document anyway)."""
         self._keys = keys
+        self._layout_limits = layout_limits or JsonLimits()
         self._audit = audit
         self._clock = clock
 
@@ -59,6 +63,7 @@ class VerificationService:
         try:
             if not request.layout:
                 raise RequestError("layout is required")
+            self._layout_limits.check_size_and_depth(request.layout, what="layout")
             now = self._clock()
             layout_keys = self.resolve_keys(request.layout_keys, layout=request.layout, now=now)
             verdict = verify_supply_chain(
@@ -107,9 +112,10 @@ class VerificationService:
         if spec.alias:
             return [self._layout_key_version(spec.alias, layout, now).public_key]
         if spec.public_key_json:
-            data = loads_limited(spec.public_key_json.encode(), what=f"layout key {index}")
+            field = f"layout_keys[{index}].public_key_json"
+            data = parse_json(spec.public_key_json.encode(), what=field).value
             if not isinstance(data, dict):
-                raise RequestError(f"layout key {index} must be a JSON object")
+                raise RequestError(f"{field} must be a JSON object")
             return [PublicKey.from_dict(data)]
         if spec.public_key_pem:
             return [PublicKey.from_pem(spec.public_key_pem)]
