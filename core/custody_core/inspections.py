@@ -10,13 +10,13 @@ Signatures on these links are not checked: the verifier made them itself.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
 from custody_core.models import Inspection, Layout, Link
 from custody_core.step_links import link_from_envelope
+from custody_core.strict_json import parse_json
 from custody_core.verdict import Failure, Stage, failure
 
 
@@ -26,8 +26,8 @@ def parse_inspection_link(data: bytes) -> Link:
         return link_from_envelope(parse_envelope(data))
     except MetadataError as envelope_error:
         try:
-            bare = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+            bare = parse_json(data, what="inspection link").value
+        except MetadataError:
             raise envelope_error from None
         if isinstance(bare, dict) and bare.get("_type") == "link":
             return Link.from_payload(bare)
