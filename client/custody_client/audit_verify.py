@@ -8,7 +8,6 @@ and turns the verdict into output and an exit code.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -33,10 +32,11 @@ EXIT_CANNOT_CHECK = 2
 def load_trusted_key(text: str) -> PublicKey:
     """An audit public key as PEM, or as the key JSON `custody keys get` prints."""
     from custody_core.keys import PublicKey
+    from custody_core.strict_json import parse_json
 
     stripped = text.strip()
     if stripped.startswith("{"):
-        return PublicKey.from_dict(json.loads(stripped))
+        return PublicKey.from_dict(parse_json(stripped.encode(), what="audit key").value)
     return PublicKey.from_pem(stripped)
 
 

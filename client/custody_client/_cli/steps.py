@@ -25,6 +25,8 @@ from custody_client.errors import InputError
 from custody_client.link_draft import LinkDraft
 from custody_client.models import Byproducts, SignedMetadata
 from custody_client.recording import iter_artifacts
+from custody_core.errors import MetadataError
+from custody_core.strict_json import parse_json
 
 log = logging.getLogger("custody.cli")
 
@@ -123,11 +125,11 @@ def cmd_record_start(args: argparse.Namespace) -> int:
 
 def _load_state(path: Path, step: str) -> dict[str, str]:
     try:
-        data = json.loads(path.read_bytes())
+        data = parse_json(path.read_bytes(), what=str(path)).value
     except FileNotFoundError:
         raise InputError(f"no recording for step '{step}' in {path.parent}: "
                          f"run `custody record start -n {step}` first") from None
-    except (OSError, ValueError) as error:
+    except (OSError, MetadataError) as error:
         raise InputError(f"cannot read recording state {path}: {error}") from None
     link: Any = data.get("signed") if isinstance(data, dict) else None
     materials = link.get("materials") if isinstance(link, dict) else None
