@@ -20,9 +20,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, parse_envelope, sign_dsse, sign_metablock
 from custody_core.errors import MetadataError
@@ -34,9 +39,10 @@ from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Verdict
 from custody_server.errors import LimitExceededError
 from custody_server.jsonlimits import loads_limited
-from custody_server.policy import RequestLimits, identity_from_auth_context, parse_policy
+from custody_server.policy import RequestLimits, parse_policy
 from custody_server.policy.defaults import LOCAL_POLICY
 from custody_server.policy.errors import IdentityError, PolicyError
+from custody_server.policy.identity import peer_from_auth_context
 
 SLOW_SECONDS = 1.0
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -111,8 +117,22 @@ link_keys = ["build", "b-*"]
 steps = ["build", "test-[0-9]*"]
 admin_keys = ["build"]
 """]
-AUTH_NAMES = ("transport_security_type", "peer_uri", "peer_dns", "x509_common_name",
-              "x509_subject_alternative_name")
+_CERTIFICATE_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _general_names(*names: tuple[int, bytes]) -> bytes:
+    """GeneralNames DER: (context tag number, raw bytes) each; short forms only."""
+    body = b"".join(bytes([0x80 | tag, len(raw)]) + raw for tag, raw in names)
+    return bytes([0x30, len(body)]) + body
+
+
+IDENTITY_SEEDS = [
+    _general_names((6, b"spiffe://custody.local/client/local-admin")) + b"\xfeagent",
+    _general_names((6, b"spiffe://custody.local/client/local-admin\0.evil.example.com")),
+    _general_names((2, b"a.example"), (2, b"b.example\0x")) + b"\xfecn",
+    _general_names((6, b"spiffe://a/b"), (6, b"spiffe://a/c"), (2, b"d.example")),
+    b"\xfebuilder",
+]
 
 
 def _envelope(data: bytes) -> None:
@@ -166,13 +186,30 @@ def _policy(data: bytes) -> None:
     parse_policy(data, source="fuzz")
 
 
-def _identity(data: bytes) -> None:
-    """Bytes become a gRPC auth context: property names and values cut from the input."""
-    auth: dict[str, list[bytes]] = {}
-    for index, chunk in enumerate(data.split(b"\x00")[:8]):
-        name = AUTH_NAMES[index % len(AUTH_NAMES)] if index else "transport_security_type"
-        auth.setdefault(name, []).append(chunk if index else (b"ssl" if chunk else b""))
-    identity_from_auth_context(auth)
+def _identity(data: bytes) -> str:
+    """Bytes become a client certificate: its subjectAltName extension's contents
+    (GeneralNames DER) and, after a 0xfe byte, its CN; the identity is read from the
+    certificate as the server reads it (gRPC's auth context, `x509_pem_cert`)."""
+    san, _, common_name = data.partition(b"\xfe")
+    # at most 64 bytes of UTF-8, as a CN may be
+    name = common_name.decode("utf-8", "replace").encode()[:64].decode("utf-8", "ignore")
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]
+                                       if name else []))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fuzz CA")]))
+               .public_key(_CERTIFICATE_KEY.public_key())
+               .serial_number(1 + len(data))
+               .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1)))
+    if san:
+        builder = builder.add_extension(x509.UnrecognizedExtension(
+            ExtensionOID.SUBJECT_ALTERNATIVE_NAME, san), critical=False)
+    pem = builder.sign(_CERTIFICATE_KEY, hashes.SHA256()).public_bytes(
+        serialization.Encoding.PEM)
+    peer = peer_from_auth_context({"transport_security_type": [b"ssl"],
+                                   "x509_pem_cert": [pem]})
+    if peer.identity is None:
+        raise IdentityError(peer.problem)
+    return peer.identity.source.value
 
 
 @dataclass(frozen=True)
@@ -196,8 +233,7 @@ TARGETS = (
     Target("jsonlimits", _jsonlimits, (MetadataError,), ENVELOPE_SEEDS),
     Target("request-limits", _request_limits, (LimitExceededError,), ENVELOPE_SEEDS),
     Target("policy", _policy, (PolicyError,), POLICY_SEEDS),
-    Target("identity", _identity, (IdentityError,),
-           [b"x\x00spiffe://a/b\x00d.example\x00cn", b"\x00\x00\x00name"]),
+    Target("identity", _identity, (IdentityError,), IDENTITY_SEEDS),
 )
 TARGETS_BY_NAME = {target.name: target for target in TARGETS}
 

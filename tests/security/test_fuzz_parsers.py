@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import re
 import time
 from typing import Any
 
 import pytest
-from fuzz_targets import TARGETS, fuzz
+from fuzz_targets import TARGETS, _general_names, _identity, fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,12 +22,10 @@ from custody_server.errors import LimitExceededError
 from custody_server.jsonlimits import depth_exceeds, loads_limited
 from custody_server.policy import (
     AccessRequest,
-    ClientIdentity,
     Grant,
     Policy,
     PolicyError,
     RequestLimits,
-    identity_from_auth_context,
     parse_policy,
 )
 from custody_server.policy.errors import IdentityError
@@ -152,24 +151,30 @@ def test_policy_bytes(data: bytes) -> None:
 
 # Identity: any auth context gives an identity that obeys the rules, or IdentityError.
 
-_auth = st.dictionaries(
-    st.sampled_from(["transport_security_type", "peer_uri", "peer_dns", "x509_common_name"]),
-    st.lists(st.one_of(st.binary(max_size=20), st.sampled_from(
-        [b"ssl", b"spiffe://a/b", b"dns:x", b"cn:y", b"DNS:z", b"a.example", b"\xff"])),
-        max_size=3))
+_name_bytes = st.lists(st.sampled_from(
+    [b"spiffe://a/b", b"dns:x", b"cn:y", b"a.example", b"\x00", b"\n", b"\x7f", b"\x85",
+     b"\xff", b":", b"/", b"x"]), max_size=4).map(b"".join)
+_names = st.lists(st.tuples(st.sampled_from([2, 6]), _name_bytes), max_size=3)
 
 
 @QUICK
-@given(_auth)
-def test_identity_from_any_auth_context(auth: dict[str, list[bytes]]) -> None:
+@given(_names, st.text(alphabet=st.sampled_from("ab\x00\n\x85:"), max_size=6))
+def test_identity_from_any_certificate(names: list[tuple[int, bytes]], common_name: str
+                                       ) -> None:
+    """Any URI and DNS SANs and CN: an identity by the rules, or IdentityError; a name
+    with a control character, or an empty one, never yields one."""
+    data = (_general_names(*names) if names else b"") + b"\xfe" + common_name.encode()
     try:
-        identity = identity_from_auth_context(auth)
+        source = _identity(data)
     except IdentityError:
         return
-    assert isinstance(identity, ClientIdentity)
-    check_identity_string(identity.value)
-    if identity.source.value == "uri-san":  # a URI can never pass for a DNS name or a CN
-        assert not identity.value.lower().startswith(("dns:", "cn:"))
+    raw = [value for _tag, value in names] + [common_name.encode()]
+    assert not any(re.search(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]", value) for value in raw)
+    assert all(value for _tag, value in names)  # an empty name refuses the certificate
+    uris = [value for tag, value in names if tag == 6]
+    assert source == ("uri-san" if uris else "dns-san" if names else "common-name")
+    if uris:  # exactly one, and a URI can never pass for a DNS name or a CN
+        assert len(uris) == 1 and not uris[0].lower().startswith((b"dns:", b"cn:"))
 
 
 # The matcher: allowed exactly when one single grant covers RPC, key and step.

@@ -16,8 +16,8 @@ The names come from the DER certificate (gRPC's auth context property
 (`peer_uri`, `peer_dns`, `x509_common_name`): those end at the first NUL byte, so a
 certificate whose URI SAN is `spiffe://x/admin\\0.evil.example` would pass for
 `spiffe://x/admin`. A certificate any of whose URI SANs, DNS SANs or common names
-holds a control character (U+0000-U+001F, U+007F-U+009F: NUL, newline, escape...)
-is refused, whichever name would have been the identity. Messages show names
+holds a control character (U+0000-U+001F, U+007F-U+009F: NUL, newline, escape...),
+or is empty, is refused, whichever name would have been the identity. Messages show names
 through `render_name`, which escapes those characters.
 """
 
@@ -131,6 +131,8 @@ def identity_from_certificate(certificate: x509.Certificate) -> ClientIdentity:
         for name in names:
             if not isinstance(name, str):
                 raise IdentityError(f"client certificate {kind} is not text")
+            if not name:
+                raise IdentityError(f"client certificate has an empty {kind}")
             if _CONTROL.search(name):
                 raise IdentityError(f"client certificate {kind} {render_name(name)} contains "
                                     "a control character")
@@ -143,7 +145,7 @@ def identity_from_certificate(certificate: x509.Certificate) -> ClientIdentity:
             raise IdentityError(f"client certificate URI SAN {render_name(uris[0])} is not an "
                                 "absolute URI with a usable scheme")
         return ClientIdentity(uris[0], IdentitySource.URI_SAN)
-    if dns and dns[0]:
+    if dns:
         return ClientIdentity(f"dns:{dns[0]}", IdentitySource.DNS_SAN)
     common_name = common_names[0] if common_names else ""
     if isinstance(common_name, str) and common_name:
