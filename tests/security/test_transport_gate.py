@@ -340,8 +340,35 @@ def test_a_revoked_certificate_is_unauthenticated(start_server: StartServer, pki
     denials = server.denials()
     assert [(e.action, e.details["caller"], e.details["certificate_serial"]) for e in denials] \
         == [("authenticate", ADMIN, _serial(stolen))] * 2
-    # The identity's own bucket is untouched by the stolen certificate's calls.
-    assert len(server.running.access._rate_limiter) == 2  # admin + the stolen serial
+
+
+def test_a_revoked_certificate_has_a_bucket_of_its_own(start_server: StartServer, pki: Pki,
+                                                       tmp_path: Path) -> None:
+    """Its refusals are audited at the default rate (here 2/s, burst 2), and the identity
+    it names keeps its own rate (here 100,000/s) for its other certificates."""
+    policy = POLICY.replace("per_second = 100000.0\nburst = 100000\n",
+                            "per_second = 2.0\nburst = 2\n").replace(
+        f'[rate_limit.identities."{LIMITED}"]',
+        f'[rate_limit.identities."{ADMIN}"]\nper_second = 100000.0\nburst = 100000\n'
+        f'[rate_limit.identities."{LIMITED}"]')
+    admin, stolen = pki.client(uri=(ADMIN,)), pki.client(uri=(ADMIN,))
+    crl = _write_crl(tmp_path / "clients.crl", pki.ca, stolen)
+    server = start_server(policy, config_changes={"tls": TlsConfig(
+        cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert, crl_file=crl)})
+    body = pb.SignLinkRequest(step_name="x").SerializeToString()
+    started = datetime.now(UTC)
+    codes = [_raw_call(server, stolen, SIGN_LINK, body).code() for _ in range(30)]
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    denied = codes.count(grpc.StatusCode.UNAUTHENTICATED)
+    assert denied + refused == 30 and 2 <= denied <= 2 + 2 * elapsed + 1
+    for _ in range(10):  # the identity's own rate is untouched
+        assert server.custody(admin).SignLink(pb.SignLinkRequest(step_name="ok"), timeout=20)
+    assert len(server.denials()) == denied
+    server.running.access.report_pending_refusals()
+    rate = [e for e in server.audit.events if e.action == "rate-limit"]
+    assert sum(e.details["refusals"] for e in rate) == refused
+    assert {e.details["certificate_serial"] for e in rate} == {_serial(stolen)}
 
 
 @pytest.mark.parametrize("content", [b"", b"not a crl", b"other-ca"])

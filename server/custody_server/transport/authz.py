@@ -64,6 +64,7 @@ log = structlog.get_logger("custody.access")
 RETRY_AFTER_TRAILER = "retry-after-ms"
 _LAYOUT_RPCS = frozenset({"SignLayout", "Verify"})  # their `layout` field: size and depth
 Parse = Callable[[bytes], Any]  # the RPC's request message from its bytes
+_CERTIFICATE_BUCKET = "certificate-serial:"  # rate buckets of refused certificates
 _caller: contextvars.ContextVar[ClientIdentity | None] = contextvars.ContextVar(
     "custody_caller", default=None)
 
@@ -157,7 +158,7 @@ class AccessControl:
             reason = (f"client certificate (serial {certificate.serial_text}) is revoked "
                       "by the CRL in force")
             details.update(caller=certificate.identity.value, crl_sha256=revocation.fingerprint)
-        bucket = f"certificate-serial:{certificate.serial_text or 'none'}"
+        bucket = f"{_CERTIFICATE_BUCKET}{certificate.serial_text or 'none'}"
         wait = self._rate_limiter.acquire(bucket, policy.default_rate)
         if wait > 0:
             self._refuse_for_rate(bucket, wait, details)
@@ -198,8 +199,11 @@ class AccessControl:
     def report_pending_refusals(self) -> None:
         """At shutdown: audit the rate-limit refusals that no entry has reported yet."""
         for identity, refusals in self._refusals.drain().items():
+            serial = identity.removeprefix(_CERTIFICATE_BUCKET)  # a refused certificate's
+            details = ({"caller": identity} if serial == identity
+                       else {"caller": "", "certificate_serial": serial})
             self._audit_rate_limit(f"rate limit for {identity!r} exceeded (reported at "
-                                   "shutdown)", {"caller": identity}, refusals)
+                                   "shutdown)", details, refusals)
 
     def _audit_rate_limit(self, reason: str, details: Mapping[str, Any],
                           refusals: int) -> None:
