@@ -29,6 +29,7 @@ A config file looks like this (every key is optional; see README "Configuration"
     max_concurrent_rpcs = 256   # beyond: RESOURCE_EXHAUSTED at once, no unbounded queue
     max_layout_bytes = 16777216
     max_json_depth = 64         # layouts; at most 64 (the parsers' own limit)
+    max_byproducts_bytes = 8388608  # SignLink stdout + stderr, UTF-8 bytes
 
     [lifecycle]                 # key rotation: see docs/KEYS.md for every key
     cache_ttl = "5s"            # a replica sees another one's key changes within this
@@ -160,10 +161,14 @@ class Limits:
     max_concurrent_rpcs: int = 256
     max_layout_bytes: int = 16 * 1024 * 1024
     max_json_depth: int = 64
+    # stdout + stderr of a SignLink, in UTF-8 bytes: escaped in the signed file, control
+    # characters take six bytes each (docs/SECURITY.md#limits)
+    max_byproducts_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_artifacts_per_link", "max_workers",
-                     "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth"):
+                     "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth",
+                     "max_byproducts_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"limits.{name} must be at least 1")
         if self.max_json_depth > 64:
@@ -280,7 +285,8 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
     policy = _section(table.pop("policy", {}), "policy", {"file"})
     limits = _section(table.pop("limits", {}), "limits",
                       {"max_message_bytes", "max_artifacts_per_link", "max_workers",
-                       "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth"})
+                       "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth",
+                       "max_byproducts_bytes"})
     lifecycle = table.pop("lifecycle", {})  # checked by lifecycle_settings_from_table
     audit: dict[str, Any] = {
         name: _path(value, base) if name == "directory" else value for name, value in

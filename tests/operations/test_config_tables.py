@@ -16,6 +16,7 @@ from custody_api.v1 import custody_pb2_grpc
 from custody_server.audit import AuditSettings
 from custody_server.config import (
     AuditConfig,
+    Limits,
     MetricsConfig,
     TlsConfig,
     config_from_dict,
@@ -150,20 +151,23 @@ def test_deploy_config_shows_both_tables() -> None:
 
 def test_readme_and_audit_doc_show_every_key(tmp_path: Path) -> None:
     """The config blocks in the docs parse, and each names every [audit] key (the README
-    also every [tls] key)."""
+    also every [tls] and [limits] key)."""
     for doc in ("README.md", "docs/AUDIT.md"):
         text = (ROOT / doc).read_text(encoding="utf-8")
         section = text.split("\n## Configuration\n")[1].split("\n## ")[0]
         named: set[str] = set()
         tls: set[str] = set()
+        limits: set[str] = set()
         for block in section.split("```toml\n")[1:]:
             data = tomllib.loads(block.split("```", 1)[0])
             config_from_dict(data, base=tmp_path)  # every key the docs show is accepted
             named |= set(data.get("audit", {}))
             tls |= set(data.get("tls", {}))
+            limits |= set(data.get("limits", {}))
         assert named == set(AuditConfig.__dataclass_fields__), doc
         if doc == "README.md":  # `insecure` is shown commented out: it excludes the others
             assert tls | {"insecure"} == set(TlsConfig.__dataclass_fields__), doc
+            assert limits == set(Limits.__dataclass_fields__), doc
 
 
 def test_a_server_process_uses_the_tables(tmp_path: Path) -> None:
