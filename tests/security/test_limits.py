@@ -173,10 +173,14 @@ def test_layout_size_and_depth(limited: Any, pki: Pki, layout: bytes, message: s
                 ("Verify", pb.VerifyRequest(layout=layout,
                                             layout_keys=[pb.TrustedKey(alias="owner")]))]
     for rpc, request in requests:
+        before = len(limited.audit.events)
         with pytest.raises(grpc.RpcError) as caught:
             getattr(stub, rpc)(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in str(caught.value.details())
+        [entry] = limited.audit.events[before:]  # audited, and nothing else happened
+        assert (entry.action, entry.outcome) == ("request-limit", "failure")
+        assert message in entry.reason and entry.details["rpc"] == rpc
     response = stub.SignLayout(pb.SignLayoutRequest(layout=_layout(depth=5)), timeout=10)
     assert response.signed
 

@@ -18,7 +18,8 @@ For every Custody and KeyAdmin RPC, before the servicer runs, in this order:
    with the raw bytes (AccessInterceptor), so that no request, however malformed,
    skips steps 2-4, the audit trail or the request id;
 6. the policy's decision on RPC, key alias and step name: PERMISSION_DENIED (audited);
-7. layout size and nesting limits: INVALID_ARGUMENT.
+7. layout size and nesting limits (custody_core.strict_json.JsonLimits):
+   INVALID_ARGUMENT naming the limit (audited as `request-limit`).
 
 Health checking and reflection pass through (the TLS handshake still requires a
 client certificate signed by the client CA). The servicer learns the identity
@@ -39,8 +40,9 @@ import grpc
 import structlog
 
 from custody_core.errors import CustodyError
+from custody_core.step_names import step_name_for_audit
 from custody_server.audit_events import AuditEvent, AuditSink
-from custody_server.errors import MalformedRequestError
+from custody_server.errors import MalformedRequestError, RequestError
 from custody_server.policy import (
     RPC_CATALOG,
     AccessRequest,
@@ -127,8 +129,8 @@ class AccessControl:
         access = self._access_request(rpc, request, identity.value)
         if access.key_alias is not None:
             details["key_alias"] = access.key_alias
-        if access.step is not None:
-            details["step"] = access.step[:200]
+        if access.step is not None:  # the whole name, or its digest: never a prefix
+            details.update(step_name_for_audit(access.step))
         decision = policy.decide(access)
         if not decision.known:
             self._deny(grpc.StatusCode.UNAUTHENTICATED, "authenticate", "authentication",
@@ -138,7 +140,10 @@ class AccessControl:
                        f"permission denied: {decision.reason}", details)
         layout = getattr(request, "layout", None) if rpc.name in _LAYOUT_RPCS else None
         if isinstance(layout, bytes):
-            self._limits.check_layout(layout)
+            try:
+                self._limits.check_layout(layout)
+            except RequestError as refused:
+                self._deny(status_for(refused), "request-limit", "api", str(refused), details)
         return identity, request
 
     def _authenticate(self, certificate: PeerCertificate, policy: Policy,
