@@ -12,13 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from custody_core.audit_trail import (
-    CHECKPOINT_ACTION,
-    AuditFile,
-    AuditVerdict,
-    RetainedCheckpoint,
-    verify_audit_trail,
-)
+from custody_core.audit_check import AuditFile, AuditVerdict, RetainedCheckpoint, verify_audit_trail
+from custody_core.audit_trail import CHECKPOINT_ACTION
 from custody_core.errors import CustodyError
 
 if TYPE_CHECKING:

@@ -13,16 +13,8 @@ from typing import Any
 import pytest
 
 from custody_client.cli import main as custody
-from custody_core.audit_trail import (
-    AuditFile,
-    AuditVerdict,
-    RetainedCheckpoint,
-    checkpoint_signed_bytes,
-    encode_entry,
-    next_chain,
-    verify_audit_trail,
-    without_hash,
-)
+from custody_core.audit_check import AuditFile, AuditVerdict, RetainedCheckpoint, verify_audit_trail
+from custody_core.audit_trail import checkpoint_signed_bytes, encode_entry, next_chain, without_hash
 from custody_core.keys import PublicKey
 from custody_core.signer import Signer
 from custody_server.audit import AuditSettings, AuditTrail

@@ -23,7 +23,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from custody_api.v1 import custody_pb2 as pb
-from custody_core.audit_trail import AuditFile, AuditVerdict, verify_audit_trail
+from custody_core.audit_check import AuditFile, AuditVerdict, verify_audit_trail
 from custody_core.envelope import parse_envelope
 from custody_server.app import RunningServer, build_server
 from custody_server.audit import AuditSettings, AuditTrail, open_audit_trail

@@ -12,14 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from custody_core.audit_trail import (
-    AuditFile,
-    AuditVerdict,
-    encode_entry,
-    next_chain,
-    verify_audit_trail,
-    without_hash,
-)
+from custody_core.audit_check import AuditFile, AuditVerdict, verify_audit_trail
+from custody_core.audit_trail import encode_entry, next_chain, without_hash
 from custody_core.keys import PublicKey
 from custody_core.software_signer import SoftwareSigner
 from custody_server.audit import AuditTrail

@@ -17,12 +17,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from custody_core.audit_trail import (
-    AuditFile,
-    AuditVerdict,
-    RetainedCheckpoint,
-    verify_audit_trail,
-)
+from custody_core.audit_check import AuditFile, AuditVerdict, RetainedCheckpoint, verify_audit_trail
 from custody_core.keys import PublicKey
 from custody_server.audit import AuditTrail, AuditWriteError
 from custody_server.audit.anchor import TrailAnchor
