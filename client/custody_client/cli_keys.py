@@ -1,8 +1,9 @@
 """`custody keys rotate|retire` and the lifecycle-aware `custody keys list`.
 
-    custody keys rotate build --overlap 72h     # v(N+1) signs; vN verifies for 72 h more
+    custody keys rotate build --overlap 72h     # next v(N+1) signs; vN verifies 72 h more
     custody keys retire build --version 3       # end v3's window now (key compromise)
-    custody keys list                           # versions, states, keyids, window ends
+    custody keys list                           # versions, states, keyids, window ends,
+                                                # next rotation
 
 Wiring: the CLI's parser calls `add_key_commands(add)` with a function that adds one
 subcommand to the `keys` group, and its dispatcher looks up `KEY_HANDLERS`.
@@ -46,14 +47,16 @@ def parse_duration(text: str) -> timedelta:
 
 def add_key_commands(add: AddCommand) -> None:
     """Add `rotate` and `retire` to the `keys` group; `add(name, help)` makes a subparser."""
-    rotate = add("rotate", "make a new version of a key the signer")
+    rotate = add("rotate", "make a key's next version the signer, and a new next version")
     rotate.add_argument("alias", metavar="ALIAS")
     rotate.add_argument("--overlap", type=parse_duration, metavar="DURATION",
                         help="how long the replaced version keeps verifying, e.g. 72h, 3d, "
                              "0s (default: the server's setting for the key, else 72h)")
     rotate.add_argument("--algorithm", choices=ALGORITHMS,
-                        help="the new version's algorithm (default: the current one)")
-    retire = add("retire", "end a verify-only version's window now")
+                        help="the new next version's algorithm (default: the current one); "
+                             "the version that signs now keeps its own")
+    retire = add("retire", "end a verify-only version's window now, or replace the next "
+                           "version")
     retire.add_argument("alias", metavar="ALIAS")
     retire.add_argument("--version", type=int, required=True, metavar="N")
 
@@ -65,8 +68,11 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     for warning in rotation.warnings:
         log.warning("%s", warning)
     until = _when(rotation.previous_verify_until)
+    upcoming = (f"; next version v{rotation.key.next_version}"
+                if rotation.key.next_version else "")
     print(f"rotated {rotation.key.alias}: v{rotation.new_version} signs now (keyid "
-          f"{rotation.key.keyid[:16]}); v{rotation.previous_version} verifies until {until}")
+          f"{rotation.key.keyid[:16]}); v{rotation.previous_version} verifies until {until}"
+          f"{upcoming}")
     return EXIT_OK
 
 
@@ -74,7 +80,10 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
     if args.version < 1:
         raise InputError("--version must be 1 or more")
     with open_client(args) as client:
-        key = client.retire_key(args.alias, version=args.version)
+        retirement = client.retire_key(args.alias, version=args.version)
+    for warning in retirement.warnings:
+        log.warning("%s", warning)
+    key = retirement.key
     version = next((v for v in key.versions if v.version == args.version), None)
     ended = _when(version.verify_until) if version else "?"
     print(f"{key.alias} v{args.version} is {version.state if version else 'retired'}: "
@@ -120,8 +129,10 @@ def key_dict(key: KeyInfo) -> dict[str, object]:
         "rotation_period_seconds": (key.rotation_period.total_seconds()
                                     if key.rotation_period else None),
         "next_rotation": _iso(key.next_rotation),
+        "next_version": key.next_version or None,
         "versions": [{"version": v.version, "keyid": v.keyid, "state": v.state,
-                      "created": _iso(v.created), "verify_until": _iso(v.verify_until),
+                      "created": _iso(v.created), "activated": _iso(v.activated),
+                      "verify_until": _iso(v.verify_until),
                       "retired": _iso(v.retired), "destroyed": _iso(v.destroyed)}
                      for v in key.versions],
     }
@@ -134,6 +145,9 @@ def _note(key: KeyInfo, version: KeyVersionInfo) -> str:
         return "window ended early (retired)"
     if version.state == "active" and key.next_rotation:
         return f"next rotation {_when(key.next_rotation)}"
+    if version.state == "next":
+        when = f" ({_when(key.next_rotation)})" if key.next_rotation else ""
+        return f"signs from the next rotation{when}"
     return ""
 
 

@@ -27,6 +27,7 @@ from custody_client.models import (
     EnvelopeKind,
     KeyAlgorithm,
     KeyInfo,
+    KeyRetirement,
     KeyRotation,
     KeyVersionInfo,
     LayoutKey,
@@ -61,10 +62,16 @@ class CustodyClient(SigningClient):
     # Custody service (sign_link: SigningClient's)
 
     def sign_layout(self, layout: bytes, *, key_alias: str = "",
-                    envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> SignedMetadata:
-        response = self._call("SignLayout", self._custody.SignLayout, pb.SignLayoutRequest(
-            layout=layout, key_alias=key_alias,
-            envelope=cast("pb.Envelope", ENVELOPE_NUMBERS[envelope])))
+                    envelope: EnvelopeKind | None = EnvelopeKind.METABLOCK,
+                    append: bool = False, refresh: bool = False) -> SignedMetadata:
+        """Sign a layout; `append`: add a signature to a signed one; `refresh`: re-resolve a
+        signed one's service keys and sign it again. `envelope` None: the server's default,
+        or the signed layout's own."""
+        request = pb.SignLayoutRequest(layout=layout, key_alias=key_alias, append=append,
+                                       refresh=refresh)
+        if envelope is not None:
+            request.envelope = cast("pb.Envelope", ENVELOPE_NUMBERS[envelope])
+        response = self._call("SignLayout", self._custody.SignLayout, request)
         return _signed_layout(response)
 
     def verify(
@@ -139,11 +146,12 @@ class CustodyClient(SigningClient):
             warnings=tuple(response.warnings),
         )
 
-    def retire_key(self, alias: str, *, version: int) -> KeyInfo:
-        """End a verify-only version's window now (idempotent)."""
+    def retire_key(self, alias: str, *, version: int) -> KeyRetirement:
+        """End a verify-only version's window now; a next version is replaced by a new one
+        (idempotent)."""
         response = self._call("RetireKey", self._admin.RetireKey,
                               pb.RetireKeyRequest(alias=alias, version=version))
-        return _key_info(response.key)
+        return KeyRetirement(key=_key_info(response.key), warnings=tuple(response.warnings))
 
 
 def _algorithm_number(algorithm: KeyAlgorithm) -> pb.KeyAlgorithm:
@@ -160,6 +168,7 @@ def _signed_layout(response: pb.SignLayoutResponse) -> SignedMetadata:
         envelope=ENVELOPES_BY_NUMBER.get(response.envelope, EnvelopeKind.METABLOCK),
         sha256=response.sha256,
         warnings=tuple(response.warnings),
+        other_owners=tuple(response.other_owners),
     )
 
 
@@ -174,11 +183,12 @@ def _key_info(key: pb.KeyInfo) -> KeyInfo:
         versions=tuple(KeyVersionInfo(
             version=v.version, keyid=v.keyid, state=v.state, created=_time(v, "created"),
             verify_until=_time(v, "verify_until"), retired=_time(v, "retired"),
-            destroyed=_time(v, "destroyed"),
+            destroyed=_time(v, "destroyed"), activated=_time(v, "activated"),
         ) for v in key.versions),
         rotation_period=(key.rotation_period.ToTimedelta()
                          if key.HasField("rotation_period") else None),
         next_rotation=_time(key, "next_rotation"),
+        next_version=key.next_version,
     )
 
 

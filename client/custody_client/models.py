@@ -76,6 +76,7 @@ class SignedMetadata:
     envelope: EnvelopeKind
     sha256: str  # of the exact bytes signed (as in the audit log)
     warnings: tuple[str, ...] = ()
+    other_owners: tuple[str, ...] = ()  # SignLayout refresh: owners to sign again (append)
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,12 @@ class VerifyResult:
 class KeyVersionInfo:
     version: int
     keyid: str
-    state: str  # active, verify-only, retired, destroyed
+    state: str  # next, active, verify-only, retired, destroyed
     created: datetime | None = None  # None for a key made before lifecycle tracking
     verify_until: datetime | None = None  # end of the overlap window; None while active
     retired: datetime | None = None  # when RetireKey ended the window early
     destroyed: datetime | None = None  # when its private key left the token
+    activated: datetime | None = None  # when it became active; None for the next version
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class KeyInfo:
     versions: tuple[KeyVersionInfo, ...]
     rotation_period: timedelta | None = None  # scheduled rotation, if configured
     next_rotation: datetime | None = None
+    next_version: int = 0  # the version the next rotation promotes (0: none yet)
 
     def public_key_dict(self) -> dict[str, Any]:
         value = json.loads(self.public_key_json) if self.public_key_json else {}
@@ -147,4 +150,12 @@ class KeyRotation:
     previous_version: int
     new_version: int
     previous_verify_until: datetime | None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyRetirement:
+    """What RetireKey did; retiring the next version replaced it (see the warnings)."""
+
+    key: KeyInfo
     warnings: tuple[str, ...] = ()

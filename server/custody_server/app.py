@@ -22,13 +22,13 @@ from custody_server.config import ServerConfig
 from custody_server.errors import ConfigError
 from custody_server.lifecycle.keyring import KeyRing
 from custody_server.lifecycle.manager import KeyLifecycle
-from custody_server.lifecycle.model import overlap_remaining
+from custody_server.lifecycle.model import next_rotation_remaining, overlap_remaining
 from custody_server.lifecycle.scheduler import LifecycleScheduler
 from custody_server.metrics import ServiceMetrics
 from custody_server.policy import PolicyStore, RequestLimits
 from custody_server.policy.revocation import RevocationStore
 from custody_server.serving import OPERATOR, ServingHealth
-from custody_server.signing import SigningService
+from custody_server.signing import SigningLimits, SigningService
 from custody_server.tls_bootstrap import LocalTls, local_tls_dir
 from custody_server.transport.authz import AccessControl, AccessInterceptor, KeyDefaults
 from custody_server.transport.in_progress import CallCounter
@@ -100,6 +100,9 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         audit = metrics.observed(audit)
         # read at scrape time: the key ring's cached view, at the lifecycle's clock
         metrics.watch_overlap(lambda: overlap_remaining(keys.all(), now=clock()))
+        periods = {alias: s.period for alias, s in config.lifecycle.schedules.items()}
+        metrics.watch_next_rotation(
+            lambda: next_rotation_remaining(keys.all(), periods=periods, now=clock()))
     # Whatever the policy file says, no SignLink or SignLayout may use the audit key.
     policy = PolicyStore.from_file(config.policy_file, reserved_signing_keys={
         config.audit.key_alias: "the audit trail's checkpoints (audit.key_alias)"})
@@ -123,10 +126,18 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
             ("grpc.max_send_message_length", limits.max_message_bytes),
         ],
     )
-    signing = SigningService(keys=keys, audit=audit,
-                             max_artifacts=limits.max_artifacts_per_link)
-    verification = VerificationService(keys=keys, audit=audit, clock=clock)
     lifecycle = KeyLifecycle(keys=keys, audit=audit, clock=clock, settings=config.lifecycle)
+    # pre-rotation: aliases made before it get their next version now (docs/KEYS.md)
+    lifecycle.prepare_all(trigger="start")
+    signing = SigningService(
+        keys=keys, audit=audit, limits=SigningLimits(
+            max_artifacts=limits.max_artifacts_per_link,
+            max_byproducts_bytes=limits.max_byproducts_bytes,
+            max_response_bytes=limits.max_message_bytes),  # nothing signed that cannot go
+        settings=config.lifecycle,
+        prepare_next=lambda alias: lifecycle.ensure_next(alias, trigger="sign-layout",
+                                                         caller="lifecycle"))
+    verification = VerificationService(keys=keys, audit=audit, clock=clock)
     custody_pb2_grpc.add_CustodyServicer_to_server(  # type: ignore[no-untyped-call]
         CustodyServicer(signing=signing, verification=verification,
                         default_link_key=config.default_link_key,

@@ -154,10 +154,13 @@ class ServiceMetrics:
         self.overlap_remaining = Gauge("custody_key_overlap_remaining_seconds",
                                        "Seconds until the overlap window of a key version "
                                        "ends", ("alias", "version"))
+        self.next_rotation = Gauge("custody_key_next_rotation_seconds",
+                                   "Seconds until the scheduled rotation of a key alias "
+                                   "(negative: overdue)", ("alias",))
         self.all: tuple[Metric, ...] = (
             self.rpc_requests, self.rpc_duration, self.signatures, self.verifications,
             self.audit_write, self.audit_entries, self.audit_failures, self.audit_writable,
-            self.key_versions, self.overlap_remaining,
+            self.key_versions, self.overlap_remaining, self.next_rotation,
         )
 
     def render(self) -> str:
@@ -184,6 +187,10 @@ class ServiceMetrics:
         self.overlap_remaining.read = lambda: {
             (alias, str(version)): seconds for (alias, version), seconds in remaining().items()
         }
+
+    def watch_next_rotation(self, remaining: Callable[[], Mapping[str, float]]) -> None:
+        """`remaining`: alias -> seconds until its next scheduled rotation."""
+        self.next_rotation.read = lambda: {(alias,): s for alias, s in remaining().items()}
 
     def observe_event(self, event: AuditEvent) -> None:
         details = event.details

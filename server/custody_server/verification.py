@@ -21,6 +21,7 @@ from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import RequestError
 from custody_server.lifecycle.keyring import KeyRing, KeyVersion
 from custody_server.lifecycle.rotation import KeyState, format_time
+from custody_server.lifecycle.rotation_diagnosis import explain_rotations
 from custody_server.lifecycle.service_key_policy import ServiceKeyPolicy
 
 
@@ -78,6 +79,8 @@ class VerificationService:
                 key_policy=ServiceKeyPolicy(self._keys.versions_by_keyid()),
             )
             verdict = self._warn_layout_key_windows(verdict, layout_keys, now)
+            verdict = explain_rotations(verdict, layout=request.layout, links=request.links,
+                                        keys=self._keys)
         except CustodyError as error:
             self._record(AuditEvent.failure(action="verify", category="process", error=error,
                                             details=details))

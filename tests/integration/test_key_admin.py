@@ -29,16 +29,20 @@ def test_create_key_then_sign_with_it(custody: Any, key_admin: Any, service: Any
     created = key_admin.CreateKey(pb.CreateKeyRequest(alias=alias, algorithm=algorithm)).key
     assert created.alias == alias
     assert created.scheme == scheme
-    assert [v.version for v in created.versions] == [1]
+    assert [(v.version, v.state) for v in created.versions] == [(1, "active"), (2, "next")]
+    assert created.next_version == 2
+    assert json.loads(created.versions[1].public_key_json)["scheme"] == scheme
     key_dict = json.loads(created.public_key_json)
     assert key_dict["scheme"] == scheme
     if scheme != "ed25519":
         load_pem_public_key(created.public_key_pem.encode())  # a real SPKI PEM
 
-    # The private key is inside the token, sensitive and not extractable.
-    attributes = service.store.private_key_attributes(f"custody:{alias}:v1")
-    assert attributes["sensitive"] is True
-    assert attributes["extractable"] is False
+    # The private keys (the next version's too) are inside the token, sensitive and not
+    # extractable.
+    for version in (1, 2):
+        attributes = service.store.private_key_attributes(f"custody:{alias}:v{version}")
+        assert attributes["sensitive"] is True
+        assert attributes["extractable"] is False
 
     listed = {k.alias: k for k in key_admin.ListKeys(pb.ListKeysRequest()).keys}
     assert listed[alias].keyid == created.keyid

@@ -1,8 +1,9 @@
-"""A separate process that runs the scheduler's due work once, at a given moment.
+"""A separate process that runs the scheduler's due work (or prepares next versions, as
+a server does at start) once, when GO_FILE appears.
 
-Usage: python lifecycle_race_worker.py ALIAS START_AT (epoch seconds); the token comes
+Usage: python lifecycle_race_worker.py ALIAS GO_FILE [due|prepare]; the token comes
 from SOFTHSM2_CONF, CUSTODY_PKCS11_MODULE, CUSTODY_TEST_TOKEN and CUSTODY_TEST_PIN_FILE.
-Prints the DueWork as JSON.
+Prints what it did as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from custody_server.lifecycle.settings import LifecycleSettings, RotationSchedul
 
 def main() -> int:
     alias, go_file = sys.argv[1], Path(sys.argv[2])
+    work = sys.argv[3] if len(sys.argv) > 3 else "due"
     store = Pkcs11KeyStore.open(
         module_path=os.environ["CUSTODY_PKCS11_MODULE"],
         token_label=os.environ["CUSTODY_TEST_TOKEN"],
@@ -37,8 +39,15 @@ def main() -> int:
     print("ready", flush=True)
     while not go_file.exists():  # all workers start the due work together
         time.sleep(0.005)
-    work = lifecycle.run_due()
-    print(json.dumps({"rotated": list(work.rotated), "guard": keys.guard.description}))
+    if work == "prepare":
+        prepared = [p for p in lifecycle.prepare_all(trigger="start")
+                    if p.startswith(f"{alias} ")]
+        following = keys.get(alias).next
+        print(json.dumps({"prepared": prepared,
+                          "next_keyid": following.keyid if following else None}))
+    else:
+        done = lifecycle.run_due()
+        print(json.dumps({"rotated": list(done.rotated), "guard": keys.guard.description}))
     store.close()
     return 0
 

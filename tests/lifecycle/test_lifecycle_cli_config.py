@@ -51,20 +51,32 @@ def test_rotate_retire_and_list(clocked: ClockedService,
     assert code == 0
     until = (clocked.clock.now() + timedelta(hours=72)).isoformat(timespec="seconds")
     assert out.startswith(f"rotated {alias}: v2 signs now (keyid ")
-    assert out.rstrip().endswith(f"v1 verifies until {until.replace('+00:00', 'Z')}")
+    assert out.rstrip().endswith(f"v1 verifies until {until.replace('+00:00', 'Z')}; "
+                                 "next version v3")
 
     code, out, _ = _run(clocked, capsys, "keys", "list")
     rows = [line.split() for line in out.splitlines() if line.startswith(alias)]
-    assert [(r[1], r[2]) for r in rows] == [("v1", "verify-only"), ("v2", "active")]
+    assert [(r[1], r[2]) for r in rows] == [("v1", "verify-only"), ("v2", "active"),
+                                            ("v3", "next")]
     assert rows[0][5] == until.replace("+00:00", "Z") and rows[1][5] == "-"
+    assert " ".join(rows[2][6:]) == "signs from the next rotation"
 
     code, out, _ = _run(clocked, capsys, "keys", "retire", alias, "--version", "1")
     assert code == 0 and out.startswith(f"{alias} v1 is retired: its window ended at ")
     code, out, _ = _run(clocked, capsys, "keys", "list", "--json")
     listed = {k["alias"]: k for k in json.loads(out)}[alias]
-    assert [v["state"] for v in listed["versions"]] == ["retired", "active"]
+    assert [v["state"] for v in listed["versions"]] == ["retired", "active", "next"]
     assert listed["versions"][0]["retired"] is not None
+    assert listed["versions"][2]["activated"] is None and listed["next_version"] == 3
     assert listed["rotation_period_seconds"] is None
+
+    # Retiring the next version (say, it leaked) replaces it, with a warning.
+    code, out, err = _run(clocked, capsys, "keys", "retire", alias, "--version", "3")
+    assert code == 0 and out.startswith(f"{alias} v3 is retired: its window ended at ")
+    assert f"{alias} v3 was the next version: {alias} v4 replaces it" in err
+    code, out, _ = _run(clocked, capsys, "keys", "list", "--json")
+    listed = {k["alias"]: k for k in json.loads(out)}[alias]
+    assert [v["state"] for v in listed["versions"]] == ["retired", "active", "retired", "next"]
 
     code, _, err = _run(clocked, capsys, "keys", "retire", alias, "--version", "2")
     assert code == 1
@@ -81,8 +93,10 @@ def test_scheduled_key_lists_its_next_rotation(clocked: ClockedService,
     assert listed["next_rotation"] == created.isoformat(timespec="seconds").replace(
         "+00:00", "Z")
     _, out, _ = _run(clocked, capsys, "keys", "list")
-    assert "next rotation" in next(line for line in out.splitlines()
-                                   if line.startswith("sched-cli"))
+    rows = [line for line in out.splitlines() if line.startswith("sched-cli")]
+    when = listed["next_rotation"]
+    assert rows[0].endswith(f"next rotation {when}")
+    assert rows[1].endswith(f"signs from the next rotation ({when})")
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("72h", 259200), ("0s", 0), ("1d12h", 129600),
@@ -100,7 +114,8 @@ def test_cli_bad_durations(text: str) -> None:
 def test_lifecycle_config() -> None:
     config = config_from_dict({"lifecycle": {
         "cache_ttl": "2s", "check_interval": 30, "scheduler": False, "default_overlap": "1d",
-        "destroy_after": "7d", "lock_file": "run/lifecycle.lock",
+        "destroy_after": "7d", "lock_file": "run/lifecycle.lock", "threshold_next": False,
+        "layout_expiry_check": "refuse",
         "rotation": {"build": {"period": "90d"}, "owner": {"period": "1w", "overlap": "2h"}},
     }}, base=Path("/etc/custody"))
     settings = config.lifecycle
@@ -111,6 +126,7 @@ def test_lifecycle_config() -> None:
     assert settings.schedules["build"] == RotationSchedule(period=timedelta(days=90),
                                                            overlap=timedelta(days=1))
     assert settings.schedules["owner"].overlap == timedelta(hours=2)
+    assert settings.threshold_next is False and settings.layout_expiry_check == "refuse"
     assert config_from_dict({}, base=Path("/")).lifecycle == LifecycleSettings()
 
 
@@ -123,6 +139,8 @@ def test_lifecycle_config() -> None:
     ({"rotation": {"Bad Alias": {"period": "1d"}}}, "is not a key alias"),
     ({"scheduler": "yes"}, "lifecycle.scheduler must be true or false"),
     ({"check_interval": "0s"}, "check_interval must be positive"),
+    ({"threshold_next": "no"}, "lifecycle.threshold_next must be true or false"),
+    ({"layout_expiry_check": "fail"}, 'lifecycle.layout_expiry_check must be "warn" or'),
 ])
 def test_bad_lifecycle_config_is_named(table: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -1,4 +1,5 @@
-"""The pure rotation policy: states over time, rotate/retire/destroy, due work, reasons."""
+"""The pure rotation policy: states over time, rotate/retire/destroy, due work, reasons, and
+pre-rotation (the next version made ahead, promoted by a rotation)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,63 @@ HOUR = timedelta(hours=1)
 
 
 def fresh() -> AliasLifecycle:
+    """As CreateKey leaves an alias: v1 active, v2 its next version."""
+    return rotation.with_next(AliasLifecycle((
+        VersionLifecycle(version=1, created=T0, activated=T0),)), now=T0)
+
+
+def legacy() -> AliasLifecycle:
+    """An alias made before pre-rotation: no next version."""
     return AliasLifecycle((VersionLifecycle(version=1, created=T0),))
+
+
+def test_a_new_alias_has_a_next_version_that_signs_and_verifies_nothing() -> None:
+    active, following = fresh().versions
+    assert active.is_active and following.is_next and following.version == 2
+    assert following.state_at(T0 + 1000 * HOUR) is KeyState.NEXT
+    assert not following.verifies_at(T0)
+    assert rotation.refusal_reason("build", following, T0) == (
+        "build v2 is the next version: it signs nothing until a rotation makes it active")
+
+
+def test_rotation_promotes_the_next_version_and_makes_a_new_one() -> None:
+    rotated = rotation.rotate(fresh(), now=T0 + HOUR, overlap=72 * HOUR)
+    _, new, following = rotated.versions
+    assert new.version == 2 and new.is_active and new.created == T0  # made ahead, at T0
+    assert new.activated == T0 + HOUR and new.became_active == T0 + HOUR
+    assert following.version == 3 and following.is_next and following.created == T0 + HOUR
+    assert rotated.active == new and rotated.next == following
+
+
+def test_rotating_an_alias_without_a_next_version_makes_both() -> None:
+    rotated = rotation.rotate(legacy(), now=T0 + HOUR, overlap=HOUR)
+    assert [(v.version, v.state_at(T0 + HOUR)) for v in rotated.versions] == [
+        (1, KeyState.VERIFY_ONLY), (2, KeyState.ACTIVE), (3, KeyState.NEXT)]
+    assert rotation.with_next(legacy(), now=T0).next == VersionLifecycle(
+        version=2, created=T0, pending=True)
+
+
+def test_retiring_the_next_version_replaces_it() -> None:
+    retired = rotation.retire(fresh(), alias="build", version=2, now=T0 + HOUR)
+    _, old_next, new_next = retired.versions
+    assert old_next.state_at(T0 + HOUR) is KeyState.RETIRED and old_next.pending
+    assert new_next.version == 3 and new_next.is_next
+    assert rotation.refusal_reason("build", old_next, T0 + 2 * HOUR) == (
+        "build v2 is retired: RetireKey replaced it as the next version at "
+        "2030-01-01T01:00:00Z, before it ever signed")
+    # A rotation then promotes the replacement; the retired one never signs.
+    rotated = rotation.rotate(retired, now=T0 + 2 * HOUR, overlap=HOUR)
+    assert rotated.active.version == 3 and rotated.next is not None
+    assert rotated.next.version == 4
+    assert rotation.retire(retired, alias="build", version=2, now=T0 + 5 * HOUR) == retired
+    # Its key pair is destroyed after the retention, like any retired version's.
+    assert rotation.destruction_due(retired, retention=HOUR, now=T0 + 2 * HOUR) == (2,)
 
 
 def test_rotation_opens_a_window_for_the_old_version() -> None:
     rotated = rotation.rotate(fresh(), now=T0 + HOUR, overlap=72 * HOUR)
-    old, new = rotated.versions
-    assert new.version == 2 and new.is_active and new.created == T0 + HOUR
+    old, new, _ = rotated.versions
+    assert new.version == 2 and new.is_active
     assert old.verify_until == T0 + 73 * HOUR
     assert old.state_at(T0 + HOUR) is KeyState.VERIFY_ONLY
     assert old.state_at(T0 + 73 * HOUR - timedelta(microseconds=1)) is KeyState.VERIFY_ONLY
@@ -32,7 +83,7 @@ def test_rotation_opens_a_window_for_the_old_version() -> None:
 
 
 def test_overlap_zero_retires_at_once() -> None:
-    old, _ = rotation.rotate(fresh(), now=T0, overlap=timedelta(0)).versions
+    old, _, _ = rotation.rotate(fresh(), now=T0, overlap=timedelta(0)).versions
     assert old.state_at(T0) is KeyState.RETIRED
 
 
@@ -54,6 +105,8 @@ def test_the_active_version_cannot_be_retired() -> None:
         rotation.retire(fresh(), alias="build", version=1, now=T0)
     with pytest.raises(rotation.LifecycleRuleError, match=r"build has no version 7"):
         rotation.retire(fresh(), alias="build", version=7, now=T0)
+    with pytest.raises(ValueError, match="the next version cannot be retired or destroyed"):
+        VersionLifecycle(version=2, created=T0, pending=True, destroyed_at=T0)
 
 
 def test_refusal_reason_names_alias_version_and_window_end() -> None:
@@ -74,6 +127,9 @@ def test_due_work() -> None:
     assert rotation.rotation_due(lifecycle, period=24 * HOUR, now=T0 + 24 * HOUR)
     unknown_age = AliasLifecycle((VersionLifecycle(version=1, created=None),))
     assert not rotation.rotation_due(unknown_age, period=HOUR, now=T0)
+    # The period runs from the promotion, not from when the next version was made.
+    promoted = rotation.rotate(lifecycle, now=T0 + 10 * HOUR, overlap=HOUR)
+    assert rotation.rotation_due_at(promoted, period=24 * HOUR) == T0 + 34 * HOUR
 
     rotated = rotation.rotate(lifecycle, now=T0, overlap=HOUR)
     assert rotation.destruction_due(rotated, retention=HOUR, now=T0 + 2 * HOUR - HOUR / 2) == ()
@@ -88,6 +144,13 @@ def test_due_work() -> None:
     (VersionLifecycle(version=1, created=T0), VersionLifecycle(version=2, created=T0)),
     (VersionLifecycle(version=2, created=T0, verify_until=T0),
      VersionLifecycle(version=1, created=T0)),  # out of order
+    (VersionLifecycle(version=1, created=T0, pending=True),
+     VersionLifecycle(version=2, created=T0)),  # the next version older than the active
+    (VersionLifecycle(version=1, created=T0),
+     VersionLifecycle(version=2, created=T0, pending=True),
+     VersionLifecycle(version=3, created=T0, pending=True)),  # two next versions
+    (VersionLifecycle(version=1, created=T0, verify_until=T0),
+     VersionLifecycle(version=2, created=T0, pending=True)),  # only a next version
 ])
 def test_invariants_are_checked(versions: tuple[VersionLifecycle, ...]) -> None:
     with pytest.raises(ValueError):
@@ -100,7 +163,7 @@ def test_naive_times_are_refused() -> None:
 
 
 operations = st.lists(st.tuples(
-    st.sampled_from(["rotate", "retire", "destroy"]),
+    st.sampled_from(["rotate", "retire", "destroy", "prepare"]),
     st.integers(min_value=0, max_value=100),  # hours since the previous operation
     st.integers(min_value=0, max_value=100),  # overlap hours, or which version
 ), max_size=25)
@@ -114,7 +177,12 @@ def test_any_sequence_keeps_exactly_one_signer(ops: list[tuple[str, int, int]]) 
         now += step * HOUR
         try:
             if name == "rotate":
+                previous_next = lifecycle.next
                 lifecycle = rotation.rotate(lifecycle, now=now, overlap=value * HOUR)
+                # the version that signs after a rotation is the one layouts listed as next
+                assert previous_next is None or lifecycle.active.version == previous_next.version
+            elif name == "prepare":
+                lifecycle = rotation.with_next(lifecycle, now=now)
             elif name == "retire":
                 lifecycle = rotation.retire(lifecycle, alias="a", version=value % 5 + 1, now=now)
             else:
@@ -125,10 +193,12 @@ def test_any_sequence_keeps_exactly_one_signer(ops: list[tuple[str, int, int]]) 
             continue
         states = [v.state_at(now) for v in lifecycle.versions]
         assert states.count(KeyState.ACTIVE) == 1
-        assert states[-1] is KeyState.ACTIVE
+        assert states.count(KeyState.NEXT) <= 1
+        assert [v.version for v in lifecycle.versions if not v.pending][-1] == \
+            lifecycle.active.version  # no version that signed is newer than the signer
         # A window never reopens: a retired or destroyed version stays so later on.
-        for version in lifecycle.versions[:-1]:
-            if not version.verifies_at(now):
+        for version in lifecycle.versions:
+            if not version.verifies_at(now) and not version.is_next:
                 assert not version.verifies_at(now + 1000 * HOUR)
 
 

@@ -81,7 +81,8 @@ def test_timeline(clocked: ClockedService, keystore: Pkcs11KeyStore) -> None:
     assert (rotated.previous_version, rotated.new_version) == (1, 2)
     assert rotated.previous_verify_until.ToDatetime().replace(tzinfo=t0.tzinfo) == t0 + 3 * HOUR
     states = {v.version: v.state for v in rotated.key.versions}
-    assert states == {1: "verify-only", 2: "active"}
+    assert states == {1: "verify-only", 2: "active", 3: "next"}
+    assert rotated.key.next_version == 3
 
     # Links signed after the rotation use the new version (and its file name).
     link2 = sign_link(service.custody, step_name="build", alias=builder)
@@ -113,7 +114,7 @@ def test_timeline(clocked: ClockedService, keystore: Pkcs11KeyStore) -> None:
     retired_at = clock.now()
     retired = service.key_admin.RetireKey(pb.RetireKeyRequest(alias=builder, version=2))
     assert {v.version: v.state for v in retired.key.versions} == {
-        1: "retired", 2: "retired", 3: "active"}
+        1: "retired", 2: "retired", 3: "active", 4: "next"}
     verdict = verify(service.custody, after.signed, [link2], owner=owner)
     assert not verdict.passed
     assert (f"{builder} v2 is retired: its window ended at {format_time(retired_at)} "
@@ -214,11 +215,18 @@ def test_rotation_keeps_or_changes_the_algorithm(clocked: ClockedService) -> Non
     # No overlap given: the default (72 h) applies.
     until = same.previous_verify_until.ToDatetime()
     assert until.replace(tzinfo=None) == (service.clock.now() + 72 * HOUR).replace(tzinfo=None)
+    # Pre-rotation: the promoted version (listed in layouts) keeps its algorithm; the new
+    # next version gets the one asked for, and signs after the next rotation.
     changed = service.key_admin.RotateKey(pb.RotateKeyRequest(
         alias=alias, algorithm=pb.KEY_ALGORITHM_ECDSA_P384))
-    assert changed.key.algorithm == pb.KEY_ALGORITHM_ECDSA_P384
+    assert changed.key.algorithm == pb.KEY_ALGORITHM_ED25519 and changed.new_version == 3
+    assert any(f"{alias} v4, made with ecdsa-p384, signs after the next rotation" in w
+               for w in changed.warnings), changed.warnings
     link = sign_link(service.custody, step_name="s", alias=alias)
     assert link.key_version == 3 and link.keyid == changed.key.keyid
+    switched = service.key_admin.RotateKey(pb.RotateKeyRequest(alias=alias))
+    assert switched.key.algorithm == pb.KEY_ALGORITHM_ECDSA_P384
+    assert sign_link(service.custody, step_name="s", alias=alias).key_version == 4
 
 
 def test_overlap_shorter_than_cache_ttl_warns(keystore: Pkcs11KeyStore, tmp_path: Path) -> None:
@@ -229,4 +237,4 @@ def test_overlap_shorter_than_cache_ttl_warns(keystore: Pkcs11KeyStore, tmp_path
                                                                  overlap=Duration()))
         assert any("shorter than the replicas' cache TTL (5s)" in w for w in rotated.warnings)
         assert {v.version: v.state for v in rotated.key.versions} == {1: "retired",
-                                                                     2: "active"}
+                                                                     2: "active", 3: "next"}

@@ -4,11 +4,12 @@ and audit failures (real SoftHSM token, fake clock)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -57,12 +58,15 @@ def test_record_round_trip_and_damage_is_named(keystore: Pkcs11KeyStore) -> None
     assert key.versions[0].public_key == created.active.public_key
 
     stored = keystore.read_object(lifecycle_label(alias))
-    assert stored is not None and b'"format":"custody.key-lifecycle/v1"' in stored
+    assert stored is not None and b'"format":"custody.key-lifecycle/v2"' in stored
     for damaged, message in [
         (b"{", "is damaged"),
-        (stored.replace(b"custody.key-lifecycle/v1", b"v9"), "unknown format"),
+        (stored.replace(b"custody.key-lifecycle/v2", b"v9"), "unknown format"),
         (stored.replace(b'"verify_until":null', b'"verify_until":"2030-01-01T00:00:00+00:00"'),
-         "exactly the newest version must be active"),
+         "a next version ends only by RetireKey"),
+        (stored.replace(b'"next":true', b'"next":false'),  # v3 would sign beside v2
+         "exactly one version must be active"),
+        (stored.replace(b'"next":true', b'"next":"yes"'), "next must be true or false"),
     ]:
         with pytest.raises(LifecycleStateError, match=message):
             decode_record(alias, damaged)
@@ -70,21 +74,49 @@ def test_record_round_trip_and_damage_is_named(keystore: Pkcs11KeyStore) -> None
         decode_record("other", stored)
 
 
+def test_a_record_written_before_pre_rotation_is_read(keystore: Pkcs11KeyStore) -> None:
+    """A v1 record: every version was activated when it was created, none is next; the
+    alias gets its next version from `ensure_next`, once."""
+    clock = FakeClock()
+    keys, alias = _ring(keystore, clock), unique_alias("v1rec")
+    public_key = keystore.generate_key(label=f"custody:{alias}:v1",
+                                       algorithm=KeyAlgorithm.ECDSA_P256)
+    keystore.write_object(lifecycle_label(alias), json.dumps({
+        "format": "custody.key-lifecycle/v1", "alias": alias, "versions": [{
+            "version": 1, "algorithm": "ecdsa-p256", "public_key": public_key.to_dict(),
+            "created": "2030-01-01T00:00:00+00:00", "verify_until": None,
+            "retired_at": None, "destroyed_at": None}]}).encode())
+    old = keys.get(alias)
+    assert old.next is None and old.active.lifecycle.became_active == datetime(
+        2030, 1, 1, tzinfo=UTC)
+    audit = MemoryAuditSink()
+    manager = _manager(keys, clock, audit=audit)
+    prepared = manager.ensure_next(alias, trigger="start", caller="test").next
+    assert prepared is not None and prepared.version == 2
+    assert manager.ensure_next(alias, trigger="start", caller="test").next == prepared
+    assert [(e.details["key_version"], e.details["trigger"]) for e in audit.events
+            if e.action == "key-prepare"] == [(2, "start")]
+    assert keys.signer(alias)[0].version == 1  # the next version signs nothing
+
+
 def test_a_rotation_that_died_before_its_record_is_adopted(keystore: Pkcs11KeyStore) -> None:
     clock = FakeClock()
     keys, alias = _ring(keystore, clock), unique_alias("crash")
-    keys.create(alias, KeyAlgorithm.ECDSA_P256)
-    # A rotation generated v2 and died before writing the record.
-    leftover = keystore.generate_key(label=f"custody:{alias}:v2",
+    created = keys.create(alias, KeyAlgorithm.ECDSA_P256)
+    assert [v.version for v in created.versions] == [1, 2] and created.next is not None
+    # A rotation generated the new next version v3 and died before writing the record.
+    leftover = keystore.generate_key(label=f"custody:{alias}:v3",
                                      algorithm=KeyAlgorithm.ECDSA_P384)
     keys.refresh()
-    assert [v.version for v in keys.get(alias).versions] == [1]  # v2 neither signs nor verifies
+    assert [v.version for v in keys.get(alias).versions] == [1, 2]  # v3 is in no record
     assert keys.signer(alias)[0].version == 1
     rotation = _manager(keys, clock).rotate(alias, overlap=HOUR, caller="test")
-    assert rotation.new.version == 2
-    assert rotation.new.public_key == leftover  # adopted, not generated again
-    assert rotation.new.algorithm is KeyAlgorithm.ECDSA_P384
-    assert keys.signer(alias)[0].public_key == leftover
+    assert rotation.new == created.next.__class__(**{**created.next.__dict__,
+                                                     "lifecycle": rotation.new.lifecycle})
+    assert rotation.next.version == 3
+    assert rotation.next.public_key == leftover  # adopted, not generated again
+    assert rotation.next.algorithm is KeyAlgorithm.ECDSA_P384
+    assert keys.signer(alias)[0].public_key == created.next.public_key
 
 
 def test_a_key_made_before_tracking_is_adopted_by_the_scheduler(

@@ -106,17 +106,21 @@ class SignLinkResponse(_message.Message):
     def __init__(self, signed: _Optional[bytes] = ..., file_name: _Optional[str] = ..., keyid: _Optional[str] = ..., key_alias: _Optional[str] = ..., key_version: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class SignLayoutRequest(_message.Message):
-    __slots__ = ("layout", "key_alias", "envelope")
+    __slots__ = ("layout", "key_alias", "envelope", "append", "refresh")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     KEY_ALIAS_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    APPEND_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_FIELD_NUMBER: _ClassVar[int]
     layout: bytes
     key_alias: str
     envelope: Envelope
-    def __init__(self, layout: _Optional[bytes] = ..., key_alias: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, str]] = ...) -> None: ...
+    append: bool
+    refresh: bool
+    def __init__(self, layout: _Optional[bytes] = ..., key_alias: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., append: _Optional[bool] = ..., refresh: _Optional[bool] = ...) -> None: ...
 
 class SignLayoutResponse(_message.Message):
-    __slots__ = ("signed", "keyid", "key_alias", "key_version", "envelope", "sha256", "warnings")
+    __slots__ = ("signed", "keyid", "key_alias", "key_version", "envelope", "sha256", "warnings", "other_owners")
     SIGNED_FIELD_NUMBER: _ClassVar[int]
     KEYID_FIELD_NUMBER: _ClassVar[int]
     KEY_ALIAS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +128,7 @@ class SignLayoutResponse(_message.Message):
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    OTHER_OWNERS_FIELD_NUMBER: _ClassVar[int]
     signed: bytes
     keyid: str
     key_alias: str
@@ -131,7 +136,8 @@ class SignLayoutResponse(_message.Message):
     envelope: Envelope
     sha256: str
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, signed: _Optional[bytes] = ..., keyid: _Optional[str] = ..., key_alias: _Optional[str] = ..., key_version: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., sha256: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    other_owners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, signed: _Optional[bytes] = ..., keyid: _Optional[str] = ..., key_alias: _Optional[str] = ..., key_version: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., sha256: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., other_owners: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrustedKey(_message.Message):
     __slots__ = ("alias", "public_key_json", "public_key_pem")
@@ -209,7 +215,7 @@ class VerifyResponse(_message.Message):
     def __init__(self, passed: _Optional[bool] = ..., failures: _Optional[_Iterable[_Union[VerifyFailure, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[VerifyWarning, _Mapping]]] = ..., verdict_json: _Optional[str] = ...) -> None: ...
 
 class KeyVersion(_message.Message):
-    __slots__ = ("version", "keyid", "state", "created", "verify_until", "retired", "destroyed", "public_key_json")
+    __slots__ = ("version", "keyid", "state", "created", "verify_until", "retired", "destroyed", "public_key_json", "activated")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +224,7 @@ class KeyVersion(_message.Message):
     RETIRED_FIELD_NUMBER: _ClassVar[int]
     DESTROYED_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_JSON_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_FIELD_NUMBER: _ClassVar[int]
     version: int
     keyid: str
     state: str
@@ -226,10 +233,11 @@ class KeyVersion(_message.Message):
     retired: _timestamp_pb2.Timestamp
     destroyed: _timestamp_pb2.Timestamp
     public_key_json: str
-    def __init__(self, version: _Optional[int] = ..., keyid: _Optional[str] = ..., state: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verify_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroyed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., public_key_json: _Optional[str] = ...) -> None: ...
+    activated: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., keyid: _Optional[str] = ..., state: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verify_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroyed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., public_key_json: _Optional[str] = ..., activated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("alias", "algorithm", "scheme", "keyid", "public_key_pem", "public_key_json", "versions", "active_version", "rotation_period", "next_rotation")
+    __slots__ = ("alias", "algorithm", "scheme", "keyid", "public_key_pem", "public_key_json", "versions", "active_version", "rotation_period", "next_rotation", "next_version")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +248,7 @@ class KeyInfo(_message.Message):
     ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
     NEXT_ROTATION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_VERSION_FIELD_NUMBER: _ClassVar[int]
     alias: str
     algorithm: KeyAlgorithm
     scheme: str
@@ -250,7 +259,8 @@ class KeyInfo(_message.Message):
     active_version: int
     rotation_period: _duration_pb2.Duration
     next_rotation: _timestamp_pb2.Timestamp
-    def __init__(self, alias: _Optional[str] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., scheme: _Optional[str] = ..., keyid: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., public_key_json: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., active_version: _Optional[int] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    next_version: int
+    def __init__(self, alias: _Optional[str] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., scheme: _Optional[str] = ..., keyid: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., public_key_json: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., active_version: _Optional[int] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_version: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("alias", "algorithm")
@@ -321,7 +331,9 @@ class RetireKeyRequest(_message.Message):
     def __init__(self, alias: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RetireKeyResponse(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "warnings")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     key: KeyInfo
-    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -66,7 +66,10 @@ class CustodyServicer:
 
     def SignLayout(self, request, context):
         """Signs an unsigned layout with an owner key. Functionaries may be named by
-        alias ("alias:NAME" in a step's pubkeys); the service resolves them.
+        alias ("alias:NAME" in a step's pubkeys); the service resolves them to the
+        alias's active and next versions (see docs/KEYS.md). With `append`, adds a
+        signature to a signed layout; with `refresh`, re-resolves a signed layout's
+        service keys to their current versions and signs it again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,9 +198,11 @@ class Custody:
 class KeyAdminStub:
     """Key administration for security teams.
 
-    A key alias has versions. Exactly one version is active (signs); a replaced version
-    is verify-only until the end of its overlap window, then retired (verifies nothing),
-    then destroyed (its private key removed from the token after the retention period).
+    A key alias has versions. Exactly one version is active (signs); one more, the next
+    version, is made ahead so that layouts list it before it signs (pre-rotation). A
+    replaced version is verify-only until the end of its overlap window, then retired
+    (verifies nothing), then destroyed (its private key removed from the token after the
+    retention period).
     The versions and windows live in the token, so every replica sees the same ones
     (within the replicas' cache TTL, 5 s by default). See docs/KEYS.md.
     """
@@ -238,9 +243,11 @@ class KeyAdminStub:
 class KeyAdminServicer:
     """Key administration for security teams.
 
-    A key alias has versions. Exactly one version is active (signs); a replaced version
-    is verify-only until the end of its overlap window, then retired (verifies nothing),
-    then destroyed (its private key removed from the token after the retention period).
+    A key alias has versions. Exactly one version is active (signs); one more, the next
+    version, is made ahead so that layouts list it before it signs (pre-rotation). A
+    replaced version is verify-only until the end of its overlap window, then retired
+    (verifies nothing), then destroyed (its private key removed from the token after the
+    retention period).
     The versions and windows live in the token, so every replica sees the same ones
     (within the replicas' cache TTL, 5 s by default). See docs/KEYS.md.
     """
@@ -264,16 +271,17 @@ class KeyAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RotateKey(self, request, context):
-        """Generates a new version in the token and makes it the signer. The version that
-        signed until now verifies until now + overlap, then is retired.
+        """Makes the next version the signer and generates a new next version in the token.
+        The version that signed until now verifies until now + overlap, then is retired.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RetireKey(self, request, context):
-        """Ends a verify-only version's overlap window now (e.g. after a key compromise). The
-        active version cannot be retired: rotate first (overlap 0 retires it at once).
+        """Ends a verify-only version's overlap window now (e.g. after a key compromise); a
+        next version is retired and replaced by a new one. The active version cannot be
+        retired: rotate first (overlap 0 retires it at once).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -318,9 +326,11 @@ def add_KeyAdminServicer_to_server(servicer, server):
 class KeyAdmin:
     """Key administration for security teams.
 
-    A key alias has versions. Exactly one version is active (signs); a replaced version
-    is verify-only until the end of its overlap window, then retired (verifies nothing),
-    then destroyed (its private key removed from the token after the retention period).
+    A key alias has versions. Exactly one version is active (signs); one more, the next
+    version, is made ahead so that layouts list it before it signs (pre-rotation). A
+    replaced version is verify-only until the end of its overlap window, then retired
+    (verifies nothing), then destroyed (its private key removed from the token after the
+    retention period).
     The versions and windows live in the token, so every replica sees the same ones
     (within the replicas' cache TTL, 5 s by default). See docs/KEYS.md.
     """

@@ -1,4 +1,4 @@
-"""`custody sign-layout` and `custody keys list|create|public`."""
+"""`custody sign-layout` (also --append and --refresh) and `custody keys create|public`."""
 
 from __future__ import annotations
 
@@ -24,16 +24,41 @@ def _output(path: str, content: bytes) -> None:
 
 
 def cmd_sign_layout(args: argparse.Namespace) -> int:
-    layout = read_file(args.layout, "layout")
+    """Sign a layout; --append adds a signature to a signed one; --refresh re-resolves a
+    signed one's service keys and signs it again, then has each other Custody owner that
+    had signed it sign again (one --append call each, each authorized by the server)."""
+    path = _layout_path(args)
+    output = args.output or (path if args.append or args.refresh else None)
+    if output is None:
+        raise InputError("give -o FILE (or '-' for stdout)")
+    layout = read_file(path, "layout")
+    envelope = EnvelopeKind(args.envelope) if args.envelope else (
+        None if args.append or args.refresh else EnvelopeKind.METABLOCK)
     with open_client(args) as client:
-        signed = client.sign_layout(layout, key_alias=args.key or "",
-                                    envelope=EnvelopeKind(args.envelope))
-    for warning in signed.warnings:
-        log.warning("%s", warning)
-    _output(args.output, signed.content)
-    log.info("signed %s with key %s v%d (keyid %s)", args.layout, signed.key_alias,
-             signed.key_version, signed.keyid[:8])
+        signed = client.sign_layout(layout, key_alias=args.key or "", envelope=envelope,
+                                    append=args.append, refresh=args.refresh)
+        signers = [signed]
+        for owner in signed.other_owners:  # refresh: the other owners sign again
+            signers.append(client.sign_layout(signers[-1].content, key_alias=owner,
+                                              envelope=None, append=True))
+    for warning in (w for s in signers for w in s.warnings):
+        if not (args.refresh and "sign again with --append" in warning):
+            log.warning("%s", warning)
+    _output(output, signers[-1].content)
+    action = "appended a signature to" if args.append else (
+        "refreshed" if args.refresh else "signed")
+    for made in signers:
+        log.info("%s %s with key %s v%d (keyid %s)", action, path, made.key_alias,
+                 made.key_version, made.keyid[:8])
+        action = "appended a signature to"
     return EXIT_OK
+
+
+def _layout_path(args: argparse.Namespace) -> str:
+    given = [p for p in (args.layout, args.layout_file) if p]
+    if len(given) != 1:
+        raise InputError("give the layout once: -l FILE or LAYOUT")
+    return str(given[0])
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:

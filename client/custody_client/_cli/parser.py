@@ -144,12 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--trace", action="store_true", help="print the rule trace")
 
     sign_layout = _command(commands, common, "sign-layout", help="sign a layout with a service key")
-    sign_layout.add_argument("-l", "--layout", required=True, metavar="FILE")
+    sign_layout.add_argument("layout_file", nargs="?", metavar="LAYOUT",
+                             help="the layout (or -l FILE)")
+    sign_layout.add_argument("-l", "--layout", metavar="FILE")
     sign_layout.add_argument("--key", metavar="ALIAS",
                              help="owner key (default: the server's layout key)")
-    sign_layout.add_argument("-o", "--output", required=True, metavar="FILE",
-                             help="where to write the signed layout ('-': stdout)")
-    sign_layout.add_argument("--envelope", choices=LAYOUT_ENVELOPES, default="metablock")
+    sign_layout.add_argument("-o", "--output", metavar="FILE",
+                             help="where to write the signed layout ('-': stdout; default "
+                                  "with --append or --refresh: the layout file itself)")
+    sign_layout.add_argument("--envelope", choices=LAYOUT_ENVELOPES,
+                             help="metablock (default) or dsse; --append and --refresh keep "
+                                  "the layout's own")
+    sign_mode = sign_layout.add_mutually_exclusive_group()
+    sign_mode.add_argument("-a", "--append", action="store_true",
+                           help="add a signature to a signed layout, changing nothing else "
+                                "(several owners, as in-toto-sign -a)")
+    sign_mode.add_argument("--refresh", action="store_true",
+                           help="re-resolve a signed layout's service keys to their current "
+                                "versions and sign it again with its owners")
 
     keys = _command(commands, common, "keys", help="key administration")
     key_commands = keys.add_subparsers(dest="keys_command", required=True,

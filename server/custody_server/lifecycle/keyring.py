@@ -37,7 +37,7 @@ from custody_server.keystore import (
 from custody_server.lifecycle import settings
 from custody_server.lifecycle.guard import LifecycleGuard, default_guard
 from custody_server.lifecycle.model import KeyVersion, ServiceKey, key_label
-from custody_server.lifecycle.rotation import VersionLifecycle
+from custody_server.lifecycle.rotation import AliasLifecycle, VersionLifecycle, with_next
 from custody_server.lifecycle.token_state import TokenLifecycleStore
 
 __all__ = ["KeyRing", "KeyVersion", "ServiceKey", "TokenKeys", "key_label", "validate_alias"]
@@ -186,6 +186,57 @@ class KeyRing:
     def generate(self, alias: str, version: int, algorithm: KeyAlgorithm) -> PublicKey:
         return self._store.generate_key(label=key_label(alias, version), algorithm=algorithm)
 
+    def apply(self, current: TokenKeys, lifecycle: AliasLifecycle, *,
+              algorithm: KeyAlgorithm) -> ServiceKey:
+        """Make the token hold `lifecycle` (the caller holds the guard and read `current`
+        fresh): a key pair for each version it adds, then the record.
+
+        A version's key pair is generated with `algorithm`, or adopted when a change that
+        died before writing its record left one under that label (crash safety: labels are
+        deterministic and never reused)."""
+        key = current.key
+        known = {v.version: v for v in key.versions} if key is not None else {}
+        versions = []
+        for entry in lifecycle.versions:
+            existing = known.get(entry.version)
+            if existing is not None:
+                versions.append(KeyVersion(alias=current.alias, version=entry.version,
+                                           algorithm=existing.algorithm,
+                                           public_key=existing.public_key, lifecycle=entry))
+                continue
+            leftover = current.stored.get(entry.version)
+            if leftover is not None:
+                public_key, made_with = leftover.public_key, leftover.algorithm
+            else:
+                public_key = self.generate(current.alias, entry.version, algorithm)
+                made_with = algorithm
+            versions.append(_version(current.alias, entry.version, made_with, public_key,
+                                     entry))
+        updated = ServiceKey(current.alias, tuple(versions))
+        self.write(updated)
+        return updated
+
+    def ensure_next(self, alias: str) -> tuple[ServiceKey, KeyVersion | None]:
+        """The alias with a next version, and the version this call made (None: it had one).
+
+        Under the guard on a fresh read, so replicas that do this at the same moment make
+        one next version between them, and agree on it."""
+        key = self.get(alias)
+        if key.next is not None:
+            return key, None
+        with self.guard.hold():
+            current = self.read_fresh(alias)
+            if current.key is None:
+                raise KeyNotFoundError(f"no key with alias {alias!r}")
+            if current.key.next is not None:  # another replica made it meanwhile
+                self.refresh()  # and this view is older than that
+                return current.key, None
+            updated = self.apply(current, with_next(current.key.lifecycle, now=self.now()),
+                                 algorithm=current.key.active.algorithm)
+        made = updated.next
+        assert made is not None
+        return updated, made
+
     def destroy(self, version: KeyVersion) -> bool:
         """Remove the version's key pair from the token; False if it was already gone."""
         try:
@@ -218,17 +269,24 @@ class KeyRing:
         return made_elsewhere, False
 
     def create(self, alias: str, algorithm: KeyAlgorithm) -> ServiceKey:
-        """Generate v1 of a new alias, active from now. KeyExistsError if the alias exists."""
+        """Generate v1 of a new alias, active from now, and v2, its next version.
+        KeyExistsError if the alias exists.
+
+        The record is written after each: a create that dies after v1 leaves an alias
+        without a next version, which the next `ensure_next` makes."""
         validate_alias(alias)
         with self.guard.hold():
             current = self.read_fresh(alias)
             if current.key is not None:
                 raise KeyExistsError(f"a key with alias {alias!r} already exists")
             public_key = self.generate(alias, 1, algorithm)
+            now = self.now()
             created = _version(alias, 1, algorithm, public_key,
-                               VersionLifecycle(version=1, created=self.now()))
+                               VersionLifecycle(version=1, created=now, activated=now))
             key = ServiceKey(alias, (created,))
             self.write(key)
+            key = self.apply(TokenKeys(alias, key, current.stored, has_record=True),
+                             with_next(key.lifecycle, now=now), algorithm=algorithm)
         return key
 
 

@@ -1,14 +1,19 @@
-"""Lifecycle changes: rotate, retire, destroy, and the scheduled work; each one audited.
+"""Lifecycle changes: rotate, retire, destroy, prepare next versions, and the scheduled
+work; each one audited.
 
 Every change holds the lifecycle guard, reads the alias fresh from the token, decides
 with the pure policy, changes the token, writes the record, and records an audit event
-(actions "key-create", "key-rotate", "key-retire", "key-destroy"). The audit record is
-written after the change (the change happened and must be on the record); if it cannot be
-written the call fails with UNAVAILABLE and says so.
+(actions "key-create", "key-rotate", "key-retire", "key-prepare", "key-destroy"). The
+audit record is written after the change (the change happened and must be on the record);
+if it cannot be written the call fails with UNAVAILABLE and says so.
 
-A rotation is crash-safe and idempotent: the new version's label is deterministic
-(`custody:<alias>:v<N+1>`). If a previous attempt generated that key but died before
-writing the record, the next attempt adopts the key instead of failing.
+Pre-rotation: every alias keeps a next version in the token. A rotation promotes it and
+makes a new one; retiring it makes its replacement; an alias made before pre-rotation gets
+one at start, at each scheduler run, or when SignLayout names it (`ensure_next`).
+
+A change is crash-safe: a new version's label is deterministic (`custody:<alias>:v<N>`).
+If a previous attempt generated that key but died before writing the record, the next
+attempt adopts the key instead of failing.
 """
 
 from __future__ import annotations
@@ -44,6 +49,21 @@ class Rotation:
     new: KeyVersion
     warnings: tuple[str, ...] = ()
 
+    @property
+    def next(self) -> KeyVersion:
+        made = self.key.next
+        assert made is not None  # a rotation always leaves a next version
+        return made
+
+
+@dataclass(frozen=True)
+class Retirement:
+    key: ServiceKey
+    retired: KeyVersion
+    changed: bool
+    replacement: KeyVersion | None = None  # the new next version, when the next was retired
+    warnings: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True)
 class DueWork:
@@ -51,7 +71,8 @@ class DueWork:
 
     rotated: tuple[str, ...] = ()  # "alias v2 -> v3"
     destroyed: tuple[str, ...] = ()  # "alias v1"
-    adopted: tuple[str, ...] = ()  # aliases given a lifecycle record
+    adopted: tuple[str, ...] = ()  # aliases given a lifecycle record (or a start time)
+    prepared: tuple[str, ...] = ()  # "alias v4": next versions made for aliases without one
 
 
 class KeyLifecycle:
@@ -82,7 +103,7 @@ class KeyLifecycle:
             self._record_failure("key-create", error, details)
             raise
         self._record("key-create", {**details, "key_version": 1,
-                                    "keyid": key.active.keyid})
+                                    "keyid": key.active.keyid, **_next_details(key)})
         return key
 
     def rotate(self, alias: str, *, overlap: timedelta | None, caller: str,
@@ -100,7 +121,9 @@ class KeyLifecycle:
         self._record_rotation(result, details)
         return result
 
-    def retire(self, alias: str, *, version: int, caller: str) -> ServiceKey:
+    def retire(self, alias: str, *, version: int, caller: str) -> Retirement:
+        """End a verify-only version's window now; a next version is retired and replaced
+        by a new one."""
         validate_alias(alias)
         details: dict[str, Any] = {"key_alias": alias, "key_version": version,
                                    "caller": caller}
@@ -108,23 +131,71 @@ class KeyLifecycle:
             with self._keys.guard.hold():
                 current = self._require(alias)
                 key = self._key_of(current)
-                if key.version(version) is None:
+                before = key.version(version)
+                if before is None:
                     raise KeyNotFoundError(f"{alias} has no version {version}")
                 lifecycle = rotation.retire(key.lifecycle, alias=alias, version=version,
                                             now=self.now())
-                updated = _with_lifecycle(key, lifecycle)
-                if updated != key:
-                    self._keys.write(updated)
+                updated = (self._keys.apply(current, lifecycle, algorithm=before.algorithm)
+                           if lifecycle != key.lifecycle else key)
         except CustodyError as error:
             self._record_failure("key-retire", error, details)
             raise
         retired = updated.version(version)
         assert retired is not None
+        replacement = updated.next if before.lifecycle.is_next else None
+        warnings = []
+        if replacement is not None:
+            warnings.append(
+                f"{retired.name} was the next version: {replacement.name} replaces it. "
+                f"Layouts signed before now list {retired.name}: Custody's Verify refuses "
+                "links it signs, the reference in-toto-verify does not, and they break at "
+                f"the next rotation of {alias}: re-sign them (custody sign-layout --refresh)"
+            )
+        extra = _next_details(updated) if replacement is not None else {}
         self._record("key-retire", {
-            **details, "keyid": retired.keyid, "changed": updated != key,
+            **details, "keyid": retired.keyid, "changed": updated != key, **extra,
             "window_ended": rotation.format_time(retired.lifecycle.verify_until or self.now()),
         })
-        return updated
+        return Retirement(key=updated, retired=retired, changed=updated != key,
+                          replacement=replacement, warnings=tuple(warnings))
+
+    def ensure_next(self, alias: str, *, trigger: str, caller: str) -> ServiceKey:
+        """The alias with its next version, made now (audited "key-prepare") if missing."""
+        return self._prepare(alias, trigger=trigger, caller=caller)[0]
+
+    def _prepare(self, alias: str, *, trigger: str,
+                 caller: str) -> tuple[ServiceKey, KeyVersion | None]:
+        """The alias with its next version, and the version this call made (None: another
+        call or replica had made it)."""
+        details: dict[str, Any] = {"key_alias": alias, "caller": caller, "trigger": trigger}
+        try:
+            key, made = self._keys.ensure_next(alias)
+        except CustodyError as error:
+            self._record_failure("key-prepare", error, details)
+            raise
+        if made is not None:
+            log.info("lifecycle.next_prepared", key_alias=alias, version=made.version,
+                     trigger=trigger)
+            self._record("key-prepare", {**details, "key_version": made.version,
+                                         "keyid": made.keyid})
+        return key, made
+
+    def prepare_all(self, *, trigger: str) -> tuple[str, ...]:
+        """Give every alias without a next version one ("alias vN" for each made)."""
+        prepared = []
+        for key in self._keys.all():
+            if key.next is not None:
+                continue
+            try:
+                _, made = self._prepare(key.alias, trigger=trigger, caller="lifecycle")
+            except Exception as error:  # one alias's failure must not stop the others
+                log.error("lifecycle.prepare_failed", key_alias=key.alias,
+                          error=str(error)[:300])
+                continue
+            if made is not None:
+                prepared.append(made.name)
+        return tuple(prepared)
 
     # Scheduled work
 
@@ -144,7 +215,8 @@ class KeyLifecycle:
                 self._run_due_for(alias, rotated=rotated, destroyed=destroyed, adopted=adopted)
             except Exception as error:  # one alias's failure must not stop the others
                 log.error("lifecycle.due_failed", key_alias=alias, error=str(error)[:300])
-        return DueWork(tuple(rotated), tuple(destroyed), tuple(adopted))
+        prepared = self.prepare_all(trigger="schedule")
+        return DueWork(tuple(rotated), tuple(destroyed), tuple(adopted), prepared)
 
     def _may_be_due(self, key: ServiceKey, now: datetime) -> bool:
         lifecycle = key.lifecycle
@@ -152,7 +224,7 @@ class KeyLifecycle:
             return True
         schedule = self.schedule_of(key.alias)
         return schedule is not None and (
-            lifecycle.active.created is None  # to adopt
+            lifecycle.active.became_active is None  # to adopt
             or rotation.rotation_due(lifecycle, period=schedule.period, now=now))
 
     def _run_due_for(self, alias: str, *, rotated: list[str], destroyed: list[str],
@@ -163,10 +235,11 @@ class KeyLifecycle:
             if current.key is None:
                 return
             now = self.now()
-            if not current.has_record and schedule is not None:
+            if current.key.active.lifecycle.became_active is None and schedule is not None:
                 # Made before lifecycle tracking: its age is unknown, so count from now.
-                self._keys.write(_with_lifecycle(current.key, rotation.AliasLifecycle((
-                    dataclasses.replace(current.key.active.lifecycle, created=now),))))
+                active = current.key.active.lifecycle
+                self._keys.write(_with_lifecycle(current.key, current.key.lifecycle.replaced(
+                    dataclasses.replace(active, created=now, activated=now))))
                 adopted.append(alias)
                 return
             key = current.key
@@ -199,26 +272,30 @@ class KeyLifecycle:
     def _rotate_locked(self, current: TokenKeys, overlap: timedelta,
                        algorithm: KeyAlgorithm | None) -> Rotation:
         key = self._key_of(current)
-        now = self.now()
-        lifecycle = rotation.rotate(key.lifecycle, now=now, overlap=overlap)
-        number = lifecycle.active.version
-        leftover = current.stored.get(number)
-        if leftover is not None:
-            # An earlier attempt made this version's key and died before the record: adopt it.
-            public_key, algorithm = leftover.public_key, leftover.algorithm
-        else:
-            algorithm = algorithm or key.algorithm
-            public_key = self._keys.generate(key.alias, number, algorithm)
-        new = KeyVersion(alias=key.alias, version=number, algorithm=algorithm,
-                         public_key=public_key, lifecycle=lifecycle.active)
-        versions = tuple(
-            dataclasses.replace(v, lifecycle=lifecycle.versions[i])
-            for i, v in enumerate(key.versions)
-        )
-        updated = ServiceKey(key.alias, (*versions, new))
-        self._keys.write(updated)
-        previous = updated.versions[-2]
+        lifecycle = rotation.rotate(key.lifecycle, now=self.now(), overlap=overlap)
+        promoted = key.next
+        # The promoted next version keeps its algorithm (layouts list it); `algorithm`
+        # is the new next version's (and the new active's, for an alias without a next).
+        updated = self._keys.apply(current, lifecycle, algorithm=algorithm or (
+            promoted.algorithm if promoted is not None else key.algorithm))
+        previous = updated.version(key.active.version)
+        assert previous is not None
+        new = updated.active
         warnings = []
+        if promoted is None:
+            warnings.append(
+                f"{key.alias} had no next version (made before pre-rotation): {new.name} "
+                "is in no layout signed before now, and such layouts fail for links it "
+                "signs: re-sign them (custody sign-layout --refresh)"
+            )
+        elif algorithm is not None and algorithm is not promoted.algorithm:
+            made = updated.next
+            assert made is not None
+            warnings.append(
+                f"{new.name} signs now with {promoted.algorithm.value} (it was the next "
+                f"version, which layouts list); {made.name}, made with {algorithm.value}, "
+                "signs after the next rotation"
+            )
         if overlap.total_seconds() < self._keys.cache_ttl:
             warnings.append(
                 f"overlap {format_duration(overlap)} is shorter than the replicas' cache TTL "
@@ -258,6 +335,7 @@ class KeyLifecycle:
             "previous_keyid": result.previous.keyid,
             "previous_verify_until": rotation.format_time(
                 result.previous.lifecycle.verify_until or self.now()),
+            **_next_details(result.key),
         })
 
     def _record(self, action: str, details: Mapping[str, Any]) -> None:
@@ -278,3 +356,9 @@ def _with_lifecycle(key: ServiceKey, lifecycle: rotation.AliasLifecycle) -> Serv
         dataclasses.replace(v, lifecycle=lifecycle.versions[i])
         for i, v in enumerate(key.versions)
     ))
+
+
+def _next_details(key: ServiceKey) -> dict[str, Any]:
+    """The audit details that name the alias's next version."""
+    made = key.next
+    return {} if made is None else {"next_version": made.version, "next_keyid": made.keyid}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from custody_core.api_enums import KeyAlgorithm
 from custody_core.keys import PublicKey
@@ -13,6 +13,7 @@ from custody_server.lifecycle.rotation import (
     KeyState,
     VersionLifecycle,
     refusal_reason,
+    rotation_due_at,
 )
 
 
@@ -60,7 +61,8 @@ class KeyVersion:
 
 @dataclass(frozen=True)
 class ServiceKey:
-    """One alias and its versions, oldest first; exactly one (the newest) is active."""
+    """One alias and its versions, oldest first; exactly one is active, at most one (newer)
+    is the next version (see rotation.AliasLifecycle)."""
 
     alias: str
     versions: tuple[KeyVersion, ...]
@@ -76,7 +78,13 @@ class ServiceKey:
 
     @property
     def active(self) -> KeyVersion:
-        return self.versions[-1]
+        return next(v for v in self.versions if v.lifecycle.is_active)
+
+    @property
+    def next(self) -> KeyVersion | None:
+        """The version made ahead that the next rotation promotes (None: made before
+        pre-rotation and not prepared yet)."""
+        return next((v for v in self.versions if v.lifecycle.is_next), None)
 
     @property
     def algorithm(self) -> KeyAlgorithm:
@@ -100,4 +108,17 @@ def overlap_remaining(keys: Iterable[ServiceKey], *,
             ends = version.lifecycle.verify_until
             if ends is not None and version.state_at(now) is KeyState.VERIFY_ONLY:
                 remaining[(key.alias, version.version)] = (ends - now).total_seconds()
+    return remaining
+
+
+def next_rotation_remaining(keys: Iterable[ServiceKey], *, periods: Mapping[str, timedelta],
+                            now: datetime) -> dict[str, float]:
+    """alias -> seconds until its next scheduled rotation (negative: overdue), for every
+    alias with a rotation period whose active version's age is known."""
+    remaining: dict[str, float] = {}
+    for key in keys:
+        period = periods.get(key.alias)
+        due = rotation_due_at(key.lifecycle, period=period) if period is not None else None
+        if due is not None:
+            remaining[key.alias] = (due - now).total_seconds()
     return remaining

@@ -9,6 +9,8 @@ In the server's TOML config (every key optional):
     default_overlap = "72h"     # RotateKey without an overlap
     destroy_after = "30d"       # retention: a retired version's key is destroyed after this
     lock_file = "/shared/custody-lifecycle.lock"  # default: in the SoftHSM token directory
+    threshold_next = true       # threshold >= 2 steps list the next version too
+    layout_expiry_check = "warn"  # or "refuse": a layout that outlives its keys' schedules
 
     [lifecycle.rotation.build]  # rotate the alias "build" every 90 days
     period = "90d"
@@ -32,6 +34,7 @@ DEFAULT_RETENTION = timedelta(days=30)
 DEFAULT_CACHE_TTL_SECONDS = 5.0
 DEFAULT_CHECK_INTERVAL_SECONDS = 60.0
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+EXPIRY_CHECKS = ("warn", "refuse")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class LifecycleSettings:
     lock_file: Path | None = None
     schedules: Mapping[str, RotationSchedule] = field(
         default_factory=lambda: MappingProxyType({}))
+    # SignLayout: threshold >= 2 steps list each alias's next version too (pre-rotation;
+    # the reference in-toto-verify then counts one functionary's two versions twice)
+    threshold_next: bool = True
+    # SignLayout, when a layout's expiry lies beyond what its aliases' schedules allow
+    layout_expiry_check: str = "warn"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedules", MappingProxyType(dict(self.schedules)))
@@ -65,6 +73,8 @@ class LifecycleSettings:
             raise ValueError("lifecycle.cache_ttl must not be negative")
         if self.check_interval_seconds <= 0:
             raise ValueError("lifecycle.check_interval must be positive")
+        if self.layout_expiry_check not in EXPIRY_CHECKS:
+            raise ValueError("lifecycle.layout_expiry_check must be \"warn\" or \"refuse\"")
         if self.default_overlap < timedelta(0) or self.destroy_after < timedelta(0):
             raise ValueError("lifecycle.default_overlap and destroy_after must not be negative")
         for alias in self.schedules:
@@ -73,7 +83,7 @@ class LifecycleSettings:
 
 
 _TABLE_KEYS = {"cache_ttl", "check_interval", "scheduler", "default_overlap", "destroy_after",
-               "lock_file", "rotation"}
+               "lock_file", "rotation", "threshold_next", "layout_expiry_check"}
 
 
 def lifecycle_settings_from_table(table: Any, *, base: Path) -> LifecycleSettings:
@@ -86,6 +96,12 @@ def lifecycle_settings_from_table(table: Any, *, base: Path) -> LifecycleSetting
     scheduler = table.get("scheduler", True)
     if not isinstance(scheduler, bool):
         raise ValueError("lifecycle.scheduler must be true or false")
+    threshold_next = table.get("threshold_next", True)
+    if not isinstance(threshold_next, bool):
+        raise ValueError("lifecycle.threshold_next must be true or false")
+    expiry_check = table.get("layout_expiry_check", "warn")
+    if expiry_check not in EXPIRY_CHECKS:
+        raise ValueError("lifecycle.layout_expiry_check must be \"warn\" or \"refuse\"")
     lock_file = table.get("lock_file")
     if lock_file is not None and not isinstance(lock_file, str):
         raise ValueError("lifecycle.lock_file must be a path string")
@@ -100,6 +116,8 @@ def lifecycle_settings_from_table(table: Any, *, base: Path) -> LifecycleSetting
         destroy_after=_duration(table, "destroy_after", DEFAULT_RETENTION, "lifecycle"),
         lock_file=None if lock_file is None else _resolve(Path(lock_file).expanduser(), base),
         schedules=_schedules(table.get("rotation", {}), default_overlap),
+        threshold_next=threshold_next,
+        layout_expiry_check=expiry_check,
     )
 
 

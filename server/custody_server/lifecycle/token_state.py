@@ -4,10 +4,15 @@ Every replica that uses the token reads the same record, so the versions and win
 the same everywhere without another database. The record is a small JSON document under
 the label `custody:<alias>:lifecycle`:
 
-    {"format": "custody.key-lifecycle/v1", "alias": "build",
+    {"format": "custody.key-lifecycle/v2", "alias": "build",
      "versions": [{"version": 1, "algorithm": "ecdsa-p256", "public_key": {...},
-                   "created": "...", "verify_until": "...", "retired_at": null,
-                   "destroyed_at": null}, ...]}
+                   "created": "...", "activated": "...", "next": false,
+                   "verify_until": "...", "retired_at": null, "destroyed_at": null}, ...]}
+
+v2 added the next version (pre-rotation: `next`, `activated`). Records in v1, written
+before it, are read as they are: every version was activated when it was created, none is
+next. A server that knows only v1 refuses a v2 record ("unknown format"), so it never takes
+a next version for the active one.
 
 The public key of each version is kept in the record, so a destroyed version still has
 its keyid (and a signature by it still gets a precise reason). Writes go through
@@ -28,7 +33,8 @@ from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 from custody_server.lifecycle.model import KeyVersion, ServiceKey
 from custody_server.lifecycle.rotation import VersionLifecycle
 
-FORMAT = "custody.key-lifecycle/v1"
+FORMAT = "custody.key-lifecycle/v2"
+FORMAT_V1 = "custody.key-lifecycle/v1"  # before pre-rotation: read, never written
 _MAX_RECORD_BYTES = 1024 * 1024
 
 
@@ -56,7 +62,8 @@ def decode_record(alias: str, data: bytes) -> tuple[KeyVersion, ...]:
         raise LifecycleStateError(f"{where} is over {_MAX_RECORD_BYTES} bytes")
     try:
         document = json.loads(data)
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
+        if not isinstance(document, dict) or document.get("format") not in (FORMAT,
+                                                                              FORMAT_V1):
             raise LifecycleStateError(f"{where}: unknown format (expected {FORMAT})")
         if document.get("alias") != alias:
             raise LifecycleStateError(f"{where} names alias {document.get('alias')!r}")
@@ -79,6 +86,8 @@ def _encode_version(version: KeyVersion) -> dict[str, Any]:
         "algorithm": version.algorithm.value,
         "public_key": version.public_key.to_dict(),
         "created": _time(lifecycle.created),
+        "activated": _time(lifecycle.activated),
+        "next": lifecycle.pending,
         "verify_until": _time(lifecycle.verify_until),
         "retired_at": _time(lifecycle.retired_at),
         "destroyed_at": _time(lifecycle.destroyed_at),
@@ -91,6 +100,9 @@ def _decode_version(alias: str, entry: Any) -> KeyVersion:
     number = entry["version"]
     if not isinstance(number, int) or isinstance(number, bool):
         raise TypeError("version must be an integer")
+    pending = entry.get("next", False)
+    if not isinstance(pending, bool):
+        raise TypeError("next must be true or false")
     return KeyVersion(
         alias=alias,
         version=number,
@@ -102,6 +114,8 @@ def _decode_version(alias: str, entry: Any) -> KeyVersion:
             verify_until=_parse_time(entry.get("verify_until")),
             retired_at=_parse_time(entry.get("retired_at")),
             destroyed_at=_parse_time(entry.get("destroyed_at")),
+            activated=_parse_time(entry.get("activated")),
+            pending=pending,
         ),
     )
 

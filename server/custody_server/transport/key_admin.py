@@ -85,9 +85,10 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
                   context: grpc.ServicerContext) -> pb.RetireKeyResponse:
         if request.version < 1:
             raise RequestError("version is required (1 or more)")
-        key = self._lifecycle.retire(_required_alias(request.alias), version=request.version,
-                                     caller=caller_identity(context))
-        return pb.RetireKeyResponse(key=self._info(key))
+        result = self._lifecycle.retire(_required_alias(request.alias),
+                                        version=request.version,
+                                        caller=caller_identity(context))
+        return pb.RetireKeyResponse(key=self._info(result.key), warnings=list(result.warnings))
 
     def _info(self, key: ServiceKey) -> pb.KeyInfo:
         return key_info(key, now=self._lifecycle.now(),
@@ -106,6 +107,7 @@ def key_info(key: ServiceKey, *, now: datetime,
         public_key_json=json.dumps(active.to_dict(), sort_keys=True),
         versions=[_version_info(v, now) for v in key.versions],
         active_version=key.active.version,
+        next_version=key.next.version if key.next is not None else 0,
     )
     if schedule is not None:
         info.rotation_period.CopyFrom(_duration(schedule.period))
@@ -126,6 +128,7 @@ def _version_info(version: KeyVersion, now: datetime) -> pb.KeyVersion:
         retired=_timestamp(lifecycle.retired_at),
         destroyed=_timestamp(lifecycle.destroyed_at),
         public_key_json=json.dumps(version.public_key.to_dict(), sort_keys=True),
+        activated=_timestamp(None if lifecycle.pending else lifecycle.became_active),
     )
 
 

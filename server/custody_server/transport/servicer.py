@@ -75,10 +75,14 @@ class CustodyServicer(pb_grpc.CustodyServicer):
         signed = self._signing.sign_layout(
             request.layout,
             key_alias=request.key_alias or self._default_layout_key,
-            envelope=_envelope(request.envelope),
+            # unspecified: METABLOCK, or with append/refresh the signed layout's own
+            envelope=None if request.envelope == UNSPECIFIED else _envelope(request.envelope),
             caller=caller_identity(context),
+            append=request.append,
+            refresh=request.refresh,
         )
         return pb.SignLayoutResponse(signed=signed.content, warnings=list(signed.warnings),
+                                     other_owners=list(signed.other_owners),
                                      **_key_fields(signed))
 
     def Verify(self, request: pb.VerifyRequest,
