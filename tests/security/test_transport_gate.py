@@ -470,3 +470,34 @@ def test_revocation_before_and_after_sighup(tmp_path: Path) -> None:
     assert reloads == [("success", 2), ("failure", 2)]
     signed = [e for e in entries if e["event"]["action"] == "sign-link"]
     assert [e["user"]["name"] for e in signed] == ["spiffe://example.test/second"]
+
+
+def test_access_control_uses_the_rate_limiter_it_is_given(pki: Pki) -> None:
+    """An empty RateLimiter is falsy (it has a length): it must still be the one used."""
+    from custody_server.audit_events import MemoryAuditSink
+    from custody_server.policy import PolicyStore, RateLimiter, RequestLimits, parse_policy
+    from custody_server.policy.rpcs import RPC_CATALOG
+    from custody_server.transport.authz import AccessControl, AccessRefused, KeyDefaults
+
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    access = AccessControl(
+        policy=PolicyStore(parse_policy(POLICY.encode(), source="test")),
+        audit=MemoryAuditSink(), limits=RequestLimits(), rate_limiter=limiter,
+        defaults=KeyDefaults(link_key="build", layout_key="owner"))
+    client = pki.client(uri=(LIMITED,))  # 2/s, burst 2
+    auth = {"transport_security_type": [b"ssl"], "x509_pem_cert": [client.cert_pem]}
+    rpc = RPC_CATALOG[SIGN_LINK]
+    body = pb.SignLinkRequest(step_name="s").SerializeToString()
+
+    def admit() -> Any:
+        return access.admit(rpc, body, auth=auth, peer="ipv4:127.0.0.1:1",
+                            parse=pb.SignLinkRequest.FromString)
+
+    admit(), admit()
+    with pytest.raises(AccessRefused):
+        admit()
+    now[0] += 0.5  # one token, on the given clock
+    identity, request = admit()
+    assert (identity.value, request.step_name) == (LIMITED, "s")
+    assert len(limiter) == 1

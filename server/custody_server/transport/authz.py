@@ -106,7 +106,8 @@ class AccessControl:
         self._audit = audit
         self._limits = limits
         self._defaults = defaults
-        self._rate_limiter = rate_limiter or RateLimiter()
+        # not `or`: an empty RateLimiter is falsy (it has a length), and would be replaced
+        self._rate_limiter = rate_limiter if rate_limiter is not None else RateLimiter()
         self._refusals = refusal_sampler or RefusalSampler()
 
     def admit(self, rpc: RpcInfo, message: Any, *, auth: Mapping[str, Sequence[bytes]],
