@@ -182,7 +182,8 @@ def test_a_server_process_uses_the_tables(tmp_path: Path) -> None:
         assert server.wait_for(r"audit log (\S+)") == str(tmp_path / "trail" / "audit.log")
         samples = scrape(metrics_port)
         assert samples["custody_audit_writable"] == 1
-        assert samples['custody_key_versions{alias="audit-ops"}'] == 1
+        # v1 and its next version (pre-rotation, docs/KEYS.md)
+        assert samples['custody_key_versions{alias="audit-ops"}'] == 2
         with grpc.insecure_channel(address) as channel:
             admin: Any = custody_pb2_grpc.KeyAdminStub(channel)  # type: ignore[no-untyped-call]
             key = admin.GetPublicKey(pb.GetPublicKeyRequest(alias="audit-ops"), timeout=10).key
