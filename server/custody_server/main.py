@@ -32,7 +32,8 @@ from custody_server.config import MetricsConfig, ServerConfig, load_config
 from custody_server.errors import ConfigError
 from custody_server.logging_setup import configure_logging
 from custody_server.metrics import MetricsServer, ServiceMetrics
-from custody_server.serving import AUDIT_UNWRITABLE
+from custody_server.serving import AUDIT_UNWRITABLE, TOKEN_UNAVAILABLE
+from custody_server.token_health import TokenWatch
 
 log = structlog.get_logger("custody.server")
 
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         running = build_server(config=config, keys=opened.keys, audit=audit, metrics=metrics)
         # NOT_SERVING while it cannot write; its recovery never overrides a shutdown
         audit.set_health_listener(running.health_listener(AUDIT_UNWRITABLE))
+        # NOT_SERVING while the token is unavailable; probed while it is gone
+        token_watch = TokenWatch(opened.store,
+                                 running.health_listener(TOKEN_UNAVAILABLE)).start()
         audit.expect_entries_from(running.calls_in_progress)  # group commit waits for them
         metrics.watch_audit(lambda: audit.healthy)
         metrics.watch_keys(lambda: {key.alias: len(key.versions) for key in opened.keys.all()})
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     while not stopping.wait(timeout=0.5):
         pass
     running.stop(config.shutdown_grace_seconds).wait()
+    token_watch.close()
     if running.access is not None:
         running.access.report_pending_refusals()
     audit.record(AuditEvent(action="server-stop", category="process", outcome="success"))

@@ -1,9 +1,10 @@
 """Whether the server is SERVING, decided from every reason it may not be.
 
-Health is NOT_SERVING while any reason holds: the audit trail cannot write, an operator
-took the server out, the server is shutting down. Each source holds and releases only
-its own reason, so one that recovers never announces SERVING while another still holds
-(the audit trail recovering during shutdown used to). Shutdown is final.
+Health is NOT_SERVING while any reason holds: the audit trail cannot write, the token is
+unavailable, an operator took the server out, the server is shutting down. Each source
+holds and releases only its own reason, so one that recovers never announces SERVING
+while another still holds (the audit trail recovering during shutdown used to). Shutdown
+is final.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import structlog
 log = structlog.get_logger("custody.health")
 
 AUDIT_UNWRITABLE = "audit"  # the audit trail cannot write
+# the HSM token is unavailable (custody_server.token_health); a reason, not a secret
+TOKEN_UNAVAILABLE = "token"  # noqa: S105
 OPERATOR = "operator"  # RunningServer.set_serving(False)
 SHUTDOWN = "shutdown"  # the server is stopping: final
 

@@ -93,6 +93,36 @@ def test_recovers_when_the_token_disappears_and_comes_back(
     assert keystore.public_key(signing_key).verify(signature, b"payload")
 
 
+def test_listeners_hear_the_token_go_and_come_back(
+    keystore: Pkcs11KeyStore, softhsm_token: SoftHsmToken, signing_key: str
+) -> None:
+    """What the server's health follows (custody_server.token_health): one False when a
+    call finds the token gone, however many calls fail after it, one True on reconnect."""
+    (token_files,) = (softhsm_token.directory / "tokens").iterdir()
+    parked = softhsm_token.directory / "parked-token"
+    heard: list[bool] = []
+    remove = keystore.add_availability_listener(heard.append)
+    try:
+        keystore.probe()
+        assert keystore.available and heard == []
+        shutil.move(token_files, parked)
+        for _ in range(3):
+            with pytest.raises(KeystoreUnavailableError):
+                keystore.sign(signing_key, b"payload")
+        assert heard == [False] and not keystore.available
+        with pytest.raises(KeystoreUnavailableError):
+            keystore.probe()
+        shutil.move(parked, token_files)
+        eventually(keystore.probe)
+        assert heard == [False, True] and keystore.available
+    finally:
+        remove()
+        if parked.exists():
+            shutil.move(parked, token_files)
+    eventually(lambda: keystore.sign(signing_key, b"payload"))
+    assert heard == [False, True]  # removed: hears nothing more
+
+
 def test_a_dead_token_is_not_hammered(
     keystore: Pkcs11KeyStore, softhsm_token: SoftHsmToken, signing_key: str
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from security_support import (
     GatedAuditSink,
     Pki,
@@ -97,6 +98,88 @@ class Load:
         for thread in self._threads:
             thread.join()
         return self.outcomes
+
+
+class HealthWatch:
+    """A Health/Watch stream read in a thread: every status the server announces, in order.
+
+    Cancelled by `close()`: an open stream would hold the server's shutdown for its grace.
+    """
+
+    def __init__(self, channel: grpc.Channel, service: str) -> None:
+        stub = health_pb2_grpc.HealthStub(channel)
+        self._call = stub.Watch(health_pb2.HealthCheckRequest(service=service))
+        self._statuses: list[int] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                with self._changed:
+                    self._statuses.append(int(response.status))
+                    self._changed.notify_all()
+        except grpc.RpcError:
+            pass  # cancelled by close(), or the server went away
+
+    def wait_for(self, status: int, *, after: int = 0, timeout: float = 60.0) -> int:
+        """Wait until `status` is announced at position `after` or later; its position."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: status in self._statuses[after:], timeout=timeout)
+            name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            assert found, f"health never said {name} within {timeout:g} s: {self._statuses}"
+            return self._statuses.index(status, after)
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._thread.join(timeout=10)
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_health_follows_the_token(tmp_path: Path) -> None:
+    """NOT_SERVING while the token is gone (for Custody and the server as a whole), SERVING
+    again once it is back: the outage noticed by a call, the recovery by the server's own
+    probe, with no call made meanwhile."""
+    server = ServerProcess(tmp_path / "state")
+    tokens = tmp_path / "state" / "hsm" / "tokens"
+    (token_dir,) = (p for p in tokens.iterdir() if p.is_dir())
+    parked = tmp_path / "parked-token"
+    channel = server.channel()
+    custody = custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def statuses() -> set[int]:
+        return {health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status
+                for name in ("", "custody.v1.Custody", "custody.v1.KeyAdmin")}
+
+    watch = HealthWatch(channel, "custody.v1.Custody")
+    try:
+        first = watch.wait_for(SERVING)
+        custody.SignLink(pb.SignLinkRequest(step_name="before"), timeout=20)
+        shutil.move(token_dir, parked)  # the volume holding the token goes away
+        with pytest.raises(grpc.RpcError) as refused:
+            custody.SignLink(pb.SignLinkRequest(step_name="during"), timeout=20)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        down = watch.wait_for(NOT_SERVING, after=first)
+        assert statuses() == {NOT_SERVING}
+        shutil.move(parked, token_dir)  # ... and comes back
+        watch.wait_for(SERVING, after=down)
+        assert statuses() == {SERVING}
+        signed = custody.SignLink(pb.SignLinkRequest(step_name="after"), timeout=20)
+    finally:
+        watch.close()
+        if parked.exists():
+            shutil.move(parked, token_dir)
+        channel.close()
+        assert server.stop() == 0
+    assert signed.sha256
+    log = server.stderr
+    assert b"token.unavailable" in log and b"token.available" in log
 
 
 def _ok(outcomes: list[Outcome], *, started_after: float = 0.0) -> list[Outcome]:

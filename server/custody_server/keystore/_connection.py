@@ -23,6 +23,11 @@ restarts the module (C_Finalize, C_Initialize: SoftHSM only rescans its tokens t
 new session and logs in again, but not before a backoff delay (doubling on each failed
 attempt) so a dead token is not hammered. A restart ends the sessions of every connection on
 that module; they notice by the module's epoch and reconnect without using stale handles.
+
+Availability: a connection tells its listeners (`add_listener`) when the token becomes
+unavailable (a call raised KeystoreUnavailableError for a session, token or device failure,
+or a reopen failed) and when a reopen succeeds; the server's health follows it
+(custody_server.token_health).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Library
 
 T = TypeVar("T")
+AvailabilityListener = Callable[[bool], None]
 
 # Errors that mean the session, the login, the token or the library is gone, rather than
 # that this one request was bad. Any of them drops the session.
@@ -185,6 +191,27 @@ class TokenConnection:
         self._session_epoch = 0
         self._failures = 0
         self._next_attempt_at = 0.0
+        self.available = True  # False from a failure until a session is open again
+        self._listeners: list[AvailabilityListener] = []
+
+    def add_listener(self, listener: AvailabilityListener) -> Callable[[], None]:
+        """`listener(available)` on every change; returns what removes it. Called with
+        the module lock held: it must be quick and must not use the token."""
+        with self.module.lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self.module.lock, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
+
+    def _set_available(self, available: bool) -> None:
+        if available == self.available:
+            return
+        self.available = available
+        for listener in tuple(self._listeners):
+            listener(available)
 
     def run(self, operation: Callable[[pkcs11.Session], T]) -> T:
         """Run `operation` with the session, holding the module lock; reconnect if needed."""
@@ -199,6 +226,7 @@ class TokenConnection:
                     raise
                 self._drop()
                 self._note_failure()
+                self._set_available(False)
                 raise KeystoreUnavailableError(
                     f"token {self.token_label!r} failed ({type(error).__name__}); "
                     "the session will be reopened"
@@ -227,11 +255,13 @@ class TokenConnection:
             session = self._open_session(restart=True)
         except KeystoreUnavailableError:
             self._note_failure()
+            self._set_available(False)
             raise
         self._session = session
         self._session_epoch = self.module.epoch
         self._failures = 0
         self._next_attempt_at = 0.0
+        self._set_available(True)
         return session
 
     def _note_failure(self) -> None:

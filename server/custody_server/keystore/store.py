@@ -15,6 +15,7 @@ from custody_core.keys import PublicKey
 from custody_core.signer import Signer
 from custody_server.keystore import _data_objects
 from custody_server.keystore._connection import (
+    AvailabilityListener,
     ReconnectBackoff,
     TokenConnection,
     acquire_connection,
@@ -101,6 +102,23 @@ class Pkcs11KeyStore:
     @property
     def token_label(self) -> str:
         return self._live().token_label
+
+    @property
+    def available(self) -> bool:
+        """False from a token, session or device failure until a session is open again."""
+        return self._live().available
+
+    def add_availability_listener(self, listener: AvailabilityListener) -> Callable[[], None]:
+        """`listener(available)` whenever the token becomes unavailable or comes back (for
+        every store on the token in this process); returns what removes it. It runs with
+        the module lock held: it must be quick, must not raise and must not use the token."""
+        return self._live().add_listener(listener)
+
+    def probe(self) -> None:
+        """Ask the token whether it is there (C_GetTokenInfo); when it is not, this is the
+        attempt to reopen the session (no sooner than the backoff allows).
+        KeystoreUnavailableError if it is unavailable."""
+        self._run(probe_token)
 
     def close(self) -> None:
         """Release this store; the last store of the process on the token logs out."""
