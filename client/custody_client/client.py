@@ -82,7 +82,10 @@ class CustodyClient(SigningClient):
         links: Mapping[str, bytes],
         inspection_links: Mapping[str, bytes] | None = None,
         parameters: Mapping[str, str] | None = None,
+        unlisted_links: Mapping[str, bytes] | None = None,
     ) -> VerifyResult:
+        """`unlisted_links`: link files of the layout's steps that no authorized keyid
+        names; never counted, they only let a failed verdict name a key rotation."""
         request = pb.VerifyRequest(
             layout=layout,
             layout_keys=[pb.TrustedKey(alias=k.alias) if k.alias else
@@ -93,6 +96,8 @@ class CustodyClient(SigningClient):
             inspection_links=[pb.MetadataFile(path=p, content=c)
                               for p, c in sorted((inspection_links or {}).items())],
             parameters=dict(parameters or {}),
+            unlisted_links=[pb.MetadataFile(path=p, content=c)
+                            for p, c in sorted((unlisted_links or {}).items())],
         )
         response = self._call("Verify", self._custody.Verify, request)
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,8 @@ class VerifyInput:
     links: Mapping[str, bytes]
     inspection_links: Mapping[str, bytes]
     parameters: Mapping[str, str]
+    # files no authorized keyid names: only to explain a failure (lifecycle.rotation_diagnosis)
+    unlisted_links: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class VerificationService:
@@ -60,6 +62,7 @@ class VerificationService:
             "layout_sha256": hashlib.sha256(request.layout).hexdigest(),
             "links": len(request.links),
             "inspection_links": len(request.inspection_links),
+            "unlisted_links": len(request.unlisted_links),
         }
         try:
             if not request.layout:
@@ -79,7 +82,8 @@ class VerificationService:
                 key_policy=ServiceKeyPolicy(self._keys.versions_by_keyid()),
             )
             verdict = self._warn_layout_key_windows(verdict, layout_keys, now)
-            verdict = explain_rotations(verdict, layout=request.layout, links=request.links,
+            verdict = explain_rotations(verdict, layout=request.layout,
+                                        links={**request.unlisted_links, **request.links},
                                         keys=self._keys)
         except CustodyError as error:
             self._record(AuditEvent.failure(action="verify", category="process", error=error,

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ustody/v1/custody.proto\x12\ncustody.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"y\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x30\n\x06\x64igest\x18\x02 \x03(\x0b\x32 .custody.v1.Artifact.DigestEntry\x1a-\n\x0b\x44igestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\nByproducts\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x19\n\x0creturn_value\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_return_value\"\xe4\x02\n\x0fSignLinkRequest\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\'\n\tmaterials\x18\x03 \x03(\x0b\x32\x14.custody.v1.Artifact\x12&\n\x08products\x18\x04 \x03(\x0b\x32\x14.custody.v1.Artifact\x12*\n\nbyproducts\x18\x05 \x01(\x0b\x32\x16.custody.v1.Byproducts\x12\x41\n\x0b\x65nvironment\x18\x06 \x03(\x0b\x32,.custody.v1.SignLinkRequest.EnvironmentEntry\x12\x11\n\tkey_alias\x18\x07 \x01(\t\x12&\n\x08\x65nvelope\x18\x08 \x01(\x0e\x32\x14.custody.v1.Envelope\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x10SignLinkResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05keyid\x18\x03 \x01(\t\x12\x11\n\tkey_alias\x18\x04 \x01(\t\x12\x13\n\x0bkey_version\x18\x05 \x01(\r\x12&\n\x08\x65nvelope\x18\x06 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"\x7f\n\x11SignLayoutRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12&\n\x08\x65nvelope\x18\x03 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06\x61ppend\x18\x04 \x01(\x08\x12\x0f\n\x07refresh\x18\x05 \x01(\x08\"\xbb\x01\n\x12SignLayoutResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\x11\n\tkey_alias\x18\x03 \x01(\t\x12\x13\n\x0bkey_version\x18\x04 \x01(\r\x12&\n\x08\x65nvelope\x18\x05 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\x14\n\x0cother_owners\x18\x08 \x03(\t\"\\\n\nTrustedKey\x12\x0f\n\x05\x61lias\x18\x01 \x01(\tH\x00\x12\x19\n\x0fpublic_key_json\x18\x02 \x01(\tH\x00\x12\x18\n\x0epublic_key_pem\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"-\n\x0cMetadataFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x9b\x02\n\rVerifyRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12+\n\x0blayout_keys\x18\x02 \x03(\x0b\x32\x16.custody.v1.TrustedKey\x12\'\n\x05links\x18\x03 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12\x32\n\x10inspection_links\x18\x04 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12=\n\nparameters\x18\x05 \x03(\x0b\x32).custody.v1.VerifyRequest.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rVerifyFailure\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"=\n\rVerifyWarning\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x90\x01\n\x0eVerifyResponse\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12+\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x19.custody.v1.VerifyFailure\x12+\n\x08warnings\x18\x03 \x03(\x0b\x32\x19.custody.v1.VerifyWarning\x12\x14\n\x0cverdict_json\x18\x04 \x01(\t\"\xbe\x02\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cverify_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07retired\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tdestroyed\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpublic_key_json\x18\x08 \x01(\t\x12-\n\tactivated\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x02\n\x07KeyInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\r\n\x05keyid\x18\x04 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x05 \x01(\t\x12\x17\n\x0fpublic_key_json\x18\x06 \x01(\t\x12(\n\x08versions\x18\x07 \x03(\x0b\x32\x16.custody.v1.KeyVersion\x12\x16\n\x0e\x61\x63tive_version\x18\x08 \x01(\r\x12\x32\n\x0frotation_period\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\rnext_rotation\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnext_version\x18\x0b \x01(\r\"N\n\x10\x43reateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"5\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"\x11\n\x0fListKeysRequest\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.custody.v1.KeyInfo\"$\n\x13GetPublicKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\"8\n\x14GetPublicKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"z\n\x10RotateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\talgorithm\x18\x03 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"\xb1\x01\n\x11RotateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x18\n\x10previous_version\x18\x02 \x01(\r\x12\x13\n\x0bnew_version\x18\x03 \x01(\r\x12\x39\n\x15previous_verify_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08warnings\x18\x05 \x03(\t\"2\n\x10RetireKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"G\n\x11RetireKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x10\n\x08warnings\x18\x02 \x03(\t*g\n\x08\x45nvelope\x12\x18\n\x14\x45NVELOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NVELOPE_METABLOCK\x10\x01\x12\x11\n\rENVELOPE_DSSE\x10\x02\x12\x16\n\x12\x45NVELOPE_STATEMENT\x10\x03*\xa0\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P256\x10\x01\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P384\x10\x02\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x03\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x04\x32\xde\x01\n\x07\x43ustody\x12\x45\n\x08SignLink\x12\x1b.custody.v1.SignLinkRequest\x1a\x1c.custody.v1.SignLinkResponse\x12K\n\nSignLayout\x12\x1d.custody.v1.SignLayoutRequest\x1a\x1e.custody.v1.SignLayoutResponse\x12?\n\x06Verify\x12\x19.custody.v1.VerifyRequest\x1a\x1a.custody.v1.VerifyResponse2\x82\x03\n\x08KeyAdmin\x12H\n\tCreateKey\x12\x1c.custody.v1.CreateKeyRequest\x1a\x1d.custody.v1.CreateKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.custody.v1.ListKeysRequest\x1a\x1c.custody.v1.ListKeysResponse\x12Q\n\x0cGetPublicKey\x12\x1f.custody.v1.GetPublicKeyRequest\x1a .custody.v1.GetPublicKeyResponse\x12H\n\tRotateKey\x12\x1c.custody.v1.RotateKeyRequest\x1a\x1d.custody.v1.RotateKeyResponse\x12H\n\tRetireKey\x12\x1c.custody.v1.RetireKeyRequest\x1a\x1d.custody.v1.RetireKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ustody/v1/custody.proto\x12\ncustody.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"y\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x30\n\x06\x64igest\x18\x02 \x03(\x0b\x32 .custody.v1.Artifact.DigestEntry\x1a-\n\x0b\x44igestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\nByproducts\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x19\n\x0creturn_value\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_return_value\"\xe4\x02\n\x0fSignLinkRequest\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\'\n\tmaterials\x18\x03 \x03(\x0b\x32\x14.custody.v1.Artifact\x12&\n\x08products\x18\x04 \x03(\x0b\x32\x14.custody.v1.Artifact\x12*\n\nbyproducts\x18\x05 \x01(\x0b\x32\x16.custody.v1.Byproducts\x12\x41\n\x0b\x65nvironment\x18\x06 \x03(\x0b\x32,.custody.v1.SignLinkRequest.EnvironmentEntry\x12\x11\n\tkey_alias\x18\x07 \x01(\t\x12&\n\x08\x65nvelope\x18\x08 \x01(\x0e\x32\x14.custody.v1.Envelope\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x10SignLinkResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05keyid\x18\x03 \x01(\t\x12\x11\n\tkey_alias\x18\x04 \x01(\t\x12\x13\n\x0bkey_version\x18\x05 \x01(\r\x12&\n\x08\x65nvelope\x18\x06 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"\x7f\n\x11SignLayoutRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12&\n\x08\x65nvelope\x18\x03 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06\x61ppend\x18\x04 \x01(\x08\x12\x0f\n\x07refresh\x18\x05 \x01(\x08\"\xbb\x01\n\x12SignLayoutResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\x11\n\tkey_alias\x18\x03 \x01(\t\x12\x13\n\x0bkey_version\x18\x04 \x01(\r\x12&\n\x08\x65nvelope\x18\x05 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\x14\n\x0cother_owners\x18\x08 \x03(\t\"\\\n\nTrustedKey\x12\x0f\n\x05\x61lias\x18\x01 \x01(\tH\x00\x12\x19\n\x0fpublic_key_json\x18\x02 \x01(\tH\x00\x12\x18\n\x0epublic_key_pem\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"-\n\x0cMetadataFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xcd\x02\n\rVerifyRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12+\n\x0blayout_keys\x18\x02 \x03(\x0b\x32\x16.custody.v1.TrustedKey\x12\'\n\x05links\x18\x03 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12\x32\n\x10inspection_links\x18\x04 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12=\n\nparameters\x18\x05 \x03(\x0b\x32).custody.v1.VerifyRequest.ParametersEntry\x12\x30\n\x0eunlisted_links\x18\x06 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rVerifyFailure\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"=\n\rVerifyWarning\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x90\x01\n\x0eVerifyResponse\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12+\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x19.custody.v1.VerifyFailure\x12+\n\x08warnings\x18\x03 \x03(\x0b\x32\x19.custody.v1.VerifyWarning\x12\x14\n\x0cverdict_json\x18\x04 \x01(\t\"\xbe\x02\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cverify_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07retired\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tdestroyed\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpublic_key_json\x18\x08 \x01(\t\x12-\n\tactivated\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x02\n\x07KeyInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\r\n\x05keyid\x18\x04 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x05 \x01(\t\x12\x17\n\x0fpublic_key_json\x18\x06 \x01(\t\x12(\n\x08versions\x18\x07 \x03(\x0b\x32\x16.custody.v1.KeyVersion\x12\x16\n\x0e\x61\x63tive_version\x18\x08 \x01(\r\x12\x32\n\x0frotation_period\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\rnext_rotation\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnext_version\x18\x0b \x01(\r\"N\n\x10\x43reateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"5\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"\x11\n\x0fListKeysRequest\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.custody.v1.KeyInfo\"$\n\x13GetPublicKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\"8\n\x14GetPublicKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"z\n\x10RotateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\talgorithm\x18\x03 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"\xb1\x01\n\x11RotateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x18\n\x10previous_version\x18\x02 \x01(\r\x12\x13\n\x0bnew_version\x18\x03 \x01(\r\x12\x39\n\x15previous_verify_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08warnings\x18\x05 \x03(\t\"2\n\x10RetireKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"G\n\x11RetireKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x10\n\x08warnings\x18\x02 \x03(\t*g\n\x08\x45nvelope\x12\x18\n\x14\x45NVELOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NVELOPE_METABLOCK\x10\x01\x12\x11\n\rENVELOPE_DSSE\x10\x02\x12\x16\n\x12\x45NVELOPE_STATEMENT\x10\x03*\xa0\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P256\x10\x01\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P384\x10\x02\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x03\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x04\x32\xde\x01\n\x07\x43ustody\x12\x45\n\x08SignLink\x12\x1b.custody.v1.SignLinkRequest\x1a\x1c.custody.v1.SignLinkResponse\x12K\n\nSignLayout\x12\x1d.custody.v1.SignLayoutRequest\x1a\x1e.custody.v1.SignLayoutResponse\x12?\n\x06Verify\x12\x19.custody.v1.VerifyRequest\x1a\x1a.custody.v1.VerifyResponse2\x82\x03\n\x08KeyAdmin\x12H\n\tCreateKey\x12\x1c.custody.v1.CreateKeyRequest\x1a\x1d.custody.v1.CreateKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.custody.v1.ListKeysRequest\x1a\x1c.custody.v1.ListKeysResponse\x12Q\n\x0cGetPublicKey\x12\x1f.custody.v1.GetPublicKeyRequest\x1a .custody.v1.GetPublicKeyResponse\x12H\n\tRotateKey\x12\x1c.custody.v1.RotateKeyRequest\x1a\x1d.custody.v1.RotateKeyResponse\x12H\n\tRetireKey\x12\x1c.custody.v1.RetireKeyRequest\x1a\x1d.custody.v1.RetireKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNLINKREQUEST_ENVIRONMENTENTRY']._serialized_options = b'8\001'
   _globals['_VERIFYREQUEST_PARAMETERSENTRY']._loaded_options = None
   _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_ENVELOPE']._serialized_start=3289
-  _globals['_ENVELOPE']._serialized_end=3392
-  _globals['_KEYALGORITHM']._serialized_start=3395
-  _globals['_KEYALGORITHM']._serialized_end=3555
+  _globals['_ENVELOPE']._serialized_start=3339
+  _globals['_ENVELOPE']._serialized_end=3442
+  _globals['_KEYALGORITHM']._serialized_start=3445
+  _globals['_KEYALGORITHM']._serialized_end=3605
   _globals['_ARTIFACT']._serialized_start=105
   _globals['_ARTIFACT']._serialized_end=226
   _globals['_ARTIFACT_DIGESTENTRY']._serialized_start=181
@@ -64,41 +64,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METADATAFILE']._serialized_start=1257
   _globals['_METADATAFILE']._serialized_end=1302
   _globals['_VERIFYREQUEST']._serialized_start=1305
-  _globals['_VERIFYREQUEST']._serialized_end=1588
-  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_start=1539
-  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_end=1588
-  _globals['_VERIFYFAILURE']._serialized_start=1590
-  _globals['_VERIFYFAILURE']._serialized_end=1679
-  _globals['_VERIFYWARNING']._serialized_start=1681
-  _globals['_VERIFYWARNING']._serialized_end=1742
-  _globals['_VERIFYRESPONSE']._serialized_start=1745
-  _globals['_VERIFYRESPONSE']._serialized_end=1889
-  _globals['_KEYVERSION']._serialized_start=1892
-  _globals['_KEYVERSION']._serialized_end=2210
-  _globals['_KEYINFO']._serialized_start=2213
-  _globals['_KEYINFO']._serialized_end=2553
-  _globals['_CREATEKEYREQUEST']._serialized_start=2555
-  _globals['_CREATEKEYREQUEST']._serialized_end=2633
-  _globals['_CREATEKEYRESPONSE']._serialized_start=2635
-  _globals['_CREATEKEYRESPONSE']._serialized_end=2688
-  _globals['_LISTKEYSREQUEST']._serialized_start=2690
-  _globals['_LISTKEYSREQUEST']._serialized_end=2707
-  _globals['_LISTKEYSRESPONSE']._serialized_start=2709
-  _globals['_LISTKEYSRESPONSE']._serialized_end=2762
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=2764
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=2800
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=2802
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=2858
-  _globals['_ROTATEKEYREQUEST']._serialized_start=2860
-  _globals['_ROTATEKEYREQUEST']._serialized_end=2982
-  _globals['_ROTATEKEYRESPONSE']._serialized_start=2985
-  _globals['_ROTATEKEYRESPONSE']._serialized_end=3162
-  _globals['_RETIREKEYREQUEST']._serialized_start=3164
-  _globals['_RETIREKEYREQUEST']._serialized_end=3214
-  _globals['_RETIREKEYRESPONSE']._serialized_start=3216
-  _globals['_RETIREKEYRESPONSE']._serialized_end=3287
-  _globals['_CUSTODY']._serialized_start=3558
-  _globals['_CUSTODY']._serialized_end=3780
-  _globals['_KEYADMIN']._serialized_start=3783
-  _globals['_KEYADMIN']._serialized_end=4169
+  _globals['_VERIFYREQUEST']._serialized_end=1638
+  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_start=1589
+  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_end=1638
+  _globals['_VERIFYFAILURE']._serialized_start=1640
+  _globals['_VERIFYFAILURE']._serialized_end=1729
+  _globals['_VERIFYWARNING']._serialized_start=1731
+  _globals['_VERIFYWARNING']._serialized_end=1792
+  _globals['_VERIFYRESPONSE']._serialized_start=1795
+  _globals['_VERIFYRESPONSE']._serialized_end=1939
+  _globals['_KEYVERSION']._serialized_start=1942
+  _globals['_KEYVERSION']._serialized_end=2260
+  _globals['_KEYINFO']._serialized_start=2263
+  _globals['_KEYINFO']._serialized_end=2603
+  _globals['_CREATEKEYREQUEST']._serialized_start=2605
+  _globals['_CREATEKEYREQUEST']._serialized_end=2683
+  _globals['_CREATEKEYRESPONSE']._serialized_start=2685
+  _globals['_CREATEKEYRESPONSE']._serialized_end=2738
+  _globals['_LISTKEYSREQUEST']._serialized_start=2740
+  _globals['_LISTKEYSREQUEST']._serialized_end=2757
+  _globals['_LISTKEYSRESPONSE']._serialized_start=2759
+  _globals['_LISTKEYSRESPONSE']._serialized_end=2812
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=2814
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=2850
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=2852
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=2908
+  _globals['_ROTATEKEYREQUEST']._serialized_start=2910
+  _globals['_ROTATEKEYREQUEST']._serialized_end=3032
+  _globals['_ROTATEKEYRESPONSE']._serialized_start=3035
+  _globals['_ROTATEKEYRESPONSE']._serialized_end=3212
+  _globals['_RETIREKEYREQUEST']._serialized_start=3214
+  _globals['_RETIREKEYREQUEST']._serialized_end=3264
+  _globals['_RETIREKEYRESPONSE']._serialized_start=3266
+  _globals['_RETIREKEYRESPONSE']._serialized_end=3337
+  _globals['_CUSTODY']._serialized_start=3608
+  _globals['_CUSTODY']._serialized_end=3830
+  _globals['_KEYADMIN']._serialized_start=3833
+  _globals['_KEYADMIN']._serialized_end=4219
 # @@protoc_insertion_point(module_scope)

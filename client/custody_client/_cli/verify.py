@@ -16,6 +16,7 @@ from custody_client._cli.inspections import (
     run_inspection,
 )
 from custody_client._cli.link_files import collect_links
+from custody_client._cli.unlisted_links import unlisted_links
 from custody_client._cli.verdict_output import format_verdict, verdict_json
 from custody_client.errors import InputError
 from custody_client.models import LayoutKey, VerifyFailure, VerifyResult
@@ -81,12 +82,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
             root = layout.substituted(parameters)
     links = collect_links(Path(args.link_dir), layout)
     log.info("sending %d link files from %s", len(links), args.link_dir)
+    # files the layout does not name, to explain a failure (a key rotation): never counted
+    unlisted = unlisted_links(Path(args.link_dir), layout, sent=links)
     inspection_links: dict[str, bytes] = {}
     ran: list[str] = []
     with open_client(args) as client:
         def verify() -> VerifyResult:
             return client.verify(layout=layout_bytes, layout_keys=keys, links=links,
-                                 inspection_links=inspection_links, parameters=parameters)
+                                 inspection_links=inspection_links, parameters=parameters,
+                                 unlisted_links=unlisted)
 
         result = verify()
         for _ in range(_MAX_ROUNDS):

@@ -97,6 +97,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             links=_files(request.links, what="links"),
             inspection_links=_files(request.inspection_links, what="inspection_links"),
             parameters=dict(request.parameters),
+            unlisted_links=_files(request.unlisted_links, what="unlisted_links"),
         ), caller=caller_identity(context))
         return verdict_to_pb(verdict)
 
