@@ -24,6 +24,7 @@ from custody_core.envelope import (
 )
 from custody_core.errors import CustodyError, MetadataError, SignatureError
 from custody_core.keys import PublicKey
+from custody_core.layout_review import review_layout
 from custody_core.link import build_link, link_file_name, link_to_statement
 from custody_core.models import Layout
 from custody_core.signer import Signer
@@ -208,6 +209,7 @@ class SigningService:
         details["layout_readme"] = str(payload.get("readme", ""))[:200]
         parsed = Layout.from_payload(payload)  # reject what a verifier would reject
         _check_names(parsed)
+        warnings += _reviewed(parsed)
         version, signer = self._keys.signer(key_alias)
         warnings += resolution.warnings
         warnings += self._lifetime(parsed, resolution, owner=key_alias)
@@ -252,7 +254,7 @@ class SigningService:
         payload = source.payload
         details["layout_readme"] = str(payload.get("readme", ""))[:200]
         refuse_aliases(payload, what="append")
-        Layout.from_payload(payload)
+        warnings = _reviewed(Layout.from_payload(payload))
         check_custody_signatures(source, keys=self._keys, what="append")
         version, signer = self._keys.signer(key_alias)
         if version.keyid in source.keyids:
@@ -261,7 +263,7 @@ class SigningService:
         recording = _RecordingSigner(signer)
         content = appended(source, recording)
         details["signatures_before"] = len(source.keyids)
-        return version, _Signed(content, recording.only_signed_bytes()), (), ()
+        return version, _Signed(content, recording.only_signed_bytes()), warnings, ()
 
     def _sign(self, signed: Mapping[str, Any], envelope: EnvelopeKind, signer: Signer, *,
               compact: bool, response_fields: int = 0) -> _Signed:
@@ -380,6 +382,16 @@ def _utf8_size(text: object) -> int:
     if not isinstance(text, str):
         return 0
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _reviewed(layout: Layout) -> tuple[str, ...]:
+    """What a verifier could not count as the layout says (a threshold step naming fewer
+    distinct keys than its threshold, a key that cannot verify) refuses the signature; the
+    warnings of custody_core.layout_review are returned."""
+    review = review_layout(layout)
+    if review.refusals:
+        raise RequestError("; ".join(review.refusals))
+    return review.warnings
 
 
 def _unsigned_layout(data: bytes, *, limits: JsonLimits) -> tuple[dict[str, Any], int]:

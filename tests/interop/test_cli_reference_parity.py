@@ -304,3 +304,36 @@ def test_rsa_key_material_is_compared_across_schemes(cli: Cli, chain: Chain) -> 
 
     assert reference_result.returncode == 0  # counts two keyids
     assert custody_result.returncode == 1 and "found 1" in custody_result.stdout
+
+
+def test_sign_layout_refuses_a_threshold_one_key_could_meet(cli: Cli, chain: Chain) -> None:
+    """`custody sign-layout` signed such a layout before; in-toto-sign still does. It is
+    refused now, naming the step and the keyids that are one key."""
+    modern, legacy = _one_key_two_keyids()
+    other = CryptoSigner(ed25519.Ed25519PrivateKey.generate())
+    keyids = [modern.public_key.keyid, legacy.public_key.keyid]
+    keys = [chain.key(modern), chain.key(legacy), chain.key(other)]
+    for threshold, pubkeys, refused in ((2, keyids, True), (2, [*keyids, other.public_key.keyid],
+                                                            False)):
+        unsigned = chain.root / f"layout-{len(pubkeys)}.json"
+        unsigned.write_text(json.dumps(_layout(chain, [_step("build", pubkeys,
+                                                                threshold=threshold)], keys)))
+        result = cli("sign-layout", "-l", str(unsigned), "-o", str(unsigned) + ".signed",
+                     cwd=chain.root, check=False)
+        assert (result.returncode != 0) == refused, result.stderr
+        if refused:
+            assert "step 'build' has threshold 2" in result.stderr
+            assert f"keyids {keyids[0][:8]}, {keyids[1][:8]} are one key" in result.stderr
+            assert not (chain.root / (unsigned.name + ".signed")).exists()
+
+
+def test_sign_layout_refuses_a_key_that_cannot_verify(cli: Cli, chain: Chain) -> None:
+    signer = CryptoSigner(ed25519.Ed25519PrivateKey.generate())
+    unknown = {**chain.key(signer), "scheme": "ed25519-ph"}
+    unsigned = chain.root / "layout.json"
+    unsigned.write_text(json.dumps(_layout(chain, [_step("build", [signer.public_key.keyid])],
+                                           [unknown])))
+    result = cli("sign-layout", "-l", str(unsigned), "-o", "out.layout", cwd=chain.root,
+                 check=False)
+    assert result.returncode != 0
+    assert "cannot verify" in result.stderr and "in-toto-verify refuses" in result.stderr
