@@ -32,6 +32,7 @@ _BYPRODUCTS = 5
 _ENVIRONMENT = 6
 _KEY_ALIAS = 7
 _ENVELOPE = 8
+_PRELIMINARY_LINK = 9
 # custody.v1.Artifact
 _ARTIFACT_PATH = 1
 _ARTIFACT_DIGEST = 2
@@ -53,6 +54,7 @@ WIRE_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
         "materials": (_MATERIALS, _LD), "products": (_PRODUCTS, _LD),
         "byproducts": (_BYPRODUCTS, _LD), "environment": (_ENVIRONMENT, _LD),
         "key_alias": (_KEY_ALIAS, _LD), "envelope": (_ENVELOPE, _VARINT),
+        "preliminary_link": (_PRELIMINARY_LINK, _LD),
     },
     "custody.v1.SignLinkRequest.EnvironmentEntry": {
         "key": (_MAP_KEY, _LD), "value": (_MAP_VALUE, _LD),
@@ -121,6 +123,7 @@ class LinkDraft:
             self._body += _string(_COMMAND, argument)
         self._byproducts: Byproducts | None = None
         self._environment: dict[str, str] = {}
+        self._preliminary_link = b""
 
     def add_materials(self, artifacts: Iterable[tuple[str, str]]) -> int:
         """Add (path, sha256 hex) pairs as materials; returns how many were added."""
@@ -159,6 +162,11 @@ class LinkDraft:
     def set_environment(self, environment: Mapping[str, str]) -> None:
         self._environment.update(environment)
 
+    def set_preliminary_link(self, signed: bytes) -> None:
+        """`record stop`: the signed link of `record start`, whose materials the server
+        signs once it has checked them (then add no materials here)."""
+        self._preliminary_link = signed
+
     def request_bytes(self, *, key_alias: str, envelope: EnvelopeKind) -> bytes:
         """The serialized SignLinkRequest."""
         tail = bytearray()
@@ -173,6 +181,8 @@ class LinkDraft:
             tail += _length_delimited(_ENVIRONMENT, entry)
         tail += _string(_KEY_ALIAS, key_alias)
         tail += _key(_ENVELOPE, _VARINT) + _varint(ENVELOPE_NUMBERS[envelope])
+        if self._preliminary_link:
+            tail += _length_delimited(_PRELIMINARY_LINK, self._preliminary_link)
         return b"".join((self._body, tail))  # one copy
 
     def to_message(self, *, key_alias: str = "",

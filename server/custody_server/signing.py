@@ -27,6 +27,7 @@ from custody_core.keys import PublicKey
 from custody_core.layout_review import review_layout
 from custody_core.link import build_link, link_file_name, link_to_statement
 from custody_core.models import Layout
+from custody_core.preliminary_link import check_preliminary_link
 from custody_core.signer import Signer
 from custody_core.step_names import check_step_name, step_name_for_audit
 from custody_core.strict_json import JsonLimits
@@ -80,6 +81,7 @@ class LinkRequest:
     environment: Mapping[str, str]
     key_alias: str
     envelope: EnvelopeKind
+    preliminary_link: bytes = b""  # record stop: record start's signed link (its materials)
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,11 @@ class SigningService:
             if not request.step_name:
                 raise RequestError("step_name is required")
             check_step_name(request.step_name, what="step_name")
-            count = len(request.materials) + len(request.products)
+            materials = request.materials
+            if request.preliminary_link:
+                details["preliminary_link"] = True
+                materials = self._preliminary_materials(request, caller=caller)
+            count = len(materials) + len(request.products)
             if count > self._limits.max_artifacts:
                 raise LimitExceededError(
                     f"{count} artifacts is over the limit of {self._limits.max_artifacts} "
@@ -133,7 +139,7 @@ class SigningService:
             link = build_link(
                 name=request.step_name,
                 command=request.command,
-                materials=request.materials,
+                materials=materials,
                 products=request.products,
                 byproducts=request.byproducts,
                 environment=_recorded_environment(request.environment, caller=caller),
@@ -147,6 +153,20 @@ class SigningService:
             raise
         return self._audited_result("sign-link", signed, details=details, key=version,
                                     envelope=request.envelope, file_name=file_name)
+
+    def _preliminary_materials(self, request: LinkRequest, *,
+                               caller: str) -> Mapping[str, Mapping[str, str]]:
+        """The materials of `record start`'s link, once it is shown to be what the service
+        signed for this step and caller with a version of this key that verifies now."""
+        if request.materials:
+            raise RequestError("give the materials in preliminary_link or in materials, "
+                               "not in both")
+        now = self._keys.now()
+        key = self._keys.get(request.key_alias)
+        keys = {v.keyid: v.public_key for v in key.verifying_at(now)}
+        link = check_preliminary_link(request.preliminary_link, step_name=request.step_name,
+                                      keys=keys, environment={REQUESTED_BY: caller})
+        return link.materials
 
     def _check_byproducts(self, byproducts: Mapping[str, Any]) -> None:
         """LimitExceededError if stdout and stderr together hold more than the limit of

@@ -12,13 +12,16 @@ import pytest
 
 from custody_client._cli.common import ProgressLine
 from custody_client._cli.process import CommandTimeoutError, run_command
-from custody_client._cli.steps import _load_state, preliminary_link
+from custody_client._cli.steps import _load_state
 from custody_client._cli.verdict_output import format_verdict, verdict_json
 from custody_client.errors import InputError
 from custody_client.excludes import DEFAULT_EXCLUDE_PATTERNS, ExcludeFilter
 from custody_client.models import VerifyFailure, VerifyResult, VerifyWarning
 from custody_client.recording import RecordingOptions, record_artifacts
 from custody_client.settings import RetryPolicy
+from custody_core.envelope import sign_metablock
+from custody_core.link import build_link
+from custody_core.software_signer import SoftwareSigner
 
 FAILED = VerifyResult(
     passed=False,
@@ -111,25 +114,28 @@ def test_a_missing_command_is_named() -> None:
         run_command(["no-such-command-here"], record_streams=False, timeout=None)
 
 
-def test_record_start_state_is_an_unsigned_preliminary_link_excluded_by_default(
+def test_record_start_state_is_a_signed_preliminary_link_excluded_by_default(
         tmp_path: Path) -> None:
+    """`record start` writes the link SignLink signed (the server checks it at `stop`);
+    `record stop` refuses early a state that is unsigned or for another step."""
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.c").write_text("int main;")
     materials = record_artifacts(["src"], RecordingOptions(base_path=str(tmp_path)))
+    link = build_link(name="compile", command=[], materials=materials, products={},
+                      byproducts={}, environment={})
     state = tmp_path / ".compile.link-unfinished"
-    state.write_bytes(preliminary_link("compile", materials))
-    document = json.loads(state.read_text())
-    assert document["signatures"] == []
-    assert document["signed"]["_type"] == "link"
-    assert list(document["signed"]["materials"]) == ["src/a.c"]
+    state.write_bytes(sign_metablock(link, [SoftwareSigner.generate("ed25519")]))
     assert ExcludeFilter(DEFAULT_EXCLUDE_PATTERNS).excludes(state.name)
-    assert _load_state(state, "compile") == {
-        "src/a.c": document["signed"]["materials"]["src/a.c"]["sha256"]}
+    assert _load_state(state, "compile") == state.read_bytes()
     with pytest.raises(InputError, match="not a preliminary link for 'other'"):
         _load_state(state, "other")
-    document["signed"]["materials"]["src/a.c"]["sha256"] = "zz"
+    document = json.loads(state.read_text())
+    document["signatures"] = []
     state.write_text(json.dumps(document))
-    with pytest.raises(InputError, match="bad digest"):
+    with pytest.raises(InputError, match="is not signed"):
+        _load_state(state, "compile")
+    state.write_text("{not json")
+    with pytest.raises(InputError, match="is not a signed link"):
         _load_state(state, "compile")
 
 

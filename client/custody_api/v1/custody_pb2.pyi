@@ -61,7 +61,7 @@ class Byproducts(_message.Message):
     def __init__(self, stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., return_value: _Optional[int] = ...) -> None: ...
 
 class SignLinkRequest(_message.Message):
-    __slots__ = ("step_name", "command", "materials", "products", "byproducts", "environment", "key_alias", "envelope")
+    __slots__ = ("step_name", "command", "materials", "products", "byproducts", "environment", "key_alias", "envelope", "preliminary_link")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class SignLinkRequest(_message.Message):
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     KEY_ALIAS_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    PRELIMINARY_LINK_FIELD_NUMBER: _ClassVar[int]
     step_name: str
     command: _containers.RepeatedScalarFieldContainer[str]
     materials: _containers.RepeatedCompositeFieldContainer[Artifact]
@@ -85,7 +86,8 @@ class SignLinkRequest(_message.Message):
     environment: _containers.ScalarMap[str, str]
     key_alias: str
     envelope: Envelope
-    def __init__(self, step_name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., materials: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., products: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., byproducts: _Optional[_Union[Byproducts, _Mapping]] = ..., environment: _Optional[_Mapping[str, str]] = ..., key_alias: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, str]] = ...) -> None: ...
+    preliminary_link: bytes
+    def __init__(self, step_name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., materials: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., products: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., byproducts: _Optional[_Union[Byproducts, _Mapping]] = ..., environment: _Optional[_Mapping[str, str]] = ..., key_alias: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., preliminary_link: _Optional[bytes] = ...) -> None: ...
 
 class SignLinkResponse(_message.Message):
     __slots__ = ("signed", "file_name", "keyid", "key_alias", "key_version", "envelope", "sha256")

@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("-n", "--step-name", required=True, metavar="NAME")
     start.add_argument("-m", "--materials", nargs="+", metavar="PATH")
     _recording_options(start)
+    _signing_options(start)
     stop = _command(phases, common, "stop",
                     help="record products, have the link signed and written")
     stop.add_argument("-n", "--step-name", required=True, metavar="NAME")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import re
 from pathlib import Path
-from typing import Any
 
 from custody_client._cli.common import (
     EXIT_OK,
@@ -25,13 +22,15 @@ from custody_client.errors import InputError
 from custody_client.link_draft import LinkDraft
 from custody_client.models import Byproducts, SignedMetadata
 from custody_client.recording import iter_artifacts
+from custody_client.settings import DEFAULT_MAX_MESSAGE_BYTES
+from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
-from custody_core.strict_json import parse_json
 
 log = logging.getLogger("custody.cli")
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 STATE_SUFFIX = ".link-unfinished"  # matched by the default exclude "*.link*"
+# A request carries the state whole: no larger than the largest message the server takes.
+MAX_STATE_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 
 
 def _check_step_name(name: str) -> str:
@@ -98,50 +97,52 @@ def _state_path(directory: Path, step: str) -> Path:
     return directory / f".{step}{STATE_SUFFIX}"
 
 
-def preliminary_link(step: str, materials: dict[str, dict[str, str]]) -> bytes:
-    """`record start`'s state: a preliminary link as in-toto-record writes it, but
-    unsigned, since the agent holds no key. The server signs the link at `record stop`."""
-    state = {"signed": {"_type": "link", "name": step, "command": [], "materials": materials,
-                        "products": {}, "byproducts": {}, "environment": {}},
-             "signatures": []}
-    return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
-
-
 def cmd_record_start(args: argparse.Namespace) -> int:
+    """Record materials and have them signed now, as in-toto-record signs its unfinished
+    link: `record stop` hands the signed link back, and the server uses its materials only
+    if its signature still holds, so a change in between is refused."""
     step = _check_step_name(args.step_name)
     options = recording_options(args)
     directory = metadata_directory(args.metadata_directory)
+    envelope = envelope_from_args(args)
     progress = ProgressLine(enabled=not args.quiet)
-    with ClientInBackground(args) as connecting:  # find out now, not after the work
-        materials = {name: {"sha256": digest} for name, digest in iter_artifacts(
-            args.materials or [], options, progress=progress.callback("materials"))}
+    with ClientInBackground(args) as connecting:
+        draft = LinkDraft(step_name=step)
+        count = draft.add_materials(iter_artifacts(
+            args.materials or [], options, progress=progress.callback("materials")))
         progress.clear()
-        connecting.client()
+        signed = connecting.client().sign_link(draft, key_alias=args.key or "",
+                                               envelope=envelope)
     path = _state_path(directory, step)
-    write_file(path, preliminary_link(step, materials))
-    log.info("recorded %d materials for %s in %s", len(materials), step, path)
+    write_file(path, signed.content)
+    log.info("recorded %d materials for %s in %s (signed by %s v%d, keyid %s)", count, step,
+             path, signed.key_alias, signed.key_version, signed.keyid[:8])
     return EXIT_OK
 
 
-def _load_state(path: Path, step: str) -> dict[str, str]:
+def _load_state(path: Path, step: str) -> bytes:
+    """The signed preliminary link; the server checks it (here only what helps say early
+    that it is not one)."""
     try:
-        data = parse_json(path.read_bytes(), what=str(path)).value
+        with path.open("rb") as handle:
+            data = handle.read(MAX_STATE_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"no recording for step '{step}' in {path.parent}: "
                          f"run `custody record start -n {step}` first") from None
-    except (OSError, MetadataError) as error:
-        raise InputError(f"cannot read recording state {path}: {error}") from None
-    link: Any = data.get("signed") if isinstance(data, dict) else None
-    materials = link.get("materials") if isinstance(link, dict) else None
-    if not isinstance(link, dict) or link.get("name") != step or not isinstance(materials, dict):
+    except OSError as error:
+        raise InputError(f"cannot read recording state {path}: {error.strerror}") from None
+    if len(data) > MAX_STATE_BYTES:
+        raise InputError(f"recording state {path} is larger than {MAX_STATE_BYTES} bytes")
+    try:
+        envelope = parse_envelope(data)
+    except MetadataError as error:
+        raise InputError(f"recording state {path} is not a signed link: {error}") from None
+    if not envelope.signatures:
+        raise InputError(f"recording state {path} is not signed (an older custody wrote "
+                         f"it?): run `custody record start -n {step}` again")
+    if envelope.payload.get("name") != step and envelope.payload.get("_type") == "link":
         raise InputError(f"recording state {path} is not a preliminary link for '{step}'")
-    result: dict[str, str] = {}
-    for name, digest in materials.items():
-        sha256 = digest.get("sha256") if isinstance(digest, dict) else None
-        if not isinstance(sha256, str) or not _HEX64.fullmatch(sha256):
-            raise InputError(f"recording state {path}: bad digest for {name!r:.100}")
-        result[name] = sha256
-    return result
+    return data
 
 
 def cmd_record_stop(args: argparse.Namespace) -> int:
@@ -151,13 +152,12 @@ def cmd_record_stop(args: argparse.Namespace) -> int:
     directory = metadata_directory(args.metadata_directory)
     envelope = envelope_from_args(args)
     state = _state_path(directory, step)
-    materials = _load_state(state, step)
+    preliminary = _load_state(state, step)
     progress = ProgressLine(enabled=not args.quiet)
     with ClientInBackground(args) as connecting:
         client = connecting.client()
         draft = LinkDraft(step_name=step)
-        draft.add_materials(materials.items())
-        del materials
+        draft.set_preliminary_link(preliminary)  # its materials, if the server signed them
         count = draft.add_products(iter_artifacts(
             args.products or [], options, progress=progress.callback("products")))
         progress.clear()

@@ -62,6 +62,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             environment=dict(request.environment),
             key_alias=request.key_alias or self._default_link_key,
             envelope=_envelope(request.envelope),
+            preliminary_link=request.preliminary_link,
         )
         signed = self._signing.sign_link(link, caller=caller_identity(context))
         return pb.SignLinkResponse(
