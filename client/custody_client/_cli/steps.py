@@ -23,7 +23,6 @@ from custody_client.link_draft import LinkDraft
 from custody_client.models import Byproducts, SignedMetadata
 from custody_client.recording import iter_artifacts
 from custody_client.settings import DEFAULT_MAX_MESSAGE_BYTES
-from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
 
 log = logging.getLogger("custody.cli")
@@ -133,6 +132,8 @@ def _load_state(path: Path, step: str) -> bytes:
         raise InputError(f"cannot read recording state {path}: {error.strerror}") from None
     if len(data) > MAX_STATE_BYTES:
         raise InputError(f"recording state {path} is larger than {MAX_STATE_BYTES} bytes")
+    from custody_core.envelope import parse_envelope  # loads cryptography: not on `run`'s path
+
     try:
         envelope = parse_envelope(data)
     except MetadataError as error:
