@@ -162,7 +162,7 @@ def _encode_ordered(obj: object) -> bytes:
     try:
         text = _ORDER_KEEPING_ENCODER.encode(obj)
         if "\\" in text:
-            text = _JSON_ESCAPE.sub(_to_canonical_escape, text)
+            text = _unescape_controls(text)
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MetadataError("canonical JSON: string is not valid Unicode") from exc
@@ -172,6 +172,36 @@ def _encode_ordered(obj: object) -> bytes:
 
 def _to_canonical_escape(match: re.Match[str]) -> str:
     return _ESCAPE_TO_CANONICAL[match.group()]
+
+
+# Below this many backslashes one pattern pass is cheapest; above it (a build log's
+# newlines) a callback per escape costs more time and memory than a few replace passes.
+_FEW_ESCAPES = 1024
+_CONTROL_ESCAPES = tuple(
+    (escape, character)
+    for escape, character in _ESCAPE_TO_CANONICAL.items()
+    if escape not in ('\\"', "\\\\")
+)
+_SHORT_CONTROL_ESCAPES = tuple(pair for pair in _CONTROL_ESCAPES if len(pair[0]) == 2)
+# Stands for an escaped backslash while the others are undone: a lone surrogate, which no
+# text that can be encoded holds.
+_BACKSLASH_HOLDER = "\udfff"
+
+
+def _unescape_controls(text: str) -> str:
+    """`text` as the encoder wrote it, with its control-character escapes undone (kept:
+    `\\\\` and `\\"`). Every backslash in it starts an escape, so taking out the escaped
+    backslashes first (left to right, in pairs, as a parser reads a run of them) leaves
+    only escapes that can be replaced one kind at a time: a C-level pass each, for the
+    kinds that occur, instead of a Python call per escape."""
+    if text.count("\\") < _FEW_ESCAPES or _BACKSLASH_HOLDER in text:
+        return _JSON_ESCAPE.sub(_to_canonical_escape, text)  # (a holder: not encodable)
+    held = text.replace("\\\\", _BACKSLASH_HOLDER)
+    escapes = _CONTROL_ESCAPES if "\\u00" in held else _SHORT_CONTROL_ESCAPES
+    for escape, character in escapes:
+        if escape in held:
+            held = held.replace(escape, character)
+    return held.replace(_BACKSLASH_HOLDER, "\\\\")
 
 
 def _sorted_view(obj: object, depth: int) -> object:

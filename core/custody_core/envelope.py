@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 from custody_core.canonical import encode_canonical, encode_canonical_as_written
@@ -254,8 +255,7 @@ class UnsignedMetablock:
 
     def size_bound(self, keyids: Sequence[str]) -> int:
         """The file's size at most, with one signature by each of `keyids`."""
-        head, tail = _metablock_frame(_largest_signatures(keyids, "hex"), compact=self.compact)
-        return len(head) + self.signed_size + len(tail)
+        return _metablock_frame_size(tuple(keyids), self.compact) + self.signed_size
 
     def sign(self, signers: Sequence[Signer]) -> bytes:
         signatures = [
@@ -266,7 +266,8 @@ class UnsignedMetablock:
         head, tail = _metablock_frame(signatures, compact=self.compact)
         written = self._written
         if written is None:  # compact, escapes needed: made only now, once it is signed
-            written = _dump(dict(self._value), compact=True)
+            written = _escaped(self.signed_bytes) if self.signed_bytes.isascii() else _dump(
+                dict(self._value), compact=True)
         return b"".join((head, written, tail))
 
 
@@ -306,8 +307,8 @@ class UnsignedDsse:
 
     def size_bound(self, keyids: Sequence[str]) -> int:
         """The file's size at most, with one signature by each of `keyids`."""
-        frame = self._document("", _largest_signatures(keyids, "base64"))
-        return len(frame) + 4 * ((len(self.payload) + 2) // 3)
+        frame = _dsse_frame_size(self.payload_type, tuple(keyids), self.compact)
+        return frame + 4 * ((len(self.payload) + 2) // 3)
 
     def sign(self, signers: Sequence[Signer]) -> bytes:
         signed_bytes = self.signed_bytes
@@ -319,8 +320,20 @@ class UnsignedDsse:
         return self._document(base64.b64encode(self.payload).decode("ascii"), signatures)
 
     def _document(self, payload: str, signatures: list[dict[str, str]]) -> bytes:
-        return _dump({"payload": payload, "payloadType": self.payload_type,
-                      "signatures": signatures}, compact=self.compact)
+        return _dsse_document(payload, self.payload_type, signatures, compact=self.compact)
+
+
+def _dsse_document(payload: str, payload_type: str, signatures: list[dict[str, str]], *,
+                   compact: bool) -> bytes:
+    return _dump({"payload": payload, "payloadType": payload_type, "signatures": signatures},
+                 compact=compact)
+
+
+@lru_cache(maxsize=64)
+def _dsse_frame_size(payload_type: str, keyids: tuple[str, ...], compact: bool) -> int:
+    """A DSSE file's size but its base64 payload, with the longest signatures."""
+    return len(_dsse_document("", payload_type, _largest_signatures(keyids, "base64"),
+                              compact=compact))
 
 
 def prepare_dsse(payload: bytes, *, payload_type: str, compact: bool | None = None
@@ -335,6 +348,12 @@ def _largest_signatures(keyids: Sequence[str], encoding: str) -> list[dict[str, 
     largest = ("00" * MAX_SIGNATURE_BYTES if encoding == "hex"
                else base64.b64encode(bytes(MAX_SIGNATURE_BYTES)).decode("ascii"))
     return [{"keyid": keyid, "sig": largest} for keyid in keyids]
+
+
+@lru_cache(maxsize=64)  # a server signs with a few keys: once per key and style
+def _metablock_frame_size(keyids: tuple[str, ...], compact: bool) -> int:
+    head, tail = _metablock_frame(_largest_signatures(keyids, "hex"), compact=compact)
+    return len(head) + len(tail)
 
 
 def _metablock_frame(signatures: list[dict[str, str]], *, compact: bool
@@ -361,6 +380,24 @@ _GROWTH_CLASS = bytes(
     else 0
     for byte in range(256)
 )
+
+
+# How json.dumps writes the ASCII bytes that are not printable.
+_ASCII_ESCAPES = tuple(
+    (bytes([byte]), json.dumps(chr(byte)).encode("ascii")[1:-1])
+    for byte in (*range(0x20), 0x7F)
+)
+
+
+def _escaped(canonical: bytes) -> bytes:
+    """What json.dumps (ASCII only, compact, sorted keys) writes for the value whose
+    canonical JSON is `canonical`, when that is all ASCII: the same bytes with control
+    characters and DEL escaped (canonical JSON already escapes '"' and '\\'). A C-level
+    pass per kind that occurs: a build log of 8 MB is not encoded again as a 48 MB str."""
+    for byte, escape in _ASCII_ESCAPES:
+        if byte in canonical:
+            canonical = canonical.replace(byte, escape)
+    return canonical
 
 
 def _escaped_growth(escapes: bytes) -> int:

@@ -279,3 +279,12 @@ def test_negative_integers_written_compact_are_canonical(value: dict[str, int]) 
     assert parse_envelope(b'{"signatures":[],"signed":' + written + b"}").signed_bytes == (
         reference_bytes(value)
     )
+
+
+@settings(max_examples=100, deadline=None)
+@given(json_values, st.sampled_from(["\n", "\x01", "\\", '"', "\\n", "\\\n", "\x1f\x00"]))
+def test_byte_equal_with_many_escapes(value: Any, repeated: str) -> None:
+    # A build log: thousands of escapes take the replace passes, not one call per escape.
+    log = repeated * 700 + "x" + repeated * 700
+    value = {"byproducts": {"stdout": log, "value": value}, log[:40]: [log, value]}
+    assert encode_canonical(value) == reference_bytes(value)

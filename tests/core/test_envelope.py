@@ -337,3 +337,14 @@ def test_the_size_of_a_signed_file_is_known_before_signing(
     content = dsse.sign([signer])
     longest = len(base64.b64encode(bytes(MAX_SIGNATURE_BYTES)))
     assert bound - len(content) == longest - len(base64.b64encode(bytes(64)))
+
+
+@pytest.mark.parametrize("log", ["\x01" * 5000, "make\n\t\x1b[0m\x7f\"\\" * 900,
+                                 "é\x01" * 900])
+def test_a_compact_metablock_is_written_as_json_dumps_writes_it(log: str) -> None:
+    signer = core_signer("ed25519")
+    signed = {"_type": "link", "byproducts": {"stdout": log}, "name": "build"}
+    content = sign_metablock(signed, [signer], compact=True)
+    expected = json.dumps(json.loads(content) | {"signed": signed}, separators=(",", ":"),
+                          sort_keys=True).encode("ascii")
+    assert content == expected
