@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from custody_server.transport.in_progress import CallCounter
 from custody_server.transport.interceptor import RpcInterceptor
 from custody_server.transport.key_admin import KeyAdminServicer
 from custody_server.transport.servicer import CustodyServicer
+from custody_server.transport.shutdown import ShutdownGate
 from custody_server.verification import VerificationService
 
 log = structlog.get_logger("custody.server")
@@ -60,6 +62,7 @@ class RunningServer:
     # calls being handled that write audit entries (for AuditTrail.expect_entries_from)
     calls_in_progress: CallCounter = field(default_factory=CallCounter)
     serving: ServingHealth = field(init=False)  # NOT_SERVING while any reason holds
+    gate: ShutdownGate | None = None  # closed by stop: new calls get UNAVAILABLE
 
     def __post_init__(self) -> None:
         self.serving = ServingHealth(self._publish)
@@ -80,12 +83,29 @@ class RunningServer:
         return self.serving.listener(reason)
 
     def stop(self, grace: float | None) -> threading.Event:
-        """Stop taking new calls, let in-flight calls finish within `grace` seconds."""
+        """Refuse new calls (UNAVAILABLE "the server is shutting down"), let the calls
+        admitted before finish within `grace` seconds, then stop gRPC once no call comes
+        (gRPC's stop would drop a call arriving during its grace: transport/shutdown.py).
+        The event is set once stopped."""
+        if self.gate is not None:  # first: once health says NOT_SERVING, calls are refused
+            self.gate.close()
         self.serving.shut_down()
         if self.scheduler is not None:
             self.scheduler.stop()
-        event: threading.Event = self.server.stop(grace)
-        return event
+        gate = self.gate
+        if grace is None or gate is None:
+            event: threading.Event = self.server.stop(grace)
+            return event
+        deadline = time.monotonic() + grace
+        stopped = threading.Event()
+
+        def drain_then_stop() -> None:
+            gate.wait_drained(grace)
+            self.server.stop(max(0.0, deadline - time.monotonic())).wait()
+            stopped.set()
+
+        threading.Thread(target=drain_then_stop, name="custody-drain", daemon=True).start()
+        return stopped
 
 
 def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
@@ -114,7 +134,9 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
                              layout_key=config.default_layout_key),
     )
     calls_in_progress = CallCounter()
-    # inside: request id and log line first
+    # inside: request id and log line first; refusals at shutdown touch no rate or audit
+    gate = ShutdownGate(SERVICE_NAMES)
+    interceptors.append(gate)
     interceptors.append(AccessInterceptor(access, in_progress=calls_in_progress))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.max_workers,
@@ -158,7 +180,7 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
                  if config.lifecycle.scheduler else None)
     running = RunningServer(server=server, port=port, health=health_servicer, keys=keys,
                             scheduler=scheduler, access=access,
-                            calls_in_progress=calls_in_progress)
+                            calls_in_progress=calls_in_progress, gate=gate)
     if scheduler is not None:
         scheduler.start()
     running.serving.announce()  # SERVING, for every service name

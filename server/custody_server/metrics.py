@@ -131,6 +131,11 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.rpc_requests = Counter("custody_rpc_requests_total",
                                     "RPCs by method and gRPC status code", ("rpc", "code"))
+        self._in_flight: dict[str, int] = {}  # by RPC, changed under _in_flight_lock
+        self._in_flight_lock = threading.Lock()
+        self.rpc_in_flight = Gauge("custody_rpc_in_flight",
+                                   "RPCs being handled now, by method (refusals included)",
+                                   ("rpc",), read=self._rpcs_in_flight)
         self.rpc_duration = Histogram("custody_rpc_duration_seconds",
                                       "RPC latency by method (SignLink and SignLayout: "
                                       "signing latency, audit included)", ("rpc",))
@@ -158,7 +163,8 @@ class ServiceMetrics:
                                    "Seconds until the scheduled rotation of a key alias "
                                    "(negative: overdue)", ("alias",))
         self.all: tuple[Metric, ...] = (
-            self.rpc_requests, self.rpc_duration, self.signatures, self.verifications,
+            self.rpc_requests, self.rpc_in_flight, self.rpc_duration, self.signatures,
+            self.verifications,
             self.audit_write, self.audit_entries, self.audit_failures, self.audit_writable,
             self.key_versions, self.overlap_remaining, self.next_rotation,
         )
@@ -167,6 +173,18 @@ class ServiceMetrics:
         return "".join(metric.render() for metric in self.all)
 
     # Feeds
+
+    def rpc_started(self, rpc: str) -> None:
+        with self._in_flight_lock:
+            self._in_flight[rpc] = self._in_flight.get(rpc, 0) + 1
+
+    def rpc_ended(self, rpc: str) -> None:
+        with self._in_flight_lock:
+            self._in_flight[rpc] -= 1
+
+    def _rpcs_in_flight(self) -> dict[Labels, float]:
+        with self._in_flight_lock:
+            return {(rpc,): float(count) for rpc, count in self._in_flight.items()}
 
     def audit_written(self, *, seconds: float, entries: int) -> None:
         self.audit_write.observe(seconds)
@@ -237,6 +255,7 @@ class _MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def measured(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "UNKNOWN"
+            metrics.rpc_started(rpc)
             try:
                 response = inner(request, context)
                 code = _code_name(context, default="OK")
@@ -245,6 +264,7 @@ class _MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 code = _code_name(context, default="UNKNOWN")
                 raise
             finally:
+                metrics.rpc_ended(rpc)
                 metrics.rpc_requests.inc(rpc, code)
                 metrics.rpc_duration.observe(time.perf_counter() - started, rpc)
 

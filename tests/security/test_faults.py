@@ -9,6 +9,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class Outcome:
     ended: float
     code: grpc.StatusCode
     sha256: str = ""
+    details: str = ""
 
 
 class Load:
@@ -57,8 +59,10 @@ class Load:
     for a guessed time.
     """
 
-    def __init__(self, call: Callable[[int], Any], *, clients: int) -> None:
+    def __init__(self, call: Callable[[int], Any], *, clients: int,
+                 until_refused: bool = False) -> None:
         self._call = call
+        self._until_refused = until_refused  # each client stops at its first error
         self._outcomes: list[Outcome] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -75,9 +79,13 @@ class Load:
                 outcome = Outcome(started, time.monotonic(), grpc.StatusCode.OK,
                                   response.sha256)
             except grpc.RpcError as error:
-                outcome = Outcome(started, time.monotonic(), error.code())
+                assert isinstance(error, grpc.Call)
+                outcome = Outcome(started, time.monotonic(), error.code(),
+                                  details=error.details() or "")
             with self._lock:
                 self._outcomes.append(outcome)
+            if self._until_refused and outcome.code != grpc.StatusCode.OK:
+                return
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -278,37 +286,94 @@ def test_clients_that_disconnect_mid_call(start_server: StartServer, pki: Pki,
     assert {o.sha256 for o in background} <= {e.details["signed_sha256"] for e in events}
 
 
+def test_calls_arriving_during_the_grace_get_unavailable(start_server: StartServer,
+                                                         pki: Pki) -> None:
+    """RunningServer.stop (what SIGTERM calls): a call admitted before finishes; every call
+    after it is refused by the server with UNAVAILABLE "shutting down" (not dropped by
+    gRPC as CANCELLED), unaudited and without using the token; health still answers."""
+    gate = GatedAuditSink(step="held")
+    server = start_server(POLICY, audit=gate)
+    agent = pki.client(uri=(AGENT,))
+    channel = server.channel(agent)
+    custody = custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]
+    key_admin = custody_pb2_grpc.KeyAdminStub(channel)  # type: ignore[no-untyped-call]
+    held = custody.SignLink.future(pb.SignLinkRequest(step_name="held"), timeout=60)
+    try:
+        assert gate.entered.wait(timeout=30), "the held call never reached the audit sink"
+        stopped = server.running.stop(grace=60)
+        refusals = []
+        late_calls: list[Callable[[], Any]] = [
+            lambda: custody.SignLink(pb.SignLinkRequest(step_name="late"), timeout=20),
+            lambda: key_admin.ListKeys(pb.ListKeysRequest(), timeout=20)]
+        for call in late_calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            refusals.append(refused.value)
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=20).status
+        assert not stopped.is_set()  # still draining: the held call is in flight
+        gate.release.set()
+        assert held.result(timeout=30).sha256  # the call admitted before SIGTERM finished
+        assert stopped.wait(timeout=30)
+    finally:
+        gate.release.set()
+    assert status == NOT_SERVING
+    for error in refusals:
+        assert isinstance(error, grpc.Call)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (error.details() or "")
+        assert dict(error.trailing_metadata() or ()).get("x-request-id")
+    steps = [e.details.get("step") for e in gate.events if e.action == "sign-link"]
+    assert steps == ["held"]  # the refused calls signed nothing and wrote nothing
+
+
+def _metric(port: int, series: str) -> float:
+    """One sample of the server's /metrics (0 when the series is not there yet)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == series:
+                return float(value)
+    return 0.0
+
+
 def test_sigterm_under_load_finishes_calls_in_flight(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "state")
+    server = ServerProcess(tmp_path / "state", args=("--metrics-listen", "127.0.0.1:0"))
+    metrics_port = int(server.wait_for(rb"metrics on port (\d+)").group(1))
     channels = [server.channel() for _ in range(8)]
-    # Large enough that each call takes a good part of a second at 8 in flight: some
-    # surely started well before the signal and are still running at it.
+    # Large enough that each call takes a good part of a second at 8 in flight: those in
+    # flight at the signal are still running when the late calls arrive.
     request = pb.SignLinkRequest(step_name="term", products=[
         pb.Artifact(path=f"out/{i}", digest={"sha256": "ef" * 32}) for i in range(12_000)])
-    # Calls that race with the shutdown are refused (UNAVAILABLE, or CANCELLED when the
-    # connection's GOAWAY overtakes them); none fails in any other way.
-    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    # Each client stops at its first refusal, as a client that backs off does.
     load = Load(lambda n: custody_pb2_grpc.CustodyStub(  # type: ignore[no-untyped-call]
-        channels[n % 8]).SignLink(request, timeout=20), clients=8)
+        channels[n % 8]).SignLink(request, timeout=20), clients=8, until_refused=True)
     try:
-        # Still a guess: nothing the server says shows that a call has reached it.
-        time.sleep(1.0)
+        # All 8 clients have a call in the server's hands: none is on its way.
+        deadline = time.monotonic() + 60
+        while _metric(metrics_port, 'custody_rpc_in_flight{rpc="SignLink"}') < 8:
+            assert time.monotonic() < deadline, "8 calls were never in flight at once"
+        reached = time.monotonic()
         sigterm = time.monotonic()
         server.signal(signal.SIGTERM)
         assert server.stop(timeout=20) == 0
-        load.wait_until(lambda o: any(x.code in refused for x in o if x.started > sigterm),
-                        "a call made after SIGTERM refused")
     finally:
         outcomes = load.stop()
         for channel in channels:
             channel.close()
         server.stop()
-    before = [o for o in outcomes if o.started < sigterm - 0.1]  # surely at the server
+    before = [o for o in outcomes if o.started < reached]  # at the server, or answered
     assert {o.code for o in before} == {grpc.StatusCode.OK}
     in_flight = [o for o in before if o.ended > sigterm]
     assert in_flight, "no call was in flight at SIGTERM"  # ... and they finished, not dropped
-    assert {o.code for o in outcomes} <= {grpc.StatusCode.OK} | refused
-    assert any(o.code in refused for o in outcomes if o.started > sigterm)
+    # Calls after the signal: answered (before the server saw it) or refused by the server,
+    # UNAVAILABLE, which clients retry; never CANCELLED, which they do not.
+    # The server keeps refusing until its callers are quiet: every client (each stops at
+    # its first refusal) was refused by the server itself, none by a closed socket.
+    refused = [o for o in outcomes if o.code != grpc.StatusCode.OK]
+    assert {o.code for o in refused} == {grpc.StatusCode.UNAVAILABLE}
+    assert all("shutting down" in o.details for o in refused), refused
+    assert len(refused) == 8
     audit_text = "\n".join(p.read_text(errors="replace")
                            for p in (tmp_path / "state" / "audit").rglob("*") if p.is_file())
     signed = [o.sha256 for o in outcomes if o.code == grpc.StatusCode.OK]
