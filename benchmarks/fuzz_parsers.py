@@ -2,7 +2,7 @@
 
 Targets (tests/security/fuzz_targets.py): envelopes (Metablock, DSSE), layout and link
 models, Statement v1 link predicates, verify_supply_chain with a garbage layout or
-garbage links, the server's jsonlimits, the layout size/depth limits, the policy file
+garbage links, the strict JSON reader, the layout size/depth limits, the policy file
 parser, and identities from TLS auth contexts. Inputs are mutations of validly signed
 seeds (byte edits, JSON structure edits, edits inside DSSE payloads, half of them signed
 again so they reach the models and the rule engine) and uniformly random bytes.

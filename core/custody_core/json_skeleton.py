@@ -4,7 +4,7 @@ For 20 MB links: no Python code runs per character, token or string. Malformed i
 gives some answer, never an error, in linear time; the parser then names the problem.
 
 Strings are removed in steps that are each linear (the single pattern
-'"(?:[^"\\\\]|\\\\.)*"' backtracks quadratically, see server jsonlimits): escaped
+'"(?:[^"\\\\]|\\\\.)*"' backtracks quadratically: docs/PERFORMANCE.md): escaped
 backslashes and escaped quotes first (left to right, in pairs, as a parser reads a run
 of backslashes), so that a string is '"' up to the next '"'; then every byte but quotes
 and the bytes asked for is deleted (the other escapes with it); then adjacent quotes go

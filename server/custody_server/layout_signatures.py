@@ -22,8 +22,8 @@ from custody_core.envelope import Envelope, parse_envelope
 from custody_core.errors import MetadataError, SignatureError
 from custody_core.keys import PublicKey
 from custody_core.signer import Signer
+from custody_core.strict_json import parse_json
 from custody_server.errors import RequestError
-from custody_server.jsonlimits import loads_limited
 from custody_server.lifecycle.model import KeyVersion
 
 ALIAS_PREFIX = "alias:"
@@ -59,7 +59,7 @@ class SignedLayout:
 
 def read_signed_layout(data: bytes, *, what: str) -> SignedLayout:
     """The layout in a Metablock or DSSE envelope; RequestError says why not."""
-    document = loads_limited(data, what="layout")
+    document = parse_json(data, what="layout").value
     if not isinstance(document, dict) or not ("signed" in document or "payload" in document):
         raise RequestError(f"{what} needs a signed layout (a Metablock or a DSSE envelope)")
     try:

@@ -35,10 +35,10 @@ from custody_core.keys import ED25519, PublicKey
 from custody_core.link import link_payload_from_envelope, link_to_statement, statement_to_link
 from custody_core.models import Layout, Link
 from custody_core.software_signer import SoftwareSigner
+from custody_core.strict_json import parse_json
 from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Verdict
 from custody_server.errors import LimitExceededError
-from custody_server.jsonlimits import loads_limited
 from custody_server.policy import RequestLimits, parse_policy
 from custody_server.policy.defaults import LOCAL_POLICY
 from custody_server.policy.errors import IdentityError, PolicyError
@@ -150,7 +150,7 @@ def _link_model(data: bytes) -> None:
 
 
 def _statement(data: bytes) -> None:
-    value = loads_limited(data, what="statement")
+    value = parse_json(data, what="statement").value
     if isinstance(value, dict):
         statement_to_link(value)
     else:
@@ -174,8 +174,8 @@ def _stage(verdict: Verdict) -> str:
     return "pass" if verdict.passed else f"fail:{verdict.failures[0].stage}"
 
 
-def _jsonlimits(data: bytes) -> None:
-    loads_limited(data, what="request")
+def _json_reader(data: bytes) -> None:
+    parse_json(data, what="request")
 
 
 def _request_limits(data: bytes) -> None:
@@ -230,7 +230,7 @@ TARGETS = (
     Target("verify-layout", _verify_layout, (MetadataError,), [SIGNED_LAYOUT], OWNER),
     Target("verify-links", _verify_links, (MetadataError,), list(SIGNED_LINKS.values()),
            FUNCTIONARY),
-    Target("jsonlimits", _jsonlimits, (MetadataError,), ENVELOPE_SEEDS),
+    Target("json-reader", _json_reader, (MetadataError,), ENVELOPE_SEEDS),
     Target("request-limits", _request_limits, (LimitExceededError,), ENVELOPE_SEEDS),
     Target("policy", _policy, (PolicyError,), POLICY_SEEDS),
     Target("identity", _identity, (IdentityError,), IDENTITY_SEEDS),

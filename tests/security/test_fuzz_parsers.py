@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from custody_core.errors import MetadataError
 from custody_core.models import Layout, Link
+from custody_core.strict_json import JsonLimits, parse_json
 from custody_server.errors import LimitExceededError
-from custody_server.jsonlimits import depth_exceeds, loads_limited
 from custody_server.policy import (
     AccessRequest,
     Grant,
@@ -45,7 +45,7 @@ def test_mutation_fuzzing_finds_nothing(target: Any) -> None:
     assert (tally.accepted and tally.refused) or target.name in ("verify-links",)
 
 
-# JSON nesting: the linear scanner agrees with the real depth of any JSON document.
+# JSON nesting: the reader's linear scan agrees with the real depth of any JSON document.
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(
     alphabet=st.sampled_from('ab"\\[]{}\n'), max_size=6))
@@ -66,15 +66,19 @@ def _depth(value: Any) -> int:
 @QUICK
 @given(_json, st.integers(min_value=1, max_value=8))
 def test_depth_scanner_agrees_with_the_document(value: Any, limit: int) -> None:
-    text = json.dumps(value)
-    assert depth_exceeds(text, limit) == (_depth(value) > limit)
+    try:
+        JsonLimits(max_depth=limit).check_size_and_depth(json.dumps(value).encode(), what="x")
+        exceeds = False
+    except MetadataError:
+        exceeds = True
+    assert exceeds == (_depth(value) > limit)
 
 
 @pytest.mark.parametrize("unit", [b'"\\', b'\\"', b'["\\', b'"[', b"[", b'{"a":'])
 def test_adversarial_nesting_input_is_linear(unit: bytes) -> None:
     data = unit * (2 * 1024 * 1024 // len(unit))  # 2 MiB of the worst patterns we know
     started = time.perf_counter()
-    for check in (lambda: loads_limited(data, what="x"),
+    for check in (lambda: parse_json(data, what="x"),
                   lambda: RequestLimits().check_layout(data)):
         with contextlib.suppress(MetadataError, LimitExceededError):
             check()
