@@ -114,7 +114,8 @@ def test_errors_are_one_line_with_exit_1(capsys: pytest.CaptureFixture[str],
                                          tmp_path: Path) -> None:
     cases = [
         (["run", "-n", "x"], "custody run: no command given"),
-        (["run", "-n", "a/b", "-x"], "custody run: step name"),
+        (["run", "-n", "a/../b", "-x"], "custody run: step name"),
+        (["run", "-n", "/etc/b", "-x"], "custody run: step name"),
         (["run", "-n", "x", "-x", "-d", str(tmp_path / "nope")],
          "custody run: metadata directory"),
         (["verify", "-l", str(tmp_path / "missing.layout"), "--layout-key-alias", "o"],
@@ -157,7 +158,9 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_link_names_from_the_server_cannot_escape_the_metadata_directory() -> None:
     assert checked_link_name("build.1a2b3c4d.link") == "build.1a2b3c4d.link"
-    for name in ("../x.link", "/etc/x.link", "a/b.link", "", "..", "x.txt", "a\x00.link"):
+    assert checked_link_name("ci/build.1a2b3c4d.link") == "ci/build.1a2b3c4d.link"
+    for name in ("../x.link", "/etc/x.link", "a/../b.link", "a//b.link", "", "..", "x.txt",
+                 "a\x00.link", "a\\b.link"):
         with pytest.raises(InputError):
             checked_link_name(name)
 

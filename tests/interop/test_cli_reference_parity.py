@@ -337,3 +337,33 @@ def test_sign_layout_refuses_a_key_that_cannot_verify(cli: Cli, chain: Chain) ->
                  check=False)
     assert result.returncode != 0
     assert "cannot verify" in result.stderr and "in-toto-verify refuses" in result.stderr
+
+
+def test_custody_run_writes_a_nested_step_where_in_toto_run_does(cli: Cli, chain: Chain
+                                                                 ) -> None:
+    """`custody run -n ci/build` and `record start|stop -n ci/test` write
+    `ci/build.<keyid8>.link` and `ci/test.<keyid8>.link` (in-toto-run's place for them);
+    both verifiers find them."""
+    work = chain.root / "work"
+    products = [["CREATE", "out.txt"], ["DISALLOW", "*"]]
+    tested = [["MATCH", "out.txt", "WITH", "PRODUCTS", "FROM", "ci/build"], ["DISALLOW", "*"]]
+    layout = _layout(chain, [
+        _step("ci/build", ["alias:build"], products=products),
+        {**_step("ci/test", ["alias:build"], command=[], products=[["DISALLOW", "*"]]),
+         "expected_materials": tested},
+    ], [])
+    (chain.root / "layout.json").write_text(json.dumps(layout))
+    cli("sign-layout", "-l", "layout.json", "-o", "root.layout", cwd=chain.root)
+    (chain.root / "owner.pub").write_text(cli("keys", "public", "owner", cwd=chain.root).stdout)
+
+    cli("run", "-n", "ci/build", "-p", "out.txt", "-d", str(chain.links), "--", *PRODUCE,
+        cwd=work)
+    cli("record", "start", "-n", "ci/test", "-m", "out.txt", "-d", str(chain.links), cwd=work)
+    assert (chain.links / "ci" / ".test.link-unfinished").is_file()
+    cli("record", "stop", "-n", "ci/test", "-d", str(chain.links), cwd=work)
+    assert len(list((chain.links / "ci").glob("build.*.link"))) == 1
+    assert len(list((chain.links / "ci").glob("test.*.link"))) == 1
+
+    reference_result, custody_result = chain.verify_both(cli)
+
+    _assert_same(reference_result, custody_result, passes=True)

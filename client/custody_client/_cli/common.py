@@ -121,10 +121,19 @@ def metadata_directory(path: str | None) -> Path:
     return directory
 
 
+def relative_link_path(name: str) -> str | None:
+    """`name` if it is a relative path that stays below its directory, else None."""
+    parts = name.split("/")
+    if not name or "\x00" in name or "\\" in name or any(p in ("", ".", "..") for p in parts):
+        return None
+    return name
+
+
 def checked_link_name(name: str) -> str:
-    """A file name from the server, checked before it names a file on this machine."""
-    if (not name or name != os.path.basename(name) or name in (".", "..")
-            or not name.endswith(".link") or "\x00" in name):
+    """A file name from the server, checked before it names a file on this machine: a
+    relative path that stays below the metadata directory (a step name with `/` names a
+    subdirectory, as in in-toto)."""
+    if relative_link_path(name) is None or not name.endswith(".link"):
         raise InputError(f"the server returned an unusable link file name {name!r:.100}")
     return name
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from custody_client._cli.common import relative_link_path
 from custody_client.errors import InputError
 from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
@@ -28,14 +29,6 @@ from custody_core.step_links import sublayout_dir
 from custody_core.supply_chain import MAX_SUBLAYOUT_DEPTH
 
 log = logging.getLogger("custody.cli")
-
-
-def relative_link_path(name: str) -> str | None:
-    """`name` if it is a relative path that stays below its directory, else None."""
-    parts = name.split("/")
-    if not name or "\x00" in name or "\\" in name or any(p in ("", ".", "..") for p in parts):
-        return None
-    return name
 
 
 def collect_links(link_dir: Path, layout: Layout) -> dict[str, bytes]:

@@ -24,6 +24,7 @@ from custody_client.models import Byproducts, SignedMetadata
 from custody_client.recording import iter_artifacts
 from custody_client.settings import DEFAULT_MAX_MESSAGE_BYTES
 from custody_core.errors import MetadataError
+from custody_core.step_names import check_step_name
 
 log = logging.getLogger("custody.cli")
 
@@ -33,9 +34,12 @@ MAX_STATE_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 
 
 def _check_step_name(name: str) -> str:
-    if not name or "/" in name or "\x00" in name or name in (".", ".."):
-        raise InputError(f"step name {name!r:.80} cannot name a file (no '/', not empty)")
-    return name
+    """The server's step-name grammar (custody_core.step_names): a `/` names a
+    subdirectory, as in in-toto-run (`ci/build` -> `ci/build.<keyid8>.link`)."""
+    try:
+        return check_step_name(name)
+    except MetadataError as error:
+        raise InputError(str(error)) from None
 
 
 def _exit_code(result: CommandResult | None) -> int:
@@ -49,6 +53,7 @@ def _exit_code(result: CommandResult | None) -> int:
 
 def _write_link(directory: Path, signed: SignedMetadata) -> Path:
     path = directory / checked_link_name(signed.file_name)
+    _make_parent(path)
     write_file(path, signed.content)
     log.info("wrote %s (key %s v%d, keyid %s, %s)", path, signed.key_alias, signed.key_version,
              signed.keyid[:8], signed.envelope.value)
@@ -92,8 +97,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _exit_code(result)
 
 
+def _make_parent(path: Path) -> None:
+    """A step name with `/` puts its files in a subdirectory (in-toto-run needs it to
+    exist; made here)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot make {path.parent}: {error.strerror}") from None
+
+
 def _state_path(directory: Path, step: str) -> Path:
-    return directory / f".{step}{STATE_SUFFIX}"
+    """`.<step>.link-unfinished`; for `ci/build`, `ci/.build.link-unfinished`."""
+    parent, _, last = step.rpartition("/")
+    return directory / parent / f".{last}{STATE_SUFFIX}"
 
 
 def cmd_record_start(args: argparse.Namespace) -> int:
@@ -113,6 +129,7 @@ def cmd_record_start(args: argparse.Namespace) -> int:
         signed = connecting.client().sign_link(draft, key_alias=args.key or "",
                                                envelope=envelope)
     path = _state_path(directory, step)
+    _make_parent(path)
     write_file(path, signed.content)
     log.info("recorded %d materials for %s in %s (signed by %s v%d, keyid %s)", count, step,
              path, signed.key_alias, signed.key_version, signed.keyid[:8])
