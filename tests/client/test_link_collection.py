@@ -22,7 +22,8 @@ from in_toto.models.layout import Layout as RefLayout
 from in_toto.models.link import Link as RefLink
 from in_toto.models.metadata import Metablock, Metadata
 
-from custody_client._cli.link_files import collect_links, relative_link_path
+from custody_client._cli.common import relative_link_path
+from custody_client._cli.link_files import collect_links
 from custody_core.models import Layout
 
 ALICE = "a1" * 32
