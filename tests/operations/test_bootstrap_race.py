@@ -38,13 +38,15 @@ def _aliases() -> tuple[str, str, str]:
 
 def _check_made_once(keystore: Pkcs11KeyStore, aliases: tuple[str, ...],
                      results: list[dict[str, Any]]) -> None:
-    """One key pair (v1) per alias on the token; every racer uses it; one racer made it."""
+    """One key pair per version (v1 and its next version v2) per alias on the token; every
+    racer uses v1; one racer made it."""
     keys = KeyRing(keystore)
     for alias in aliases:
         fresh = keys.read_fresh(alias)
         assert fresh.key is not None and fresh.has_record, alias
-        assert [v.version for v in fresh.key.versions] == [1]
-        assert sorted(fresh.stored) == [1]  # no stray second key pair
+        assert [(v.version, v.lifecycle.is_next) for v in fresh.key.versions] == [
+            (1, False), (2, True)]
+        assert sorted(fresh.stored) == [1, 2]  # no stray key pair
         assert {r["keyids"][alias] for r in results} == {fresh.key.active.keyid}
     for alias in aliases[:2]:
         makers = [r for r in results if any(f"created key {alias!r}" in n for n in r["notes"])]
