@@ -15,7 +15,6 @@ and one line. The channel, retries, the preflight and SignLink are SigningClient
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -44,6 +43,8 @@ from custody_core.api_enums import (
     KEY_ALGORITHM_NUMBERS,
     KEY_ALGORITHMS_BY_NUMBER,
 )
+from custody_core.errors import MetadataError
+from custody_core.strict_json import parse_json
 
 __all__ = ["CustodyClient", "LinkDraft"]
 
@@ -101,8 +102,9 @@ class CustodyClient(SigningClient):
         )
         response = self._call("Verify", self._custody.Verify, request)
         try:
-            verdict = json.loads(response.verdict_json) if response.verdict_json else {}
-        except ValueError:
+            verdict = (parse_json(response.verdict_json.encode(), what="verdict_json").value
+                       if response.verdict_json else {})
+        except MetadataError:
             verdict = {}
         return VerifyResult(
             passed=response.passed,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +14,8 @@ from custody_client.errors import InputError
 # module's public face, as callers name them beside the types below.
 from custody_core.api_enums import EnvelopeKind as EnvelopeKind
 from custody_core.api_enums import KeyAlgorithm as KeyAlgorithm
+from custody_core.errors import MetadataError
+from custody_core.strict_json import parse_json
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,10 @@ class LayoutKey:
         if "-----BEGIN PUBLIC KEY-----" in text:
             return cls(public_key_pem=text)
         try:
-            value = json.loads(text)
-        except ValueError:
-            raise InputError(f"layout key {path} is neither a PEM public key nor JSON") from None
+            value = parse_json(text.encode(), what=f"layout key {path}").value
+        except MetadataError as error:  # the server's reader: refused here as it would be
+            raise InputError(f"layout key {path} is neither a PEM public key nor JSON "
+                             f"that Custody reads ({error})") from None
         if not isinstance(value, dict) or "keyval" not in value:
             raise InputError(f"layout key {path}: JSON but not a public key dict (no keyval)")
         return cls(public_key_json=text)
@@ -138,7 +140,9 @@ class KeyInfo:
     next_version: int = 0  # the version the next rotation promotes (0: none yet)
 
     def public_key_dict(self) -> dict[str, Any]:
-        value = json.loads(self.public_key_json) if self.public_key_json else {}
+        if not self.public_key_json:
+            return {}
+        value = parse_json(self.public_key_json.encode(), what="public_key_json").value
         return value if isinstance(value, dict) else {}
 
 
