@@ -20,7 +20,7 @@ from custody_core.link import (
     statement_link_payload,
 )
 from custody_core.models import Layout, Link, Step
-from custody_core.verdict import Failure, Stage, VerdictWarning, failure, warning
+from custody_core.verdict import Cause, Failure, Stage, VerdictWarning, failure, warning
 
 
 def sublayout_dir(step_name: str, keyid: str) -> str:
@@ -104,21 +104,33 @@ class StepLinks:
 
 def _refusal(
     step: Step, loaded: LoadedLink, layout: Layout, policy: KeyPolicy, now: datetime
-) -> str | None:
-    """Why this link does not count for the step, or None if it does."""
+) -> tuple[Cause, str] | None:
+    """Why this link does not count for the step (its cause and a line), or None if it
+    does."""
     key = layout.keys.get(loaded.keyid)
     if key is None and loaded.keyid in layout.unusable_keys:
-        return f"key {loaded.keyid[:8]} cannot verify: {layout.unusable_keys[loaded.keyid]}"
+        return Cause.LINK_SIGNATURE, (f"key {loaded.keyid[:8]} cannot verify: "
+                                      f"{layout.unusable_keys[loaded.keyid]}")
     if key is None:
-        return f"key {loaded.keyid[:8]} is authorized but not in the layout's keys"
+        return Cause.UNAUTHORIZED_SIGNER, (f"key {loaded.keyid[:8]} is authorized but not "
+                                           "in the layout's keys")
     refused = policy.refusal(loaded.keyid, now)
     if refused is not None:
-        return f"key {loaded.keyid[:8]} is refused: {refused}"
+        return Cause.KEY_REFUSED, f"key {loaded.keyid[:8]} is refused: {refused}"
     if loaded.keyid not in loaded.envelope.verified_keyids({loaded.keyid: key}):
-        return f"no valid signature by key {loaded.keyid[:8]}"
+        # a signature that claims the key but does not verify was altered or forged; a
+        # link without one is signed by someone the step does not authorize
+        claimed = any(s.keyid == loaded.keyid for s in loaded.envelope.signatures)
+        return (Cause.LINK_SIGNATURE if claimed else Cause.UNAUTHORIZED_SIGNER,
+                f"no valid signature by key {loaded.keyid[:8]}")
     if loaded.link is not None and loaded.link.name != step.name:
-        return f"the link names step '{loaded.link.name}', not '{step.name}'"
+        return Cause.MISSING_LINK, f"the link names step '{loaded.link.name}', not '{step.name}'"
     return None
+
+
+# When a step's links fail for several causes, the verdict names the gravest.
+_CAUSE_ORDER = (Cause.LINK_SIGNATURE, Cause.UNAUTHORIZED_SIGNER, Cause.KEY_REFUSED,
+                Cause.MISSING_LINK)
 
 
 class _Functionaries:
@@ -174,11 +186,13 @@ def verify_thresholds(
         accepted: list[LoadedLink] = []
         functionaries = _Functionaries(layout, policy)
         ignored: list[str] = []
+        causes: set[Cause] = set()
         merged: list[str] = []
         for candidate in loaded.get(step.name, []):
             refusal = _refusal(step, candidate, layout, policy, now)
             if refusal is not None:
-                ignored.append(f"{candidate.file_name}: {refusal}")
+                causes.add(refusal[0])
+                ignored.append(f"{candidate.file_name}: {refusal[1]}")
                 warnings.append(warning(Stage.THRESHOLD, f"ignored {ignored[-1]}", step=step.name))
                 continue
             counted = functionaries.add(candidate)
@@ -204,12 +218,15 @@ def verify_thresholds(
                 found += " (ignored " + "; ".join(ignored) + ")"
             elif not loaded.get(step.name):
                 found += " (no link file for any authorized key)"
+            if not loaded.get(step.name):
+                causes.add(Cause.MISSING_LINK)
             failures.append(
                 failure(
                     Stage.THRESHOLD,
                     f"step '{step.name}' needs {step.threshold} link(s) signed by distinct "
                     f"authorized functionaries, {found}",
                     step=step.name,
+                    cause=next((c for c in _CAUSE_ORDER if c in causes), Cause.FUNCTIONARIES),
                 )
             )
         result.append(

@@ -196,6 +196,7 @@ def _as_sublayout_failure(inner: Failure, step_name: str, sub_prefix: str) -> Fa
         step=step_name,
         rule=inner.rule,
         paths=inner.paths,
+        cause=inner.cause or inner.stage,  # what failed inside, for monitoring
     )
 
 

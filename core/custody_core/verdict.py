@@ -29,6 +29,18 @@ class Stage(StrEnum):
     INSPECTION_RULES = "inspection-rules"
 
 
+class Cause(StrEnum):
+    """Why a threshold stage failed, finer than the stage: the reference's threshold stage
+    holds tampering, a stranger's signature, a key past its window and a link nobody sent
+    alike, and an on-call alert or a SIEM rule must tell them apart."""
+
+    LINK_SIGNATURE = "link-signature"  # a signature by the authorized key does not verify
+    UNAUTHORIZED_SIGNER = "unauthorized-signer"  # signed by no key the step authorizes
+    KEY_REFUSED = "key-refused"  # an authorized key version outside its window (rotated out)
+    MISSING_LINK = "missing-link"  # no link file from any authorized key
+    FUNCTIONARIES = "functionaries"  # valid links, from too few distinct functionaries
+
+
 def _one_line(text: str) -> None:
     if not text or "\n" in text:
         raise ValueError("a reason or message is one non-empty line")
@@ -43,9 +55,17 @@ class Failure:
     rule: str | None
     paths: tuple[str, ...]
     reason: str
+    # finer than `stage`: a threshold failure's cause; a sublayout failure's inner
+    # failure's (its cause, or its stage)
+    cause: Cause | Stage | None = None
 
     def __post_init__(self) -> None:
         _one_line(self.reason)
+
+    @property
+    def failure_stage(self) -> str:
+        """The stage for monitoring: the cause when there is one, else the stage."""
+        return str(self.cause or self.stage)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +74,7 @@ class Failure:
             "rule": self.rule,
             "paths": list(self.paths),
             "reason": self.reason,
+            "cause": None if self.cause is None else str(self.cause),
         }
 
 
@@ -104,9 +125,11 @@ def failure(
     step: str | None = None,
     rule: str | None = None,
     paths: tuple[str, ...] = (),
+    cause: Cause | Stage | None = None,
 ) -> Failure:
     """A Failure whose reason is forced onto one line."""
-    return Failure(stage=stage, step=step, rule=rule, paths=paths, reason=one_line(reason))
+    return Failure(stage=stage, step=step, rule=rule, paths=paths, reason=one_line(reason),
+                   cause=cause)
 
 
 def warning(stage: Stage, message: str, *, step: str | None = None) -> VerdictWarning:
