@@ -270,6 +270,10 @@ class SigningService:
                 ) -> tuple[KeyVersion, _Signed, tuple[str, ...], tuple[str, ...]]:
         source = read_signed_layout(layout, what="append")
         envelope = _same_envelope(envelope, source.kind, what="append")
+        if not source.keyids and envelope is EnvelopeKind.METABLOCK:
+            # A Metablock nobody signed yet (in-toto's workflow: each owner appends): the
+            # first signature is a signing, which may resolve "alias:NAME".
+            return self._sign_new(layout, key_alias, envelope, False, details)
         details["envelope"] = envelope.value
         payload = source.payload
         details["layout_readme"] = str(payload.get("readme", ""))[:200]

@@ -279,13 +279,19 @@ def test_two_owners_by_two_appends(setup: Setup, envelope: str) -> None:
     setup.server.key_admin.CreateKey(pb.CreateKeyRequest(alias=second))
     setup.public_key("owner", setup.work)
     setup.public_key(second, setup.work)
-    (work / "layout.json").write_text(_layout([_step("build", "build")]))
-    setup.cli("sign-layout", "-l", "layout.json", "--key", "owner", "--envelope", envelope,
-              "-o", "one.layout", cwd=work)
-    (work / "two.layout").write_bytes((work / "one.layout").read_bytes())
-    setup.cli("sign-layout", "--append", "two.layout", "--key", second, cwd=work)
+    if envelope == "metablock":  # in-toto's way: each owner appends to an unsigned Metablock
+        unsigned = {"signed": json.loads(_layout([_step("build", "build")])), "signatures": []}
+        (work / "one.layout").write_text(json.dumps(unsigned))
+        setup.cli("sign-layout", "--append", "one.layout", "--key", "owner", cwd=work)
+    else:
+        (work / "layout.json").write_text(_layout([_step("build", "build")]))
+        setup.cli("sign-layout", "-l", "layout.json", "--key", "owner", "--envelope", "dsse",
+                  "-o", "one.layout", cwd=work)
+    setup.cli("sign-layout", "--append", "-l", "one.layout", "--key", second,
+              "-o", "two.layout", cwd=work)
     document = json.loads((work / "two.layout").read_text())
     assert len(document["signatures"]) == 2
+    assert ("payload" in document) == (envelope == "dsse")
     setup.record("build", "build", work / "links")
 
     custody, reference = _verify(setup, work / "links", str(work / "two.layout"),
@@ -303,7 +309,21 @@ def test_two_owners_by_two_appends(setup: Setup, envelope: str) -> None:
     assert "SignatureVerificationError" in reference.stderr or \
         "signature" in reference.stderr.lower(), reference.stderr
 
-    # Appending the same key again, or to a layout changed after it was signed: refused.
+    # Appending the same key again: refused.
     again = setup.cli("sign-layout", "--append", "two.layout", "--key", second, cwd=work,
                       check=False)
     assert again.returncode == 1 and "is already signed by" in again.stderr
+
+    # After rotations of `build`, one --refresh re-makes both owners' signatures.
+    _rotate(setup, "build")
+    _rotate(setup, "build")
+    setup.record("build", "build", work / "later")
+    assert _verify(setup, work / "later", str(work / "two.layout"), "owner", second)[0] \
+        .returncode == 1
+    setup.cli("sign-layout", "--refresh", "two.layout", cwd=work)
+    refreshed = json.loads((work / "two.layout").read_text())
+    assert len(refreshed["signatures"]) == 2
+    custody, reference = _verify(setup, work / "later", str(work / "two.layout"),
+                                 "owner", second)
+    assert custody.returncode == 0, custody.stdout + custody.stderr
+    assert reference.returncode == 0, reference.stderr
