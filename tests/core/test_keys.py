@@ -16,7 +16,7 @@ from in_toto.models._signer import load_public_key_from_file
 from securesystemslib.signer._key import SSlibKey
 
 from custody_core.errors import KeyFormatError
-from custody_core.keys import PublicKey, compute_keyid, compute_legacy_keyid
+from custody_core.keys import SCHEMES, PublicKey, compute_keyid, compute_legacy_keyid
 from custody_core.software_signer import SoftwareSigner
 
 FIXTURE_KINDS = ("rsa", "ecdsa", "ed25519")
@@ -214,3 +214,54 @@ _VERIFY_KEYS = {kind: core_signer(kind).public_key for kind in FIXTURE_KINDS}
 @given(kind=st.sampled_from(FIXTURE_KINDS), signature=st.binary(max_size=600), data=st.binary())
 def test_verify_never_raises_on_garbage(kind: str, signature: bytes, data: bytes) -> None:
     assert _VERIFY_KEYS[kind].verify(signature, data) is False
+
+
+def _sslib_signer(scheme: str) -> Any:
+    from securesystemslib.signer import CryptoSigner
+
+    if scheme.startswith("rsa"):
+        return CryptoSigner.generate_rsa(scheme=scheme, size=2048)
+    if scheme.startswith("ecdsa"):
+        return CryptoSigner.generate_ecdsa(scheme=scheme)
+    if scheme.startswith("ml-dsa"):
+        return CryptoSigner.generate_mldsa(scheme=scheme)
+    return CryptoSigner.generate_ed25519()
+
+
+SSLIB_SCHEMES = [
+    "ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "rsassa-pss-sha224", "rsassa-pss-sha256", "rsassa-pss-sha384", "rsassa-pss-sha512",
+    "rsa-pkcs1v15-sha224", "rsa-pkcs1v15-sha256", "rsa-pkcs1v15-sha384", "rsa-pkcs1v15-sha512",
+    "ml-dsa-44/1", "ml-dsa-65/1", "ml-dsa-87/1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", SSLIB_SCHEMES)
+def test_every_scheme_securesystemslib_signs_verifies(scheme: str) -> None:
+    """securesystemslib 1.x is the oracle: its signature verifies, another's does not,
+    and the key dict round-trips (the keyid is securesystemslib's)."""
+    signer = _sslib_signer(scheme)
+    key = PublicKey.from_dict(signer.public_key.to_dict())
+    assert (key.keyid, key.scheme) == (signer.public_key.keyid, scheme)
+    signature = bytes.fromhex(signer.sign(b"payload").signature)
+    assert key.verify(signature, b"payload")
+    assert not key.verify(signature, b"payload!")
+    assert scheme in SCHEMES
+
+
+@pytest.mark.parametrize("scheme", ["ecdsa-sha2-nistp256", "ecdsa-sha2-nistp521"])
+def test_legacy_ecdsa_keytype_spelling(scheme: str) -> None:
+    signer = _sslib_signer(scheme)
+    data = {**signer.public_key.to_dict(), "keytype": scheme}
+    key = PublicKey.from_dict(data, keyid="ab" * 32)
+    assert key.keytype == "ecdsa"
+    assert key.verify(bytes.fromhex(signer.sign(b"x").signature), b"x")
+
+
+def test_one_key_has_one_material_whatever_its_keyid_or_scheme() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    modern = PublicKey.from_crypto(private.public_key())
+    legacy = PublicKey.from_dict({**modern.to_dict(), "keyid": "cd" * 32})
+    other = PublicKey.from_crypto(ec.generate_private_key(ec.SECP256R1()).public_key())
+    assert modern.material == legacy.material != other.material
+    assert len(modern.material) == 64
