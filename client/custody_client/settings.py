@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from custody_client.errors import InputError
-from custody_client.local_tls import find_local_tls
+from custody_client.local_tls import CA_FILE, find_local_tls, state_dir
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -21,13 +21,19 @@ ENV_CERT = "CUSTODY_CERT"
 ENV_KEY_FILE = "CUSTODY_KEY_FILE"
 
 
+SYSTEM_ROOTS = "the system's CA certificates"
+
+
 @dataclass(frozen=True)
 class TlsMaterial:
-    """PEM bytes: the CA to trust (None: the system's roots) and an optional client pair."""
+    """PEM bytes: the CA to trust (None: the system's roots) and an optional client pair.
+
+    `ca_source` says which CA that is and why, for error messages."""
 
     ca: bytes | None = None
     cert: bytes | None = None
     key: bytes | None = field(default=None, repr=False)  # a private key: never printed
+    ca_source: str = ""
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
@@ -35,9 +41,11 @@ class TlsMaterial:
                              "(--cert and --key-file go together)")
 
     @classmethod
-    def from_files(cls, *, ca: str | None, cert: str | None, key: str | None) -> TlsMaterial:
+    def from_files(cls, *, ca: str | None, cert: str | None, key: str | None,
+                   ca_source: str = "") -> TlsMaterial:
         return cls(ca=_read(ca, "CA certificate"), cert=_read(cert, "client certificate"),
-                   key=_read(key, "client key"))
+                   key=_read(key, "client key"),
+                   ca_source=ca_source or (f"the CA in {ca}" if ca else SYSTEM_ROOTS))
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -114,7 +122,10 @@ class ConnectionSettings:
 
         TLS material: --ca/--cert/--key-file, else CUSTODY_CA/CUSTODY_CERT/CUSTODY_KEY_FILE,
         else the local CA and client certificate in the state directory (local_tls), else
-        none. TLS is on when material is found or `tls` is set; `plaintext` turns it off.
+        none. A client certificate given without a CA is checked against the local CA
+        when there is one (the server's certificate comes from it), else the system's
+        roots; so is `tls` without anything else. TLS is on when material is found or
+        `tls` is set; `plaintext` turns it off.
         """
         env = os.environ if environ is None else environ
         address = server or env.get(ENV_SERVER) or DEFAULT_ADDRESS
@@ -122,14 +133,25 @@ class ConnectionSettings:
             if tls or ca or cert or key_file:
                 raise InputError("--plaintext cannot be combined with TLS flags")
             return cls(address=address, tls=None, timeout=timeout)
-        ca = ca or env.get(ENV_CA) or None
+        ca_source = f"the CA in {ca} (--ca)" if ca else ""
+        if not ca and (ca := env.get(ENV_CA) or None):
+            ca_source = f"the CA in {ca} (${ENV_CA})"
         cert = cert or env.get(ENV_CERT) or None
         key_file = key_file or env.get(ENV_KEY_FILE) or None
         if not (ca or cert or key_file):
             local = find_local_tls(env)
             if local is not None:
                 ca, cert, key_file = str(local.ca), str(local.cert), str(local.key)
+                ca_source = f"the local CA {local.ca} (no --ca given)"
+        elif not ca and (cert or key_file):
+            local_ca = state_dir(env) / "tls" / CA_FILE
+            if local_ca.is_file() and os.access(local_ca, os.R_OK):
+                ca, ca_source = str(local_ca), f"the local CA {local_ca} (no --ca given)"
+            else:
+                ca_source = (f"{SYSTEM_ROOTS} (no --ca given, and no local CA at "
+                             f"{local_ca})")
         material = None
         if tls or ca or cert or key_file:
-            material = TlsMaterial.from_files(ca=ca, cert=cert, key=key_file)
+            material = TlsMaterial.from_files(ca=ca, cert=cert, key=key_file,
+                                              ca_source=ca_source)
         return cls(address=address, tls=material, timeout=timeout)

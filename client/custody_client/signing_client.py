@@ -7,7 +7,8 @@ docs/PERFORMANCE.md#client-start-up-and-exit): the request is in wire format alr
 
 Every call has one deadline (`ConnectionSettings.timeout`) that covers its retries;
 UNAVAILABLE is retried with exponential backoff and jitter, except for calls made with
-NO_RETRIES (CustodyClient's CreateKey and RotateKey, which are not idempotent). Failures
+NO_RETRIES (CustodyClient's CreateKey and RotateKey, which are not idempotent) and for a
+failed TLS handshake (a certificate either side refuses: retrying cannot fix it). Failures
 raise ClientError with the status code name and one line.
 """
 
@@ -97,7 +98,8 @@ class SigningClient:
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
                 details = (error.details() if isinstance(error, grpc.Call) else "") or ""
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < policy.max_attempts:
+                if (code == grpc.StatusCode.UNAVAILABLE and attempt < policy.max_attempts
+                        and not _handshake_failed(details, self.settings)):
                     pause = policy.backoff(attempt)
                     if time.monotonic() + pause < deadline:
                         time.sleep(pause)
@@ -108,7 +110,12 @@ class SigningClient:
     def _error(self, name: str, code: grpc.StatusCode, details: str, *,
                attempts: int) -> ClientError:
         detail = " ".join(details.split()) or code.name.lower()
-        if code == grpc.StatusCode.UNAVAILABLE:
+        if code == grpc.StatusCode.UNAVAILABLE and _handshake_failed(detail, self.settings):
+            message = (f"the TLS handshake with the Custody server at {self.settings.address} "
+                       f"failed (not retried): {detail}")
+            if hint := _connection_hint(detail, self.settings):
+                message += f" -- {hint}"
+        elif code == grpc.StatusCode.UNAVAILABLE:
             tries = f" after {attempts} attempts" if attempts > 1 else ""
             message = (f"cannot reach the Custody server at {self.settings.address} over "
                        f"{self.settings.transport}{tries}: {detail}")
@@ -126,6 +133,29 @@ def _as_bytes(data: bytes) -> bytes:
     return data
 
 
+# gRPC's words for a TLS handshake that failed: a certificate refused by this side
+# ("Tls handshake failed ... CERTIFICATE_VERIFY_FAILED", a name mismatch) or by the
+# server, which then closes the connection during the handshake ("Socket closed").
+_HANDSHAKE_WORDS = ("handshake failed", "ssl_error", "certificate_verify_failed",
+                    "certificate verify failed", "peer name", "tsi_")
+
+
+def _handshake_failed(detail: str, settings: ConnectionSettings) -> bool:
+    """Whether an UNAVAILABLE is a failed TLS handshake rather than a server that is down
+    (connection refused, reset, timed out): not worth a retry."""
+    if settings.tls is None:
+        return False
+    text = detail.lower()
+    if any(word in text for word in _HANDSHAKE_WORDS):
+        return True
+    # The server refuses a client certificate (or its absence) by closing the connection
+    # it was opening.
+    # (gRPC's words for a connection that failed, not a call cut: "failed to connect to all
+    # addresses", or with round_robin "connections to all backends failing").
+    return "socket closed" in text and ("failed to connect" in text
+                                        or "connections to all backends" in text)
+
+
 def _connection_hint(detail: str, settings: ConnectionSettings) -> str:
     """What to check, from gRPC's description of a failed connection."""
     text = detail.lower()
@@ -135,7 +165,10 @@ def _connection_hint(detail: str, settings: ConnectionSettings) -> str:
     if "wrong_version_number" in text or "packet length too long" in text:
         return "the server does not seem to speak TLS: try --plaintext"
     if "certificate_verify_failed" in text or "certificate verify failed" in text:
-        return "the server's certificate is not signed by the CA given with --ca"
+        trusted = tls.ca_source if tls is not None and tls.ca_source else "the CA trusted"
+        return f"the server's certificate is not signed by {trusted}"
+    if "peer name" in text:
+        return "the server's certificate does not name the host given with --server"
     if not any(word in text for word in ("socket closed", "handshake", "ssl", "tls")):
         return ""
     if tls is None:
@@ -143,4 +176,8 @@ def _connection_hint(detail: str, settings: ConnectionSettings) -> str:
                 "(or CUSTODY_STATE_DIR for the local default)")
     if tls.cert is None:
         return "the server may require a client certificate: pass --cert and --key-file"
+    if "socket closed" in text:
+        return ("the server closed the connection during the handshake: it refuses the "
+                "client certificate (--cert); is it issued by the server's client CA, "
+                "current and not revoked?")
     return "the TLS handshake failed: check --ca, --cert and --key-file"

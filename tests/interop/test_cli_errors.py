@@ -58,6 +58,7 @@ def test_server_down_fails_before_the_build_runs(cli: Cli, tmp_path: Path) -> No
                   check=False)
     line = one_error_line(result, "custody run: cannot reach the Custody server at 127.0.0.1:")
     assert "Connection refused" in line and "(UNAVAILABLE)" in line
+    assert "after 4 attempts" in line  # a server that is down may come back: retried
     assert not (tmp_path / "built").exists()  # the build did not run
     assert not list(tmp_path.glob("*.link"))
     one_error_line(down("keys", "list", cwd=tmp_path, check=False),
@@ -74,17 +75,69 @@ def test_tls_mismatches_say_what_to_check(cli: Cli, plaintext_server_address: st
     plaintext = one_error_line(cli("--plaintext", "keys", "list", cwd=tmp_path, check=False),
                                "custody keys list: cannot reach")
     assert "over plaintext" in plaintext and "may require TLS" in plaintext
+    # TLS failures are not retried: the handshake, not the server, is the problem
     no_cert = cli.with_env(CUSTODY_STATE_DIR=None, CUSTODY_CA=str(client_tls.ca_cert))
     line = one_error_line(no_cert("keys", "list", cwd=tmp_path, check=False),
-                          "custody keys list: cannot reach")
-    assert "client certificate" in line
+                          "custody keys list: the TLS handshake with the Custody server at")
+    assert "client certificate" in line and "(not retried)" in line
     tls_to_plain = cli.with_env(CUSTODY_SERVER=plaintext_server_address)
     line = one_error_line(tls_to_plain("keys", "list", cwd=tmp_path, check=False),
-                          "custody keys list: cannot reach")
-    assert "over TLS" in line and "try --plaintext" in line
+                          "custody keys list: the TLS handshake with the Custody server at")
+    assert "try --plaintext" in line and "(not retried)" in line
     # and the right way round works
     plain = cli.with_env(CUSTODY_SERVER=plaintext_server_address, CUSTODY_STATE_DIR=None)
     assert "build" in plain("keys", "list", cwd=tmp_path).stdout
+
+
+def test_a_client_certificate_without_ca_trusts_the_local_ca(
+        cli: Cli, client_tls: Any, tmp_path: Path) -> None:
+    """--cert and --key-file without --ca: the local CA of $CUSTODY_STATE_DIR, as when
+    nothing is given (the system's roots refused the server's certificate before)."""
+    files = ("--cert", str(client_tls.cert), "--key-file", str(client_tls.key))
+    assert "build" in cli(*files, "keys", "list", cwd=tmp_path).stdout
+    # no local CA there: the system's roots, and the error says so, not "--ca"
+    elsewhere = tmp_path / "no-state"
+    line = one_error_line(cli.with_env(CUSTODY_STATE_DIR=str(elsewhere))(
+        *files, "keys", "list", cwd=tmp_path, check=False),
+        "custody keys list: the TLS handshake with the Custody server at 127.0.0.1:")
+    assert "CERTIFICATE_VERIFY_FAILED" in line and "(not retried)" in line
+    assert (f"not signed by the system's CA certificates (no --ca given, and no local CA "
+            f"at {elsewhere / 'tls' / 'ca.pem'})") in line
+    assert "after" not in line and "(UNAVAILABLE)" in line
+
+
+def test_certificate_failures_are_not_retried_and_name_the_ca(
+        cli: Cli, client_tls: Any, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from custody_server.tls_bootstrap import (
+        CertificateAuthority,
+        CertificateRequest,
+        issue_certificate,
+    )
+
+    now = datetime.now(UTC)
+    other = CertificateAuthority.create(common_name="Another CA", now=now)
+    (tmp_path / "other-ca.pem").write_bytes(other.cert_pem)
+    # the server's certificate is not from the CA given: this side refuses it
+    line = one_error_line(cli("--ca", "other-ca.pem", "--cert", str(client_tls.cert),
+                              "--key-file", str(client_tls.key), "keys", "list",
+                              cwd=tmp_path, check=False),
+                          "custody keys list: the TLS handshake with the Custody server at")
+    assert "(not retried)" in line and "after" not in line
+    assert "not signed by the CA in other-ca.pem (--ca)" in line
+    line = one_error_line(cli.with_env(CUSTODY_CA=str(tmp_path / "other-ca.pem"))(
+        "keys", "list", cwd=tmp_path, check=False), "custody keys list: the TLS handshake")
+    assert f"not signed by the CA in {tmp_path / 'other-ca.pem'} ($CUSTODY_CA)" in line
+    # the client's certificate is not from the server's client CA: the server refuses it
+    stranger = issue_certificate(other, CertificateRequest(
+        common_name="stranger", uri_names=(client_tls.identity,)), now=now)
+    (tmp_path / "stranger.pem").write_bytes(stranger.cert_pem)
+    (tmp_path / "stranger-key.pem").write_bytes(stranger.key_pem)
+    line = one_error_line(cli("--cert", "stranger.pem", "--key-file", "stranger-key.pem",
+                              "keys", "list", cwd=tmp_path, check=False),
+                          "custody keys list: the TLS handshake with the Custody server at")
+    assert "(not retried)" in line and "refuses the client certificate" in line
 
 
 def test_unknown_alias(cli: Cli, tmp_path: Path) -> None:
