@@ -9,7 +9,7 @@ if it cannot be written the call fails with UNAVAILABLE and says so.
 
 Pre-rotation: every alias keeps a next version in the token. A rotation promotes it and
 makes a new one; retiring it makes its replacement; an alias made before pre-rotation gets
-one at start, at each scheduler run, or when SignLayout names it (`ensure_next`).
+one at the server's start (`prepare_all`) or when SignLayout names it (`ensure_next`).
 
 A change is crash-safe: a new version's label is deterministic (`custody:<alias>:v<N>`).
 If a previous attempt generated that key but died before writing the record, the next
@@ -72,7 +72,6 @@ class DueWork:
     rotated: tuple[str, ...] = ()  # "alias v2 -> v3"
     destroyed: tuple[str, ...] = ()  # "alias v1"
     adopted: tuple[str, ...] = ()  # aliases given a lifecycle record (or a start time)
-    prepared: tuple[str, ...] = ()  # "alias v4": next versions made for aliases without one
 
 
 class KeyLifecycle:
@@ -215,8 +214,7 @@ class KeyLifecycle:
                 self._run_due_for(alias, rotated=rotated, destroyed=destroyed, adopted=adopted)
             except Exception as error:  # one alias's failure must not stop the others
                 log.error("lifecycle.due_failed", key_alias=alias, error=str(error)[:300])
-        prepared = self.prepare_all(trigger="schedule")
-        return DueWork(tuple(rotated), tuple(destroyed), tuple(adopted), prepared)
+        return DueWork(tuple(rotated), tuple(destroyed), tuple(adopted))
 
     def _may_be_due(self, key: ServiceKey, now: datetime) -> bool:
         lifecycle = key.lifecycle
