@@ -84,9 +84,12 @@ class CustodyClient(SigningClient):
         inspection_links: Mapping[str, bytes] | None = None,
         parameters: Mapping[str, str] | None = None,
         unlisted_links: Mapping[str, bytes] | None = None,
+        plan: bool = False,
     ) -> VerifyResult:
         """`unlisted_links`: link files of the layout's steps that no authorized keyid
-        names; never counted, they only let a failed verdict name a key rotation."""
+        names; never counted, they only let a failed verdict name a key rotation.
+        `plan`: the verdict without an audit entry or a verdict count (to learn which
+        inspections to run before the Verify that is recorded)."""
         request = pb.VerifyRequest(
             layout=layout,
             layout_keys=[pb.TrustedKey(alias=k.alias) if k.alias else
@@ -99,6 +102,7 @@ class CustodyClient(SigningClient):
             parameters=dict(parameters or {}),
             unlisted_links=[pb.MetadataFile(path=p, content=c)
                             for p, c in sorted((unlisted_links or {}).items())],
+            plan=plan,
         )
         response = self._call("Verify", self._custody.Verify, request)
         try:

@@ -43,6 +43,9 @@ class VerifyInput:
     parameters: Mapping[str, str]
     # files no authorized keyid names: only to explain a failure (lifecycle.rotation_diagnosis)
     unlisted_links: Mapping[str, bytes] = field(default_factory=dict)
+    # a plan: the verdict without an audit entry or a verdict count (the CLI's way to
+    # learn which inspections to run before the one Verify that is recorded)
+    plan: bool = False
 
 
 class VerificationService:
@@ -57,6 +60,7 @@ class VerificationService:
         self._clock = clock
 
     def verify(self, request: VerifyInput, *, caller: str) -> Verdict:
+        """The verdict, recorded in the audit trail (fail-closed) unless it is a plan."""
         details: dict[str, Any] = {
             "caller": caller,
             "layout_sha256": hashlib.sha256(request.layout).hexdigest(),
@@ -86,9 +90,12 @@ class VerificationService:
                                         links={**request.unlisted_links, **request.links},
                                         keys=self._keys)
         except CustodyError as error:
-            self._record(AuditEvent.failure(action="verify", category="process", error=error,
-                                            details=details))
+            if not request.plan:
+                self._record(AuditEvent.failure(action="verify", category="process",
+                                                error=error, details=details))
             raise
+        if request.plan:
+            return verdict
         first = verdict.failures[0] if verdict.failures else None
         self._record(AuditEvent(
             action="verify",
@@ -96,7 +103,7 @@ class VerificationService:
             outcome="success" if verdict.passed else "failure",
             reason=first.reason[:500] if first else "",
             details={**details, "passed": verdict.passed,
-                     "failure_stage": first.stage if first else ""},
+                     "failure_stage": first.failure_stage if first else ""},
         ))
         return verdict
 

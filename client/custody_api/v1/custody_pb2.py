@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ustody/v1/custody.proto\x12\ncustody.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"y\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x30\n\x06\x64igest\x18\x02 \x03(\x0b\x32 .custody.v1.Artifact.DigestEntry\x1a-\n\x0b\x44igestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\nByproducts\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x19\n\x0creturn_value\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_return_value\"\xfe\x02\n\x0fSignLinkRequest\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\'\n\tmaterials\x18\x03 \x03(\x0b\x32\x14.custody.v1.Artifact\x12&\n\x08products\x18\x04 \x03(\x0b\x32\x14.custody.v1.Artifact\x12*\n\nbyproducts\x18\x05 \x01(\x0b\x32\x16.custody.v1.Byproducts\x12\x41\n\x0b\x65nvironment\x18\x06 \x03(\x0b\x32,.custody.v1.SignLinkRequest.EnvironmentEntry\x12\x11\n\tkey_alias\x18\x07 \x01(\t\x12&\n\x08\x65nvelope\x18\x08 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x18\n\x10preliminary_link\x18\t \x01(\x0c\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x10SignLinkResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05keyid\x18\x03 \x01(\t\x12\x11\n\tkey_alias\x18\x04 \x01(\t\x12\x13\n\x0bkey_version\x18\x05 \x01(\r\x12&\n\x08\x65nvelope\x18\x06 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"\x7f\n\x11SignLayoutRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12&\n\x08\x65nvelope\x18\x03 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06\x61ppend\x18\x04 \x01(\x08\x12\x0f\n\x07refresh\x18\x05 \x01(\x08\"\xbb\x01\n\x12SignLayoutResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\x11\n\tkey_alias\x18\x03 \x01(\t\x12\x13\n\x0bkey_version\x18\x04 \x01(\r\x12&\n\x08\x65nvelope\x18\x05 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\x14\n\x0cother_owners\x18\x08 \x03(\t\"\\\n\nTrustedKey\x12\x0f\n\x05\x61lias\x18\x01 \x01(\tH\x00\x12\x19\n\x0fpublic_key_json\x18\x02 \x01(\tH\x00\x12\x18\n\x0epublic_key_pem\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"-\n\x0cMetadataFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xcd\x02\n\rVerifyRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12+\n\x0blayout_keys\x18\x02 \x03(\x0b\x32\x16.custody.v1.TrustedKey\x12\'\n\x05links\x18\x03 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12\x32\n\x10inspection_links\x18\x04 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12=\n\nparameters\x18\x05 \x03(\x0b\x32).custody.v1.VerifyRequest.ParametersEntry\x12\x30\n\x0eunlisted_links\x18\x06 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rVerifyFailure\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"=\n\rVerifyWarning\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x90\x01\n\x0eVerifyResponse\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12+\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x19.custody.v1.VerifyFailure\x12+\n\x08warnings\x18\x03 \x03(\x0b\x32\x19.custody.v1.VerifyWarning\x12\x14\n\x0cverdict_json\x18\x04 \x01(\t\"\xbe\x02\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cverify_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07retired\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tdestroyed\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpublic_key_json\x18\x08 \x01(\t\x12-\n\tactivated\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x02\n\x07KeyInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\r\n\x05keyid\x18\x04 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x05 \x01(\t\x12\x17\n\x0fpublic_key_json\x18\x06 \x01(\t\x12(\n\x08versions\x18\x07 \x03(\x0b\x32\x16.custody.v1.KeyVersion\x12\x16\n\x0e\x61\x63tive_version\x18\x08 \x01(\r\x12\x32\n\x0frotation_period\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\rnext_rotation\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnext_version\x18\x0b \x01(\r\"N\n\x10\x43reateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"5\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"\x11\n\x0fListKeysRequest\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.custody.v1.KeyInfo\"$\n\x13GetPublicKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\"8\n\x14GetPublicKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"z\n\x10RotateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\talgorithm\x18\x03 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"\xb1\x01\n\x11RotateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x18\n\x10previous_version\x18\x02 \x01(\r\x12\x13\n\x0bnew_version\x18\x03 \x01(\r\x12\x39\n\x15previous_verify_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08warnings\x18\x05 \x03(\t\"2\n\x10RetireKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"G\n\x11RetireKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x10\n\x08warnings\x18\x02 \x03(\t*g\n\x08\x45nvelope\x12\x18\n\x14\x45NVELOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NVELOPE_METABLOCK\x10\x01\x12\x11\n\rENVELOPE_DSSE\x10\x02\x12\x16\n\x12\x45NVELOPE_STATEMENT\x10\x03*\xa0\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P256\x10\x01\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P384\x10\x02\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x03\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x04\x32\xde\x01\n\x07\x43ustody\x12\x45\n\x08SignLink\x12\x1b.custody.v1.SignLinkRequest\x1a\x1c.custody.v1.SignLinkResponse\x12K\n\nSignLayout\x12\x1d.custody.v1.SignLayoutRequest\x1a\x1e.custody.v1.SignLayoutResponse\x12?\n\x06Verify\x12\x19.custody.v1.VerifyRequest\x1a\x1a.custody.v1.VerifyResponse2\x82\x03\n\x08KeyAdmin\x12H\n\tCreateKey\x12\x1c.custody.v1.CreateKeyRequest\x1a\x1d.custody.v1.CreateKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.custody.v1.ListKeysRequest\x1a\x1c.custody.v1.ListKeysResponse\x12Q\n\x0cGetPublicKey\x12\x1f.custody.v1.GetPublicKeyRequest\x1a .custody.v1.GetPublicKeyResponse\x12H\n\tRotateKey\x12\x1c.custody.v1.RotateKeyRequest\x1a\x1d.custody.v1.RotateKeyResponse\x12H\n\tRetireKey\x12\x1c.custody.v1.RetireKeyRequest\x1a\x1d.custody.v1.RetireKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ustody/v1/custody.proto\x12\ncustody.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"y\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x30\n\x06\x64igest\x18\x02 \x03(\x0b\x32 .custody.v1.Artifact.DigestEntry\x1a-\n\x0b\x44igestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\nByproducts\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x19\n\x0creturn_value\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_return_value\"\xfe\x02\n\x0fSignLinkRequest\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\'\n\tmaterials\x18\x03 \x03(\x0b\x32\x14.custody.v1.Artifact\x12&\n\x08products\x18\x04 \x03(\x0b\x32\x14.custody.v1.Artifact\x12*\n\nbyproducts\x18\x05 \x01(\x0b\x32\x16.custody.v1.Byproducts\x12\x41\n\x0b\x65nvironment\x18\x06 \x03(\x0b\x32,.custody.v1.SignLinkRequest.EnvironmentEntry\x12\x11\n\tkey_alias\x18\x07 \x01(\t\x12&\n\x08\x65nvelope\x18\x08 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x18\n\x10preliminary_link\x18\t \x01(\x0c\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x10SignLinkResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05keyid\x18\x03 \x01(\t\x12\x11\n\tkey_alias\x18\x04 \x01(\t\x12\x13\n\x0bkey_version\x18\x05 \x01(\r\x12&\n\x08\x65nvelope\x18\x06 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"\x7f\n\x11SignLayoutRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12\x11\n\tkey_alias\x18\x02 \x01(\t\x12&\n\x08\x65nvelope\x18\x03 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06\x61ppend\x18\x04 \x01(\x08\x12\x0f\n\x07refresh\x18\x05 \x01(\x08\"\xbb\x01\n\x12SignLayoutResponse\x12\x0e\n\x06signed\x18\x01 \x01(\x0c\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\x11\n\tkey_alias\x18\x03 \x01(\t\x12\x13\n\x0bkey_version\x18\x04 \x01(\r\x12&\n\x08\x65nvelope\x18\x05 \x01(\x0e\x32\x14.custody.v1.Envelope\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\x14\n\x0cother_owners\x18\x08 \x03(\t\"\\\n\nTrustedKey\x12\x0f\n\x05\x61lias\x18\x01 \x01(\tH\x00\x12\x19\n\x0fpublic_key_json\x18\x02 \x01(\tH\x00\x12\x18\n\x0epublic_key_pem\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"-\n\x0cMetadataFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xdb\x02\n\rVerifyRequest\x12\x0e\n\x06layout\x18\x01 \x01(\x0c\x12+\n\x0blayout_keys\x18\x02 \x03(\x0b\x32\x16.custody.v1.TrustedKey\x12\'\n\x05links\x18\x03 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12\x32\n\x10inspection_links\x18\x04 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12=\n\nparameters\x18\x05 \x03(\x0b\x32).custody.v1.VerifyRequest.ParametersEntry\x12\x30\n\x0eunlisted_links\x18\x06 \x03(\x0b\x32\x18.custody.v1.MetadataFile\x12\x0c\n\x04plan\x18\x07 \x01(\x08\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rVerifyFailure\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"=\n\rVerifyWarning\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x90\x01\n\x0eVerifyResponse\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12+\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x19.custody.v1.VerifyFailure\x12+\n\x08warnings\x18\x03 \x03(\x0b\x32\x19.custody.v1.VerifyWarning\x12\x14\n\x0cverdict_json\x18\x04 \x01(\t\"\xbe\x02\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05keyid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cverify_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07retired\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tdestroyed\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpublic_key_json\x18\x08 \x01(\t\x12-\n\tactivated\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x02\n\x07KeyInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\r\n\x05keyid\x18\x04 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x05 \x01(\t\x12\x17\n\x0fpublic_key_json\x18\x06 \x01(\t\x12(\n\x08versions\x18\x07 \x03(\x0b\x32\x16.custody.v1.KeyVersion\x12\x16\n\x0e\x61\x63tive_version\x18\x08 \x01(\r\x12\x32\n\x0frotation_period\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\rnext_rotation\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnext_version\x18\x0b \x01(\r\"N\n\x10\x43reateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12+\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"5\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"\x11\n\x0fListKeysRequest\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.custody.v1.KeyInfo\"$\n\x13GetPublicKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\"8\n\x14GetPublicKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\"z\n\x10RotateKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\talgorithm\x18\x03 \x01(\x0e\x32\x18.custody.v1.KeyAlgorithm\"\xb1\x01\n\x11RotateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x18\n\x10previous_version\x18\x02 \x01(\r\x12\x13\n\x0bnew_version\x18\x03 \x01(\r\x12\x39\n\x15previous_verify_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08warnings\x18\x05 \x03(\t\"2\n\x10RetireKeyRequest\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"G\n\x11RetireKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.custody.v1.KeyInfo\x12\x10\n\x08warnings\x18\x02 \x03(\t*g\n\x08\x45nvelope\x12\x18\n\x14\x45NVELOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NVELOPE_METABLOCK\x10\x01\x12\x11\n\rENVELOPE_DSSE\x10\x02\x12\x16\n\x12\x45NVELOPE_STATEMENT\x10\x03*\xa0\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P256\x10\x01\x12\x1c\n\x18KEY_ALGORITHM_ECDSA_P384\x10\x02\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x03\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x04\x32\xde\x01\n\x07\x43ustody\x12\x45\n\x08SignLink\x12\x1b.custody.v1.SignLinkRequest\x1a\x1c.custody.v1.SignLinkResponse\x12K\n\nSignLayout\x12\x1d.custody.v1.SignLayoutRequest\x1a\x1e.custody.v1.SignLayoutResponse\x12?\n\x06Verify\x12\x19.custody.v1.VerifyRequest\x1a\x1a.custody.v1.VerifyResponse2\x82\x03\n\x08KeyAdmin\x12H\n\tCreateKey\x12\x1c.custody.v1.CreateKeyRequest\x1a\x1d.custody.v1.CreateKeyResponse\x12\x45\n\x08ListKeys\x12\x1b.custody.v1.ListKeysRequest\x1a\x1c.custody.v1.ListKeysResponse\x12Q\n\x0cGetPublicKey\x12\x1f.custody.v1.GetPublicKeyRequest\x1a .custody.v1.GetPublicKeyResponse\x12H\n\tRotateKey\x12\x1c.custody.v1.RotateKeyRequest\x1a\x1d.custody.v1.RotateKeyResponse\x12H\n\tRetireKey\x12\x1c.custody.v1.RetireKeyRequest\x1a\x1d.custody.v1.RetireKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNLINKREQUEST_ENVIRONMENTENTRY']._serialized_options = b'8\001'
   _globals['_VERIFYREQUEST_PARAMETERSENTRY']._loaded_options = None
   _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_ENVELOPE']._serialized_start=3365
-  _globals['_ENVELOPE']._serialized_end=3468
-  _globals['_KEYALGORITHM']._serialized_start=3471
-  _globals['_KEYALGORITHM']._serialized_end=3631
+  _globals['_ENVELOPE']._serialized_start=3379
+  _globals['_ENVELOPE']._serialized_end=3482
+  _globals['_KEYALGORITHM']._serialized_start=3485
+  _globals['_KEYALGORITHM']._serialized_end=3645
   _globals['_ARTIFACT']._serialized_start=105
   _globals['_ARTIFACT']._serialized_end=226
   _globals['_ARTIFACT_DIGESTENTRY']._serialized_start=181
@@ -64,41 +64,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METADATAFILE']._serialized_start=1283
   _globals['_METADATAFILE']._serialized_end=1328
   _globals['_VERIFYREQUEST']._serialized_start=1331
-  _globals['_VERIFYREQUEST']._serialized_end=1664
-  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_start=1615
-  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_end=1664
-  _globals['_VERIFYFAILURE']._serialized_start=1666
-  _globals['_VERIFYFAILURE']._serialized_end=1755
-  _globals['_VERIFYWARNING']._serialized_start=1757
-  _globals['_VERIFYWARNING']._serialized_end=1818
-  _globals['_VERIFYRESPONSE']._serialized_start=1821
-  _globals['_VERIFYRESPONSE']._serialized_end=1965
-  _globals['_KEYVERSION']._serialized_start=1968
-  _globals['_KEYVERSION']._serialized_end=2286
-  _globals['_KEYINFO']._serialized_start=2289
-  _globals['_KEYINFO']._serialized_end=2629
-  _globals['_CREATEKEYREQUEST']._serialized_start=2631
-  _globals['_CREATEKEYREQUEST']._serialized_end=2709
-  _globals['_CREATEKEYRESPONSE']._serialized_start=2711
-  _globals['_CREATEKEYRESPONSE']._serialized_end=2764
-  _globals['_LISTKEYSREQUEST']._serialized_start=2766
-  _globals['_LISTKEYSREQUEST']._serialized_end=2783
-  _globals['_LISTKEYSRESPONSE']._serialized_start=2785
-  _globals['_LISTKEYSRESPONSE']._serialized_end=2838
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=2840
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=2876
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=2878
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=2934
-  _globals['_ROTATEKEYREQUEST']._serialized_start=2936
-  _globals['_ROTATEKEYREQUEST']._serialized_end=3058
-  _globals['_ROTATEKEYRESPONSE']._serialized_start=3061
-  _globals['_ROTATEKEYRESPONSE']._serialized_end=3238
-  _globals['_RETIREKEYREQUEST']._serialized_start=3240
-  _globals['_RETIREKEYREQUEST']._serialized_end=3290
-  _globals['_RETIREKEYRESPONSE']._serialized_start=3292
-  _globals['_RETIREKEYRESPONSE']._serialized_end=3363
-  _globals['_CUSTODY']._serialized_start=3634
-  _globals['_CUSTODY']._serialized_end=3856
-  _globals['_KEYADMIN']._serialized_start=3859
-  _globals['_KEYADMIN']._serialized_end=4245
+  _globals['_VERIFYREQUEST']._serialized_end=1678
+  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_start=1629
+  _globals['_VERIFYREQUEST_PARAMETERSENTRY']._serialized_end=1678
+  _globals['_VERIFYFAILURE']._serialized_start=1680
+  _globals['_VERIFYFAILURE']._serialized_end=1769
+  _globals['_VERIFYWARNING']._serialized_start=1771
+  _globals['_VERIFYWARNING']._serialized_end=1832
+  _globals['_VERIFYRESPONSE']._serialized_start=1835
+  _globals['_VERIFYRESPONSE']._serialized_end=1979
+  _globals['_KEYVERSION']._serialized_start=1982
+  _globals['_KEYVERSION']._serialized_end=2300
+  _globals['_KEYINFO']._serialized_start=2303
+  _globals['_KEYINFO']._serialized_end=2643
+  _globals['_CREATEKEYREQUEST']._serialized_start=2645
+  _globals['_CREATEKEYREQUEST']._serialized_end=2723
+  _globals['_CREATEKEYRESPONSE']._serialized_start=2725
+  _globals['_CREATEKEYRESPONSE']._serialized_end=2778
+  _globals['_LISTKEYSREQUEST']._serialized_start=2780
+  _globals['_LISTKEYSREQUEST']._serialized_end=2797
+  _globals['_LISTKEYSRESPONSE']._serialized_start=2799
+  _globals['_LISTKEYSRESPONSE']._serialized_end=2852
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=2854
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=2890
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=2892
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=2948
+  _globals['_ROTATEKEYREQUEST']._serialized_start=2950
+  _globals['_ROTATEKEYREQUEST']._serialized_end=3072
+  _globals['_ROTATEKEYRESPONSE']._serialized_start=3075
+  _globals['_ROTATEKEYRESPONSE']._serialized_end=3252
+  _globals['_RETIREKEYREQUEST']._serialized_start=3254
+  _globals['_RETIREKEYREQUEST']._serialized_end=3304
+  _globals['_RETIREKEYRESPONSE']._serialized_start=3306
+  _globals['_RETIREKEYRESPONSE']._serialized_end=3377
+  _globals['_CUSTODY']._serialized_start=3648
+  _globals['_CUSTODY']._serialized_end=3870
+  _globals['_KEYADMIN']._serialized_start=3873
+  _globals['_KEYADMIN']._serialized_end=4259
 # @@protoc_insertion_point(module_scope)

@@ -160,7 +160,7 @@ class MetadataFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("layout", "layout_keys", "links", "inspection_links", "parameters", "unlisted_links")
+    __slots__ = ("layout", "layout_keys", "links", "inspection_links", "parameters", "unlisted_links", "plan")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,13 +174,15 @@ class VerifyRequest(_message.Message):
     INSPECTION_LINKS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     UNLISTED_LINKS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     layout: bytes
     layout_keys: _containers.RepeatedCompositeFieldContainer[TrustedKey]
     links: _containers.RepeatedCompositeFieldContainer[MetadataFile]
     inspection_links: _containers.RepeatedCompositeFieldContainer[MetadataFile]
     parameters: _containers.ScalarMap[str, str]
     unlisted_links: _containers.RepeatedCompositeFieldContainer[MetadataFile]
-    def __init__(self, layout: _Optional[bytes] = ..., layout_keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., inspection_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., parameters: _Optional[_Mapping[str, str]] = ..., unlisted_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ...) -> None: ...
+    plan: bool
+    def __init__(self, layout: _Optional[bytes] = ..., layout_keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., inspection_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., parameters: _Optional[_Mapping[str, str]] = ..., unlisted_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., plan: _Optional[bool] = ...) -> None: ...
 
 class VerifyFailure(_message.Message):
     __slots__ = ("stage", "step", "rule", "paths", "reason")

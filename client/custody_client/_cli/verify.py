@@ -20,6 +20,7 @@ from custody_client._cli.unlisted_links import unlisted_links
 from custody_client._cli.verdict_output import format_verdict, verdict_json
 from custody_client.errors import InputError
 from custody_client.models import LayoutKey, VerifyFailure, VerifyResult
+from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
 
 log = logging.getLogger("custody.cli")
@@ -67,6 +68,14 @@ def _run_inspections(wanted: list[PendingInspection], links: dict[str, bytes],
     return True
 
 
+def _is_layout(data: bytes) -> bool:
+    """Whether a link file holds a (sub)layout, whose inspections may want running."""
+    try:
+        return parse_envelope(data).payload.get("_type") == "layout"
+    except MetadataError:
+        return False
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from custody_client._cli.common import open_client
 
@@ -86,26 +95,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     unlisted = unlisted_links(Path(args.link_dir), layout, sent=links)
     inspection_links: dict[str, bytes] = {}
     ran: list[str] = []
+    could_not_run: _CouldNotRunError | None = None
     with open_client(args) as client:
-        def verify() -> VerifyResult:
+        def verify(*, plan: bool) -> VerifyResult:
             return client.verify(layout=layout_bytes, layout_keys=keys, links=links,
                                  inspection_links=inspection_links, parameters=parameters,
-                                 unlisted_links=unlisted)
+                                 unlisted_links=unlisted, plan=plan)
 
-        result = verify()
-        for _ in range(_MAX_ROUNDS):
-            wanted = [] if result.passed else inspections_wanted(
-                result, root=root, links=links, done=set(inspection_links))
-            if not wanted:
-                break
-            try:
-                all_zero = _run_inspections(wanted, inspection_links, ran, args)
-            except _CouldNotRunError as error:
-                result = _could_not_run(result, error.name, error.cause)
-                break
-            result = verify()
-            if not all_zero:
-                break  # like the reference: the first failing inspection ends the run
+        sublayouts = any(_is_layout(data) for data in links.values())
+        if root.inspections or sublayouts:
+            # Plans (neither audited nor counted) say which inspections the verdict lacks:
+            # they run only once everything before them checked out. Each round runs one
+            # more level of sublayouts' inspections.
+            planned = verify(plan=True)
+            for _ in range(_MAX_ROUNDS):
+                wanted = [] if planned.passed else inspections_wanted(
+                    planned, root=root, links=links, done=set(inspection_links))
+                if not wanted:
+                    break
+                try:
+                    all_zero = _run_inspections(wanted, inspection_links, ran, args)
+                except _CouldNotRunError as error:
+                    could_not_run = error
+                    break
+                if not all_zero or not sublayouts:
+                    break  # like the reference: the first failing inspection ends the run
+                planned = verify(plan=True)
+        result = verify(plan=False)  # the one Verify that is recorded
+    if could_not_run is not None:
+        result = _could_not_run(result, could_not_run.name, could_not_run.cause)
     _print(result, args=args, steps=len(layout.steps), ran=ran)
     return EXIT_OK if result.passed else EXIT_FAILED
 

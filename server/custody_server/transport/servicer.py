@@ -99,6 +99,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             inspection_links=_files(request.inspection_links, what="inspection_links"),
             parameters=dict(request.parameters),
             unlisted_links=_files(request.unlisted_links, what="unlisted_links"),
+            plan=request.plan,
         ), caller=caller_identity(context))
         return verdict_to_pb(verdict)
 
