@@ -1,1 +1,8 @@
 """Custody server: the gRPC signing and verification service."""
+
+from importlib import metadata as _metadata
+
+try:  # the installed distribution's version (pyproject.toml)
+    __version__ = _metadata.version("custody")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import structlog
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -123,6 +124,9 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         periods = {alias: s.period for alias, s in config.lifecycle.schedules.items()}
         metrics.watch_next_rotation(
             lambda: next_rotation_remaining(keys.all(), periods=periods, now=clock()))
+        metrics.watch_keys(lambda: {key.alias: len(key.versions) for key in keys.all()})
+        metrics.add_aliases(key.alias for key in keys.all())  # their signing series at 0
+        metrics.set_certificate_expiry(_certificate_expiry(config))
     # Whatever the policy file says, no SignLink or SignLayout may use the audit key.
     policy = PolicyStore.from_file(config.policy_file, reserved_signing_keys={
         config.audit.key_alias: "the audit trail's checkpoints (audit.key_alias)"})
@@ -133,6 +137,9 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         defaults=KeyDefaults(link_key=config.default_link_key,
                              layout_key=config.default_layout_key),
     )
+    if metrics is not None and access.revocation is not None:
+        revocation = access.revocation
+        metrics.watch_crl(lambda: revocation.current.next_update)
     calls_in_progress = CallCounter()
     # inside: request id and log line first; refusals at shutdown touch no rate or audit
     gate = ShutdownGate(SERVICE_NAMES)
@@ -196,6 +203,23 @@ def _tls_files(config: ServerConfig) -> tuple[Path, Path, Path]:
     if tls.cert and tls.key and tls.client_ca:
         return tls.cert, tls.key, tls.client_ca
     raise ConfigError("tls needs cert, key and client_ca")  # TlsConfig refuses this
+
+
+def _certificate_expiry(config: ServerConfig) -> dict[str, datetime]:
+    """The notAfter of the server's certificate (the chain's first) and of the client CA
+    (the earliest, when the file holds several), as the server loads them at start."""
+    if config.tls.insecure:
+        return {}
+    chain, _key, client_ca = _tls_files(config)
+    expiry: dict[str, datetime] = {}
+    for name, path, certificates in (("server", chain, 1), ("client-ca", client_ca, None)):
+        try:
+            loaded = x509.load_pem_x509_certificates(path.read_bytes())[:certificates]
+        except (OSError, ValueError) as error:  # _bind says what is wrong with the files
+            log.warning("metrics.certificate_unreadable", file=str(path), error=str(error))
+            continue
+        expiry[name] = min(certificate.not_valid_after_utc for certificate in loaded)
+    return expiry
 
 
 def _revocation(config: ServerConfig) -> RevocationStore | None:

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                  running.health_listener(TOKEN_UNAVAILABLE)).start()
         audit.expect_entries_from(running.calls_in_progress)  # group commit waits for them
         metrics.watch_audit(lambda: audit.healthy)
-        metrics.watch_keys(lambda: {key.alias: len(key.versions) for key in opened.keys.all()})
+        metrics.watch_token(lambda: opened.store.available)
         metrics_server = (MetricsServer.start(metrics, listen=config.metrics.listen)
                           if config.metrics.listen else None)
     except CustodyError as error:

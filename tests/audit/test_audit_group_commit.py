@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,9 @@ class Writers:
             time.sleep(self.stall)
 
     def audit_failed(self, *, kind: str) -> None:
+        pass
+
+    def audit_checkpointed(self, *, at: datetime) -> None:
         pass
 
 

@@ -85,7 +85,12 @@ def test_disk_full_during_load(state: Path) -> None:
     logged = signed_digests(audit_log(state))
     assert sum(logged.values()) == len(load.returned)  # nothing for withheld signatures
     assert all(logged[r.sha256] == 1 for r in load.returned)
-    assert 'custody_audit_failures_total{kind="write"}' in metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    [failures] = [s.value for family in text_string_to_metric_families(metrics)
+                  for s in family.samples
+                  if s.name == "custody_audit_failures_total" and s.labels == {"kind": "write"}]
+    assert failures >= 1
     assert "sealed" in verify_state(state, key)
 
 

@@ -113,7 +113,7 @@ def test_one_entry_per_returned_signature_under_concurrent_load(audited: Audited
     verdict = audited.verify(["audit.log"])
     assert verdict.ok and verdict.sealed, verdict.problems
     assert verdict.checkpoints >= 2
-    assert audited.metrics.audit_entries.value() == verdict.entries
+    assert audited.metrics.sample("custody_audit_entries_total") == verdict.entries
 
 
 def test_unwritable_audit_file_during_load(audited: Audited) -> None:
@@ -177,7 +177,8 @@ def test_unwritable_audit_file_during_load(audited: Audited) -> None:
     assert all(logged[response.sha256] == 1 for response in returned)
     verdict = audited.verify(["audit.before", "audit.log"])
     assert verdict.ok and verdict.sealed, verdict.problems
-    assert audited.metrics.audit_failures.value("write") >= 1
+    assert (audited.metrics.sample("custody_audit_failures_total", kind="write")
+            or 0) >= 1
 
 
 def test_metrics_endpoint_reports_what_the_on_call_watches(audited: Audited) -> None:
@@ -210,39 +211,32 @@ def test_metrics_endpoint_reports_what_the_on_call_watches(audited: Audited) -> 
             text = response.read().decode()
     finally:
         server.close()
-    samples = dict(parse_exposition(text))
-    assert samples['custody_rpc_requests_total{rpc="SignLink",code="OK"}'] == 1
-    assert samples['custody_rpc_requests_total{rpc="Verify",code="INVALID_ARGUMENT"}'] == 1
-    assert samples['custody_rpc_duration_seconds_count{rpc="SignLink"}'] == 1
-    assert samples['custody_signatures_total{action="sign-link",key_alias="build",'
-                   'outcome="success"}'] == 1
-    assert samples['custody_verifications_total{result="error",stage="request"}'] == 1
+    samples = parse_exposition(text)
+    assert samples["custody_rpc_requests_total", ("code", "OK"), ("rpc", "SignLink")] == 1
+    assert samples["custody_rpc_requests_total", ("code", "INVALID_ARGUMENT"),
+                   ("rpc", "Verify")] == 1
+    assert samples["custody_rpc_duration_seconds_count", ("rpc", "SignLink")] == 1
+    assert samples["custody_signatures_total", ("action", "sign-link"), ("key_alias", "build"),
+                   ("outcome", "success")] == 1
+    assert samples["custody_verifications_total", ("result", "error"),
+                   ("stage", "request")] == 1
     stage = verdict.failures[0].stage
-    assert samples[f'custody_verifications_total{{result="failed",stage="{stage}"}}'] == 1
-    assert samples["custody_audit_write_seconds_count"] >= 4
-    assert samples["custody_audit_writable"] == 1
-    assert samples['custody_key_versions{alias="build"}'] >= 1
-    assert samples['custody_key_overlap_remaining_seconds{alias="build",version="1"}'] == 3600
+    assert stage == "threshold"  # no link for the step: the metrics name the cause
+    assert samples["custody_verifications_total", ("result", "failed"),
+                   ("stage", "missing-link")] == 1
+    assert samples["custody_audit_write_duration_seconds_count",] >= 4
+    assert samples["custody_audit_writable",] == 1
+    assert samples["custody_key_versions", ("alias", "build")] >= 1
+    assert samples["custody_key_overlap_remaining_seconds", ("alias", "build"),
+                   ("version", "1")] == 3600
 
 
-def parse_exposition(text: str) -> Iterator[tuple[str, float]]:
-    """Sample lines of the text format, checked against its grammar on the way."""
-    import re
+def parse_exposition(text: str) -> dict[tuple[Any, ...], float]:
+    """(name, *sorted label pairs) -> value, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    sample = re.compile(r'^([a-z_]+(?:\{[a-z_]+="[^"\\]*"(?:,[a-z_]+="[^"\\]*")*\})?) '
-                        r"(-?[0-9.e+]+|\+Inf)$")
-    declared: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            declared.add(line.split()[2])
-            continue
-        if line.startswith("# HELP "):
-            continue
-        match = sample.match(line)
-        assert match, line
-        name = match[1].split("{")[0]
-        assert any(name.startswith(d) for d in declared), line
-        yield match[1], float(match[2])
+    return {(sample.name, *sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def test_every_signature_entry_names_key_version_and_caller(audited: Audited) -> None:

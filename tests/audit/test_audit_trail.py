@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,9 @@ class Counting:
 
     def audit_failed(self, *, kind: str) -> None:
         self.failures.append(kind)
+
+    def audit_checkpointed(self, *, at: datetime) -> None:
+        pass
 
 
 def test_concurrent_records_share_fsyncs_and_all_land_in_order(trail_anchor: TrailAnchor,
