@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Create (or reuse) a SoftHSM2 token whose files live in DIR, without the Python package.
 #
-#   softhsm/init-token.sh DIR [--label LABEL]        (default label: custody)
+#   softhsm/init-token.sh DIR [--label LABEL] [--pin-file FILE]   (default label: custody)
 #
 # Writes DIR/softhsm2.conf (tokens in DIR/tokens, file object store, log level ERROR),
 # initializes a token with a random SO PIN and a random user PIN, and keeps the user PIN in
-# DIR/user.pin (mode 0600). Idempotent: a token that already carries LABEL is reused.
+# FILE (default DIR/user.pin; mode 0600). Keep FILE apart from DIR where backups or volumes
+# of the token could carry it along (docker-compose.yml: a volume of its own).
+# Idempotent: a token that already carries LABEL is reused.
 # Set SOFTHSM_USER_PIN / SOFTHSM_SO_PIN to choose the PINs instead.
 #
 # Unlike `python -m custody_server.softhsm`, this passes the PINs to softhsm2-util as
@@ -14,14 +16,16 @@
 set -euo pipefail
 umask 077
 
-usage() { echo "usage: $0 DIR [--label LABEL]" >&2; exit 2; }
+usage() { echo "usage: $0 DIR [--label LABEL] [--pin-file FILE]" >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage
 dir=$1; shift
 label=custody
+pin_file=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --label) [[ $# -ge 2 ]] || usage; label=$2; shift 2 ;;
+        --pin-file) [[ $# -ge 2 ]] || usage; pin_file=$2; shift 2 ;;
         *) usage ;;
     esac
 done
@@ -30,7 +34,8 @@ command -v softhsm2-util >/dev/null || { echo "error: softhsm2-util not found" >
 mkdir -p "$dir/tokens"
 dir=$(cd "$dir" && pwd)
 conf=$dir/softhsm2.conf
-pin_file=$dir/user.pin
+pin_file=${pin_file:-$dir/user.pin}
+mkdir -p "$(dirname "$pin_file")"
 
 cat >"$conf" <<EOF
 directories.tokendir = $dir/tokens

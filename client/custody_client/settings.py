@@ -85,7 +85,10 @@ NO_RETRIES = RetryPolicy(max_attempts=1)
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """Where and how to call. `timeout` bounds a whole call, retries included."""
+    """Where and how to call. `timeout` bounds a whole call, retries included.
+
+    `address`: host:port, or several replicas' separated by commas, over which calls are
+    spread and retries move (custody_client.replicas)."""
 
     address: str = DEFAULT_ADDRESS
     tls: TlsMaterial | None = None
@@ -94,12 +97,19 @@ class ConnectionSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
-        if not self.address or any(c.isspace() for c in self.address):
-            raise InputError(f"bad server address {self.address!r}")
+        if (not self.address or any(c.isspace() for c in self.address)
+                or not all(self.addresses)):
+            raise InputError(f"bad server address {self.address!r} (host:port, or several "
+                             "separated by commas without spaces)")
         if self.timeout <= 0:
             raise InputError("the timeout must be positive")
         if self.max_message_bytes < 1:
             raise InputError("max_message_bytes must be positive")
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Each replica's address."""
+        return tuple(self.address.split(","))
 
     @property
     def transport(self) -> str:

@@ -23,6 +23,7 @@ import grpc
 from custody_client.errors import ClientError
 from custody_client.link_draft import LinkDraft
 from custody_client.models import EnvelopeKind, SignedMetadata
+from custody_client.replicas import CHANNEL_OPTIONS, ReplicaChannel
 from custody_client.settings import ConnectionSettings, RetryPolicy
 from custody_client.sign_link_reply import read_sign_link_response
 
@@ -37,23 +38,31 @@ class SigningClient:
 
     def __init__(self, settings: ConnectionSettings | None = None) -> None:
         self.settings = settings or ConnectionSettings()
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", self.settings.max_message_bytes),
             ("grpc.max_receive_message_length", self.settings.max_message_bytes),
             ("grpc.enable_retries", 0),  # retries are ours: bounded, with jitter, logged
+            *CHANNEL_OPTIONS,  # replicas behind a DNS name: balanced, reconnected quickly
         ]
-        tls = self.settings.tls
-        if tls is None:
-            self._channel = grpc.insecure_channel(self.settings.address, options=options)
-        else:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
-            self._channel = grpc.secure_channel(self.settings.address, credentials,
-                                                options=options)
+        addresses = self.settings.addresses
+        self._channel: grpc.Channel
+        if len(addresses) == 1:
+            self._channel = self._open_channel(addresses[0], options)
+        else:  # several replicas: balanced, and a retry moves to another one
+            self._channel = ReplicaChannel([self._open_channel(address, options)
+                                            for address in addresses])
         # Bytes in, bytes out: the draft is in wire format already, the reply read by hand.
         self._sign_link_raw = self._channel.unary_unary(
             "/custody.v1.Custody/SignLink", request_serializer=_as_bytes,
             response_deserializer=_as_bytes)
+
+    def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        tls = self.settings.tls
+        if tls is None:
+            return grpc.insecure_channel(address, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
+        return grpc.secure_channel(address, credentials, options=options)
 
     def __enter__(self) -> SigningClient:
         return self
@@ -69,15 +78,17 @@ class SigningClient:
         misconfigured server is found before a long build rather than after it."""
         check = self._channel.unary_unary(_HEALTH_CHECK, request_serializer=bytes,
                                           response_deserializer=bytes)
-        try:
-            status = self._call("health check", check, b"")  # HealthCheckRequest{service=""}
-        except ClientError as error:
-            if error.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                raise
-            return  # it answered (perhaps without a health service): reachable
-        if status != _SERVING:
-            raise ClientError(f"the Custody server at {self.settings.address} is not serving "
-                              "(shutting down?) (UNAVAILABLE)", code="UNAVAILABLE")
+        for _ in self.settings.addresses:  # replicas: one not serving, ask the next one
+            try:
+                status = self._call("health check", check, b"")  # HealthCheckRequest{""}
+            except ClientError as error:
+                if error.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    raise
+                return  # it answered (perhaps without a health service): reachable
+            if status == _SERVING:
+                return
+        raise ClientError(f"the Custody server at {self.settings.address} is not serving "
+                          "(shutting down?) (UNAVAILABLE)", code="UNAVAILABLE")
 
     def sign_link(self, draft: LinkDraft, *, key_alias: str = "",
                   envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> SignedMetadata:

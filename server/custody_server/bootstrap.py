@@ -1,8 +1,13 @@
 """Open the key store a config names; for the embedded default, make it first.
 
 The embedded default keeps everything under the state directory: a SoftHSM
-token (hsm/), its PIN file (mode 0600) and the default keys `build` (signs
-links) and `owner` (signs layouts), created on first start.
+token (hsm/) and its PIN file (mode 0600), created on first start.
+
+Whatever the token, the keys a deployment needs exist before the server reports SERVING:
+the default link and layout keys (`build` and `owner` unless the config names others)
+are made at start when the token lacks them, as the audit key is (open_audit_trail).
+A token whose keys were made beforehand (a key ceremony) is left as it is. Replicas that
+start at once make each key once (KeyRing.ensure under the lifecycle lock).
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ def open_keystore(config: ServerConfig) -> Opened:
     keys = KeyRing(store, cache_ttl=config.lifecycle.cache_ttl_seconds,
                    guard=default_guard(config.lifecycle.lock_file))
     notes.append(f"key lifecycle lock: {keys.guard.description}")
-    if hsm.embedded:
-        notes += ensure_default_keys(keys, (config.default_link_key, config.default_layout_key))
+    # Every token, not only the embedded one: a server that says SERVING but has no key
+    # for SignLink's default fails the first build (NOT_FOUND).
+    notes += ensure_default_keys(keys, (config.default_link_key, config.default_layout_key))
     return Opened(store=store, keys=keys, notes=notes)
 
 
@@ -76,7 +82,8 @@ def prepare_access(config: ServerConfig) -> list[str]:
     notes: list[str] = []
     if config.tls.local:
         _, created = ensure_local_tls(config.state_dir,
-                                      listen_host=config.listen.rsplit(":", 1)[0])
+                                      listen_host=config.listen.rsplit(":", 1)[0],
+                                      server_names=config.tls.server_names)
         notes += created
     if config.policy.file is None and write_default_policy(config.policy_file):
         notes.append(f"wrote the default access policy {config.policy_file} "

@@ -18,6 +18,7 @@ A config file looks like this (every key is optional; see README "Configuration"
     client_ca = "/etc/custody/clients-ca.pem"   # client certificates are always required
     crl_file = "/etc/custody/clients.crl"     # revoked client certificates (PEM or DER)
     # insecure = true           # plaintext, every caller "anonymous": never in production
+    # server_names = ["custody"]  # local certificates only: names callers reach it by
 
     [policy]
     file = "/etc/custody/policy.toml"   # default: state_dir/policy.toml (written on first start)
@@ -55,6 +56,7 @@ A config file looks like this (every key is optional; see README "Configuration"
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -68,6 +70,7 @@ from custody_server.lifecycle.settings import LifecycleSettings, lifecycle_setti
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_TOKEN_LABEL = "custody"  # noqa: S105 (a label, not a secret)
 DEFAULT_AUDIT_KEY_ALIAS = "audit"
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _KEY_ALIAS = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # keyring.validate_alias, as a config check
 MAX_COMMIT_DELAY_SECONDS = 0.01
@@ -126,8 +129,20 @@ class TlsConfig:
     insecure: bool = False
     # A CRL from the client CA (PEM or DER): its certificates are refused; re-read on SIGHUP
     crl_file: Path | None = None
+    # The local server certificate's names (DNS names or IP addresses) besides localhost,
+    # 127.0.0.1 and ::1: the names callers reach the service by (a compose service, a load
+    # balancer's name). Empty: the host name is added instead (it changes per container).
+    server_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in self.server_names:
+            if not isinstance(name, str) or not _server_name_ok(name):
+                raise ConfigError(f"tls.server_names: {str(name)[:80]!r} is neither a DNS "
+                                  "name nor an IP address")
+        if self.server_names and not self.local:
+            raise ConfigError("tls.server_names names the local server certificate: it "
+                              "cannot be combined with tls.cert or tls.insecure (put the "
+                              "names in your own certificate)")
         given = [name for name in ("cert", "key", "client_ca") if getattr(self, name)]
         if self.insecure and self.crl_file:
             raise ConfigError("tls.insecure = true cannot be combined with tls.crl_file")
@@ -146,6 +161,14 @@ class TlsConfig:
     def local(self) -> bool:
         """TLS with the local certificates in state_dir/tls."""
         return not self.insecure and self.cert is None
+
+
+def _server_name_ok(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return len(name) <= 253 and all(_DNS_LABEL.match(label) for label in name.split("."))
+    return True
 
 
 @dataclass(frozen=True)
@@ -277,11 +300,14 @@ def load_config(path: Path) -> ServerConfig:
 def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
     table = dict(data)
     hsm = _section(table.pop("hsm", {}), "hsm", {"module", "token_label", "pin_env", "pin_file"})
-    tls = _section(table.pop("tls", {}), "tls",
-                   {"cert", "key", "client_ca", "insecure", "crl_file"})
+    tls = dict(_section(table.pop("tls", {}), "tls",  # a copy: the caller's data stays
+                        {"cert", "key", "client_ca", "insecure", "crl_file", "server_names"}))
     insecure = tls.pop("insecure", False)
     if not isinstance(insecure, bool):
         raise ConfigError("tls.insecure must be true or false")
+    server_names = tls.pop("server_names", [])
+    if not isinstance(server_names, list):
+        raise ConfigError("tls.server_names must be a list of names")
     policy = _section(table.pop("policy", {}), "policy", {"file"})
     limits = _section(table.pop("limits", {}), "limits",
                       {"max_message_bytes", "max_artifacts_per_link", "max_workers",
@@ -311,7 +337,8 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
                 pin_env=hsm.get("pin_env"),
                 pin_file=_path(hsm["pin_file"], base) if "pin_file" in hsm else None,
             ),
-            tls=TlsConfig(insecure=insecure, **{k: _path(v, base) for k, v in tls.items()}),
+            tls=TlsConfig(insecure=insecure, server_names=tuple(server_names),
+                          **{k: _path(v, base) for k, v in tls.items()}),
             policy=PolicyConfig(file=_path(policy["file"], base) if "file" in policy else None),
             limits=Limits(**{k: int(v) for k, v in limits.items()}),
             lifecycle=lifecycle_settings_from_table(lifecycle, base=base),

@@ -3,7 +3,8 @@
 On first start the server creates, in `<state_dir>/tls/` (mode 0700):
 
     ca.pem, ca-key.pem            the local CA (ECDSA P-256, 10 years)
-    server.pem, server-key.pem    the server (localhost, 127.0.0.1, ::1, the host name)
+    server.pem, server-key.pem    the server (localhost, 127.0.0.1, ::1, and the host
+                                  name or else `[tls] server_names`)
     client.pem, client-key.pem    the local client, URI SAN LOCAL_CLIENT_IDENTITY
 
 Private keys are written with mode 0600. The CA key stays in the state directory
@@ -27,11 +28,12 @@ and a CRL that revokes one (name it in `[tls] crl_file`, then `kill -HUP` the se
 from __future__ import annotations
 
 import argparse
+import fcntl
 import ipaddress
 import os
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -212,11 +214,28 @@ def local_tls_dir(state_dir: Path) -> Path:
 
 
 def ensure_local_tls(state_dir: Path, *, listen_host: str = "",
+                     server_names: Sequence[str] = (),
                      now: datetime | None = None) -> tuple[LocalTls, list[str]]:
-    """Create or renew the local CA, server and client certificates; say what was done."""
+    """Create or renew the local CA, server and client certificates; say what was done.
+
+    `server_names` (`[tls] server_names`): the names callers reach the service by, in the
+    server certificate besides localhost, 127.0.0.1 and ::1; none: the host name instead.
+    Replicas sharing the directory may start at once: an exclusive flock on
+    `.tls.lock` there makes one of them create the CA and the others use it."""
     now = now or datetime.now(UTC)
     files = LocalTls(local_tls_dir(state_dir))
     files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(files.directory / ".tls.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when closed (or the process dies)
+        return files, _ensure_files(files, now=now, listen_host=listen_host,
+                                    server_names=server_names)
+    finally:
+        os.close(fd)
+
+
+def _ensure_files(files: LocalTls, *, now: datetime, listen_host: str,
+                  server_names: Sequence[str]) -> list[str]:
     notes: list[str] = []
     if files.ca_cert.exists() and files.ca_key.exists():
         ca = files.authority()
@@ -229,7 +248,7 @@ def ensure_local_tls(state_dir: Path, *, listen_host: str = "",
         notes.append(f"created a local CA in {files.directory}")
     server_request = CertificateRequest(
         common_name="custody-server", server=True, client=False,
-        **_server_names(listen_host),
+        **_server_names(listen_host, server_names),
     )
     if _needs_issue(files.server_cert, now=now, request=server_request):
         _write_pair(files.server_cert, files.server_key,
@@ -242,25 +261,32 @@ def ensure_local_tls(state_dir: Path, *, listen_host: str = "",
                     issue_certificate(ca, client_request, now=now))
         notes.append(f"issued the local client certificate {files.client_cert} "
                      f"(identity {LOCAL_CLIENT_IDENTITY})")
-    return files, notes
+    return notes
 
 
-def _server_names(listen_host: str) -> dict[str, tuple[str, ...]]:
+def _server_names(listen_host: str,
+                  configured: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
+    """localhost, 127.0.0.1, ::1, the listen host, and the configured names; with none
+    configured, the host name too (not with them: replicas sharing the certificate have
+    host names of their own, and each would issue it again without the others')."""
     dns = ["localhost"]
     ips = ["127.0.0.1", "::1"]
     host_name = socket.gethostname()
-    if host_name and host_name not in dns:
-        dns.append(host_name)
+    names = list(configured)
+    if not configured and host_name:
+        names.append(host_name)
     host = listen_host.strip("[]")
     if host and host not in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
+        names.append(host)
+    for name in names:
         try:
-            ipaddress.ip_address(host)
+            address = ipaddress.ip_address(name)
         except ValueError:
-            if host not in dns:
-                dns.append(host)
+            if name not in dns:
+                dns.append(name)
         else:
-            if host not in ips:
-                ips.append(host)
+            if str(address) not in ips:
+                ips.append(str(address))
     return {"dns_names": tuple(dns), "ip_addresses": tuple(ips)}
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_file_names_what_exists() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     services = compose["services"]
-    assert {"softhsm-init", "custody"} <= set(services)
+    assert {"softhsm-init", "custody-1", "custody-2"} <= set(services)
     for service in services.values():
         assert service["build"] == "."
         for volume in service.get("volumes", []):
@@ -31,18 +32,69 @@ def test_compose_file_names_what_exists() -> None:
     copies = dockerfile_copies((ROOT / "Dockerfile").read_text(encoding="utf-8"))
     assert any(init_script.startswith(f"{landed}/") for landed in copies.values()), \
         f"the image does not hold {init_script}"
-    config = tomllib.loads((ROOT / "deploy" / "custody.toml").read_text())
+
+
+def compose_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's mounts: the path in the container -> the volume or host path."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        mounts[target] = source
+    return mounts
+
+
+def volume_of(path: Path | str, mounts: dict[str, str]) -> str | None:
+    """The volume (or host path) a path in the container lies on; None: the container's
+    own file system."""
+    text = str(path)
+    holders = [t for t in mounts if text == t or text.startswith(t.rstrip("/") + "/")]
+    return mounts[max(holders, key=len)] if holders else None
+
+
+def test_compose_replicas_keep_secrets_and_trails_apart() -> None:
+    """Two replicas on one token volume; the PIN on a volume of its own (never the token's);
+    the TLS material shared; an audit trail and a node name per replica; the certificate
+    names the service as the compose network reaches it."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
     from custody_server.config import config_from_dict
 
-    parsed = config_from_dict(config, base=ROOT / "deploy")
+    parsed = config_from_dict(tomllib.loads((ROOT / "deploy" / "custody.toml").read_text()),
+                              base=ROOT / "deploy")
     from custody_client.local_tls import CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE
 
-    health = " ".join(services["custody"]["healthcheck"]["test"])
-    for name in (CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE):
-        assert f"'{name}'" in health, f"healthcheck must use {name} (mTLS is the default)"
-    assert f"{parsed.state_dir}/tls/" in health
-    env_conf = services["custody"]["environment"]["SOFTHSM2_CONF"]
-    assert str(parsed.hsm.pin_file).startswith(str(Path(env_conf).parent))
+    replicas = ["custody-1", "custody-2"]
+    audit_volumes, nodes = set(), set()
+    for name in replicas:
+        service = services[name]
+        mounts = compose_mounts(service)
+        health = " ".join(service["healthcheck"]["test"])
+        for file in (CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE):
+            assert f"'{file}'" in health, f"healthcheck must use {file} (mTLS is the default)"
+        assert f"{parsed.state_dir}/tls/" in health
+        conf = service["environment"]["SOFTHSM2_CONF"]
+        token = volume_of(conf, mounts)
+        pin = volume_of(parsed.hsm.pin_file or "", mounts)
+        assert token == "custody-token" and pin == "custody-pin", (token, pin)
+        assert any(v.startswith("custody-pin:") and v.endswith(":ro")
+                   for v in service["volumes"]), "the replicas only read the PIN"
+        assert volume_of(parsed.state_dir / "tls", mounts) == "custody-tls"
+        audit_volumes.add(volume_of(parsed.audit.directory or "", mounts))
+        command = service["command"]
+        assert command[:2] == ["--config", "/etc/custody/custody.toml"]
+        assert mounts["/etc/custody/custody.toml"] == "./deploy/custody.toml"
+        assert mounts[str(parsed.policy.file)] == "./deploy/policy.toml"
+        nodes.add(command[command.index("--audit-node") + 1])
+        assert "custody" in service["networks"]["default"]["aliases"]
+        assert name in parsed.tls.server_names
+    assert None not in audit_volumes and len(audit_volumes) == len(replicas)
+    assert nodes == set(replicas)
+    assert "custody" in parsed.tls.server_names
+    init = compose_mounts(services["softhsm-init"])
+    entrypoint = services["softhsm-init"]["entrypoint"]
+    assert volume_of(entrypoint[2], init) == "custody-token"
+    assert volume_of(entrypoint[entrypoint.index("--pin-file") + 1], init) == "custody-pin"
+    assert entrypoint[entrypoint.index("--pin-file") + 1] == str(parsed.hsm.pin_file)
 
 
 def dockerfile_copies(dockerfile: str) -> dict[str, str]:

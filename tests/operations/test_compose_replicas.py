@@ -1,0 +1,248 @@
+"""docker-compose.yml run for real, without Docker: its init container and its two
+replicas, from the config files it mounts (tests/operations/compose_support.py says how
+its paths are translated). On a fresh token the first `custody run` succeeds; 16 clients
+then sign through both replicas (client-side round robin) while one replica is stopped
+with SIGTERM and started again, and the other killed with SIGKILL and started again: no
+client call fails, every signature a client got is in one of the two audit trails, and
+both trails verify with `custody audit verify`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from custody_client.client import CustodyClient
+from custody_client.errors import ClientError
+from custody_client.link_draft import LinkDraft
+from custody_client.settings import ConnectionSettings, TlsMaterial
+
+from .compose_support import ComposeService, free_port, load_compose
+
+pytestmark = pytest.mark.slow
+CLIENTS = 16
+
+
+class Replica:
+    """One compose replica as a local process on a port of its own (kept across restarts,
+    as the container's is)."""
+
+    def __init__(self, service: ComposeService) -> None:
+        self.service = service
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output = bytearray()
+        self._read: dict[Path, int] = {}  # bytes of each trail file read so far
+        self._signed: list[tuple[str, str]] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [*self.service.entrypoint(), "--listen", self.address,
+                   "--metrics-listen", "127.0.0.1:0"]
+        self.process = subprocess.Popen(command, env=self.service.environment(),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
+        # as compose's depends_on: service_healthy, by the service's own healthcheck
+        deadline = time.monotonic() + 90
+        while self.service.healthcheck(self.port).returncode != 0:
+            assert self.process.poll() is None, self.log()
+            assert time.monotonic() < deadline, "not healthy:\n" + self.log()
+            time.sleep(0.2)
+
+    def _drain(self, process: subprocess.Popen[bytes]) -> None:
+        stream: Any = process.stderr
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            self.output.extend(chunk)
+
+    def stop(self, how: signal.Signals) -> int:
+        assert self.process is not None
+        self.process.send_signal(how)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError("did not stop:\n" + self.log()) from None
+
+    def log(self) -> str:
+        return bytes(self.output).decode(errors="replace")[-4000:]
+
+    def trail(self) -> list[Path]:
+        directory = Path(self.service.path("/var/lib/custody/audit"))
+        return sorted(directory.glob("audit*.log"))
+
+    def signed(self) -> list[tuple[str, str]]:
+        """(step name, signed_sha256) of each successful sign-link entry so far, in order
+        (read on from where the last call stopped: the trail only grows)."""
+        for path in self.trail():
+            data = path.read_bytes()
+            done = self._read.get(path, 0)
+            end = data.rfind(b"\n") + 1  # whole lines only: one may be being written
+            for line in data[done:end].splitlines():
+                if b'"sign-link"' in line:
+                    entry = json.loads(line)
+                    if entry["event"]["outcome"] == "success":
+                        self._signed.append((entry["custody"]["step"],
+                                             entry["custody"]["signed_sha256"]))
+            self._read[path] = max(done, end)
+        return list(self._signed)
+
+    def digests(self) -> set[str]:
+        return {digest for _, digest in self.signed()}
+
+
+class Load:
+    """CLIENTS threads signing links through every replica until stopped."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+        self.returned: list[str] = []
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(n,), daemon=True)
+                         for n in range(CLIENTS)]
+        for thread in self._threads:
+            thread.start()
+
+    def _client(self, number: int) -> None:
+        with CustodyClient(self.settings) as custody:
+            index = 0
+            while not self._stop.is_set():
+                index += 1
+                draft = LinkDraft(step_name=f"load-{number}", command=["make", str(index)])
+                draft.add_products([(f"out/{number}/{index}", f"{index:064x}")])
+                try:
+                    signed = custody.sign_link(draft)
+                except ClientError as error:
+                    with self._lock:
+                        self.failures.append(str(error))
+                    continue
+                with self._lock:
+                    self.returned.append(signed.sha256)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.returned)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+
+def eventually(what: str, condition: Callable[[], bool], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
+    services = load_compose(tmp_path)
+    init = services["softhsm-init"].run_to_end()
+    assert init.returncode == 0, init.stderr
+    first, second = Replica(services["custody-1"]), Replica(services["custody-2"])
+    try:
+        first.start()
+        second.start()  # depends_on custody-1: service_healthy
+        yield first, second
+    finally:
+        for replica in (first, second):
+            if replica.process is not None and replica.process.poll() is None:
+                replica.process.kill()
+                replica.process.wait()
+
+
+def run_custody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "PYTHONPATH": os.pathsep.join(str(Path(__file__).resolve().parents[2] / p)
+                                         for p in ("core", "client"))}
+    return subprocess.run([sys.executable, "-m", "custody_client", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_compose_replicas_sign_through_restarts(replicas: tuple[Replica, Replica],
+                                                 tmp_path: Path) -> None:
+    first, second = replicas
+    tls_dir = Path(first.service.path("/var/lib/custody/tls"))
+    tls_flags = ("--ca", str(tls_dir / "ca.pem"), "--cert", str(tls_dir / "client.pem"),
+                 "--key-file", str(tls_dir / "client-key.pem"))
+    both = f"{first.address},{second.address}"
+
+    # The PIN is not on the token's volume; the token's volume has no PIN.
+    pin = Path(first.service.path("/var/lib/custody-pin/user.pin"))
+    token = Path(first.service.path("/var/lib/custody/hsm"))
+    assert pin.is_file() and not (token / "user.pin").exists()
+    assert pin.resolve().parent != token.resolve()
+    # The server certificate names the service as the compose network reaches it.
+    certificate = x509.load_pem_x509_certificate((tls_dir / "server.pem").read_bytes())
+    names = certificate.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert {"custody", "custody-1", "custody-2"} <= set(names)
+
+    # A new user's first build, right after start, on a token nobody made keys in.
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "src.c").write_text("int main(void) { return 0; }\n")
+    first_run = run_custody("run", "-n", "build", "--server", both, *tls_flags, "-p", "src.c",
+                            "--", "true", cwd=work)
+    assert first_run.returncode == 0, first_run.stderr
+    assert len(list(work.glob("build.*.link"))) == 1
+
+    settings = ConnectionSettings(address=both, timeout=60, tls=TlsMaterial.from_files(
+        ca=tls_flags[1], cert=tls_flags[3], key=tls_flags[5]))
+    load = Load(settings)
+    try:
+        def progress(calls: int) -> Callable[[], bool]:
+            target = load.count() + calls
+            return lambda: load.count() >= target
+
+        def every_client_through(replica: Replica) -> Callable[[], bool]:
+            """Each client has signed through `replica` since now (its channel to it is
+            connected), as a rolling restart waits for a replica before the next one."""
+            before = len(replica.signed())
+            clients = {f"load-{n}" for n in range(CLIENTS)}
+            return lambda: clients <= {step for step, _ in replica.signed()[before:]}
+
+        through_first, through_second = every_client_through(first), every_client_through(second)
+        eventually("every client through both", lambda: through_first() and through_second())
+        assert second.stop(signal.SIGTERM) == 0
+        eventually("signing while custody-2 is stopped", progress(200))
+        second.start()
+        eventually("every client through custody-2 again", every_client_through(second))
+        first.stop(signal.SIGKILL)
+        eventually("signing while custody-1 is gone", progress(200))
+        first.start()
+        eventually("every client through custody-1 again", every_client_through(first))
+    finally:
+        load.stop()
+    key_file = tmp_path / "audit.pub"
+    with CustodyClient(settings) as custody:
+        key_file.write_text(custody.get_public_key("audit").public_key_json)
+    for replica in replicas:
+        assert replica.stop(signal.SIGTERM) == 0, replica.log()
+
+    print(f"{len(load.returned)} signatures returned; "
+          f"{len(first.signed())} in custody-1's trail, {len(second.signed())} in custody-2's")
+    assert load.failures == []
+    returned = set(load.returned)
+    assert len(returned) == len(load.returned)
+    assert returned <= first.digests() | second.digests()
+    for replica in replicas:
+        verified = run_custody("audit", "verify", *map(str, replica.trail()), "--key",
+                               str(key_file), cwd=tmp_path)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
