@@ -1,9 +1,11 @@
 """`custody`: the command pipeline agents run (entry point `custody_client.cli:main`).
 
 `custody --version` answers before anything else is imported, gRPC included. Every
-error is one line on stderr, `custody <command>: <what went wrong>`, with exit code 1
-(2 for a usage error, 130 when interrupted); `custody verify` exits 0 or 1 like
-in-toto-verify, and `custody run` exits with the command's return code if it failed.
+error is one line on stderr, `custody <command>: <what went wrong>`. Exit codes, the same
+for every command (custody_client._cli.common): 0 done (the chain verified), 1 the chain
+failed to verify, 2 a usage or input error, 3 the service could not be reached (down,
+TLS handshake failed, not serving, no answer in time), 4 the server refused the call,
+130 interrupted; `custody run` exits with the command's return code if it failed.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if argv is None:  # the program itself, not a caller in the same process
         _skip_the_final_collection()
-    from custody_client._cli.common import EXIT_FAILED, EXIT_INTERRUPTED
+    from custody_client._cli.common import EXIT_FAILED, EXIT_INTERRUPTED, exit_code_for
     from custody_client._cli.parser import build_parser
     from custody_core.errors import CustodyError
 
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _handler(args)(args)
     except CustodyError as error:
         print(f"{name}: {_one_line(str(error))}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code_for(error)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

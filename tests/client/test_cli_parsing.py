@@ -110,7 +110,7 @@ def test_a_certificate_needs_its_key() -> None:
         connection_settings(parse("--cert", __file__, "keys", "list"))
 
 
-def test_errors_are_one_line_with_exit_1(capsys: pytest.CaptureFixture[str],
+def test_input_errors_are_one_line_with_exit_2(capsys: pytest.CaptureFixture[str],
                                          tmp_path: Path) -> None:
     cases = [
         (["run", "-n", "x"], "custody run: no command given"),
@@ -125,7 +125,7 @@ def test_errors_are_one_line_with_exit_1(capsys: pytest.CaptureFixture[str],
         (["sign-layout", "-l", str(tmp_path), "-o", "x"], "custody sign-layout: layout"),
     ]
     for argv, start in cases:
-        assert main(argv) == 1, argv
+        assert main(argv) == 2, argv  # refused here, before any call: not a failed chain
         err = capsys.readouterr().err
         assert err.startswith(start), (argv, err)
         assert err.count("\n") == 1, err
@@ -135,10 +135,10 @@ def test_bad_layout_and_bad_layout_keys_are_named(capsys: pytest.CaptureFixture[
                                                   tmp_path: Path) -> None:
     layout = tmp_path / "root.layout"
     layout.write_text('{"signed": {"_type": "layout", "steps": "not a list"}, "signatures": []}')
-    assert main(["verify", "-l", str(layout), "--layout-key-alias", "owner"]) == 1
+    assert main(["verify", "-l", str(layout), "--layout-key-alias", "owner"]) == 2
     assert capsys.readouterr().err.startswith(f"custody verify: bad layout {layout}:")
     layout.write_text("not json at all")
-    assert main(["verify", "-l", str(layout), "--layout-key-alias", "owner"]) == 1
+    assert main(["verify", "-l", str(layout), "--layout-key-alias", "owner"]) == 2
     assert capsys.readouterr().err.startswith("custody verify: bad layout")
     garbage = tmp_path / "key.pub"
     garbage.write_text("hello")
@@ -154,6 +154,39 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["run"])
     assert exit_info.value.code == 2
     assert "--step-name" in capsys.readouterr().err
+    for flag in ("--inspection-timeout", "--run-timeout"):
+        for value in ("0", "-1", "nan", "inf", "soon"):
+            command = ["verify", "-l", "x", "--layout-key-alias", "o"] if flag.startswith(
+                "--insp") else ["run", "-n", "x", "-x"]
+            with pytest.raises(SystemExit) as exit_info:
+                main([*command, flag, value])
+            assert exit_info.value.code == 2, (flag, value)
+            assert f"invalid seconds value: '{value}'" in capsys.readouterr().err
+
+
+def test_inspection_timeout_defaults_to_in_totos() -> None:
+    from in_toto.settings import LINK_CMD_EXEC_TIMEOUT
+
+    args = parse("verify", "-l", "x", "--layout-key-alias", "o")
+    assert args.inspection_timeout == LINK_CMD_EXEC_TIMEOUT == 10
+    assert parse("verify", "-l", "x", "--layout-key-alias", "o",
+                 "--inspection-timeout", "2.5").inspection_timeout == 2.5
+    assert parse("run", "-n", "x", "-x").run_timeout is None  # no limit: docs/REFERENCE.md
+
+
+def test_exit_codes_tell_an_outage_from_a_refusal_and_bad_input() -> None:
+    from custody_client._cli.common import exit_code_for
+    from custody_client.errors import ClientError, RecordingError
+    from custody_core.errors import CustodyError, MetadataError
+
+    assert exit_code_for(ClientError("down", code="UNAVAILABLE")) == 3
+    assert exit_code_for(ClientError("slow", code="DEADLINE_EXCEEDED")) == 3
+    for code in ("PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_ARGUMENT", "NOT_FOUND",
+                 "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "INTERNAL"):
+        assert exit_code_for(ClientError("no", code=code)) == 4, code
+    for error in (InputError("x"), RecordingError("x"), MetadataError("x")):
+        assert exit_code_for(error) == 2
+    assert exit_code_for(CustodyError("x")) == 1
 
 
 def test_link_names_from_the_server_cannot_escape_the_metadata_directory() -> None:

@@ -157,6 +157,7 @@ def test_a_sublayouts_inspection_runs_here_and_verifies(cli: Cli, tmp_path: Path
 @pytest.mark.parametrize("run,timeout,reason", [
     (["no-such-inspection-tool"], [], "command not found: no-such-inspection-tool"),
     (["sleep", "30"], ["--inspection-timeout", "0.5"], "ran longer than 0.5 s"),
+    (["sleep", "30"], [], "ran longer than 10 s"),  # in-toto-verify's default
     (["sh", "-c", "exit 3"], [], "returned 3, not 0"),
 ])
 def test_an_inspection_that_cannot_run_or_fails_fails_the_verification(

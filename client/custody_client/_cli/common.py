@@ -11,19 +11,36 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from custody_client.errors import InputError
+from custody_client.errors import ClientError, InputError, RecordingError
 from custody_client.models import EnvelopeKind
 from custody_client.recording import ProgressCallback, RecordingOptions
 from custody_client.settings import DEFAULT_TIMEOUT_SECONDS, ConnectionSettings
+from custody_core.errors import CustodyError, MetadataError
 
 if TYPE_CHECKING:
     from custody_client.client import CustodyClient
     from custody_client.signing_client import SigningClient
 
+# Exit codes, the same for every command (README: "Exit codes"). 0 and 1 are
+# in-toto's; the others let a release gate tell an outage from a bad release.
 EXIT_OK = 0
-EXIT_FAILED = 1  # verification failed, or an error (as in-toto's commands exit)
-EXIT_USAGE = 2
+EXIT_FAILED = 1  # verification failed (or a failure no code below names)
+EXIT_USAGE = 2  # bad flags, or input refused here before any call (argparse exits 2 too)
+EXIT_UNAVAILABLE = 3  # no answer: server down, TLS handshake failed, not serving, deadline
+EXIT_REFUSED = 4  # the server answered with an error: permission, a request it refuses
 EXIT_INTERRUPTED = 130
+
+# gRPC codes that say the service could not be reached or did not answer in time.
+_UNAVAILABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+
+def exit_code_for(error: CustodyError) -> int:
+    """The exit code of a command that ended with `error`."""
+    if isinstance(error, ClientError):
+        return EXIT_UNAVAILABLE if error.code in _UNAVAILABLE_CODES else EXIT_REFUSED
+    if isinstance(error, InputError | RecordingError | MetadataError):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 def connection_settings(args: argparse.Namespace) -> ConnectionSettings:

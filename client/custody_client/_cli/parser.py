@@ -18,6 +18,21 @@ link with a key that never leaves the HSM; verify a supply chain; sign layouts; 
 keys. A drop-in for in-toto-run, in-toto-record and in-toto-verify without a private key.
 """
 
+EXIT_STATUS = """\
+exit status (every command):
+  0  done; for verify: the supply chain verified
+  1  verify: the supply chain did not verify (as in-toto-verify); other commands:
+     a failure that no other code names
+  2  usage or input error: bad flags, or a file or value refused before any call
+  3  the service could not be reached: down, TLS handshake failed, not serving,
+     no answer within --timeout (a gate may retry: this says nothing of the release)
+  4  the server refused the call: authentication, permission, a request it rejects
+  run exits with its command's return code when the command fails; 130 if interrupted
+"""
+
+# in-toto-verify's default (in_toto.settings.LINK_CMD_EXEC_TIMEOUT)
+DEFAULT_INSPECTION_TIMEOUT = 10.0
+
 ENVELOPES = tuple(kind.value for kind in EnvelopeKind)
 LAYOUT_ENVELOPES = (EnvelopeKind.METABLOCK.value, EnvelopeKind.DSSE.value)  # no STATEMENT
 ALGORITHMS = tuple(algorithm.value for algorithm in KeyAlgorithm)
@@ -49,6 +64,17 @@ def _common_options() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                            help="print errors only")
     return common
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse makes a ValueError a usage error)."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+_seconds.__name__ = "seconds"  # argparse names the type in its error: "invalid seconds value"
 
 
 def _recording_options(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +109,7 @@ def _command(subparsers: Any, common: argparse.ArgumentParser, name: str,
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = argparse.ArgumentParser(prog="custody", description=DESCRIPTION, allow_abbrev=False,
-                                     parents=[common],
+                                     parents=[common], epilog=EXIT_STATUS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"custody {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -100,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show and record the command's stdout and stderr")
     run.add_argument("-x", "--no-command", action="store_true",
                      help="record and sign without running a command")
-    run.add_argument("--run-timeout", type=float, metavar="S",
+    run.add_argument("--run-timeout", type=_seconds, metavar="S",
                      help="kill the command after S seconds (default: no limit)")
     run.add_argument("--no-digest-cache", action="store_true",
                      help="read every product again, even files whose size, inode, mtime "
@@ -128,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = _command(
         commands, common, "verify", help="verify a supply chain (exit 0 pass, 1 fail)",
         description="Run the layout's inspections here, have the server verify layout, "
-                    "links and inspections, print the verdict. Exit 0 if it passes, 1 if not.")
+                    "links and inspections, print the verdict. Exit 0 if it passes, 1 if not.",
+        epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     verify.add_argument("-l", "--layout", required=True, metavar="FILE")
     verify.add_argument("--layout-keys", "--verification-keys", dest="layout_keys", nargs="+",
                         metavar="FILE", help="public keys (PEM or in-toto JSON) that must "
@@ -139,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the links are (default: .)")
     verify.add_argument("--param", dest="params", nargs="+", action="extend",
                         metavar="KEY=VALUE", help="layout parameter substitution")
-    verify.add_argument("--inspection-timeout", type=float, metavar="S",
-                        help="kill an inspection after S seconds (default: no limit)")
+    verify.add_argument("--inspection-timeout", type=_seconds, metavar="S",
+                        default=DEFAULT_INSPECTION_TIMEOUT,
+                        help="kill an inspection after S seconds; it then fails the "
+                             f"verification (default: {DEFAULT_INSPECTION_TIMEOUT:g}, as "
+                             "in-toto-verify)")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     verify.add_argument("--trace", action="store_true", help="print the rule trace")
 
