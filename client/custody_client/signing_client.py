@@ -88,7 +88,8 @@ class SigningClient:
             if status == _SERVING:
                 return
         raise ClientError(f"the Custody server at {self.settings.address} is not serving "
-                          "(shutting down?) (UNAVAILABLE)", code="UNAVAILABLE")
+                          "(its token or audit trail is unavailable, or it is shutting down; "
+                          "it says which in its log) (UNAVAILABLE)", code="UNAVAILABLE")
 
     def sign_link(self, draft: LinkDraft, *, key_alias: str = "",
                   envelope: EnvelopeKind = EnvelopeKind.METABLOCK) -> SignedMetadata:

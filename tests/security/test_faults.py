@@ -27,6 +27,9 @@ from security_support import (
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
+from custody_client.errors import ClientError
+from custody_client.settings import ConnectionSettings
+from custody_client.signing_client import SigningClient
 from custody_server.softhsm import SoftHsmToken
 
 AGENT = "spiffe://example.test/agent"
@@ -175,6 +178,12 @@ def test_health_follows_the_token(tmp_path: Path) -> None:
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         down = watch.wait_for(NOT_SERVING, after=first)
         assert statuses() == {NOT_SERVING}
+        # what `custody run` checks before a build: it is told, and why it may be
+        settings = ConnectionSettings.from_options(
+            server=server.address, environ={"CUSTODY_STATE_DIR": str(tmp_path / "state")})
+        with SigningClient(settings) as agent, pytest.raises(ClientError) as preflight:
+            agent.check_server()
+        assert "not serving (its token or audit trail is unavailable" in str(preflight.value)
         shutil.move(parked, token_dir)  # ... and comes back
         watch.wait_for(SERVING, after=down)
         assert statuses() == {SERVING}
