@@ -312,7 +312,7 @@ def test_two_owners_by_two_appends(setup: Setup, envelope: str) -> None:
     # Appending the same key again: refused.
     again = setup.cli("sign-layout", "--append", "two.layout", "--key", second, cwd=work,
                       check=False)
-    assert again.returncode == 1 and "is already signed by" in again.stderr
+    assert again.returncode != 0 and "is already signed by" in again.stderr
 
     # After rotations of `build`, one --refresh re-makes both owners' signatures.
     _rotate(setup, "build")
