@@ -79,7 +79,7 @@ def test_rotate_retire_and_list(clocked: ClockedService,
     assert [v["state"] for v in listed["versions"]] == ["retired", "active", "retired", "next"]
 
     code, _, err = _run(clocked, capsys, "keys", "retire", alias, "--version", "2")
-    assert code == 1
+    assert code == 4  # the server refused it (EXIT_REFUSED)
     assert err.startswith("custody keys retire: RetireKey: ") and "active version" in err
 
 
