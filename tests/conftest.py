@@ -8,6 +8,7 @@ python-pkcs11 loads the module. Tests share the token: give every key a unique l
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ from typing import Any, NoReturn
 
 import grpc
 import pytest
+import structlog
+from ecs_support import EntryCollector
 from policy_support import open_policy
 
 from custody_api.v1 import custody_pb2_grpc
@@ -33,6 +36,39 @@ def _softhsm_missing(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"SoftHSM2 is required in CI: {reason}", pytrace=False)
     pytest.skip(f"SoftHSM2 not available: {reason} (apt-get install softhsm2)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ecs_audit_entries() -> Iterator[EntryCollector]:
+    """Every audit entry the test suite makes, checked against ECS 8.11 (ecs_support.py):
+    each line the audit trail renders, and each event a MemoryAuditSink keeps (as the trail
+    would write it). Any problem fails the run at its end, naming the action."""
+    from custody_server.audit.entry import ecs_entry, new_event_id
+    from custody_server.audit.render import EntryRenderer
+
+    collector = EntryCollector()
+    render, record = EntryRenderer.render, MemoryAuditSink.record
+
+    def checked_render(self: EntryRenderer, entries: Any, **options: Any) -> Any:
+        lines, state = render(self, entries, **options)
+        for line in lines:
+            collector.check(json.loads(line), written=True)
+        return lines, state
+
+    def checked_record(self: MemoryAuditSink, event: Any) -> None:
+        collector.check(ecs_entry(event, event_id=new_event_id(),
+                                  request=structlog.contextvars.get_contextvars()),
+                        written=False)
+        record(self, event)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EntryRenderer, "render", checked_render)
+        patch.setattr(MemoryAuditSink, "record", checked_record)
+        yield collector
+    assert not collector.problems, (
+        f"audit entries that are not valid ECS 8.11 ({collector.checked} checked): "
+        + "; ".join(f"[{action}] {problem}" for problem, action in
+                    list(collector.problems.items())[:20]))
 
 
 @pytest.fixture(scope="session")

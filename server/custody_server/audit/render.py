@@ -85,7 +85,7 @@ class EntryRenderer:
     def _number(self, _logger: Any, _method: str,
                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event_dict["event"] = {**event_dict["event"], "sequence": self._state.sequence + 1}
-        event_dict["service"] = self._service
+        event_dict["service"] = {**event_dict.get("service", {}), **self._service}
         event_dict["custody"] = {**event_dict.get("custody", {}), "trail_id": self._trail_id}
         return event_dict
 
