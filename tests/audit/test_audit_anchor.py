@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_core.audit_trail import encode_entry, next_chain
@@ -32,6 +33,7 @@ from .audit_support import (
     run_verify,
     signed_digests,
     verify_state,
+    wait_for_health,
 )
 
 REFUSED = 2  # custody-server's exit code for a start it refuses
@@ -73,13 +75,13 @@ def forge_tail(path: Path) -> None:
 
 def assert_refused(state: Path, reason: str) -> None:
     """The server refuses to start, says why, listens nowhere and writes nothing."""
-    before = {p: p.read_bytes() for p in audit_files(state)}
+    before = {p: p.read_bytes() for p in audit_files(state) if p.is_file()}
     result = run_server_to_end(state)
     assert result.returncode == REFUSED, result.stderr[-2000:]
     assert reason in result.stderr, result.stderr[-2000:]
     assert "--new-audit-segment" in result.stderr
     assert "listening on" not in result.stderr
-    assert {p: p.read_bytes() for p in audit_files(state)} == before
+    assert {p: p.read_bytes() for p in audit_files(state) if p.is_file()} == before
 
 
 def test_a_tail_forged_while_the_server_is_down_is_refused(state: Path) -> None:
@@ -214,3 +216,89 @@ def test_deleting_the_oldest_rotated_file_fails_the_check(state: Path) -> None:
     cut = run_verify(*map(str, files), "--key", str(key))
     assert cut.returncode == 1, cut.stdout + cut.stderr
     assert "missing" in cut.stdout
+
+
+# What a review of the anchor found: symlinks and other planted files, a head cut inside
+# the active file, a failed operator command.
+
+def test_a_symlink_planted_as_the_lock_is_refused_and_its_target_untouched(
+        state: Path, tmp_path: Path) -> None:
+    server = ServerProcess(state)
+    assert server.terminate() == 0
+    victim = tmp_path / "victim"  # in the attack: a token object, or any file
+    victim.write_bytes(b"precious")
+    lock = state / "audit" / ".audit.lock"
+    lock.unlink()
+    lock.symlink_to(victim)
+    result = run_server_to_end(state)
+    assert result.returncode == REFUSED, result.stderr[-2000:]
+    assert ".audit.lock" in result.stderr and "symlink" in result.stderr
+    assert victim.read_bytes() == b"precious"
+
+
+def test_a_symlink_swapped_in_while_running_never_takes_an_entry(state: Path) -> None:
+    """audit.log replaced by a link to /dev/null: the server notices the file is not its
+    own, moves the link aside and goes on in a new file; no returned signature is lost."""
+    server = ServerProcess(state)
+    trail = state / "audit" / "audit.log"
+    returned = sign(server, 2)
+    trail.rename(trail.with_name("audit.log.original"))
+    trail.symlink_to("/dev/null")
+    with pytest.raises(grpc.RpcError) as noticed:  # the write that finds the swap fails
+        sign(server, 1, first=999)
+    assert noticed.value.code() is grpc.StatusCode.UNAVAILABLE
+    with grpc.insecure_channel(server.address) as channel:
+        wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)  # recovered
+    returned += sign(server, 20, first=1000)
+    assert server.terminate() == 0
+    assert trail.is_file() and not trail.is_symlink()
+    written = b"".join(p.read_bytes() for p in (state / "audit").iterdir()
+                       if p.is_file() and not p.is_symlink() and p.name != ".audit.lock")
+    logged = signed_digests(written)
+    assert len(returned) > 20
+    assert all(logged[r.sha256] == 1 for r in returned)
+
+
+def test_a_head_cut_inside_the_active_file_is_refused(state: Path) -> None:
+    """The trail cut so that audit.log starts at a genuine checkpoint: offline it is a
+    well-formed trail from there on; the token knows where the file starts."""
+    for round_ in range(2):
+        server = ServerProcess(state)
+        sign(server, 3, first=10 * round_)
+        assert server.terminate() == 0
+    trail = state / "audit" / "audit.log"
+    lines = trail.read_bytes().splitlines(keepends=True)
+    checkpoint = next(i for i, line in enumerate(lines)
+                      if i > 0 and b'"audit-checkpoint"' in line)
+    trail.write_bytes(b"".join(lines[checkpoint:]))
+    assert_refused(state, "its head was cut")
+
+
+def test_a_malformed_seal_is_refused_with_its_line(state: Path) -> None:
+    server = ServerProcess(state)
+    sign(server, 2)
+    assert server.terminate() == 0
+    trail = state / "audit" / "audit.log"
+    lines = trail.read_bytes().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    last["custody"]["seal"] = "not hex"
+    lines[-1] = encode_entry(last) + b"\n"
+    trail.write_bytes(b"".join(lines))
+    assert_refused(state, f"line {len(lines)}: custody.seal is not 64 lowercase hex")
+
+
+def test_a_directory_planted_as_the_trail_is_named_and_set_aside_by_a_new_segment(
+        state: Path) -> None:
+    server = ServerProcess(state)
+    sign(server, 2)
+    assert server.terminate() == 0
+    trail = state / "audit" / "audit.log"
+    old_trail_id = entries(trail)[0]["custody"]["trail_id"]
+    trail.unlink()
+    trail.mkdir()
+    assert_refused(state, "is not a regular file")
+    operator = run_server_to_end(state, "--new-audit-segment", "INC-9")
+    assert operator.returncode == 0, operator.stderr[-2000:]
+    genesis = entries(trail)[0]
+    assert genesis["custody"]["new_segment"]["trail_id"] == old_trail_id
+    assert "not a regular file" in genesis["custody"]["new_segment"]["problem"]

@@ -8,8 +8,9 @@ it) or move the token's record of the last checkpoint. So at start-up the server
 trail whose last write carries a valid seal and that reaches the recorded checkpoint.
 
 Record: a CKO_DATA object labelled `custody-audit:<node>:anchor` holding canonical JSON
-{trail_id, node, created, sequence, chain}, where sequence/chain are the genesis entry or
-the last checkpoint written (0 and the genesis chain before the first write). The seal
+{trail_id, node, created, sequence, chain, file_sequence, file_chain}: the genesis entry
+or the last checkpoint written (0 and the genesis chain before the first write), and
+where the active file starts. The seal
 key is labelled `custody-audit:<trail_id>:seal`. The record is rewritten after each
 checkpoint, not after each write: a token object write costs far more than an HMAC
 (docs/AUDIT.md, limits).
@@ -50,18 +51,24 @@ class AnchorRecord:
     created: str
     sequence: int  # the last entry the token knows of: the genesis or a checkpoint
     chain: str
+    # Where the active file starts: its first entry and the chain before it (the genesis,
+    # or the chain its opening checkpoint attests). A head cut shows as another start.
+    file_sequence: int = 1
+    file_chain: str = GENESIS_CHAIN
 
     def __post_init__(self) -> None:
         if not (len(self.trail_id) == 32 and _HEX.match(self.trail_id)
-                and len(self.chain) == 64 and _HEX.match(self.chain)
-                and isinstance(self.sequence, int) and self.sequence >= 0):
+                and all(len(c) == 64 and _HEX.match(c) for c in (self.chain, self.file_chain))
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                        for n in (self.sequence, self.file_sequence))):
             raise AuditAnchorError("the token's audit anchor record is malformed")
         check_node_name(self.node)
 
     def encode(self) -> bytes:
         return canonical_json({"trail_id": self.trail_id, "node": self.node,
                                "created": self.created, "sequence": self.sequence,
-                               "chain": self.chain})
+                               "chain": self.chain, "file_sequence": self.file_sequence,
+                               "file_chain": self.file_chain})
 
     @classmethod
     def decode(cls, data: bytes) -> AnchorRecord:
@@ -69,7 +76,8 @@ class AnchorRecord:
             value = json.loads(data)
             return cls(trail_id=value["trail_id"], node=value["node"],
                        created=value["created"], sequence=value["sequence"],
-                       chain=value["chain"])
+                       chain=value["chain"], file_sequence=value["file_sequence"],
+                       file_chain=value["file_chain"])
         except (ValueError, KeyError, TypeError) as error:
             raise AuditAnchorError(f"the token's audit anchor record is malformed ({error})"
                                    ) from None
@@ -110,9 +118,11 @@ class TrailAnchor:
             raise AuditAnchorError(f"the token has no seal key for trail {record.trail_id}: "
                                    "it was destroyed, or the record was planted") from None
 
-    def record_head(self, record: AnchorRecord, *, sequence: int, chain: str) -> AnchorRecord:
+    def record_head(self, record: AnchorRecord, *, sequence: int, chain: str,
+                    file_sequence: int, file_chain: str) -> AnchorRecord:
         updated = AnchorRecord(trail_id=record.trail_id, node=record.node,
-                               created=record.created, sequence=sequence, chain=chain)
+                               created=record.created, sequence=sequence, chain=chain,
+                               file_sequence=file_sequence, file_chain=file_chain)
         self._store.write_object(self._label, updated.encode())
         return updated
 

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,27 @@ class ActiveFile:
         self.size = status.st_size  # bytes known to be durable (after a rollback too)
 
     @classmethod
-    def open(cls, path: Path) -> ActiveFile:
-        """Open `path` for appending, creating it (and making the creation durable).
+    def open(cls, path: Path, *, new: bool = False) -> ActiveFile:
+        """Open `path` for appending, creating it if missing (`new`: it must not exist),
+        and making a creation durable. Only a regular file, never through a symlink:
+        whoever can write the directory must not redirect the trail (to /dev/null, or
+        over another file).
 
         O_DSYNC: a write returns once its data, and the file size that reaches it, are
         on disk, as write + fdatasync would, in one system call instead of two.
         """
-        existed = path.exists()
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_DSYNC,
-                     0o600)
+        existed = os.path.lexists(path)
+        flags = (os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_DSYNC
+                 | os.O_NOFOLLOW | (os.O_EXCL if new else 0))
         try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as error:
+            raise AuditFileError(f"{path} cannot be opened as the trail's file "
+                                 f"({error.strerror}): is it a symlink or not a file?"
+                                 ) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AuditFileError(f"{path} is not a regular file")
             if not existed:
                 fsync_directory(path.parent)
             return cls(path, fd)
@@ -93,8 +105,13 @@ class ActiveFile:
                     last_entry=_entry(self.path, end[start:cut - 1]),
                     torn=torn, size=size - len(torn))
 
-    def read_all(self) -> bytes:
+    def read_all(self, *, limit: int) -> bytes:
+        """The whole file; AuditFileError when it is larger than `limit` (the trail never
+        writes a file much past its rotation size: a larger one is not its own)."""
         size = os.fstat(self._fd).st_size
+        if size > limit:
+            raise AuditFileError(f"{self.path} is {size} bytes, more than the trail ever "
+                                 f"writes to one file ({limit}): it is not the trail's file")
         chunks, offset = [], 0
         while offset < size:
             chunk = os.pread(self._fd, min(size - offset, 1 << 24), offset)
@@ -126,8 +143,8 @@ class ActiveFile:
         self.size += len(data)
 
     def still_at_path(self) -> bool:
-        try:
-            return FileIdentity.of(os.stat(self.path)) == self.identity
+        try:  # lstat: a symlink to this file in its place is not this file
+            return FileIdentity.of(os.lstat(self.path)) == self.identity
         except OSError:
             return False
 
@@ -148,12 +165,36 @@ def rotated_name(first: int, last: int) -> str:
     return f"audit.{first:012d}-{last:012d}.log"
 
 
+def is_regular_file(path: Path) -> bool:
+    """A regular file at `path` itself (a symlink to one is not)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def read_trail_file(path: Path, *, limit: int) -> bytes:
+    """A rotated file's bytes: a regular file (not through a symlink) of at most `limit`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        raise AuditFileError(f"{path} cannot be read as a file of the trail "
+                             f"({error.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AuditFileError(f"{path} is not a regular file")
+        return ActiveFile(path, fd).read_all(limit=limit)
+    finally:
+        os.close(fd)
+
+
 def trail_files(directory: Path) -> list[Path]:
     """The files of the trail in `directory`: rotated ones in order, then the active one,
     and any file the server once moved aside (kept for inspection)."""
     if not directory.is_dir():
         return []
-    names = sorted(p.name for p in directory.iterdir() if p.is_file())
+    names = sorted(p.name for p in directory.iterdir()
+                   if stat.S_ISREG(p.lstat().st_mode))  # a symlink is not a file of the trail
     rotated = [n for n in names if _ROTATED.match(n)]
     displaced = [n for n in names if n.startswith(f"{ACTIVE_NAME}.displaced-")]
     active = [ACTIVE_NAME] if ACTIVE_NAME in names else []
@@ -179,8 +220,17 @@ class TrailLock:
 
     def __init__(self, directory: Path) -> None:
         path = directory / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:  # never through a symlink: the pid write must not land on another file
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK, 0o600)
+        except OSError as error:
+            raise AuditFileError(f"{path} cannot be opened as the trail's lock "
+                                 f"({error.strerror}): is it a symlink?") from None
         try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+                raise AuditFileError(f"{path} is not a plain file of its own (a FIFO, "
+                                     "device or hard link?): remove it")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"

@@ -53,6 +53,7 @@ class CheckedTail:
     sequence: int  # the last sealed entry: the chain continues from it
     chain: str
     first_sequence: int  # of the file
+    start_chain: str  # the chain before the file's first entry
     keep_bytes: int  # the file's size without an unfinished write
     dropped: dict[str, Any] | None  # what an unfinished write left, if anything
 
@@ -85,6 +86,11 @@ def check_file(path: Path, content: bytes, *, record: AnchorRecord,
         raise AuditTrailRefused(
             f"{path}: {extra} after the last entry this server sealed ({last.sequence}) "
             "were not written by it (appended while it was down?)")
+    if (walk.first_sequence, walk.start_chain) != (record.file_sequence, record.file_chain):
+        raise AuditTrailRefused(
+            f"{path}: the file starts at entry {walk.first_sequence}, but the token records "
+            f"that it starts at entry {record.file_sequence}: its head was cut, or it was "
+            "replaced")
     if record.sequence > last.sequence:
         raise AuditTrailRefused(
             f"{path}: the trail ends at entry {last.sequence} but the token records that it "
@@ -99,7 +105,8 @@ def check_file(path: Path, content: bytes, *, record: AnchorRecord,
         dropped = {"entries": unsealed, "bytes": len(cut),
                    "sha256": hashlib.sha256(cut).hexdigest()}
     return CheckedTail(sequence=last.sequence, chain=last.entry["event"]["hash"],
-                       first_sequence=walk.first_sequence, keep_bytes=last.end,
+                       first_sequence=walk.first_sequence, start_chain=walk.start_chain,
+                       keep_bytes=last.end,
                        dropped=dropped)
 
 
@@ -116,6 +123,7 @@ class _Walk:
         self.path = path
         self.record = record
         self.chain: str | None = None
+        self.start_chain = ""
         self.first_sequence = 0
         self.last_sequence = 0
         self.last_sealed: _Sealed | None = None
@@ -127,8 +135,13 @@ class _Walk:
         except EntryError as error:
             self._refuse(number, f"not a valid entry ({error})")
         sequence = entry["event"]["sequence"]
+        custody = entry.get("custody")
+        seal = custody.get("seal") if isinstance(custody, dict) else None
+        if seal is not None and not (isinstance(seal, str) and len(seal) == 64
+                                     and all(c in "0123456789abcdef" for c in seal)):
+            self._refuse(number, "custody.seal is not 64 lowercase hex digits")
         if self.chain is None:
-            self.chain = self._start(number, entry)
+            self.chain = self.start_chain = self._start(number, entry)
             self.first_sequence = sequence
         elif sequence != self.last_sequence + 1:
             self._refuse(number, f"entry {sequence} where entry {self.last_sequence + 1} "
@@ -142,7 +155,7 @@ class _Walk:
         self.chain = entry["event"]["hash"]
         self.last_sequence = sequence
         self.chains[sequence] = self.chain
-        if isinstance(entry.get("custody", {}).get("seal"), str):
+        if seal is not None:
             self.last_sealed = _Sealed(sequence=sequence, previous=previous, entry=entry,
                                        end=end)
 

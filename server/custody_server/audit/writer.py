@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from custody_core.audit_trail import CHECKPOINT_ACTION, checkpoint_signed_bytes
+from custody_core.audit_trail import CHECKPOINT_ACTION, GENESIS_CHAIN, checkpoint_signed_bytes
 from custody_core.signer import Signer
 from custody_server.audit.anchor import AnchorRecord, TrailAnchor
 from custody_server.audit.entry import ecs_entry, format_timestamp, new_event_id
@@ -27,7 +28,9 @@ from custody_server.audit.files import (
     AuditFileError,
     FileIdentity,
     fsync_directory,
+    is_regular_file,
     newest_rotated,
+    read_trail_file,
     rotated_name,
     trail_files,
 )
@@ -39,6 +42,9 @@ from custody_server.audit_events import AuditEvent
 log = structlog.get_logger("custody.audit")
 
 CheckpointSigner = Callable[[], Signer]
+# A file is rotated once a write takes it past max_file_bytes; one write (a group commit of
+# at most MAX_BATCH entries) adds far less than this. A larger file is not the trail's.
+FILE_SLACK_BYTES = 64 * 1024 * 1024
 SIGNATURE_RETRY_SECONDS = 5.0
 
 
@@ -72,6 +78,7 @@ class TrailWriter:
         self._file: ActiveFile | None = None
         self._known: tuple[FileIdentity, int] | None = None  # the file and size last durable
         self._first_sequence = 1  # of the active file
+        self._first_chain = GENESIS_CHAIN  # the chain before its first entry
         self._unsealed = 0  # entries after the last checkpoint
         self._last_checkpoint = time.monotonic()
 
@@ -101,6 +108,8 @@ class TrailWriter:
         record = self._anchor.read()
         files = trail_files(self._settings.directory)
         if new_segment is not None:
+            if os.path.lexists(self._active_path) and self._active_path not in files:
+                files.append(self._active_path)  # not a regular file: moved aside too
             details["new_segment"] = self._new_segment(record, files, new_segment)
             return details
         if record is None:
@@ -112,6 +121,9 @@ class TrailWriter:
                     "node_name to the node named in its entries), or planted")
             self._begin(details)
             return details
+        if os.path.lexists(self._active_path) and not is_regular_file(self._active_path):
+            raise AuditTrailRefused(f"{self._active_path} is not a regular file (a "
+                                    "directory, a symlink or a device was put there)")
         self._record = record
         self._anchor.use(record)
         self._renderer = self._make_renderer(record)
@@ -141,7 +153,8 @@ class TrailWriter:
                     raise AuditTrailRefused(f"{self._active_path} holds no entry and no "
                                             "rotated file precedes it")
                 self._state = ChainState(sequence=checked.sequence, chain=checked.chain)
-                self._adopt(file, first_sequence=checked.sequence + 1)
+                self._adopt(file, first_sequence=checked.sequence + 1,
+                            first_chain=checked.chain)
                 self.commit([], checkpoint="file-start", required=True)
             else:
                 if checked.dropped is not None:
@@ -151,7 +164,8 @@ class TrailWriter:
                     details["torn_tail"] = checked.dropped
                     log.warning("audit.torn_tail_dropped", **checked.dropped)
                 self._state = ChainState(sequence=checked.sequence, chain=checked.chain)
-                self._adopt(file, first_sequence=checked.first_sequence)
+                self._adopt(file, first_sequence=checked.first_sequence,
+                            first_chain=checked.start_chain)
         except BaseException:
             file.close()
             raise
@@ -159,7 +173,9 @@ class TrailWriter:
 
     def _check(self, path: Path, file: ActiveFile | None) -> CheckedTail | None:
         assert self._record is not None
-        content = file.read_all() if file is not None else path.read_bytes()
+        limit = self._settings.max_file_bytes + FILE_SLACK_BYTES
+        content = (file.read_all(limit=limit) if file is not None
+                   else read_trail_file(path, limit=limit))
         return check_file(path, content, record=self._record,
                           check_seal=self._anchor.check_seal)
 
@@ -167,10 +183,17 @@ class TrailWriter:
                ) -> None:
         """A new trail: its id and seal key in the token, then its first file."""
         created = format_timestamp(self._clock())
-        self._record = self._anchor.begin(trail_id=os.urandom(16).hex(), created=created)
+        # The file first: the token's record of the previous trail is replaced only once
+        # the new trail can be written (a failure leaves the old record, and the refusal).
+        file = ActiveFile.open(self._active_path, new=True)
+        try:
+            self._record = self._anchor.begin(trail_id=os.urandom(16).hex(), created=created)
+        except BaseException:
+            file.close()
+            raise
         self._renderer = self._make_renderer(self._record)
         self._state = ChainState.genesis()
-        self._adopt(ActiveFile.open(self._active_path), first_sequence=1)
+        self._adopt(file, first_sequence=1, first_chain=GENESIS_CHAIN)
         details.update(trail_id=self._record.trail_id, genesis=True, continued_from=0)
         if previous is not None:
             details["previous"] = previous
@@ -183,7 +206,8 @@ class TrailWriter:
             try:
                 self._record = record
                 self._anchor.use(record)
-                file = ActiveFile.open(self._active_path) if self._active_path.exists() else None
+                file = (ActiveFile.open(self._active_path)
+                        if is_regular_file(self._active_path) else None)
                 try:
                     self._check(self._active_path, file)
                 finally:
@@ -217,10 +241,11 @@ class TrailWriter:
         return EntryRenderer(trail_id=record.trail_id, node=record.node,
                              sealer=self._anchor.seal)
 
-    def _adopt(self, file: ActiveFile, *, first_sequence: int) -> None:
+    def _adopt(self, file: ActiveFile, *, first_sequence: int, first_chain: str) -> None:
         self._file = file
         self._known = (file.identity, file.size)
         self._first_sequence = first_sequence
+        self._first_chain = first_chain  # the chain before the file's first entry
 
     @property
     def new_trail(self) -> bool:
@@ -229,41 +254,39 @@ class TrailWriter:
 
     def _create_file(self) -> None:
         """A new active file during the run; it starts with a checkpoint (its anchor)."""
-        self._adopt(ActiveFile.open(self._active_path), first_sequence=self._state.sequence + 1)
+        self._adopt(ActiveFile.open(self._active_path, new=True),
+                    first_sequence=self._state.sequence + 1, first_chain=self._state.chain)
         if self._state.sequence:
             self.commit([], checkpoint="file-start", required=True)
 
     def recover(self) -> dict[str, Any]:
-        """Reopen after a failed write: the file cut back to what was durable, or a new one."""
+        """Reopen after a failed write: the same file (the same inode) cut back to what was
+        durable, or a new one. Whatever else is at the path (another file, a symlink, a
+        directory) is moved aside: the trail never continues in a file it did not write."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        if not self._active_path.exists():
+        try:
+            status = os.lstat(self._active_path)
+        except FileNotFoundError:
             self._create_file()
             return {"file": "recreated: it was missing"}
-        file = ActiveFile.open(self._active_path)
-        try:
-            if self._known and file.identity == self._known[0] and file.size > self._known[1]:
-                file.truncate(self._known[1])  # what the failed write left behind
-            tail = file.read_tail()
-        except AuditFileError:
-            tail = None  # not a file of this trail
-        except BaseException:
-            file.close()
-            raise
-        if tail and (tail.last_entry is None
-                     or ChainState.of_entry(tail.last_entry) == self._state):
+        if stat.S_ISDIR(status.st_mode):  # not ours to move: stay failed until it is gone
+            raise AuditFileError(f"{self._active_path} is a directory")
+        if self._known is not None and FileIdentity.of(status) == self._known[0]:
+            file = ActiveFile.open(self._active_path)
             try:
-                if tail.torn:
-                    file.truncate(tail.size)
-                first = tail.first_entry["event"]["sequence"] if tail.first_entry else None
-                self._adopt(file, first_sequence=first or self._state.sequence + 1)
+                if file.identity != self._known[0]:  # swapped between lstat and open
+                    raise AuditFileError(f"{self._active_path} was replaced")
+                if file.size > self._known[1]:
+                    file.truncate(self._known[1])  # what the failed write left behind
+                self._adopt(file, first_sequence=self._first_sequence,
+                            first_chain=self._first_chain)
             except BaseException:
                 file.close()
                 raise
             return {"file": "reopened"}
         # Not the file we wrote: keep it for inspection and start a new one.
-        file.close()
         stamp = format_timestamp(self._clock()).replace(":", "")
         aside = self._active_path.with_name(f"{ACTIVE_NAME}.displaced-{stamp}")
         os.rename(self._active_path, aside)
@@ -316,7 +339,8 @@ class TrailWriter:
             return
         try:
             self._record = self._anchor.record_head(
-                self._record, sequence=self._state.sequence, chain=self._state.chain)
+                self._record, sequence=self._state.sequence, chain=self._state.chain,
+                file_sequence=self._first_sequence, file_chain=self._first_chain)
         except Exception as error:
             log.warning("audit.anchor_not_recorded", error=str(error)[:200])
             if self._observer is not None:
