@@ -55,6 +55,10 @@ class AuditObserver(Protocol):
 
     def audit_failed(self, *, kind: str) -> None: ...
 
+    def audit_checkpointed(self, *, at: datetime) -> None:
+        """A signed checkpoint is durable; `at` is its time (custody_audit_last_checkpoint_
+        timestamp_seconds: the on-call sees a trail that stopped sealing)."""
+
 
 class CheckpointSigningError(RuntimeError):
     """A checkpoint that a new file must start with could not be signed."""
@@ -81,6 +85,7 @@ class TrailWriter:
         self._first_chain = GENESIS_CHAIN  # the chain before its first entry
         self._unsealed = 0  # entries after the last checkpoint
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_time = clock()  # of the checkpoint last rendered (for the observer)
 
     @property
     def state(self) -> ChainState:
@@ -324,6 +329,8 @@ class TrailWriter:
         if sealed:
             self._unsealed, self._last_checkpoint = 0, time.monotonic()
             self.record_head()
+            if self._observer is not None:
+                self._observer.audit_checkpointed(at=self._checkpoint_time)
         else:
             self._unsealed += len(lines)
         if self._mirror is not None:
@@ -348,7 +355,8 @@ class TrailWriter:
 
     def _checkpoint_entry(self, reason: str, state: ChainState, *, required: bool
                           ) -> dict[str, Any] | None:
-        moment = format_timestamp(self._clock())
+        now = self._clock()
+        moment = format_timestamp(now)
         try:
             signer = self._signer()
             sig = signer.sign(checkpoint_signed_bytes(sequence=state.sequence,
@@ -366,6 +374,7 @@ class TrailWriter:
                            reason=reason)
         entry = ecs_entry(event, event_id=new_event_id(), request={})
         entry["@timestamp"] = moment
+        self._checkpoint_time = now
         entry["custody"]["checkpoint"] = {
             "sequence": state.sequence, "chain": state.chain, "time": moment,
             "keyid": signer.public_key.keyid, "sig": base64.b64encode(sig).decode("ascii"),
