@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 EXIT_INTACT = 0
 EXIT_TAMPERED_OR_INCOMPLETE = 1
 EXIT_CANNOT_CHECK = 2
+EXIT_UNSEALED_TAIL = 3
 
 
 def load_trusted_key(text: str) -> PublicKey:
@@ -49,7 +50,8 @@ def read_start(path: Path) -> RetainedCheckpoint:
 
 def run_audit_verify(options: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """0: the trail is intact; 1: it is tampered with or incomplete (the first bad entry
-    is named); 2: it could not be checked (arguments, files, keys)."""
+    is named), or nothing in it is authenticated; 2: it could not be checked (arguments,
+    files, keys); 3: intact, but entries follow the last checkpoint."""
     out = out or sys.stdout
     if not options.key and not options.no_signatures:
         print("custody audit verify: give the audit public key with --key "
@@ -78,8 +80,19 @@ def run_audit_verify(options: argparse.Namespace, *, out: TextIO | None = None) 
             print("hint: to verify from a checkpoint your SIEM retained on, name it with "
                   "--from-checkpoint FILE (entries before it are then not checked)", file=out)
         return EXIT_TAMPERED_OR_INCOMPLETE
-    print(_ok_line(verdict, files=len(files), signed=bool(keys) and not options.no_signatures),
-          file=out)
+    signed = bool(keys) and not options.no_signatures
+    if signed and verdict.entries and not verdict.checkpoints and start is None:
+        print(f"FAILED: no checkpoint in entries {verdict.first_sequence} to "
+              f"{verdict.last_sequence} verifies: nothing in these files is authenticated "
+              "(a trail forged from scratch looks the same)", file=out)
+        return EXIT_TAMPERED_OR_INCOMPLETE
+    print(_ok_line(verdict, files=len(files), signed=signed), file=out)
+    if signed and verdict.unsealed and not options.allow_unsealed_tail:
+        print(f"UNSEALED: entries {verdict.last_checkpoint + 1} to {verdict.last_sequence} "
+              "follow the last checkpoint: no signature covers them yet (compare them with "
+              "the checkpoints your SIEM retained, or verify again after the next "
+              "checkpoint; --allow-unsealed-tail accepts them)", file=out)
+        return EXIT_UNSEALED_TAIL
     return EXIT_INTACT
 
 

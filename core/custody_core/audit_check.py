@@ -62,6 +62,12 @@ class AuditVerdict:
     problems: tuple[AuditProblem, ...] = ()
     warnings: tuple[str, ...] = ()
     trail_id: str | None = None  # the trail the entries name (None: a legacy trail)
+    last_checkpoint: int = 0  # the last checkpoint entry that matched (0: none)
+
+    @property
+    def unsealed(self) -> int:
+        """Entries after the last checkpoint: nothing offline authenticates them yet."""
+        return self.last_sequence - self.last_checkpoint if self.entries else 0
 
     @property
     def ok(self) -> bool:
@@ -282,7 +288,7 @@ class _Walk:
             first_sequence=self.first_sequence, last_sequence=last,
             last_chain=self.chain or GENESIS_CHAIN, sealed=sealed,
             problems=tuple(self.problems), warnings=tuple(self.warnings),
-            trail_id=self.trail_id,
+            trail_id=self.trail_id, last_checkpoint=self.last_checkpoint,
         )
 
 

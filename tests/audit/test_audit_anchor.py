@@ -302,3 +302,26 @@ def test_a_directory_planted_as_the_trail_is_named_and_set_aside_by_a_new_segmen
     genesis = entries(trail)[0]
     assert genesis["custody"]["new_segment"]["trail_id"] == old_trail_id
     assert "not a regular file" in genesis["custody"]["new_segment"]["problem"]
+
+
+def test_verify_authenticates_only_what_a_checkpoint_seals(state: Path, tmp_path: Path) -> None:
+    """Offline, only checkpoint signatures authenticate: a trail with an unsealed tail is
+    not called intact (exit 3), and one without any checkpoint is not trusted (exit 1)."""
+    server = ServerProcess(state, args=("--audit-checkpoint-seconds", "3600"))
+    key = audit_key_file(state, server)
+    sign(server, 3)
+    server.kill()  # no checkpoint was written yet
+    files = [str(p) for p in audit_files(state)]
+    unsealed = run_verify(*files, "--key", str(key))
+    assert unsealed.returncode == 1, unsealed.stdout
+    assert "nothing in these files is authenticated" in unsealed.stdout
+    restarted = ServerProcess(state, args=("--audit-checkpoint-seconds", "3600"))
+    sign(restarted, 2, first=50)
+    assert restarted.terminate() == 0  # the closing checkpoint seals everything
+    forge_tail(state / "audit" / "audit.log")  # appended after it, chained, unsealed
+    tail = run_verify(*files, "--key", str(key))
+    assert tail.returncode == 3, tail.stdout
+    assert "UNSEALED" in tail.stdout
+    allowed = run_verify(*files, "--key", str(key), "--allow-unsealed-tail")
+    assert allowed.returncode == 0, allowed.stdout
+    assert "UNSEALED" not in allowed.stdout
