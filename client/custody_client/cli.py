@@ -36,6 +36,10 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from custody_client._cli import verify
 
         return verify.cmd_verify
+    if args.command == "sign-links":
+        from custody_client._cli import batch
+
+        return batch.cmd_sign_links
     from custody_client._cli import admin
 
     if args.command == "sign-layout":

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from custody_api.v1 import custody_pb2, custody_pb2_grpc
 from custody_server.audit_events import AuditSink
+from custody_server.batch_signing import BatchSigning
 from custody_server.bootstrap import prepare_access
 from custody_server.config import ServerConfig
 from custody_server.errors import ConfigError
@@ -167,10 +168,13 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         prepare_next=lambda alias: lifecycle.ensure_next(alias, trigger="sign-layout",
                                                          caller="lifecycle"))
     verification = VerificationService(keys=keys, audit=audit, clock=clock)
+    batch = BatchSigning(signing=signing, audit=audit, max_links=limits.max_links_per_batch,
+                         max_response_bytes=limits.max_message_bytes)
     custody_pb2_grpc.add_CustodyServicer_to_server(  # type: ignore[no-untyped-call]
         CustodyServicer(signing=signing, verification=verification,
                         default_link_key=config.default_link_key,
-                        default_layout_key=config.default_layout_key),
+                        default_layout_key=config.default_layout_key,
+                        batch=batch, check_link=access.check_link),
         server,
     )
     custody_pb2_grpc.add_KeyAdminServicer_to_server(  # type: ignore[no-untyped-call]

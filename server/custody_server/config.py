@@ -31,6 +31,7 @@ A config file looks like this (every key is optional; see README "Configuration"
     max_layout_bytes = 16777216
     max_json_depth = 64         # layouts; at most 64 (the parsers' own limit)
     max_byproducts_bytes = 8388608  # SignLink stdout + stderr, UTF-8 bytes
+    max_links_per_batch = 1000  # links in one SignLinks call
 
     [lifecycle]                 # key rotation: see docs/KEYS.md for every key
     cache_ttl = "5s"            # a replica sees another one's key changes within this
@@ -187,11 +188,12 @@ class Limits:
     # stdout + stderr of a SignLink, in UTF-8 bytes: escaped in the signed file, control
     # characters take six bytes each (docs/SECURITY.md#limits)
     max_byproducts_bytes: int = 8 * 1024 * 1024
+    max_links_per_batch: int = 1000  # links in one SignLinks call
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_artifacts_per_link", "max_workers",
                      "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth",
-                     "max_byproducts_bytes"):
+                     "max_byproducts_bytes", "max_links_per_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"limits.{name} must be at least 1")
         if self.max_json_depth > 64:
@@ -312,7 +314,7 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
     limits = _section(table.pop("limits", {}), "limits",
                       {"max_message_bytes", "max_artifacts_per_link", "max_workers",
                        "max_concurrent_rpcs", "max_layout_bytes", "max_json_depth",
-                       "max_byproducts_bytes"})
+                       "max_byproducts_bytes", "max_links_per_batch"})
     lifecycle = table.pop("lifecycle", {})  # checked by lifecycle_settings_from_table
     audit: dict[str, Any] = {
         name: _path(value, base) if name == "directory" else value for name, value in

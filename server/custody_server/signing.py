@@ -59,6 +59,8 @@ DEFAULT_MAX_BYPRODUCTS_BYTES = 8 * 1024 * 1024
 # bytes, and 14 more), the keyid, alias, version, envelope kind and a SHA-256, and the
 # protobuf framing of each. Far less than this.
 RESPONSE_FIELDS_ALLOWANCE = 4096
+AUDIT_UNAVAILABLE = "audit log unavailable"
+SIGNATURE_WITHHELD = "audit log unavailable: signature withheld"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,16 @@ class SigningService:
         self._prepare_next = prepare_next
 
     def sign_link(self, request: LinkRequest, *, caller: str) -> SignedMetadata:
+        prepared = self.prepare_link(request, caller=caller)
+        record_or_refuse(self._audit, prepared.event, refusal=prepared.refusal)
+        return prepared.deliver()
+
+    def prepare_link(self, request: LinkRequest, *, caller: str,
+                     response_budget: int | None = None) -> PreparedLink:
+        """Decide, build and sign one link, recording nothing: the caller records its
+        `event` (fail-closed: record_or_refuse with its `refusal`), then `deliver()`s it.
+        SignLinks prepares many and records their events together. `response_budget`:
+        the bytes the response has left for this link (a batch's), besides the limit."""
         details: dict[str, Any] = {**step_name_for_audit(request.step_name),
                                    "key_alias": request.key_alias[:100],
                                    "caller": caller, "envelope": request.envelope.value}
@@ -147,12 +159,15 @@ class SigningService:
             version, signer = self._keys.signer(request.key_alias)
             file_name = link_file_name(request.step_name, version.public_key.keyid)
             signed = self._sign(link, request.envelope, signer, compact=True,
-                                response_fields=len(file_name))
+                                response_fields=len(file_name), budget=response_budget)
         except CustodyError as error:
-            self._audit_failure("sign-link", error, details)
-            raise
-        return self._audited_result("sign-link", signed, details=details, key=version,
-                                    envelope=request.envelope, file_name=file_name)
+            return PreparedLink(event=AuditEvent.failure(
+                action="sign-link", category="process", error=error, details=details),
+                error=error)
+        result = self._result(signed, key=version, envelope=request.envelope,
+                              file_name=file_name)
+        return PreparedLink(event=self._success_event("sign-link", result, details),
+                            result=result)
 
     def _preliminary_materials(self, request: LinkRequest, *,
                                caller: str) -> Mapping[str, Mapping[str, str]]:
@@ -290,10 +305,12 @@ class SigningService:
         return version, _Signed(content, recording.only_signed_bytes()), warnings, ()
 
     def _sign(self, signed: Mapping[str, Any], envelope: EnvelopeKind, signer: Signer, *,
-              compact: bool, response_fields: int = 0) -> _Signed:
-        """Sign `signed`, once the response it goes into is known to fit the limit."""
+              compact: bool, response_fields: int = 0, budget: int | None = None) -> _Signed:
+        """Sign `signed`, once the response it goes into is known to fit the limit (and
+        `budget`, what a batch's response has left)."""
         unsigned = _unsigned(signed, envelope, compact=compact)
-        limit = self._limits.max_response_bytes
+        limits = [n for n in (self._limits.max_response_bytes, budget) if n is not None]
+        limit = min(limits) if limits else None
         if limit is not None:
             size = (unsigned.size_bound([signer.public_key.keyid])
                     + response_fields + RESPONSE_FIELDS_ALLOWANCE)
@@ -334,29 +351,59 @@ class SigningService:
                         warnings: tuple[str, ...] = (),
                         other_owners: tuple[str, ...] = ()) -> SignedMetadata:
         """The result to return, once its audit entry is on disk (fail-closed)."""
-        result = SignedMetadata(content=signed.content, key=key, envelope=envelope,
-                                signed_sha256=hashlib.sha256(signed.signed_bytes).hexdigest(),
-                                file_name=file_name, warnings=warnings,
-                                other_owners=other_owners)
-        self._audit_success(action, result, details)
+        result = self._result(signed, key=key, envelope=envelope, file_name=file_name,
+                              warnings=warnings, other_owners=other_owners)
+        record_or_refuse(self._audit, self._success_event(action, result, details),
+                         refusal=SIGNATURE_WITHHELD)
         return result
 
-    def _audit_success(self, action: str, result: SignedMetadata,
-                       details: Mapping[str, Any]) -> None:
-        event = AuditEvent(action=action, category="process", outcome="success", details={
+    @staticmethod
+    def _result(signed: _Signed, *, key: KeyVersion, envelope: EnvelopeKind,
+                file_name: str = "", warnings: tuple[str, ...] = (),
+                other_owners: tuple[str, ...] = ()) -> SignedMetadata:
+        return SignedMetadata(content=signed.content, key=key, envelope=envelope,
+                              signed_sha256=hashlib.sha256(signed.signed_bytes).hexdigest(),
+                              file_name=file_name, warnings=warnings,
+                              other_owners=other_owners)
+
+    @staticmethod
+    def _success_event(action: str, result: SignedMetadata,
+                       details: Mapping[str, Any]) -> AuditEvent:
+        return AuditEvent(action=action, category="process", outcome="success", details={
             **details,
             "key_alias": result.key.alias,
             "key_version": result.key.version,
             "keyid": result.key.public_key.keyid,
             "signed_sha256": result.signed_sha256,
         })
-        record_or_refuse(self._audit, event, refusal="audit log unavailable: signature withheld")
 
     def _audit_failure(self, action: str, error: CustodyError,
                        details: Mapping[str, Any]) -> None:
         event = AuditEvent.failure(action=action, category="process", error=error,
                                    details=details)
-        record_or_refuse(self._audit, event, refusal="audit log unavailable")
+        record_or_refuse(self._audit, event, refusal=AUDIT_UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class PreparedLink:
+    """A SignLink decided and signed (`result`) or refused (`error`), not yet answered:
+    `event`, its audit entry, must be recorded first."""
+
+    event: AuditEvent
+    result: SignedMetadata | None = None
+    error: CustodyError | None = None
+
+    @property
+    def refusal(self) -> str:
+        """What the caller does not get if `event` cannot be recorded."""
+        return AUDIT_UNAVAILABLE if self.error is not None else SIGNATURE_WITHHELD
+
+    def deliver(self) -> SignedMetadata:
+        """The signed link, or its error raised: once `event` is recorded."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None  # one of the two, by construction
+        return self.result
 
 
 class _RecordingSigner:

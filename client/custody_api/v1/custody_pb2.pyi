@@ -107,6 +107,34 @@ class SignLinkResponse(_message.Message):
     sha256: str
     def __init__(self, signed: _Optional[bytes] = ..., file_name: _Optional[str] = ..., keyid: _Optional[str] = ..., key_alias: _Optional[str] = ..., key_version: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
+class SignLinksRequest(_message.Message):
+    __slots__ = ("links",)
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    links: _containers.RepeatedCompositeFieldContainer[SignLinkRequest]
+    def __init__(self, links: _Optional[_Iterable[_Union[SignLinkRequest, _Mapping]]] = ...) -> None: ...
+
+class SignLinkError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SignLinkResult(_message.Message):
+    __slots__ = ("signed", "error")
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    signed: SignLinkResponse
+    error: SignLinkError
+    def __init__(self, signed: _Optional[_Union[SignLinkResponse, _Mapping]] = ..., error: _Optional[_Union[SignLinkError, _Mapping]] = ...) -> None: ...
+
+class SignLinksResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SignLinkResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SignLinkResult, _Mapping]]] = ...) -> None: ...
+
 class SignLayoutRequest(_message.Message):
     __slots__ = ("layout", "key_alias", "envelope", "append", "refresh")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,11 @@ class CustodyStub:
                 request_serializer=custody_dot_v1_dot_custody__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=custody_dot_v1_dot_custody__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.SignLinks = channel.unary_unary(
+                '/custody.v1.Custody/SignLinks',
+                request_serializer=custody_dot_v1_dot_custody__pb2.SignLinksRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.SignLinksResponse.FromString,
+                _registered_method=True)
 
 
 class CustodyServicer:
@@ -83,6 +88,16 @@ class CustodyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignLinks(self, request, context):
+        """Signs many links in one call (a matrix build, a monorepo's steps). Each link
+        is decided, signed and audited on its own, as its SignLink would be, and
+        gets its own result: the signed link or its error. A policy grants the RPC
+        SignLinks, and each link against the grant's link keys and steps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustodyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +115,11 @@ def add_CustodyServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=custody_dot_v1_dot_custody__pb2.VerifyRequest.FromString,
                     response_serializer=custody_dot_v1_dot_custody__pb2.VerifyResponse.SerializeToString,
+            ),
+            'SignLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignLinks,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.SignLinksRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.SignLinksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +204,33 @@ class Custody:
             '/custody.v1.Custody/Verify',
             custody_dot_v1_dot_custody__pb2.VerifyRequest.SerializeToString,
             custody_dot_v1_dot_custody__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.Custody/SignLinks',
+            custody_dot_v1_dot_custody__pb2.SignLinksRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.SignLinksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,16 @@ def _seconds(text: str) -> float:
 _seconds.__name__ = "seconds"  # argparse names the type in its error: "invalid seconds value"
 
 
+def _batch_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_batch_size.__name__ = "batch size"
+
+
 def _recording_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", dest="exclude_patterns", nargs="+", metavar="PATTERN",
                         help="gitignore-style patterns of paths not to record (default: "
@@ -173,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "in-toto-verify)")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     verify.add_argument("--trace", action="store_true", help="print the rule trace")
+
+    sign_links = _command(
+        commands, common, "sign-links", help="have many recorded links signed in batches",
+        description="Read link drafts, one JSON object per line (step_name, command, "
+                    "materials, products, byproducts, environment), have them signed in "
+                    "SignLinks calls and write each <step>.<keyid8>.link; a link the server "
+                    "refuses is one line on stderr. Exit 0 when every link was signed.")
+    sign_links.add_argument("drafts", metavar="DRAFTS",
+                            help="JSON lines file of link drafts ('-': stdin)")
+    sign_links.add_argument("-d", "--metadata-directory", metavar="DIR",
+                            help="where the links are written (default: .)")
+    sign_links.add_argument("--batch-size", type=_batch_size, default=100, metavar="N",
+                            help="links per SignLinks call (default: 100; the server takes "
+                                 "at most its limits.max_links_per_batch)")
+    _signing_options(sign_links)
 
     sign_layout = _command(commands, common, "sign-layout", help="sign a layout with a service key")
     sign_layout.add_argument("layout_file", nargs="?", metavar="LAYOUT",

@@ -141,7 +141,7 @@ class _Parser:
         for info in granted:
             if info.key_scope is not None:
                 needed.setdefault(info.key_scope.value, []).append(info.name)
-            if info.step_field:
+            if info.step_field or info.per_link:
                 needed.setdefault("steps", []).append(info.name)
         for name, patterns in lists.items():
             users = needed.get(name)

@@ -3,7 +3,9 @@
 A new RPC in the proto is known here at once and denied until a policy grants it.
 Which key alias an RPC uses decides which list of a grant limits it:
 SignLink -> `link_keys` (and `steps`), SignLayout -> `layout_keys`, a KeyAdmin
-RPC whose request has an `alias` field -> `admin_keys`.
+RPC whose request has an `alias` field -> `admin_keys`. SignLinks is granted as an RPC
+of its own, and each of its links is decided against the grant's `link_keys` and
+`steps` (`per_link`: custody_server.transport.authz.AccessControl.check_link).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class RpcInfo:
     key_scope: KeyScope | None  # which grant list limits its key alias, if any
     key_field: str  # the request field naming the alias ("" when key_scope is None)
     step_field: str  # the request field naming a step ("" when none)
+    per_link: bool = False  # each link of the request is decided alone (SignLinks)
 
 
 def build_catalog(descriptor: FileDescriptor) -> Mapping[str, RpcInfo]:
@@ -41,14 +44,18 @@ def build_catalog(descriptor: FileDescriptor) -> Mapping[str, RpcInfo]:
             fields = method.input_type.fields_by_name
             scope: KeyScope | None = None
             key_field = step_field = ""
+            per_link = method.name == "SignLinks"
             if method.name == "SignLink":
                 scope, key_field, step_field = KeyScope.LINK, "key_alias", "step_name"
+            elif per_link:
+                scope = KeyScope.LINK
             elif method.name == "SignLayout":
                 scope, key_field = KeyScope.LAYOUT, "key_alias"
             elif service.name == "KeyAdmin" and "alias" in fields:
                 scope, key_field = KeyScope.ADMIN, "alias"
             info = RpcInfo(name=method.name, method=f"/{service.full_name}/{method.name}",
-                           key_scope=scope, key_field=key_field, step_field=step_field)
+                           key_scope=scope, key_field=key_field, step_field=step_field,
+                           per_link=per_link)
             catalog[info.method] = info
     names = [info.name for info in catalog.values()]
     if len(names) != len(set(names)):

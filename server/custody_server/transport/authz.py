@@ -18,6 +18,8 @@ For every Custody and KeyAdmin RPC, before the servicer runs, in this order:
    with the raw bytes (AccessInterceptor), so that no request, however malformed,
    skips steps 2-4, the audit trail or the request id;
 6. the policy's decision on RPC, key alias and step name: PERMISSION_DENIED (audited);
+   for SignLinks on the RPC alone, and each link then by `check_link` (one token of the
+   rate and a decision on its key alias and step name each);
 7. layout size and nesting limits (custody_core.strict_json.JsonLimits):
    INVALID_ARGUMENT naming the limit (audited as `request-limit`).
 
@@ -85,13 +87,16 @@ class KeyDefaults:
 
 
 class AccessRefused(CustodyError):
-    """A call is refused before the servicer runs; carries its gRPC status."""
+    """A call is refused before the servicer runs; carries its gRPC status. A link of a
+    SignLinks call refused by `check_link` carries the audit event that records it."""
 
     def __init__(self, code: grpc.StatusCode, message: str,
-                 trailers: Sequence[tuple[str, str]] = ()) -> None:
+                 trailers: Sequence[tuple[str, str]] = (),
+                 event: AuditEvent | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.trailers = tuple(trailers)
+        self.event = event
 
 
 class AccessControl:
@@ -147,6 +152,38 @@ class AccessControl:
                 self._deny(status_for(refused), "request-limit", "api", str(refused), details)
         return identity, request
 
+    def check_link(self, *, identity: str, key_alias: str, step: str) -> None:
+        """One link of a SignLinks call, decided as the link on its own: one token of the
+        identity's rate, then the policy on key alias and step name (the grants of
+        SignLinks). AccessRefused if not, carrying the audit event that records the
+        refusal (for the caller to record with the batch's other entries; None for a rate
+        refusal the sampler leaves out)."""
+        policy = self.policy.current
+        details: dict[str, Any] = {"rpc": "SignLinks", "caller": identity,
+                                   "key_alias": key_alias[:100], **step_name_for_audit(step)}
+        wait = self._rate_limiter.acquire(identity, policy.rate_for(identity))
+        if wait > 0:
+            retry_ms = max(1, math.ceil(wait * 1000))
+            reason = f"rate limit for {identity!r} exceeded: retry in {retry_ms} ms"
+            refusals = self._refusals.refused(identity)
+            raise AccessRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, event=AuditEvent(
+                action="rate-limit", category="iam", outcome="failure", reason=reason,
+                details={**details, "refusals": refusals}) if refusals else None)
+        decision = policy.decide(AccessRequest(identity=identity, rpc="SignLinks",
+                                               key_scope=KeyScope.LINK, key_alias=key_alias,
+                                               step=step))
+        if decision.allowed:
+            return
+        code, action, category, reason = (
+            (grpc.StatusCode.PERMISSION_DENIED, "authorize", "iam", "permission denied")
+            if decision.known else
+            (grpc.StatusCode.UNAUTHENTICATED, "authenticate", "authentication",
+             "unauthenticated"))
+        reason = f"{reason}: {decision.reason}"[:1000]
+        raise AccessRefused(code, reason, event=AuditEvent(
+            action=action, category=category, outcome="failure", reason=reason[:500],
+            details=details))
+
     def _authenticate(self, certificate: PeerCertificate, policy: Policy,
                       details: dict[str, Any]) -> ClientIdentity:
         """The certificate's identity; AccessRefused if it has none or is revoked."""
@@ -181,6 +218,8 @@ class AccessControl:
         self._deny(status_for(refused), "decode-request", "api", str(refused), details)
 
     def _access_request(self, rpc: RpcInfo, request: Any, identity: str) -> AccessRequest:
+        if rpc.per_link:  # the call is granted or not; each link is decided on its own
+            return AccessRequest(identity=identity, rpc=rpc.name)
         alias: str | None = None
         if rpc.key_scope is not None:
             alias = str(getattr(request, rpc.key_field, "") or "")

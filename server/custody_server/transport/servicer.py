@@ -5,6 +5,7 @@ KeyAdmin lives in transport/key_admin.py."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -12,10 +13,15 @@ import grpc
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
 from custody_core.api_enums import ENVELOPE_NUMBERS, ENVELOPES_BY_NUMBER, UNSPECIFIED, EnvelopeKind
+from custody_core.errors import CustodyError
+from custody_core.step_names import step_name_for_audit
 from custody_core.verdict import Verdict
+from custody_server.audit_events import AuditEvent
+from custody_server.batch_signing import BatchSigning, RefusedLink
 from custody_server.errors import RequestError
 from custody_server.signing import LinkRequest, SignedMetadata, SigningService
-from custody_server.transport.authz import authenticated_identity
+from custody_server.transport.authz import AccessRefused, authenticated_identity
+from custody_server.transport.errors import client_message, status_for
 from custody_server.verification import TrustedKeySpec, VerificationService, VerifyInput
 
 DEFAULT_ENVELOPE = EnvelopeKind.METABLOCK  # for ENVELOPE_UNSPECIFIED
@@ -37,23 +43,67 @@ def _envelope(value: int) -> EnvelopeKind:
     return kind
 
 
+# A link of a SignLinks call, decided as that link alone (AccessControl.check_link)
+CheckLink = Callable[..., None]
+
+
 class CustodyServicer(pb_grpc.CustodyServicer):
     def __init__(self, *, signing: SigningService, verification: VerificationService,
-                 default_link_key: str, default_layout_key: str) -> None:
+                 default_link_key: str, default_layout_key: str,
+                 batch: BatchSigning | None = None,
+                 check_link: CheckLink | None = None) -> None:
         self._signing = signing
         self._verification = verification
         self._default_link_key = default_link_key
         self._default_layout_key = default_layout_key
+        self._batch = batch
+        self._check_link = check_link
 
     def SignLink(self, request: pb.SignLinkRequest,
                  context: grpc.ServicerContext) -> pb.SignLinkResponse:
+        signed = self._signing.sign_link(self._link_request(request),
+                                         caller=caller_identity(context))
+        return _sign_link_response(signed)
+
+    def SignLinks(self, request: pb.SignLinksRequest,
+                  context: grpc.ServicerContext) -> pb.SignLinksResponse:
+        """Each link decided (AccessControl.check_link), converted, signed and audited on
+        its own; a refused one gets its error in its place."""
+        if self._batch is None:
+            raise RequestError("SignLinks is not available on this server")
+        caller = caller_identity(context)
+        self._batch.check_size(len(request.links), caller=caller)
+        links = [self._batch_link(item, caller) for item in request.links]
+        results = self._batch.sign_links(links, caller=caller)
+        return pb.SignLinksResponse(results=[
+            pb.SignLinkResult(signed=_sign_link_response(result))
+            if isinstance(result, SignedMetadata) else
+            pb.SignLinkResult(error=pb.SignLinkError(code=_status_number(result),
+                                                     message=client_message(result)))
+            for result in results])
+
+    def _batch_link(self, item: pb.SignLinkRequest, caller: str) -> LinkRequest | RefusedLink:
+        key_alias = item.key_alias or self._default_link_key
+        try:
+            if self._check_link is not None:
+                self._check_link(identity=caller, key_alias=key_alias, step=item.step_name)
+            return self._link_request(item)
+        except AccessRefused as refused:
+            return RefusedLink(refused, refused.event)
+        except CustodyError as error:  # a malformed field: refused like its SignLink
+            return RefusedLink(error, AuditEvent.failure(
+                action="sign-link", category="process", error=error, details={
+                    **step_name_for_audit(item.step_name), "key_alias": key_alias[:100],
+                    "caller": caller}))
+
+    def _link_request(self, request: pb.SignLinkRequest) -> LinkRequest:
         byproducts: dict[str, Any] = {}
         if request.HasField("byproducts"):
             byproducts = {"stdout": request.byproducts.stdout,
                           "stderr": request.byproducts.stderr}
             if request.byproducts.HasField("return_value"):
                 byproducts["return-value"] = request.byproducts.return_value
-        link = LinkRequest(
+        return LinkRequest(
             step_name=request.step_name,
             command=tuple(request.command),
             materials=_artifacts(request.materials, what="materials"),
@@ -63,12 +113,6 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             key_alias=request.key_alias or self._default_link_key,
             envelope=_envelope(request.envelope),
             preliminary_link=request.preliminary_link,
-        )
-        signed = self._signing.sign_link(link, caller=caller_identity(context))
-        return pb.SignLinkResponse(
-            signed=signed.content,
-            file_name=signed.file_name,
-            **_key_fields(signed),
         )
 
     def SignLayout(self, request: pb.SignLayoutRequest,
@@ -102,6 +146,17 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             plan=request.plan,
         ), caller=caller_identity(context))
         return verdict_to_pb(verdict)
+
+
+def _sign_link_response(signed: SignedMetadata) -> pb.SignLinkResponse:
+    return pb.SignLinkResponse(signed=signed.content, file_name=signed.file_name,
+                               **_key_fields(signed))
+
+
+def _status_number(error: CustodyError) -> int:
+    code = error.code if isinstance(error, AccessRefused) else status_for(error)
+    number: int = code.value[0]
+    return number
 
 
 def _key_fields(signed: SignedMetadata) -> dict[str, Any]:
