@@ -4,6 +4,9 @@ Stages, in the reference order (in_toto.verifylib.in_toto_verify): layout signat
 expiry -> parameter substitution -> links per step by authorized key ids -> per-step
 threshold of distinct functionaries -> sublayouts (recursive) -> command alignment
 (warning) -> threshold links agree -> step rules -> inspections -> inspection rules.
+Custody adds one stage the reference does not have, after the step rules and before any
+inspection: the artifacts the caller holds must be products of the layout's final steps
+(final_product.py; only when artifacts are given).
 
 Verification stops after the first stage that fails (later stages depend on it); within a
 stage every failure is reported. A verification failure is a failing Verdict, never an
@@ -28,13 +31,14 @@ list, with reasons and tests, is docs/REFERENCE.md):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, Envelope, parse_envelope
 from custody_core.errors import MetadataError
+from custody_core.final_product import GivenArtifact, artifact_failures, check_artifacts
 from custody_core.inspections import collect_inspection_links
 from custody_core.key_policy import DefaultKeyPolicy, KeyPolicy
 from custody_core.keys import PublicKey
@@ -89,6 +93,7 @@ class _Context:
     inspection_links: Mapping[str, bytes]
     policy: KeyPolicy
     now: datetime
+    artifacts: Sequence[GivenArtifact] = ()
     warnings: list[VerdictWarning] = field(default_factory=list)
     trace: list[TraceEntry] = field(default_factory=list)
 
@@ -102,6 +107,7 @@ def verify_supply_chain(
     parameters: Mapping[str, str] | None = None,
     now: datetime,
     key_policy: KeyPolicy | None = None,
+    artifacts: Sequence[GivenArtifact] = (),
 ) -> Verdict:
     """Verify a final product's supply chain against a signed layout.
 
@@ -112,12 +118,15 @@ def verify_supply_chain(
     `{NAME}` placeholders in the layout are replaced from `parameters` when it is not
     None (a missing one fails, as in_toto_verify with substitution_parameters); with None
     nothing is substituted (as in-toto-verify) and the verdict warns of what looks like a
-    placeholder. `now` must be timezone-aware.
+    placeholder. `now` must be timezone-aware. `artifacts`, the files the caller holds
+    (final_product.py): each must be a product of the layout's final step(s).
 
-    Raises MetadataError only if `layout` cannot be parsed as a signed layout.
+    Raises MetadataError only if `layout` cannot be parsed as a signed layout, or an
+    artifact has no path or no hex digest.
     """
     if now.tzinfo is None:
         raise ValueError("now must be a timezone-aware datetime")
+    check_artifacts(artifacts)
     try:
         envelope = parse_envelope(layout)
     except MetadataError as exc:
@@ -129,6 +138,7 @@ def verify_supply_chain(
         inspection_links=inspection_links,
         policy=key_policy or DefaultKeyPolicy(),
         now=now,
+        artifacts=artifacts,
     )
     try:
         _verify_layout(
@@ -240,6 +250,8 @@ def _verify_layout(
     failures, trace = apply_item_rules(layout.steps, reduced, stage=Stage.STEP_RULES, prefix=prefix)
     context.trace.extend(trace)
     _raise_if(failures)
+    if depth == 0:  # the gate's files, against the verified products: before inspections
+        _raise_if(artifact_failures(layout, reduced, context.artifacts))
     inspection_links, failures = collect_inspection_links(
         layout, context.inspection_links, prefix=prefix
     )

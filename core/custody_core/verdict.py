@@ -25,6 +25,7 @@ class Stage(StrEnum):
     COMMAND_ALIGNMENT = "command-alignment"
     THRESHOLD_ARTIFACTS = "threshold-artifacts"
     STEP_RULES = "step-rules"
+    ARTIFACT = "artifact"  # a given artifact is no final step's product (final_product.py)
     INSPECTIONS = "inspections"
     INSPECTION_RULES = "inspection-rules"
 
