@@ -19,7 +19,6 @@ from .interop_support import (
     CLONE,
     PACKAGE,
     Cli,
-    agent_env,
     demo_layout,
     final_product_dir,
     metablock,
@@ -31,15 +30,6 @@ from .interop_support import (
 
 pytestmark = pytest.mark.slow
 TAMPERED = "demo-project/foo.py"
-
-
-@pytest.fixture(scope="module")
-def cli(custody_server_address: str, client_tls: Any,
-        tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    """An agent with the server address and the local mTLS files (CUSTODY_STATE_DIR)."""
-    home = tmp_path_factory.mktemp("home")
-    return Cli(agent_env(server=custody_server_address, state_dir=client_tls.state_dir,
-                         home=home))
 
 
 def sign_demo_layout(cli: Cli, work: Path, *, envelope: str) -> tuple[bytes, bytes]:

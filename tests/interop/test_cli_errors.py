@@ -29,17 +29,6 @@ steps = ["build"]
 """
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def cli(custody_server_address: str, client_tls: Any, home: Path) -> Cli:
-    return Cli(agent_env(server=custody_server_address, state_dir=client_tls.state_dir,
-                         home=home))
-
-
 # The CLI's exit codes (README, "The custody CLI"): a gate tells these apart.
 FAILED, USAGE, UNAVAILABLE, REFUSED = 1, 2, 3, 4
 
@@ -196,10 +185,10 @@ def link_only_server(keystore: Any, tmp_path_factory: pytest.TempPathFactory
     running.stop(grace=1).wait()
 
 
-def test_permission_denied(link_only_server: tuple[str, Path], cli: Cli, home: Path,
+def test_permission_denied(link_only_server: tuple[str, Path], cli: Cli, agent_home: Path,
                            tmp_path: Path) -> None:
     address, state = link_only_server
-    agent = Cli(agent_env(server=address, state_dir=state, home=home))
+    agent = Cli(agent_env(server=address, state_dir=state, home=agent_home))
     (tmp_path / "layout.json").write_text(json.dumps(_one_step_layout()))
     cli("sign-layout", "-l", "layout.json", "-o", "root.layout", cwd=tmp_path)
     # a gate whose identity may not verify: refused (4), neither a verdict nor an outage

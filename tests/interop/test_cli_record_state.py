@@ -17,16 +17,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .interop_support import Cli, agent_env, reference
+from .interop_support import Cli, reference
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cli(custody_server_address: str, client_tls: Any,
-        tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    return Cli(agent_env(server=custody_server_address, state_dir=client_tls.state_dir,
-                         home=tmp_path_factory.mktemp("home")))
 
 
 def _work(directory: Path) -> Path:

@@ -29,16 +29,9 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from custody_core.keys import compute_legacy_keyid
 
-from .interop_support import Cli, agent_env, reference
+from .interop_support import Cli, reference
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cli(custody_server_address: str, client_tls: Any,
-        tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    return Cli(agent_env(server=custody_server_address, state_dir=client_tls.state_dir,
-                         home=tmp_path_factory.mktemp("home")))
 
 
 @dataclass

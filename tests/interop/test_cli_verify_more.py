@@ -14,16 +14,9 @@ from in_toto.models._signer import load_crypto_signer_from_pkcs8_file
 from in_toto.models.layout import Layout as RefLayout
 from in_toto.models.metadata import Metablock
 
-from .interop_support import Cli, agent_env, reference, write_template
+from .interop_support import Cli, reference, write_template
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cli(custody_server_address: str, client_tls: Any,
-        tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    return Cli(agent_env(server=custody_server_address, state_dir=client_tls.state_dir,
-                         home=tmp_path_factory.mktemp("home")))
 
 
 def _package(cli: Cli, directory: Path, *, metadata_dir: Path, step: str) -> None:
