@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from policy_support import open_policy
 from venv_tools import venv_tool
 
@@ -102,6 +103,20 @@ def clocked_service(store: Pkcs11KeyStore, state_dir: Path, *,
             )
     finally:
         running.stop(grace=1).wait()
+
+
+def clocked_fixture(name: str, settings: LifecycleSettings) -> object:
+    """A module's `clocked` fixture: one clocked service with these settings for the whole
+    module, its state in a temp dir named `name` (`clocked = clocked_fixture(...)`)."""
+
+    @pytest.fixture(scope="module")
+    def clocked(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[ClockedService]:
+        with clocked_service(keystore, tmp_path_factory.mktemp(name),
+                             settings=settings) as service:
+            yield service
+
+    return clocked
 
 
 def step(name: str, pubkeys: list[str], *, threshold: int = 1) -> dict[str, Any]:

@@ -4,7 +4,6 @@ over gRPC against a real server on a real SoftHSM token (fake clock)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from custody_server.metrics import ServiceMetrics
 from .lifecycle_support import (
     FOO,
     ClockedService,
+    clocked_fixture,
     clocked_service,
     layout,
     sign_link,
@@ -37,12 +37,7 @@ from .lifecycle_support import (
 DAY = timedelta(days=1)
 
 
-@pytest.fixture(scope="module")
-def clocked(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[ClockedService]:
-    with clocked_service(keystore, tmp_path_factory.mktemp("owners"),
-                         settings=LifecycleSettings(scheduler=False)) as service:
-        yield service
+clocked = clocked_fixture("owners", LifecycleSettings(scheduler=False))
 
 
 def _create(service: ClockedService, prefix: str) -> str:

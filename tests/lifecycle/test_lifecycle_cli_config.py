@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,22 +14,15 @@ from custody_client.cli import main as custody
 from custody_client.cli_keys import parse_duration
 from custody_server.config import config_from_dict
 from custody_server.errors import ConfigError
-from custody_server.keystore import Pkcs11KeyStore
 from custody_server.lifecycle.settings import LifecycleSettings, RotationSchedule
 
-from .lifecycle_support import ClockedService, clocked_service, unique_alias
+from .lifecycle_support import ClockedService, clocked_fixture, unique_alias
 
 SERVER_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 
 
-@pytest.fixture(scope="module")
-def clocked(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[ClockedService]:
-    settings = LifecycleSettings(scheduler=False, schedules={"sched-cli": RotationSchedule(
-        period=timedelta(days=30), overlap=timedelta(hours=1))})
-    with clocked_service(keystore, tmp_path_factory.mktemp("cli"),
-                         settings=settings) as service:
-        yield service
+clocked = clocked_fixture("cli", LifecycleSettings(scheduler=False, schedules={
+    "sched-cli": RotationSchedule(period=timedelta(days=30), overlap=timedelta(hours=1))}))
 
 
 def _run(service: ClockedService, capsys: pytest.CaptureFixture[str],

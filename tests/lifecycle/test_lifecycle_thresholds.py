@@ -9,7 +9,6 @@ two of its versions once; the reference counts them twice, the documented limit,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,13 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_core.envelope import sign_metablock
 from custody_core.keys import ECDSA_P256
 from custody_core.software_signer import SoftwareSigner
-from custody_server.keystore import Pkcs11KeyStore
 from custody_server.lifecycle.functionaries import resolve_functionaries
 from custody_server.lifecycle.settings import LifecycleSettings
 
 from .lifecycle_support import (
     EXPIRES,
     ClockedService,
-    clocked_service,
+    clocked_fixture,
     layout,
     reference_verify,
     sign_link,
@@ -35,13 +33,7 @@ from .lifecycle_support import (
     unique_alias,
 )
 
-
-@pytest.fixture(scope="module")
-def clocked(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[ClockedService]:
-    with clocked_service(keystore, tmp_path_factory.mktemp("thresholds"),
-                         settings=LifecycleSettings(scheduler=False)) as service:
-        yield service
+clocked = clocked_fixture("thresholds", LifecycleSettings(scheduler=False))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ destroy; a layout signed by an owner version in its window; audit events."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from custody_server.lifecycle.settings import LifecycleSettings
 
 from .lifecycle_support import (
     ClockedService,
+    clocked_fixture,
     clocked_service,
     layout,
     sign_link,
@@ -31,13 +31,8 @@ HOUR = timedelta(hours=1)
 RETENTION = timedelta(days=1)
 
 
-@pytest.fixture(scope="module")
-def clocked(keystore: Pkcs11KeyStore, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[ClockedService]:
-    settings = LifecycleSettings(scheduler=False, destroy_after=RETENTION)
-    with clocked_service(keystore, tmp_path_factory.mktemp("clocked"),
-                         settings=settings) as service:
-        yield service
+clocked = clocked_fixture("clocked", LifecycleSettings(scheduler=False,
+                                                       destroy_after=RETENTION))
 
 
 def _hours(value: float) -> Duration:
