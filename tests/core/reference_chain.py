@@ -157,16 +157,27 @@ def expires_in(delta: timedelta) -> str:
     return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def layout_dict(expires: timedelta, readme: str, functionaries: list[Party], *,
+                steps: list[dict[str, Any]], inspect: list[dict[str, Any]] | None = None
+                ) -> dict[str, Any]:
+    """A layout payload expiring `expires` from now, trusting the functionaries' keys."""
+    return {
+        "_type": "layout",
+        "expires": expires_in(expires),
+        "readme": readme,
+        "keys": {party.keyid: party.key_dict for party in functionaries},
+        "steps": steps,
+        "inspect": inspect or [],
+    }
+
+
 def baseline(parties: dict[str, Party]) -> Scenario:
     """write-code (alice) -> package (bob), inspection untar; every rule list closed."""
     alice, bob = parties["alice"], parties["bob"]
     untar = [sys.executable, "-c", f"open('foo.py', 'wb').write({PY_CONTENT!r})"]
-    layout = {
-        "_type": "layout",
-        "expires": expires_in(timedelta(days=30)),
-        "readme": "",
-        "keys": {alice.keyid: alice.key_dict, bob.keyid: bob.key_dict},
-        "steps": [
+    layout = layout_dict(
+        timedelta(days=30), "", [alice, bob],
+        steps=[
             step_dict(
                 "write-code",
                 [alice.keyid],
@@ -182,7 +193,7 @@ def baseline(parties: dict[str, Party]) -> Scenario:
                 ["tar", "zcvf", "foo.tar.gz", "foo.py"],
             ),
         ],
-        "inspect": [
+        inspect=[
             {
                 "_type": "inspection",
                 "name": "untar",
@@ -198,7 +209,7 @@ def baseline(parties: dict[str, Party]) -> Scenario:
                 ],
             }
         ],
-    }
+    )
     links = [
         LinkFile(
             link_dict("write-code", {}, {"foo.py": sha(PY_CONTENT)}, ["vi", "foo.py"]),
@@ -331,6 +342,39 @@ def core_inputs(scenario: Scenario, written: Written, *, inspect: bool = True) -
 
 def run_core(scenario: Scenario, written: Written, **overrides: Any) -> Verdict:
     return verify_supply_chain(**{**core_inputs(scenario, written), **overrides})
+
+
+def verify(scenario: Scenario, root: Path, **overrides: Any) -> Verdict:
+    """The core's verdict on the scenario, written under `root` (`overrides` as run_core)."""
+    return run_core(scenario, write(scenario, root), **overrides)
+
+
+class RefuseKeys:
+    """A key policy that refuses some keys, as rotation does past a version's window."""
+
+    def __init__(self, *keyids: str) -> None:
+        self.keyids = set(keyids)
+
+    def functionary_of(self, keyid: str) -> str:
+        return keyid
+
+    def refusal(self, keyid: str, now: datetime) -> str | None:
+        return "outside its overlap window" if keyid in self.keyids else None
+
+
+def both_verdicts(edit: Callable[[Scenario], None], parties: dict[str, Party], root: Path,
+                  *, should_pass: bool) -> tuple[type[BaseException] | None, Verdict]:
+    """The baseline changed by `edit`, written under `root` and verified by the reference
+    and by the core; both verdicts must be `should_pass`. The reference's error (None when
+    it passed) and the core's verdict, for the stage checks."""
+    scenario = baseline(parties)
+    edit(scenario)
+    written = write(scenario, root)
+    reference_error = run_reference(scenario, written)
+    verdict = run_core(scenario, written)
+    assert (reference_error is None) == should_pass, reference_error
+    assert verdict.passed == should_pass, verdict.failures
+    return reference_error, verdict
 
 
 # The stages of our verdict that correspond to what the reference raised.

@@ -8,12 +8,16 @@ rules and inspections by their own stages; the verdict's `stage` stays the pipel
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from reference_chain import Party, Scenario, baseline, make_parties, run_core, write
+from reference_chain import (
+    Party,
+    RefuseKeys,
+    baseline,
+    make_parties,
+    verify,
+)
 
 from custody_core.key_policy import FunctionaryMap
 from custody_core.verdict import Cause, Stage, Verdict
@@ -24,26 +28,9 @@ def parties() -> dict[str, Party]:
     return make_parties()
 
 
-def verify(scenario: Scenario, tmp_path: Path, **overrides: Any) -> Verdict:
-    return run_core(scenario, write(scenario, tmp_path), **overrides)
-
-
 def first(verdict: Verdict) -> tuple[Stage, str]:
     assert not verdict.passed
     return verdict.failures[0].stage, verdict.failures[0].failure_stage
-
-
-class RefuseKeys:
-    """A key policy that refuses some keys, as rotation does past a version's window."""
-
-    def __init__(self, *keyids: str) -> None:
-        self.keyids = set(keyids)
-
-    def functionary_of(self, keyid: str) -> str:
-        return keyid
-
-    def refusal(self, keyid: str, now: datetime) -> str | None:
-        return "its overlap window ended" if keyid in self.keyids else None
 
 
 def test_a_passing_verdict_has_no_failure_stage(parties: dict[str, Party],

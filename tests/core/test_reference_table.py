@@ -23,15 +23,13 @@ from reference_chain import (
     LinkFile,
     Party,
     Scenario,
-    baseline,
+    both_verdicts,
     expires_in,
+    layout_dict,
     link_dict,
     make_parties,
-    run_core,
-    run_reference,
     sha,
     step_dict,
-    write,
 )
 from securesystemslib.exceptions import FormatError
 
@@ -216,12 +214,9 @@ def _delegate_package(s: Scenario) -> tuple[list[LinkFile], dict[str, Any]]:
     bob, carol, dave = (s.parties[p] for p in ("bob", "carol", "dave"))
     command = ["tar", "zcvf", "foo.tar.gz", "foo.py"]
     py, tar = {"foo.py": sha(PY_CONTENT)}, {"foo.tar.gz": sha(TAR_CONTENT)}
-    sublayout = {
-        "_type": "layout",
-        "expires": expires_in(timedelta(days=1)),
-        "readme": "package, delegated",
-        "keys": {carol.keyid: carol.key_dict, dave.keyid: dave.key_dict},
-        "steps": [
+    sublayout = layout_dict(
+        timedelta(days=1), "package, delegated", [carol, dave],
+        steps=[
             step_dict(
                 "prepare", [carol.keyid], [["ALLOW", "foo.py"], ["DISALLOW", "*"]],
                 [["ALLOW", "foo.py"], ["DISALLOW", "*"]], ["cp", "foo.py", "."],
@@ -232,8 +227,7 @@ def _delegate_package(s: Scenario) -> tuple[list[LinkFile], dict[str, Any]]:
                 [["CREATE", "foo.tar.gz"], ["ALLOW", "foo.py"], ["DISALLOW", "*"]], command,
             ),
         ],
-        "inspect": [],
-    }  # fmt: skip
+    )  # fmt: skip
     directory = f"package.{bob.keyid[:8]}"
     sub_links = [
         LinkFile(link_dict("prepare", py, py, ["cp", "foo.py", "."]), carol, carol.keyid,
@@ -403,14 +397,7 @@ SUBLAYOUT_CASES = {sublayout_missing_link, sublayout_rule_fails, sublayout_expir
 def test_same_verdict_as_reference(
     edit: Callable[[Scenario], None], should_pass: bool, parties: dict[str, Party], tmp_path: Path
 ) -> None:
-    scenario = baseline(parties)
-    edit(scenario)
-    written = write(scenario, tmp_path)
-    reference_error = run_reference(scenario, written)
-    verdict = run_core(scenario, written)
-
-    assert (reference_error is None) == should_pass, reference_error
-    assert verdict.passed == should_pass, verdict.failures
+    reference_error, verdict = both_verdicts(edit, parties, tmp_path, should_pass=should_pass)
     if not should_pass:
         expected = {Stage.SUBLAYOUT} if edit in SUBLAYOUT_CASES else STAGES[reference_error]
         assert verdict.failed_stage in expected, (reference_error, verdict.failures)

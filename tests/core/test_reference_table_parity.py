@@ -28,6 +28,7 @@ from reference_chain import (
     Scenario,
     Written,
     baseline,
+    both_verdicts,
     link_dict,
     make_parties,
     run_core,
@@ -246,14 +247,7 @@ AGREE: list[tuple[Edit, bool]] = [
 def test_same_verdict_as_reference(
     edit: Edit, should_pass: bool, parties: dict[str, Party], tmp_path: Path
 ) -> None:
-    scenario = baseline(parties)
-    edit(scenario)
-    written = write(scenario, tmp_path)
-    reference_error = run_reference(scenario, written)
-    verdict = run_core(scenario, written)
-
-    assert (reference_error is None) == should_pass, reference_error
-    assert verdict.passed == should_pass, verdict.failures
+    reference_error, verdict = both_verdicts(edit, parties, tmp_path, should_pass=should_pass)
     if not should_pass:
         assert reference_error is not None
         stages = {**STAGES_FOR_REFERENCE_ERROR, LinkNotFoundError: {Stage.THRESHOLD}}

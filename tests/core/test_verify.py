@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_chain import (
     Party,
+    RefuseKeys,
     Scenario,
     baseline,
     core_inputs,
@@ -20,6 +21,7 @@ from reference_chain import (
     make_parties,
     run_core,
     sha,
+    verify,
     write,
 )
 from test_reference_table import (
@@ -43,10 +45,6 @@ from custody_core.verdict import Failure, Stage, Verdict
 @pytest.fixture(scope="module")
 def parties() -> dict[str, Party]:
     return make_parties()
-
-
-def verify(scenario: Scenario, tmp_path: Path, **overrides: Any) -> Verdict:
-    return run_core(scenario, write(scenario, tmp_path), **overrides)
 
 
 def test_rule_failure_names_stage_step_rule_and_artifacts(
@@ -120,17 +118,6 @@ def test_two_versions_of_one_functionarys_key_count_once(
     assert verdict.failures[0].step == "write-code"
     assert "needs 2" in verdict.failures[0].reason and "found 1" in verdict.failures[0].reason
     assert any("counted once" in w.message for w in verdict.warnings)
-
-
-class RefuseKeys:
-    def __init__(self, *keyids: str) -> None:
-        self.keyids = set(keyids)
-
-    def functionary_of(self, keyid: str) -> str:
-        return keyid
-
-    def refusal(self, keyid: str, now: datetime) -> str | None:
-        return "outside its overlap window" if keyid in self.keyids else None
 
 
 def test_refused_functionary_key_does_not_count(parties: dict[str, Party], tmp_path: Path) -> None:
