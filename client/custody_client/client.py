@@ -114,11 +114,18 @@ class CustodyClient(SigningClient):
         parameters: Mapping[str, str] | None = None,
         unlisted_links: Mapping[str, bytes] | None = None,
         plan: bool = False,
+        artifacts: Sequence[tuple[str, Mapping[str, str]]] = (),
+        stored_links: bool = False,
+        run_id: str = "",
     ) -> VerifyResult:
         """`unlisted_links`: link files of the layout's steps that no authorized keyid
         names; never counted, they only let a failed verdict name a key rotation.
         `plan`: the verdict without an audit entry or a verdict count (to learn which
-        inspections to run before the Verify that is recorded)."""
+        inspections to run before the Verify that is recorded). `artifacts`: (path,
+        {algorithm: hex}) of files the caller holds, each of which must be a product of
+        the layout's final step(s). `stored_links`: verify the links the server's
+        attestation store holds for `run_id`, or without it for the newest run that made
+        the artifacts, instead of `links`."""
         request = pb.VerifyRequest(
             layout=layout,
             layout_keys=[pb.TrustedKey(alias=k.alias) if k.alias else
@@ -132,6 +139,9 @@ class CustodyClient(SigningClient):
             unlisted_links=[pb.MetadataFile(path=p, content=c)
                             for p, c in sorted((unlisted_links or {}).items())],
             plan=plan,
+            artifacts=[pb.Artifact(path=path, digest=dict(digest)) for path, digest in artifacts],
+            stored_links=stored_links,
+            run_id=run_id,
         )
         response = self._call("Verify", self._custody.Verify, request)
         try:
@@ -147,6 +157,7 @@ class CustodyClient(SigningClient):
             warnings=tuple(VerifyWarning(stage=w.stage, step=w.step, message=w.message)
                            for w in response.warnings),
             verdict=verdict if isinstance(verdict, dict) else {},
+            run_id=response.run_id,
         )
 
     # KeyAdmin service

@@ -33,6 +33,7 @@ _ENVIRONMENT = 6
 _KEY_ALIAS = 7
 _ENVELOPE = 8
 _PRELIMINARY_LINK = 9
+_RUN_ID = 10
 # custody.v1.Artifact
 _ARTIFACT_PATH = 1
 _ARTIFACT_DIGEST = 2
@@ -54,7 +55,7 @@ WIRE_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
         "materials": (_MATERIALS, _LD), "products": (_PRODUCTS, _LD),
         "byproducts": (_BYPRODUCTS, _LD), "environment": (_ENVIRONMENT, _LD),
         "key_alias": (_KEY_ALIAS, _LD), "envelope": (_ENVELOPE, _VARINT),
-        "preliminary_link": (_PRELIMINARY_LINK, _LD),
+        "preliminary_link": (_PRELIMINARY_LINK, _LD), "run_id": (_RUN_ID, _LD),
     },
     "custody.v1.SignLinkRequest.EnvironmentEntry": {
         "key": (_MAP_KEY, _LD), "value": (_MAP_VALUE, _LD),
@@ -124,6 +125,7 @@ class LinkDraft:
         self._byproducts: Byproducts | None = None
         self._environment: dict[str, str] = {}
         self._preliminary_link = b""
+        self._run_id = ""
 
     def add_materials(self, artifacts: Iterable[tuple[str, str]]) -> int:
         """Add (path, sha256 hex) pairs as materials; returns how many were added."""
@@ -167,6 +169,11 @@ class LinkDraft:
         signs once it has checked them (then add no materials here)."""
         self._preliminary_link = signed
 
+    def set_run_id(self, run_id: str) -> None:
+        """The pipeline run this step belongs to (the server's attestation store groups
+        links by it; the signed link records it as `custody.run-id`)."""
+        self._run_id = run_id
+
     def request_bytes(self, *, key_alias: str, envelope: EnvelopeKind) -> bytes:
         """The serialized SignLinkRequest."""
         tail = bytearray()
@@ -183,6 +190,8 @@ class LinkDraft:
         tail += _key(_ENVELOPE, _VARINT) + _varint(ENVELOPE_NUMBERS[envelope])
         if self._preliminary_link:
             tail += _length_delimited(_PRELIMINARY_LINK, self._preliminary_link)
+        if self._run_id:
+            tail += _string(_RUN_ID, self._run_id)
         return b"".join((self._body, tail))  # one copy
 
     def to_message(self, *, key_alias: str = "",

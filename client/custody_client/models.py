@@ -105,6 +105,7 @@ class VerifyResult:
     failures: tuple[VerifyFailure, ...]
     warnings: tuple[VerifyWarning, ...]
     verdict: Mapping[str, Any] = field(repr=False)
+    run_id: str = ""  # with stored links: the run whose links were verified
 
     @property
     def trace(self) -> list[Mapping[str, Any]]:

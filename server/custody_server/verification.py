@@ -13,6 +13,7 @@ from typing import Any
 
 from custody_core.envelope import parse_envelope
 from custody_core.errors import CustodyError, MetadataError
+from custody_core.final_product import GivenArtifact
 from custody_core.keys import PublicKey
 from custody_core.strict_json import JsonLimits, parse_json
 from custody_core.supply_chain import verify_supply_chain
@@ -46,6 +47,8 @@ class VerifyInput:
     # a plan: the verdict without an audit entry or a verdict count (the CLI's way to
     # learn which inspections to run before the one Verify that is recorded)
     plan: bool = False
+    # files the gate holds: each must be a final step's product (custody_core.final_product)
+    artifacts: tuple[GivenArtifact, ...] = ()
 
 
 class VerificationService:
@@ -68,6 +71,9 @@ class VerificationService:
             "inspection_links": len(request.inspection_links),
             "unlisted_links": len(request.unlisted_links),
         }
+        if request.artifacts:  # what the gate asked about (the first 20), as digests
+            details["artifacts"] = len(request.artifacts)
+            details["artifact_digests"] = [_digest_text(a) for a in request.artifacts[:20]]
         try:
             if not request.layout:
                 raise RequestError("layout is required")
@@ -84,6 +90,7 @@ class VerificationService:
                 parameters=request.parameters or None,
                 now=now,
                 key_policy=ServiceKeyPolicy(self._keys.versions_by_keyid()),
+                artifacts=request.artifacts,
             )
             verdict = self._warn_layout_key_windows(verdict, layout_keys, now)
             verdict = explain_rotations(verdict, layout=request.layout,
@@ -169,3 +176,10 @@ class VerificationService:
 
     def _record(self, event: AuditEvent) -> None:
         record_or_refuse(self._audit, event, refusal="audit log unavailable: verdict withheld")
+
+
+def _digest_text(artifact: GivenArtifact) -> str:
+    """`sha256:<hex>` (or the first algorithm's), for the audit entry."""
+    digest = artifact.digest
+    name = "sha256" if "sha256" in digest else min(digest, default="")
+    return f"{name[:64]}:{digest.get(name, '')[:512]}"

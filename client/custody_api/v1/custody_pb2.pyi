@@ -61,7 +61,7 @@ class Byproducts(_message.Message):
     def __init__(self, stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., return_value: _Optional[int] = ...) -> None: ...
 
 class SignLinkRequest(_message.Message):
-    __slots__ = ("step_name", "command", "materials", "products", "byproducts", "environment", "key_alias", "envelope", "preliminary_link")
+    __slots__ = ("step_name", "command", "materials", "products", "byproducts", "environment", "key_alias", "envelope", "preliminary_link", "run_id")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class SignLinkRequest(_message.Message):
     KEY_ALIAS_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     PRELIMINARY_LINK_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     step_name: str
     command: _containers.RepeatedScalarFieldContainer[str]
     materials: _containers.RepeatedCompositeFieldContainer[Artifact]
@@ -87,7 +88,8 @@ class SignLinkRequest(_message.Message):
     key_alias: str
     envelope: Envelope
     preliminary_link: bytes
-    def __init__(self, step_name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., materials: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., products: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., byproducts: _Optional[_Union[Byproducts, _Mapping]] = ..., environment: _Optional[_Mapping[str, str]] = ..., key_alias: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., preliminary_link: _Optional[bytes] = ...) -> None: ...
+    run_id: str
+    def __init__(self, step_name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., materials: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., products: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., byproducts: _Optional[_Union[Byproducts, _Mapping]] = ..., environment: _Optional[_Mapping[str, str]] = ..., key_alias: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, str]] = ..., preliminary_link: _Optional[bytes] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class SignLinkResponse(_message.Message):
     __slots__ = ("signed", "file_name", "keyid", "key_alias", "key_version", "envelope", "sha256")
@@ -188,7 +190,7 @@ class MetadataFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("layout", "layout_keys", "links", "inspection_links", "parameters", "unlisted_links", "plan")
+    __slots__ = ("layout", "layout_keys", "links", "inspection_links", "parameters", "unlisted_links", "plan", "artifacts", "stored_links", "run_id")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +205,9 @@ class VerifyRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     UNLISTED_LINKS_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    STORED_LINKS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     layout: bytes
     layout_keys: _containers.RepeatedCompositeFieldContainer[TrustedKey]
     links: _containers.RepeatedCompositeFieldContainer[MetadataFile]
@@ -210,7 +215,10 @@ class VerifyRequest(_message.Message):
     parameters: _containers.ScalarMap[str, str]
     unlisted_links: _containers.RepeatedCompositeFieldContainer[MetadataFile]
     plan: bool
-    def __init__(self, layout: _Optional[bytes] = ..., layout_keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., inspection_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., parameters: _Optional[_Mapping[str, str]] = ..., unlisted_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., plan: _Optional[bool] = ...) -> None: ...
+    artifacts: _containers.RepeatedCompositeFieldContainer[Artifact]
+    stored_links: bool
+    run_id: str
+    def __init__(self, layout: _Optional[bytes] = ..., layout_keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., inspection_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., parameters: _Optional[_Mapping[str, str]] = ..., unlisted_links: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., plan: _Optional[bool] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., stored_links: _Optional[bool] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class VerifyFailure(_message.Message):
     __slots__ = ("stage", "step", "rule", "paths", "reason")
@@ -237,16 +245,100 @@ class VerifyWarning(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("passed", "failures", "warnings", "verdict_json")
+    __slots__ = ("passed", "failures", "warnings", "verdict_json", "run_id")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     VERDICT_JSON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     passed: bool
     failures: _containers.RepeatedCompositeFieldContainer[VerifyFailure]
     warnings: _containers.RepeatedCompositeFieldContainer[VerifyWarning]
     verdict_json: str
-    def __init__(self, passed: _Optional[bool] = ..., failures: _Optional[_Iterable[_Union[VerifyFailure, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[VerifyWarning, _Mapping]]] = ..., verdict_json: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, passed: _Optional[bool] = ..., failures: _Optional[_Iterable[_Union[VerifyFailure, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[VerifyWarning, _Mapping]]] = ..., verdict_json: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class StoredLink(_message.Message):
+    __slots__ = ("id", "kind", "run_id", "step", "keyid", "file_name", "origin", "caller", "stored", "content")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    KEYID_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    run_id: str
+    step: str
+    keyid: str
+    file_name: str
+    origin: str
+    caller: str
+    stored: _timestamp_pb2.Timestamp
+    content: bytes
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[str] = ..., keyid: _Optional[str] = ..., file_name: _Optional[str] = ..., origin: _Optional[str] = ..., caller: _Optional[str] = ..., stored: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class AddLinkRequest(_message.Message):
+    __slots__ = ("link", "run_id", "keys")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    link: bytes
+    run_id: str
+    keys: _containers.RepeatedCompositeFieldContainer[TrustedKey]
+    def __init__(self, link: _Optional[bytes] = ..., run_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ...) -> None: ...
+
+class AddLinkResponse(_message.Message):
+    __slots__ = ("link",)
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    link: StoredLink
+    def __init__(self, link: _Optional[_Union[StoredLink, _Mapping]] = ...) -> None: ...
+
+class GetLinkRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetLinkResponse(_message.Message):
+    __slots__ = ("link",)
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    link: StoredLink
+    def __init__(self, link: _Optional[_Union[StoredLink, _Mapping]] = ...) -> None: ...
+
+class ListLinksRequest(_message.Message):
+    __slots__ = ("run_id", "step", "artifact_digest", "since", "until", "limit", "page_token", "include_content", "kind")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CONTENT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    step: str
+    artifact_digest: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    limit: int
+    page_token: str
+    include_content: bool
+    kind: str
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[str] = ..., artifact_digest: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., include_content: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class ListLinksResponse(_message.Message):
+    __slots__ = ("links", "next_page_token")
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    links: _containers.RepeatedCompositeFieldContainer[StoredLink]
+    next_page_token: str
+    def __init__(self, links: _Optional[_Iterable[_Union[StoredLink, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class KeyVersion(_message.Message):
     __slots__ = ("version", "keyid", "state", "created", "verify_until", "retired", "destroyed", "public_key_json", "activated")

@@ -55,6 +55,21 @@ class CustodyStub:
                 request_serializer=custody_dot_v1_dot_custody__pb2.SignLinksRequest.SerializeToString,
                 response_deserializer=custody_dot_v1_dot_custody__pb2.SignLinksResponse.FromString,
                 _registered_method=True)
+        self.AddLink = channel.unary_unary(
+                '/custody.v1.Custody/AddLink',
+                request_serializer=custody_dot_v1_dot_custody__pb2.AddLinkRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.AddLinkResponse.FromString,
+                _registered_method=True)
+        self.GetLink = channel.unary_unary(
+                '/custody.v1.Custody/GetLink',
+                request_serializer=custody_dot_v1_dot_custody__pb2.GetLinkRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.GetLinkResponse.FromString,
+                _registered_method=True)
+        self.ListLinks = channel.unary_unary(
+                '/custody.v1.Custody/ListLinks',
+                request_serializer=custody_dot_v1_dot_custody__pb2.ListLinksRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.ListLinksResponse.FromString,
+                _registered_method=True)
 
 
 class CustodyServicer:
@@ -98,6 +113,29 @@ class CustodyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddLink(self, request, context):
+        """The attestation store (docs/STORE.md) keeps every link and layout the service
+        signs. AddLink adds a link signed elsewhere, once its signature by a key the
+        service knows (or one given) verifies and it is a well-formed link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLink(self, request, context):
+        """One stored link or layout by its id (or an id prefix of at least 8 hex digits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLinks(self, request, context):
+        """Stored links found by run, step, product digest and time, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustodyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -120,6 +158,21 @@ def add_CustodyServicer_to_server(servicer, server):
                     servicer.SignLinks,
                     request_deserializer=custody_dot_v1_dot_custody__pb2.SignLinksRequest.FromString,
                     response_serializer=custody_dot_v1_dot_custody__pb2.SignLinksResponse.SerializeToString,
+            ),
+            'AddLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddLink,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.AddLinkRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.AddLinkResponse.SerializeToString,
+            ),
+            'GetLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLink,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.GetLinkRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.GetLinkResponse.SerializeToString,
+            ),
+            'ListLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLinks,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.ListLinksRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.ListLinksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +284,87 @@ class Custody:
             '/custody.v1.Custody/SignLinks',
             custody_dot_v1_dot_custody__pb2.SignLinksRequest.SerializeToString,
             custody_dot_v1_dot_custody__pb2.SignLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.Custody/AddLink',
+            custody_dot_v1_dot_custody__pb2.AddLinkRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.AddLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.Custody/GetLink',
+            custody_dot_v1_dot_custody__pb2.GetLinkRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.GetLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.Custody/ListLinks',
+            custody_dot_v1_dot_custody__pb2.ListLinksRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.ListLinksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="service keys that must have signed the layout")
     verify.add_argument("--link-dir", default=".", metavar="DIR",
                         help="where the links are (default: .)")
+    verify.add_argument("--artifact", dest="artifacts", nargs="+", action="extend",
+                        metavar="PATH",
+                        help="files to release (e.g. dist/app.tar.gz): pass only if each "
+                             "one's SHA-256 is a product of the layout's final step(s) in "
+                             "the links verified")
     verify.add_argument("--param", dest="params", nargs="+", action="extend",
                         metavar="KEY=VALUE", help="layout parameter substitution")
     verify.add_argument("--inspection-timeout", type=_seconds, metavar="S",

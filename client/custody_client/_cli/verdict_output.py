@@ -49,6 +49,7 @@ def format_verdict(
     inspections_run: Sequence[str],
     show_trace: bool = False,
     quiet: bool = False,
+    artifacts: int = 0,
 ) -> str:
     """Human lines: the verdict first, then what failed (stage, step, rule, artifacts),
     then warnings; the rule trace on request. Quiet keeps only the failures."""
@@ -57,6 +58,8 @@ def format_verdict(
         if not quiet:
             ran = f", {_plural(len(inspections_run), 'inspection')} run here" \
                 if inspections_run else ""
+            if artifacts:
+                ran += f", {_plural(artifacts, 'artifact')} checked"
             lines.append(f"PASS: {layout_name} verified ({_plural(steps, 'step')}{ran})")
     else:
         stage = result.failures[0].stage if result.failures else "unknown"

@@ -18,7 +18,8 @@ from custody_client._cli.inspections import (
 from custody_client._cli.link_files import collect_links
 from custody_client._cli.unlisted_links import unlisted_links
 from custody_client._cli.verdict_output import format_verdict, verdict_json
-from custody_client.errors import InputError
+from custody_client.errors import InputError, RecordingError
+from custody_client.hashing import sha256_file
 from custody_client.models import LayoutKey, VerifyFailure, VerifyResult
 from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
@@ -36,6 +37,20 @@ def _layout_keys(args: argparse.Namespace) -> list[LayoutKey]:
         raise InputError("give at least one layout key: --layout-keys FILE... "
                          "or --layout-key-alias ALIAS...")
     return keys
+
+
+def _artifacts(paths: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """(path as given, {"sha256": hex}) of each --artifact; InputError if one cannot be
+    read (exit 2: nothing was asked of the server)."""
+    artifacts = []
+    for path in dict.fromkeys(paths):
+        if not Path(path).is_file():
+            raise InputError(f"--artifact {path}: not a file")
+        try:
+            artifacts.append((path, {"sha256": sha256_file(path)}))
+        except RecordingError as error:
+            raise InputError(f"--artifact {error}") from None
+    return artifacts
 
 
 def _could_not_run(result: VerifyResult, name: str, error: InputError) -> VerifyResult:
@@ -83,6 +98,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     layout = parse_layout(layout_bytes, where=args.layout)
     keys = _layout_keys(args)
     parameters = parse_parameters(args.params or [])
+    artifacts = _artifacts(args.artifacts or [])
     root = layout  # without --param nothing is substituted, as in in-toto-verify
     # A substitution that fails here fails at the server's parameters stage, before any
     # inspection runs.
@@ -100,7 +116,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         def verify(*, plan: bool) -> VerifyResult:
             return client.verify(layout=layout_bytes, layout_keys=keys, links=links,
                                  inspection_links=inspection_links, parameters=parameters,
-                                 unlisted_links=unlisted, plan=plan)
+                                 unlisted_links=unlisted, plan=plan, artifacts=artifacts)
 
         sublayouts = any(_is_layout(data) for data in links.values())
         if root.inspections or sublayouts:
@@ -124,16 +140,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         result = verify(plan=False)  # the one Verify that is recorded
     if could_not_run is not None:
         result = _could_not_run(result, could_not_run.name, could_not_run.cause)
-    _print(result, args=args, steps=len(layout.steps), ran=ran)
+    _print(result, args=args, steps=len(layout.steps), ran=ran, artifacts=len(artifacts))
     return EXIT_OK if result.passed else EXIT_FAILED
 
 
 def _print(result: VerifyResult, *, args: argparse.Namespace, steps: int,
-           ran: list[str]) -> None:
+           ran: list[str], artifacts: int) -> None:
     if args.json:
         print(verdict_json(result, layout_name=args.layout, inspections_run=ran))
         return
     text = format_verdict(result, layout_name=args.layout, steps=steps, inspections_run=ran,
-                          show_trace=args.trace, quiet=args.quiet)
+                          show_trace=args.trace, quiet=args.quiet, artifacts=artifacts)
     if text:
         print(text)

@@ -14,6 +14,7 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc as pb_grpc
 from custody_core.api_enums import ENVELOPE_NUMBERS, ENVELOPES_BY_NUMBER, UNSPECIFIED, EnvelopeKind
 from custody_core.errors import CustodyError
+from custody_core.final_product import GivenArtifact
 from custody_core.step_names import step_name_for_audit
 from custody_core.verdict import Verdict
 from custody_server.audit_events import AuditEvent
@@ -144,6 +145,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             parameters=dict(request.parameters),
             unlisted_links=_files(request.unlisted_links, what="unlisted_links"),
             plan=request.plan,
+            artifacts=tuple(GivenArtifact(a.path, dict(a.digest)) for a in request.artifacts),
         ), caller=caller_identity(context))
         return verdict_to_pb(verdict)
 
