@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / part) for part in ("core", "client", "server")]
+sys.path[:0] = [str(REPO / part) for part in ("core", "client", "server", "tests")]
 
 import grpc  # noqa: E402
 from google.protobuf import duration_pb2  # noqa: E402
+from policy_support import UNLIMITED, grant, grant_all, policy  # noqa: E402
 
 from custody_api.v1 import custody_pb2 as pb  # noqa: E402
 from custody_api.v1 import custody_pb2_grpc  # noqa: E402
@@ -58,36 +59,12 @@ from custody_server.tls_bootstrap import (  # noqa: E402
 LIMITED = "spiffe://load.test/limited"
 INTRUDER = "spiffe://load.test/verify-only"
 OK = grpc.StatusCode.OK
-POLICY = f"""
-version = 1
-[rate_limit]
-per_second = 50.0
-burst = 100
-[rate_limit.identities."{LOCAL_CLIENT_IDENTITY}"]
-per_second = 1000000.0
-burst = 1000000
-[rate_limit.identities."{LIMITED}"]
-per_second = 5.0
-burst = 5
-
-[[grant]]
-identities = ["{LOCAL_CLIENT_IDENTITY}"]
-rpcs = ["*"]
-link_keys = ["*"]
-steps = ["*"]
-layout_keys = ["*"]
-admin_keys = ["*"]
-
-[[grant]]
-identities = ["{LIMITED}"]
-rpcs = ["SignLink"]
-link_keys = ["build"]
-steps = ["*"]
-
-[[grant]]
-identities = ["{INTRUDER}"]
-rpcs = ["Verify"]
-"""
+POLICY = policy(
+    grant_all(LOCAL_CLIENT_IDENTITY),
+    grant([LIMITED], ["SignLink"], link_keys=["build"], steps=["*"]),
+    grant([INTRUDER], ["Verify"]),
+    rate=(50.0, 100), rates={LOCAL_CLIENT_IDENTITY: UNLIMITED, LIMITED: (5.0, 5)},
+)
 LAYOUT = {
     "_type": "layout", "expires": "2030-01-01T00:00:00Z", "readme": "load test", "keys": {},
     "steps": [{"_type": "step", "name": "build", "threshold": 1, "pubkeys": ["alias:build"],

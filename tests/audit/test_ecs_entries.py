@@ -15,6 +15,7 @@ import grpc
 import pytest
 from ecs_support import expected_types, problems, schema
 from google.protobuf.duration_pb2 import Duration
+from policy_support import grant, policy
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
@@ -125,16 +126,15 @@ def test_a_server_session_writes_valid_ecs_for_every_kind_of_entry(
     for alias in ("build", "owner"):
         if not keys.exists(alias):
             keys.create(alias, KeyAlgorithm.ECDSA_P256)
-    policy = tmp_path / "policy.toml"
-    policy.write_text('version = 1\n[[grant]]\nidentities = ["anonymous"]\nrpcs = ["*"]\n'
-                      'link_keys = ["build"]\nsteps = ["*"]\nlayout_keys = ["owner"]\n'
-                      'admin_keys = ["*"]\n')
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(policy(grant(["anonymous"], ["*"], link_keys=["build"], steps=["*"],
+                                        layout_keys=["owner"], admin_keys=["*"])))
     node = f"test-{uuid.uuid4().hex[:12]}"
     trail = open_audit_trail(AuditSettings(directory=tmp_path / "audit"), keys=keys,
                              store=keystore, node=node)
     running = build_server(
         config=ServerConfig(listen="127.0.0.1:0", state_dir=tmp_path,
-                            tls=TlsConfig(insecure=True), policy=PolicyConfig(file=policy),
+                            tls=TlsConfig(insecure=True), policy=PolicyConfig(file=policy_file),
                             lifecycle=LifecycleSettings(scheduler=False)),
         keys=keys, audit=trail)
     alias = f"ecs-{uuid.uuid4().hex[:8]}"

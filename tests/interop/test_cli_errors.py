@@ -15,18 +15,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from policy_support import grant, policy
 
 from .interop_support import Cli, agent_env, demo_layout, reference
 
-LINK_ONLY_POLICY = """\
-version = 1
-
-[[grant]]
-identities = ["spiffe://custody.local/client/local-admin"]
-rpcs = ["SignLink"]
-link_keys = ["build"]
-steps = ["build"]
-"""
+LINK_ONLY_POLICY = policy(grant(["spiffe://custody.local/client/local-admin"], ["SignLink"],
+                                link_keys=["build"], steps=["build"]))
 
 
 # The CLI's exit codes (README, "The custody CLI"): a gate tells these apart.

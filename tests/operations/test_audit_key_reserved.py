@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from policy_support import grant, policy
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
@@ -31,17 +32,9 @@ from custody_server.policy.rpcs import KeyScope
 from .test_overlap_gauge import OPEN_POLICY
 
 CI = "spiffe://ci.example/agent"
-EXPLICIT_POLICY = f"""\
-version = 1
-
-[[grant]]
-identities = ["{CI}"]
-rpcs = ["SignLink", "SignLayout", "RotateKey"]
-link_keys = ["audit", "build"]
-steps = ["*"]
-layout_keys = ["audit"]
-admin_keys = ["audit"]
-"""
+EXPLICIT_POLICY = policy(grant([CI], ["SignLink", "SignLayout", "RotateKey"],
+                               link_keys=["audit", "build"], steps=["*"],
+                               layout_keys=["audit"], admin_keys=["audit"]))
 WHY = "the audit trail's checkpoints (audit.key_alias)"
 LAYOUT = json.dumps({"_type": "layout", "expires": "2099-01-01T00:00:00Z", "readme": "",
                      "keys": {}, "steps": [], "inspect": []}).encode()

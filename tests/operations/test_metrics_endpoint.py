@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
+from policy_support import grant_all, policy
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -44,22 +45,9 @@ IDENTITY = "spiffe://custody.local/client/local-admin"  # tls_bootstrap's local 
 BURST = 3
 
 
-def policy(*, burst: int) -> str:
-    return f"""\
-version = 1
-
-[rate_limit]
-per_second = 0.001
-burst = {burst}
-
-[[grant]]
-identities = ["{IDENTITY}"]
-rpcs = ["*"]
-link_keys = ["*"]
-steps = ["*"]
-layout_keys = ["*"]
-admin_keys = ["*"]
-"""
+def slow_policy(*, burst: int) -> str:
+    """The local admin may do everything, `burst` calls and then hardly any."""
+    return policy(grant_all(IDENTITY), rate=(0.001, burst))
 
 
 Samples = dict[tuple[Any, ...], float]
@@ -99,7 +87,7 @@ def observed(keystore: Pkcs11KeyStore, tmp_path: Path) -> Iterator[Observed]:
         if not keys.exists(alias):
             keys.create(alias, KeyAlgorithm.ECDSA_P256)
     policy_file = tmp_path / "policy.toml"
-    policy_file.write_text(policy(burst=BURST))
+    policy_file.write_text(slow_policy(burst=BURST))
     config = ServerConfig(listen="127.0.0.1:0", state_dir=tmp_path,
                           policy=PolicyConfig(file=policy_file),
                           lifecycle=LifecycleSettings(scheduler=False))

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from policy_support import grant, policy
 from security_support import AccessServer, ClientCert, Pki, StartServer, unique_alias
 
 from custody_api.v1 import custody_pb2 as pb
@@ -54,36 +55,18 @@ class Matrix:
 
 
 def _policy(*, link: str, layout: str, admin: str) -> str:
-    return f"""
-version = 1
-
-[[grant]]
-identities = ["spiffe://example.test/ci/builder"]
-rpcs = ["SignLink"]
-link_keys = ["{link}"]
-steps = ["build", "test-*"]
-
-[[grant]]   # a second grant: its key never combines with the first one's steps
-identities = ["spiffe://example.test/ci/builder"]
-rpcs = ["SignLink"]
-link_keys = ["{layout}"]
-steps = ["deploy"]
-
-[[grant]]
-identities = ["dns:release.example.test"]
-rpcs = ["SignLayout", "Verify", "GetPublicKey"]
-layout_keys = ["{layout}"]
-admin_keys = ["{layout}", "{link}"]
-
-[[grant]]
-identities = ["cn:key-admin"]
-rpcs = ["CreateKey", "ListKeys", "GetPublicKey", "RotateKey", "RetireKey"]
-admin_keys = ["{admin}*"]
-
-[[grant]]
-identities = ["spiffe://example.test/gate"]
-rpcs = ["Verify"]
-"""
+    builder = ["spiffe://example.test/ci/builder"]
+    return policy(
+        grant(builder, ["SignLink"], link_keys=[link], steps=["build", "test-*"]),
+        grant(builder, ["SignLink"], link_keys=[layout], steps=["deploy"],
+              note="a second grant: its key never combines with the first one's steps"),
+        grant(["dns:release.example.test"], ["SignLayout", "Verify", "GetPublicKey"],
+              layout_keys=[layout], admin_keys=[layout, link]),
+        grant(["cn:key-admin"],
+              ["CreateKey", "ListKeys", "GetPublicKey", "RotateKey", "RetireKey"],
+              admin_keys=[f"{admin}*"]),
+        grant(["spiffe://example.test/gate"], ["Verify"]),
+    )
 
 
 @pytest.fixture

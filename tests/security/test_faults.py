@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from policy_support import UNLIMITED, grant, policy
 from security_support import (
     GatedAuditSink,
     Pki,
@@ -33,17 +34,8 @@ from custody_client.signing_client import SigningClient
 from custody_server.softhsm import SoftHsmToken
 
 AGENT = "spiffe://example.test/agent"
-POLICY = f"""
-version = 1
-[rate_limit]
-per_second = 1000000.0
-burst = 1000000
-[[grant]]
-identities = ["{AGENT}"]
-rpcs = ["SignLink", "ListKeys"]
-link_keys = ["build"]
-steps = ["*"]
-"""
+POLICY = policy(grant([AGENT], ["SignLink", "ListKeys"], link_keys=["build"], steps=["*"]),
+                rate=UNLIMITED)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from policy_support import grant, policy
 from security_support import AccessServer, StartServer
 from venv_tools import venv_tool
 
@@ -26,18 +27,8 @@ from custody_server.config import Limits
 from custody_server.keystore import Pkcs11KeyStore
 
 FREE = "spiffe://example.test/intake"
-POLICY = f"""
-version = 1
-[rate_limit]
-per_second = 100000.0
-burst = 100000
-[[grant]]
-identities = ["{FREE}"]
-rpcs = ["SignLink", "SignLayout", "Verify"]
-link_keys = ["build"]
-steps = ["*"]
-layout_keys = ["owner"]
-"""
+POLICY = policy(grant([FREE], ["SignLink", "SignLayout", "Verify"], link_keys=["build"],
+                      steps=["*"], layout_keys=["owner"]), rate=(100000.0, 100000))
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from policy_support import grant, policy
 from security_support import (
     GatedAuditSink,
     Pki,
@@ -27,21 +28,9 @@ from custody_server.transport.authz import RETRY_AFTER_TRAILER
 
 LIMITED = "spiffe://example.test/limited"
 FREE = "spiffe://example.test/free"
-POLICY = f"""
-version = 1
-[rate_limit]
-per_second = 100000.0
-burst = 100000
-[rate_limit.identities."{LIMITED}"]
-per_second = 4.0
-burst = 3
-[[grant]]
-identities = ["{LIMITED}", "{FREE}"]
-rpcs = ["SignLink", "SignLayout", "Verify", "ListKeys"]
-link_keys = ["build"]
-steps = ["*"]
-layout_keys = ["owner"]
-"""
+POLICY = policy(grant([LIMITED, FREE], ["SignLink", "SignLayout", "Verify", "ListKeys"],
+                      link_keys=["build"], steps=["*"], layout_keys=["owner"]),
+                rate=(100000.0, 100000), rates={LIMITED: (4.0, 3)})
 
 
 class FakeClock:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
+from policy_support import grant, policy
 from security_support import Pki, StartServer
 
 from custody_api.v1 import custody_pb2 as pb
@@ -38,12 +39,7 @@ from custody_server.tls_bootstrap import (
     issue_certificate,
 )
 
-OPEN_POLICY = f"""
-version = 1
-[[grant]]
-identities = ["{LOCAL_CLIENT_IDENTITY}", "spiffe://example.test/ok"]
-rpcs = ["ListKeys"]
-"""
+OPEN_POLICY = policy(grant([LOCAL_CLIENT_IDENTITY, "spiffe://example.test/ok"], ["ListKeys"]))
 
 
 def _sans(path: Path) -> x509.SubjectAlternativeName:

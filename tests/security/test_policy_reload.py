@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+from policy_support import grant, policy
 from security_support import (
     Pki,
     ServerProcess,
@@ -23,18 +24,9 @@ from custody_server.tls_bootstrap import LOCAL_CLIENT_IDENTITY
 BUILDER = "spiffe://example.test/ci/builder"
 
 
-def _policy(steps: str) -> str:
-    return f"""
-version = 1
-[rate_limit]
-per_second = 100000.0
-burst = 100000
-[[grant]]
-identities = ["{BUILDER}"]
-rpcs = ["SignLink"]
-link_keys = ["build"]
-steps = [{steps}]
-"""
+def _policy(*steps: str) -> str:
+    return policy(grant([BUILDER], ["SignLink"], link_keys=["build"], steps=steps),
+                  rate=(100000.0, 100000))
 
 
 def _sign(stub: object, step: str) -> grpc.StatusCode:
@@ -62,11 +54,11 @@ BAD_FILES = [
 
 def test_reload_applies_a_good_file_and_rejects_bad_ones(start_server: StartServer,
                                                          pki: Pki) -> None:
-    server = start_server(_policy('"build"'))
+    server = start_server(_policy("build"))
     stub = server.custody(pki.client(uri=(BUILDER,)))
     assert _sign(stub, "deploy") == grpc.StatusCode.PERMISSION_DENIED
 
-    server.policy_file.write_text(_policy('"build", "deploy"'))
+    server.policy_file.write_text(_policy("build", "deploy"))
     outcome = server.running.access.reload_policy()
     assert outcome.loaded and outcome.fingerprint != outcome.previous_fingerprint
     assert _sign(stub, "deploy") == grpc.StatusCode.OK
@@ -91,7 +83,7 @@ def test_reload_applies_a_good_file_and_rejects_bad_ones(start_server: StartServ
 
 
 def test_reloads_under_load_drop_no_call(start_server: StartServer, pki: Pki) -> None:
-    policy_a, policy_b = _policy('"build", "a-*"'), _policy('"build", "b-*"')
+    policy_a, policy_b = _policy("build", "a-*"), _policy("build", "b-*")
     server = start_server(policy_a)
     stubs = [server.custody(pki.client(uri=(BUILDER,))) for _ in range(6)]
     stop = threading.Event()

@@ -23,6 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
+from policy_support import grant_all, policy
 from security_support import AccessServer, ClientCert, Pki, ServerProcess, StartServer
 
 from custody_api.v1 import custody_pb2 as pb
@@ -46,22 +47,8 @@ from custody_server.tls_bootstrap import main as tls_main
 ADMIN = "spiffe://custody.local/client/local-admin"
 LIMITED = "spiffe://example.test/limited"
 STRANGER = "spiffe://example.test/stranger"
-POLICY = f"""
-version = 1
-[rate_limit]
-per_second = 100000.0
-burst = 100000
-[rate_limit.identities."{LIMITED}"]
-per_second = 2.0
-burst = 2
-[[grant]]
-identities = ["{ADMIN}", "dns:admin.example", "cn:admin", "{LIMITED}"]
-rpcs = ["*"]
-link_keys = ["*"]
-steps = ["*"]
-layout_keys = ["*"]
-admin_keys = ["*"]
-"""
+EVERYTHING = grant_all(ADMIN, "dns:admin.example", "cn:admin", LIMITED)
+POLICY = policy(EVERYTHING, rate=(100000.0, 100000), rates={LIMITED: (2.0, 2)})
 SIGN_LINK = "/custody.v1.Custody/SignLink"
 CREATE_KEY = "/custody.v1.KeyAdmin/CreateKey"
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -346,14 +333,11 @@ def test_a_revoked_certificate_has_a_bucket_of_its_own(start_server: StartServer
                                                        tmp_path: Path) -> None:
     """Its refusals are audited at the default rate (here 2/s, burst 2), and the identity
     it names keeps its own rate (here 100,000/s) for its other certificates."""
-    policy = POLICY.replace("per_second = 100000.0\nburst = 100000\n",
-                            "per_second = 2.0\nburst = 2\n").replace(
-        f'[rate_limit.identities."{LIMITED}"]',
-        f'[rate_limit.identities."{ADMIN}"]\nper_second = 100000.0\nburst = 100000\n'
-        f'[rate_limit.identities."{LIMITED}"]')
+    revoked_rates = policy(EVERYTHING, rate=(2.0, 2),
+                           rates={ADMIN: (100000.0, 100000), LIMITED: (2.0, 2)})
     admin, stolen = pki.client(uri=(ADMIN,)), pki.client(uri=(ADMIN,))
     crl = _write_crl(tmp_path / "clients.crl", pki.ca, stolen)
-    server = start_server(policy, config_changes={"tls": TlsConfig(
+    server = start_server(revoked_rates, config_changes={"tls": TlsConfig(
         cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert, crl_file=crl)})
     body = pb.SignLinkRequest(step_name="x").SerializeToString()
     started = datetime.now(UTC)
