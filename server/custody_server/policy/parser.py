@@ -1,26 +1,7 @@
 """Parse a policy file (TOML). Every mistake is a PolicyError that says where and what.
 
-    version = 1
-
-    [rate_limit]                       # every identity, unless overridden below
-    per_second = 50.0
-    burst = 100
-
-    [rate_limit.identities."spiffe://example.org/ci/builder"]
-    per_second = 200.0
-    burst = 400
-
-    [[grant]]
-    identities = ["spiffe://example.org/ci/builder"]
-    rpcs = ["SignLink", "Verify"]
-    link_keys = ["build"]              # key alias patterns for SignLink
-    steps = ["build", "test-*"]        # step name patterns for SignLink
-
-    [[grant]]
-    identities = ["spiffe://example.org/security/release"]
-    rpcs = ["SignLayout", "GetPublicKey"]
-    layout_keys = ["owner"]            # key alias patterns for SignLayout
-    admin_keys = ["owner"]             # alias patterns for KeyAdmin RPCs that name one
+The format, with an example, is in docs/SECURITY.md ("The policy file: default deny");
+the file the server writes on first start is `defaults.LOCAL_POLICY`.
 
 Unknown keys and unknown RPC names are errors; `rpcs = ["*"]` grants every RPC,
 including ones added to the API later. A grant that gives an RPC which uses a key
