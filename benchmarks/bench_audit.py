@@ -143,6 +143,9 @@ def trail_alone(state: Path, seconds: float) -> None:
         def audit_failed(self, *, kind: str) -> None:
             pass
 
+        def audit_checkpointed(self, *, at: object) -> None:
+            pass
+
     signer = SoftwareSigner.generate("ecdsa-sha2-nistp256")
     event = AuditEvent(action="sign-link", category="process", outcome="success",
                        details={"step": "build", "key_alias": "build", "key_version": 1,
