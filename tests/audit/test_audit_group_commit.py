@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,15 +52,25 @@ class Writers:
         pass
 
 
-def test_a_lone_caller_writes_its_own_entry(
-        trail_anchor: TrailAnchor,
-        tmp_path: Path,
-        audit_signer: Signer) -> None:
+NewTrail = Callable[..., AuditTrail]
+
+
+@pytest.fixture
+def new_trail(trail_anchor: TrailAnchor, tmp_path: Path, audit_signer: Signer) -> NewTrail:
+    """Opens a trail in tmp_path: new_trail(observer, **settings) (AuditSettings' fields)."""
+
+    def open_(observer: Writers | None = None, **settings: Any) -> AuditTrail:
+        return AuditTrail(settings=AuditSettings(directory=tmp_path, **settings),
+                          checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
+                          observer=observer)
+
+    return open_
+
+
+def test_a_lone_caller_writes_its_own_entry(new_trail: NewTrail) -> None:
     """One request in flight: no hand-off to another thread, in either direction."""
     writers = Writers()
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
-                       observer=writers)
+    trail = new_trail(writers)
     writers.threads.clear()
 
     def caller() -> None:
@@ -85,12 +97,9 @@ def record_concurrently(trail: AuditTrail, *, callers: int, each: int) -> None:
         thread.join()
 
 
-def test_under_concurrent_load_the_leader_waits_and_batches_grow(trail_anchor: TrailAnchor,
-        tmp_path: Path, audit_signer: Signer) -> None:
+def test_under_concurrent_load_the_leader_waits_and_batches_grow(new_trail: NewTrail) -> None:
     writers = Writers()
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=0.01),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
-                       observer=writers)
+    trail = new_trail(writers, commit_delay_seconds=0.01)
     trail.expect_entries_from(lambda: 8)  # as the server tells it: 8 calls under way
     writers.sizes = []
     record_concurrently(trail, callers=8, each=40)
@@ -102,12 +111,9 @@ def test_under_concurrent_load_the_leader_waits_and_batches_grow(trail_anchor: T
     assert sum(writers.sizes) / len(writers.sizes) >= 5
 
 
-def test_entries_queued_during_a_write_share_the_next_one(trail_anchor: TrailAnchor, tmp_path: Path,
-                                                          audit_signer: Signer) -> None:
+def test_entries_queued_during_a_write_share_the_next_one(new_trail: NewTrail) -> None:
     writers = Writers()
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
-                       observer=writers)
+    trail = new_trail(writers)
     writers.stall, writers.sizes = 0.3, []
     writers.stall_once.set()
     first = threading.Thread(target=trail.record, args=(event(0),))
@@ -124,14 +130,12 @@ def test_entries_queued_during_a_write_share_the_next_one(trail_anchor: TrailAnc
     assert sorted(written_steps(trail.path)) == sorted(f"step-{n}" for n in range(9))
 
 
-def test_a_write_that_hangs_times_out_its_followers_and_the_trail_goes_on(trail_anchor: TrailAnchor,
-        tmp_path: Path, audit_signer: Signer) -> None:
+def test_a_write_that_hangs_times_out_its_followers_and_the_trail_goes_on(
+        new_trail: NewTrail) -> None:
     """Followers give up after write_timeout_seconds (no signature for them); those never
     taken into a write are never written; the trail keeps working after the slow write."""
     writers = Writers()
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, write_timeout_seconds=0.2),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
-                       observer=writers)
+    trail = new_trail(writers, write_timeout_seconds=0.2)
     writers.stall = 0.6
     writers.stall_once.set()
     outcomes: dict[int, str] = {}
@@ -164,14 +168,11 @@ def test_a_write_that_hangs_times_out_its_followers_and_the_trail_goes_on(trail_
     assert len(steps) == len(set(steps))
 
 
-def test_many_callers_with_short_timeouts_never_lose_or_duplicate(trail_anchor: TrailAnchor,
-        tmp_path: Path, audit_signer: Signer) -> None:
+def test_many_callers_with_short_timeouts_never_lose_or_duplicate(new_trail: NewTrail) -> None:
     """Timeouts race with promotions to leader: the trail must keep going, and every
     record() that returned is on disk exactly once."""
     writers = Writers()
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, write_timeout_seconds=0.002),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
-                       observer=writers)
+    trail = new_trail(writers, write_timeout_seconds=0.002)
     returned: list[str] = []
     lock = threading.Lock()
 
@@ -200,14 +201,9 @@ def test_many_callers_with_short_timeouts_never_lose_or_duplicate(trail_anchor: 
     assert returned  # most calls succeed even with a 2 ms timeout
 
 
-def test_close_waits_for_the_writes_in_progress(
-        trail_anchor: TrailAnchor,
-        tmp_path: Path,
-        audit_signer: Signer) -> None:
+def test_close_waits_for_the_writes_in_progress(new_trail: NewTrail) -> None:
     writers = Writers()
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
-                       observer=writers)
+    trail = new_trail(writers)
     writers.stall = 0.3
     writers.stall_once.set()
     results: list[str] = []
@@ -234,12 +230,10 @@ def long_delays(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config, "MAX_COMMIT_DELAY_SECONDS", 60.0)
 
 
-def test_the_leader_waits_for_the_calls_in_progress_and_no_longer(trail_anchor: TrailAnchor,
-        tmp_path: Path, audit_signer: Signer, long_delays: None) -> None:
+def test_the_leader_waits_for_the_calls_in_progress_and_no_longer(
+        new_trail: NewTrail, long_delays: None) -> None:
     writers = Writers()
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=30),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor,
-                       observer=writers)
+    trail = new_trail(writers, commit_delay_seconds=30)
     asked = threading.Event()
 
     def three_in_progress() -> int:
@@ -264,12 +258,11 @@ def test_the_leader_waits_for_the_calls_in_progress_and_no_longer(trail_anchor: 
 
 
 @pytest.mark.parametrize("in_progress", [1, 2])
-def test_fewer_than_three_calls_in_progress_never_wait(trail_anchor: TrailAnchor,
-        tmp_path: Path, audit_signer: Signer, long_delays: None, in_progress: int) -> None:
+def test_fewer_than_three_calls_in_progress_never_wait(
+        new_trail: NewTrail, long_delays: None, in_progress: int) -> None:
     """A caller alone never waits for company; with one other call under way a wait
     rarely catches it, so two callers do not wait for each other either."""
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=30),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor)
+    trail = new_trail(commit_delay_seconds=30)
     trail.expect_entries_from(lambda: in_progress)
     started = time.monotonic()
     record_concurrently(trail, callers=in_progress, each=20)
@@ -278,22 +271,20 @@ def test_fewer_than_three_calls_in_progress_never_wait(trail_anchor: TrailAnchor
     assert len(written_steps(trail.path)) == 20 * in_progress
 
 
-def test_without_the_calls_in_progress_the_leader_never_waits(trail_anchor: TrailAnchor,
-        tmp_path: Path, audit_signer: Signer, long_delays: None) -> None:
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=30),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor)
+def test_without_the_calls_in_progress_the_leader_never_waits(
+        new_trail: NewTrail, long_delays: None) -> None:
+    trail = new_trail(commit_delay_seconds=30)
     started = time.monotonic()
     record_concurrently(trail, callers=8, each=5)
     assert time.monotonic() - started < 15
     trail.close()
 
 
-def test_the_wait_for_calls_in_progress_ends_at_the_commit_delay(trail_anchor: TrailAnchor,
-        tmp_path: Path, audit_signer: Signer, long_delays: None) -> None:
+def test_the_wait_for_calls_in_progress_ends_at_the_commit_delay(
+        new_trail: NewTrail, long_delays: None) -> None:
     """A call in progress that records late or not at all (a slow Verify) costs at most
     the delay per write."""
-    trail = AuditTrail(settings=AuditSettings(directory=tmp_path, commit_delay_seconds=0.2),
-                       checkpoint_signer=lambda: audit_signer, anchor=trail_anchor)
+    trail = new_trail(commit_delay_seconds=0.2)
     trail.expect_entries_from(lambda: 5)
     started = time.monotonic()
     trail.record(event(0))
