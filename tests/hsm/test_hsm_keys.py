@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -74,11 +75,22 @@ def keys_by_algorithm(keystore: Pkcs11KeyStore) -> Iterator[dict[KeyAlgorithm, s
         keystore.destroy_key(label)
 
 
-@pytest.mark.parametrize("algorithm", list(KeyAlgorithm), ids=lambda a: a.value)
+@pytest.fixture(params=list(KeyAlgorithm), ids=lambda a: a.value)
+def algorithm(request: pytest.FixtureRequest) -> KeyAlgorithm:
+    """Each algorithm in turn: a test that takes it (or `label`) runs once per algorithm."""
+    return cast(KeyAlgorithm, request.param)
+
+
+@pytest.fixture
+def label(keys_by_algorithm: dict[KeyAlgorithm, str], algorithm: KeyAlgorithm) -> str:
+    """The label of `algorithm`'s key in the token."""
+    return keys_by_algorithm[algorithm]
+
+
+
 def test_signature_verifies_with_core_key_cryptography_and_reference(
-    keystore: Pkcs11KeyStore, keys_by_algorithm: dict[KeyAlgorithm, str], algorithm: KeyAlgorithm
+    keystore: Pkcs11KeyStore, label: str, algorithm: KeyAlgorithm
 ) -> None:
-    label = keys_by_algorithm[algorithm]
     public_key = keystore.public_key(label)
     assert (public_key.keytype, public_key.scheme) == (algorithm.keytype, algorithm.scheme)
 
@@ -95,11 +107,10 @@ def test_signature_verifies_with_core_key_cryptography_and_reference(
         verify_with_cryptography(algorithm, crypto_key, signature, PAYLOAD[1:])
 
 
-@pytest.mark.parametrize("algorithm", list(KeyAlgorithm), ids=lambda a: a.value)
 def test_signature_encoding_is_what_in_toto_expects(
-    keystore: Pkcs11KeyStore, keys_by_algorithm: dict[KeyAlgorithm, str], algorithm: KeyAlgorithm
+    keystore: Pkcs11KeyStore, label: str, algorithm: KeyAlgorithm
 ) -> None:
-    signature = keystore.sign(keys_by_algorithm[algorithm], PAYLOAD)
+    signature = keystore.sign(label, PAYLOAD)
     if algorithm is KeyAlgorithm.ED25519:
         assert len(signature) == 64
     elif algorithm is KeyAlgorithm.RSA_3072:
@@ -108,21 +119,15 @@ def test_signature_encoding_is_what_in_toto_expects(
         assert signature[0] == 0x30  # DER SEQUENCE(r, s), not raw r||s
 
 
-@pytest.mark.parametrize("algorithm", list(KeyAlgorithm), ids=lambda a: a.value)
-def test_signer_protocol(
-    keystore: Pkcs11KeyStore, keys_by_algorithm: dict[KeyAlgorithm, str], algorithm: KeyAlgorithm
-) -> None:
-    label = keys_by_algorithm[algorithm]
+def test_signer_protocol(keystore: Pkcs11KeyStore, label: str) -> None:
     signer = keystore.signer(label)
     assert signer.public_key == keystore.public_key(label)
     assert signer.public_key.verify(signer.sign(b"data"), b"data")
 
 
-@pytest.mark.parametrize("algorithm", list(KeyAlgorithm), ids=lambda a: a.value)
-def test_private_key_is_sensitive_and_never_extractable(
-    keystore: Pkcs11KeyStore, keys_by_algorithm: dict[KeyAlgorithm, str], algorithm: KeyAlgorithm
-) -> None:
-    attributes = keystore.private_key_attributes(keys_by_algorithm[algorithm])
+def test_private_key_is_sensitive_and_never_extractable(keystore: Pkcs11KeyStore, label: str
+                                                        ) -> None:
+    attributes = keystore.private_key_attributes(label)
     assert attributes["sensitive"] is True
     assert attributes["always_sensitive"] is True
     assert attributes["extractable"] is False
