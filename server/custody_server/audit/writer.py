@@ -321,21 +321,30 @@ class TrailWriter:
         data = b"".join(lines)
         started = time.perf_counter()
         self._file.append(data)
-        if self._observer is not None:
-            self._observer.audit_written(seconds=time.perf_counter() - started,
-                                         entries=len(lines))
+        seconds = time.perf_counter() - started
+        # Durable now: the chain state moves before anything else can fail.
         self._state = state
         self._known = (self._file.identity, self._file.size)
         if sealed:
             self._unsealed, self._last_checkpoint = 0, time.monotonic()
             self.record_head()
-            if self._observer is not None:
-                self._observer.audit_checkpointed(at=self._checkpoint_time)
         else:
             self._unsealed += len(lines)
+        self._report(seconds=seconds, entries=len(lines), sealed=sealed)
         if self._mirror is not None:
             self._mirror(data)
         return sealed
+
+    def _report(self, *, seconds: float, entries: int, sealed: bool) -> None:
+        """Tell the observer (metrics); its failure never fails a write that is durable."""
+        if self._observer is None:
+            return
+        try:
+            self._observer.audit_written(seconds=seconds, entries=entries)
+            if sealed:
+                self._observer.audit_checkpointed(at=self._checkpoint_time)
+        except Exception as error:
+            log.warning("audit.observer_failed", error=f"{type(error).__name__}: {error}"[:200])
 
     def record_head(self) -> None:
         """Move the token's record to the entry just written (after it is durable, so the
