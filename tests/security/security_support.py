@@ -29,16 +29,15 @@ from custody_server.audit_events import AuditEvent, MemoryAuditSink
 from custody_server.tls_bootstrap import (
     CertificateAuthority,
     CertificateRequest,
+    IssuedCertificate,
     issue_certificate,
 )
 
 DENIAL_ACTIONS = frozenset({"authenticate", "authorize"})
 
 
-@dataclass(frozen=True)
-class ClientCert:
-    cert_pem: bytes
-    key_pem: bytes
+# A client's certificate and key, as the local CA issues them.
+ClientCert = IssuedCertificate
 
 
 @dataclass(frozen=True)
@@ -51,9 +50,8 @@ class Pki:
 
     def client(self, *, uri: tuple[str, ...] = (), dns: tuple[str, ...] = (),
                cn: str = "") -> ClientCert:
-        issued = issue_certificate(self.ca, CertificateRequest(
+        return issue_certificate(self.ca, CertificateRequest(
             common_name=cn, uri_names=uri, dns_names=dns), now=datetime.now(UTC))
-        return ClientCert(cert_pem=issued.cert_pem, key_pem=issued.key_pem)
 
     def credentials(self, client: ClientCert | None) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
