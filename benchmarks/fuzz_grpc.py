@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / part) for part in ("core", "client", "server", "tests/security")]
+from repo_paths import add_to_path
+
+add_to_path("core", "client", "server", "tests/security")
 
 import grpc  # noqa: E402
 from grpc_fuzz import (  # noqa: E402

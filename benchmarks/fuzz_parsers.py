@@ -20,10 +20,10 @@ import argparse
 import random
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / part) for part in ("core", "client", "server", "tests/security")]
+from repo_paths import add_to_path
+
+add_to_path("core", "client", "server", "tests/security")
 
 from fuzz_targets import (  # type: ignore[import-not-found]  # noqa: E402
     TARGETS,

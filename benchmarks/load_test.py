@@ -40,8 +40,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / part) for part in ("core", "client", "server", "tests")]
+from repo_paths import REPO, add_to_path
+
+add_to_path("core", "client", "server", "tests")
 
 import grpc  # noqa: E402
 from google.protobuf import duration_pb2  # noqa: E402
