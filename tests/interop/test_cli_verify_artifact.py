@@ -16,7 +16,6 @@ from .interop_support import (
     CLONE,
     PACKAGE,
     Cli,
-    agent_env,
     demo_layout,
     update_version,
     write_template,
@@ -24,13 +23,6 @@ from .interop_support import (
 
 pytestmark = pytest.mark.slow
 TARBALL = "demo-project.tar.gz"
-
-
-@pytest.fixture(scope="module")
-def cli(custody_server_address: str, client_tls: Any,
-        tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    return Cli(agent_env(server=custody_server_address, state_dir=client_tls.state_dir,
-                         home=tmp_path_factory.mktemp("home")))
 
 
 @pytest.fixture(scope="module")
