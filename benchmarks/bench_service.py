@@ -13,12 +13,23 @@ CPU time per call of the server process and of this client (from /proc and
 process_time), which says where a ratio comes from on a machine the two share.
 Targets (issue 2): SignLink >= 70% of the empty RPC's throughput, p99 < 5 ms at 8 in flight.
 
+Then workers (issue 19): one server per count in --workers (default 1,2), each
+`custody-server --workers N` (N processes on one port, SO_REUSEPORT), all started first
+and measured in alternating rounds: SignLink throughput and p99 with --in-flight calls
+(default 8 per worker of the largest count), each call thread on a connection of its own
+so that the kernel spreads them over the workers, from --client-processes processes
+(default: one per 4 workers; the client needs cores too). Prints each count's ratio to
+workers=1 and the server's CPU per call (supervisor and workers). Targets: workers=2 >=
+1.3x workers=1 on a 2-core machine; workers=8 >= 5x workers=1 on 16 cores.
+
     python benchmarks/bench_service.py [--seconds 5] [--rounds 5]
+    python benchmarks/bench_service.py --no-baseline --workers 1,2,4,8   # a larger machine
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import subprocess
@@ -29,24 +40,38 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from timing import alternate, measure, summary
+from timing import Timing, alternate, measure, process_cpu_seconds, summary
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
 from custody_client.local_tls import find_local_tls
 
 
-def start_server(state: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(state: Path, *, workers: int | None = None
+                 ) -> tuple[subprocess.Popen[str], str]:
+    process, address, _ = start_workers(state, workers=workers)
+    return process, address
+
+
+def start_workers(state: Path, *, workers: int | None
+                  ) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """custody-server on `state` (--workers N if given); its address and the pids of its
+    processes (the supervisor's and its workers')."""
+    extra = ["--workers", str(workers)] if workers else []
     process = subprocess.Popen(
         [sys.executable, "-m", "custody_server.main", "--state-dir", str(state),
-         "--listen", "127.0.0.1:0", "--log-level", "warning"],
+         "--listen", "127.0.0.1:0", "--log-level", "warning", *extra],
         stderr=subprocess.PIPE, text=True,
     )
     assert process.stderr is not None
+    pattern = (r"listening on (\S+) with \d+ workers \(pids ([\d, ]+)\)" if workers and workers > 1
+               else r"listening on (\S+)")
     for line in process.stderr:
-        if match := re.search(r"listening on (\S+)", line):
+        if match := re.search(pattern, line):
             threading.Thread(target=process.stderr.read, daemon=True).start()
-            return process, match.group(1)
+            pids = [process.pid] + ([int(p) for p in match.group(2).split(", ")]
+                                    if match.lastindex == 2 else [])
+            return process, match.group(1), pids
     raise SystemExit("server did not start")
 
 
@@ -76,7 +101,25 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="seconds per RPC and number in flight, over all rounds")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", default="1,2",
+                        help="worker counts to compare, e.g. 1,2,4,8 ('' : none)")
+    parser.add_argument("--in-flight", type=int, help="SignLink calls in flight for the "
+                        "worker comparison (default: 8 per worker of the largest count)")
+    parser.add_argument("--client-processes", type=int,
+                        help="load processes (default: one per 4 workers of the largest "
+                             "count, at least 1)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the empty-RPC and raw-SoftHSM comparison")
     options = parser.parse_args()
+    if not options.no_baseline:
+        baseline(options)
+    counts = [int(n) for n in options.workers.split(",") if n]
+    if counts:
+        compare_workers(options, counts)
+    return 0
+
+
+def baseline(options: argparse.Namespace) -> None:
     state = Path(tempfile.mkdtemp(prefix="custody-bench-"))
     process, address = start_server(state)
     load_before = os.getloadavg()[0]
@@ -129,7 +172,88 @@ def main() -> int:
         print(line)
     print(f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (client and server share them)")
-    return 0
+
+
+LINK = pb.SignLinkRequest(
+    step_name="build", command=["make"], key_alias="build",
+    materials=[pb.Artifact(path=f"src/{i}.c", digest={"sha256": "ab" * 32}) for i in range(5)],
+    products=[pb.Artifact(path="bin/app", digest={"sha256": "cd" * 32})])
+
+
+def _load(address: str, state: str, threads: int, seconds: float) -> Timing:
+    """`threads` SignLink loops, each on a connection of its own, for `seconds` (in a
+    client process of its own when there are several)."""
+    tls = find_local_tls({"CUSTODY_STATE_DIR": state})
+    assert tls is not None
+    credentials = grpc.ssl_channel_credentials(
+        tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes())
+    channels = [grpc.secure_channel(address, credentials,
+                                    options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(threads)]
+    stubs = [custody_pb2_grpc.CustodyStub(c) for c in channels]  # type: ignore[no-untyped-call]
+    for stub in stubs:
+        stub.SignLink(LINK)  # connected before the clock starts
+    try:
+        return measure(lambda n: stubs[n // 100_000_000].SignLink(LINK), in_flight=threads,
+                       seconds=seconds)
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def compare_workers(options: argparse.Namespace, counts: list[int]) -> None:
+    """SignLink with each worker count, alternating rounds; ratios to the first count."""
+    in_flight = options.in_flight or 8 * max(counts)
+    processes = options.client_processes or max(1, max(counts) // 4)
+    servers = {}
+    try:
+        for count in counts:  # one after another: SoftHSM, one token each anyway
+            state = Path(tempfile.mkdtemp(prefix=f"custody-bench-w{count}-"))
+            servers[count] = (state, *start_workers(state, workers=count))
+        load_before = os.getloadavg()[0]
+        totals: dict[int, Timing] = {count: ([], 0.0) for count in counts}
+        cpu = dict.fromkeys(counts, 0.0)
+        rounds: dict[int, list[float]] = {count: [] for count in counts}
+        pool = (multiprocessing.get_context("spawn").Pool(processes)
+                if processes > 1 else None)
+        share = [in_flight // processes + (i < in_flight % processes)
+                 for i in range(processes)]
+        for number in range(options.rounds):
+            for count in (counts if number % 2 == 0 else counts[::-1]):
+                state, _process, address, pids = servers[count]
+                before = sum(process_cpu_seconds(pid) for pid in pids)
+                seconds = options.seconds / options.rounds
+                jobs = [(address, str(state), threads, seconds) for threads in share]
+                parts = pool.starmap(_load, jobs) if pool else [_load(*jobs[0])]
+                cpu[count] += sum(process_cpu_seconds(pid) for pid in pids) - before
+                latencies = [x for part in parts for x in part[0]]
+                elapsed = max(part[1] for part in parts)
+                rounds[count].append(len(latencies) / elapsed)
+                totals[count] = (totals[count][0] + latencies, totals[count][1] + elapsed)
+        if pool:
+            pool.close()
+    finally:
+        for _state, process, _address, _pids in servers.values():
+            process.terminate()
+            process.wait(timeout=60)
+    print(f"\nSignLink P-256 by workers: {in_flight} in flight on as many connections, "
+          f"{processes} client process(es), {options.rounds} alternating rounds")
+    print(f"{'':<34}{'throughput':>12} {'p50 ms':>8} {'p99 ms':>8}   vs workers={counts[0]}"
+          "   (rounds: best, worst)   server CPU per call")
+    first = summary(totals[counts[0]])
+    for count in counts:
+        result = summary(totals[count])
+        ratios = [r / b for r, b in zip(rounds[count], rounds[counts[0]], strict=True)]
+        calls = max(1, len(totals[count][0]))
+        print(row(f"workers={count}", result, first) + f"   ({max(ratios):.2f}x, "
+              f"{min(ratios):.2f}x)   {cpu[count] / calls * 1e6:.0f} us")
+        target = {2: 1.3, 8: 5.0}.get(count)
+        if target and counts[0] == 1:
+            ratio = result["rps"] / first["rps"]
+            print(f"  issue 19 target workers={count} >= {target}x workers=1: "
+                  f"{ratio:.2f}x, {'met' if ratio >= target else 'NOT met'}")
+    print(f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (client and server share them)")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,9 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
+            # Workers share the port (the kernel spreads connections over them); one
+            # process alone does not, so that a second server on its port fails to start.
+            ("grpc.so_reuseport", int(config.worker_count > 1)),
         ],
     )
     lifecycle = KeyLifecycle(keys=keys, audit=audit, clock=clock, settings=config.lifecycle)

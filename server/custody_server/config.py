@@ -6,6 +6,7 @@ A config file looks like this (every key is optional; see README "Configuration"
     state_dir = "/var/lib/custody"
     default_link_key = "build"
     default_layout_key = "owner"
+    workers = 4                 # server processes on the port; "auto" (default): see worker_count
 
     [hsm]
     module = "/usr/lib/softhsm/libsofthsm2.so"
@@ -75,6 +76,7 @@ _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _KEY_ALIAS = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # keyring.validate_alias, as a config check
 MAX_COMMIT_DELAY_SECONDS = 0.01
+MAX_WORKERS = 256
 _AUDIT_NUMBERS = ("checkpoint_interval_seconds", "max_file_bytes", "retry_interval_seconds",
                   "write_timeout_seconds")
 
@@ -275,8 +277,14 @@ class ServerConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown_grace_seconds: float = 10.0
+    workers: int | None = None  # server processes on one port; None: auto (worker_count)
 
     def __post_init__(self) -> None:
+        if self.workers is not None and (isinstance(self.workers, bool)
+                                         or not isinstance(self.workers, int)
+                                         or not 1 <= self.workers <= MAX_WORKERS):
+            raise ConfigError(f"workers must be \"auto\" or a whole number from 1 to "
+                              f"{MAX_WORKERS}, got {str(self.workers)[:40]!r}")
         for name in ("default_link_key", "default_layout_key"):
             if getattr(self, name) == self.audit.key_alias:
                 raise ConfigError(f"{name} {self.audit.key_alias!r} is the audit key "
@@ -286,6 +294,18 @@ class ServerConfig:
     @property
     def policy_file(self) -> Path:
         return self.policy.file or self.state_dir / "policy.toml"
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, or by default: half the cores this process may run on (one
+        process keeps about 1.4 cores busy: the interpreter and gRPC's own threads), at
+        least 1; but 1 with the embedded SoftHSM token, a developer's server whose one
+        audit trail stays where the docs say."""
+        if self.workers is not None:
+            return self.workers
+        if self.hsm.embedded:
+            return 1
+        return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -324,7 +344,10 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
     if not isinstance(metrics.get("listen", ""), str):
         raise ConfigError("metrics.listen must be a string host:port")
     top = _section(table, "", {"listen", "state_dir", "default_link_key", "default_layout_key",
-                                "shutdown_grace_seconds"})
+                                "shutdown_grace_seconds", "workers"})
+    workers = top.get("workers", "auto")
+    if workers == "auto":
+        workers = None
     try:
         return ServerConfig(
             listen=str(top.get("listen", DEFAULT_LISTEN)),
@@ -333,6 +356,7 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
             default_link_key=str(top.get("default_link_key", "build")),
             default_layout_key=str(top.get("default_layout_key", "owner")),
             shutdown_grace_seconds=float(top.get("shutdown_grace_seconds", 10.0)),
+            workers=workers,
             hsm=HsmConfig(
                 module=hsm.get("module"),
                 token_label=str(hsm.get("token_label", DEFAULT_TOKEN_LABEL)),

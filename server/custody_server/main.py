@@ -26,6 +26,7 @@ from custody_server.audit import (
     audit_config_with_args,
     open_audit_trail,
 )
+from custody_server.audit.setup import default_node_name
 from custody_server.audit_events import AuditEvent
 from custody_server.bootstrap import Opened, open_keystore, prepare_access
 from custody_server.config import MetricsConfig, ServerConfig, load_config
@@ -34,6 +35,7 @@ from custody_server.logging_setup import configure_logging
 from custody_server.metrics import MetricsServer, ServiceMetrics
 from custody_server.serving import AUDIT_UNWRITABLE, TOKEN_UNAVAILABLE
 from custody_server.token_health import TokenWatch
+from custody_server.workers import WorkerRole, add_worker_arguments, supervise
 
 log = structlog.get_logger("custody.server")
 
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="host:port for Prometheus /metrics (overrides [metrics] listen; "
                              "off if neither is set)")
     add_audit_arguments(parser)
+    add_worker_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -62,19 +65,27 @@ def make_config(options: argparse.Namespace) -> ServerConfig:
         config = dataclasses.replace(config, listen=options.listen)
     if options.metrics_listen:
         config = dataclasses.replace(config, metrics=MetricsConfig(listen=options.metrics_listen))
+    if options.workers:
+        config = dataclasses.replace(config, workers=options.workers)
     return dataclasses.replace(config, audit=audit_config_with_args(config.audit, options))
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     configure_logging(level=options.log_level, json_output=options.log_format == "json")
+    role = WorkerRole.from_options(options)  # None: the only process, or the supervisor
     try:
         config = make_config(options)
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if (role is None and config.worker_count > 1
+                and options.new_audit_segment is None):
+            return supervise(config, sys.argv[1:] if argv is None else argv)
         access_notes = prepare_access(config)  # local mTLS material and policy, first start
         opened = open_keystore(config)
         metrics = ServiceMetrics()
         settings = AuditSettings.from_config(config.audit, state_dir=config.state_dir)
+        if role is not None:  # a trail of its own: directory wK, node <node>-wK
+            settings = role.audit_settings(settings, default_node_name())
         if options.new_audit_segment is not None:
             return _new_audit_segment(settings, opened, reason=options.new_audit_segment)
         audit = open_audit_trail(settings, keys=opened.keys, store=opened.store,
@@ -119,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     audit.record(AuditEvent(action="server-start", category="process", outcome="success",
                             details={"listen": f"{host}:{running.port}"}))
+    if role is not None:
+        role.announce(port=running.port,
+                      metrics_port=metrics_server.port if metrics_server else None)
 
     stopping = threading.Event()
 
@@ -135,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     # With a timeout: a signal delivered to another thread wakes no blocked wait, and
     # Python runs its handler only when the main thread runs again.
     while not stopping.wait(timeout=0.5):
-        pass
+        if role is not None and role.orphaned():  # the supervisor is gone: stop too
+            log.info("server.stopping", reason="supervisor gone")
+            break
     running.stop(config.shutdown_grace_seconds).wait()
     token_watch.close()
     if running.access is not None:

@@ -52,8 +52,10 @@ class Replica:
     def start(self) -> None:
         command = [*self.service.entrypoint(), "--listen", self.address,
                    "--metrics-listen", "127.0.0.1:0"]
+        # a process group of its own: the container (its workers too, if it has any)
         self.process = subprocess.Popen(command, env=self.service.environment(),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        start_new_session=True)
         threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
         # as compose's depends_on: service_healthy, by the service's own healthcheck
         deadline = time.monotonic() + 90
@@ -68,25 +70,33 @@ class Replica:
             self.output.extend(chunk)
 
     def stop(self, how: signal.Signals) -> int:
+        """SIGTERM to the server process, as compose stops a container; SIGKILL to the
+        whole container (every process in it)."""
         assert self.process is not None
-        self.process.send_signal(how)
+        if how == signal.SIGKILL:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.send_signal(how)
         try:
             return self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             raise AssertionError("did not stop:\n" + self.log()) from None
 
     def log(self) -> str:
         return bytes(self.output).decode(errors="replace")[-4000:]
 
-    def trail(self) -> list[Path]:
+    def trails(self) -> list[list[Path]]:
+        """The files of each trail the replica wrote: one, or one per worker (wK/)."""
         directory = Path(self.service.path("/var/lib/custody/audit"))
-        return sorted(directory.glob("audit*.log"))
+        directories = [directory] if (directory / "audit.log").exists() else sorted(
+            directory.glob("w*"))
+        return [sorted(d.glob("audit*.log")) for d in directories]
 
     def signed(self) -> list[tuple[str, str]]:
         """(step name, signed_sha256) of each successful sign-link entry so far, in order
         (read on from where the last call stopped: the trail only grows)."""
-        for path in self.trail():
+        for path in (path for trail in self.trails() for path in trail):
             data = path.read_bytes()
             done = self._read.get(path, 0)
             end = data.rfind(b"\n") + 1  # whole lines only: one may be being written
@@ -163,7 +173,7 @@ def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
     finally:
         for replica in (first, second):
             if replica.process is not None and replica.process.poll() is None:
-                replica.process.kill()
+                os.killpg(replica.process.pid, signal.SIGKILL)
                 replica.process.wait()
 
 
@@ -242,7 +252,7 @@ def test_compose_replicas_sign_through_restarts(replicas: tuple[Replica, Replica
     returned = set(load.returned)
     assert len(returned) == len(load.returned)
     assert returned <= first.digests() | second.digests()
-    for replica in replicas:
-        verified = run_custody("audit", "verify", *map(str, replica.trail()), "--key",
-                               str(key_file), cwd=tmp_path)
+    for trail in (trail for replica in replicas for trail in replica.trails()):
+        verified = run_custody("audit", "verify", *map(str, trail), "--key", str(key_file),
+                               cwd=tmp_path)
         assert verified.returncode == 0, verified.stdout + verified.stderr
