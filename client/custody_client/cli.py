@@ -36,6 +36,10 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from custody_client._cli import verify
 
         return verify.cmd_verify
+    if args.command == "links":
+        from custody_client._cli import links
+
+        return links.HANDLERS[args.links_command]
     if args.command == "sign-links":
         from custody_client._cli import batch
 
@@ -79,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(verbose=args.verbose, quiet=args.quiet)
     name = " ".join(filter(None, ("custody", args.command, getattr(args, "phase", None),
                                   getattr(args, "keys_command", None),
+                                  getattr(args, "links_command", None),
                                   getattr(args, "audit_command", None))))
     try:
         return _handler(args)(args)

@@ -34,6 +34,7 @@ from custody_client.models import (
     KeyVersionInfo,
     LayoutKey,
     SignedMetadata,
+    StoredLink,
     VerifyFailure,
     VerifyResult,
     VerifyWarning,
@@ -128,10 +129,7 @@ class CustodyClient(SigningClient):
         the artifacts, instead of `links`."""
         request = pb.VerifyRequest(
             layout=layout,
-            layout_keys=[pb.TrustedKey(alias=k.alias) if k.alias else
-                         pb.TrustedKey(public_key_json=k.public_key_json)
-                         if k.public_key_json else pb.TrustedKey(public_key_pem=k.public_key_pem)
-                         for k in layout_keys],
+            layout_keys=[_trusted_key(k) for k in layout_keys],
             links=[pb.MetadataFile(path=p, content=c) for p, c in sorted(links.items())],
             inspection_links=[pb.MetadataFile(path=p, content=c)
                               for p, c in sorted((inspection_links or {}).items())],
@@ -159,6 +157,38 @@ class CustodyClient(SigningClient):
             verdict=verdict if isinstance(verdict, dict) else {},
             run_id=response.run_id,
         )
+
+    # The attestation store
+
+    def add_link(self, link: bytes, *, run_id: str = "",
+                 keys: Sequence[LayoutKey] = ()) -> StoredLink:
+        """Store a link signed elsewhere; the server checks that a key it knows (or one of
+        `keys`) signed it."""
+        response = self._call("AddLink", self._custody.AddLink, pb.AddLinkRequest(
+            link=link, run_id=run_id, keys=[_trusted_key(k) for k in keys]))
+        return _stored_link(response.link)
+
+    def get_link(self, link_id: str) -> StoredLink:
+        """A stored link or layout by its id (or an id prefix of 8 hex digits or more)."""
+        response = self._call("GetLink", self._custody.GetLink, pb.GetLinkRequest(id=link_id))
+        return _stored_link(response.link)
+
+    def list_links(self, *, run_id: str = "", step: str = "", artifact_digest: str = "",
+                   since: datetime | None = None, until: datetime | None = None,
+                   limit: int = 0, page_token: str = "", include_content: bool = False,
+                   kind: str = "") -> tuple[list[StoredLink], str]:
+        """Stored links (or layouts, kind="layout"), newest first, and the next page's
+        token ("" on the last page)."""
+        request = pb.ListLinksRequest(run_id=run_id, step=step,
+                                      artifact_digest=artifact_digest, limit=limit,
+                                      page_token=page_token,
+                                      include_content=include_content, kind=kind)
+        if since is not None:
+            request.since.FromDatetime(since)
+        if until is not None:
+            request.until.FromDatetime(until)
+        response = self._call("ListLinks", self._custody.ListLinks, request)
+        return [_stored_link(link) for link in response.links], response.next_page_token
 
     # KeyAdmin service
 
@@ -227,6 +257,21 @@ def _link_result(result: pb.SignLinkResult) -> SignedMetadata | ClientError:
     code = _STATUS_NAMES.get(result.error.code, "UNKNOWN")
     message = result.error.message or code.lower()
     return ClientError(f"SignLinks: {message} ({code})", code=code)
+
+
+def _trusted_key(key: LayoutKey) -> pb.TrustedKey:
+    if key.alias:
+        return pb.TrustedKey(alias=key.alias)
+    if key.public_key_json:
+        return pb.TrustedKey(public_key_json=key.public_key_json)
+    return pb.TrustedKey(public_key_pem=key.public_key_pem)
+
+
+def _stored_link(link: pb.StoredLink) -> StoredLink:
+    return StoredLink(id=link.id, kind=link.kind, run_id=link.run_id, step=link.step,
+                      keyid=link.keyid, file_name=link.file_name, origin=link.origin,
+                      caller=link.caller, stored=_time(link, "stored"),
+                      content=bytes(link.content))
 
 
 def _algorithm_number(algorithm: KeyAlgorithm) -> pb.KeyAlgorithm:

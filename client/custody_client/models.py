@@ -114,6 +114,29 @@ class VerifyResult:
 
 
 @dataclass(frozen=True)
+class StoredLink:
+    """A link or layout in the server's attestation store; `content` the file (when
+    asked for)."""
+
+    id: str
+    kind: str
+    run_id: str
+    step: str
+    keyid: str
+    file_name: str
+    origin: str
+    caller: str
+    stored: datetime | None
+    content: bytes = b""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "run_id": self.run_id, "step": self.step,
+                "keyid": self.keyid, "file_name": self.file_name, "origin": self.origin,
+                "caller": self.caller,
+                "stored": self.stored.isoformat() if self.stored else None}
+
+
+@dataclass(frozen=True)
 class KeyVersionInfo:
     version: int
     keyid: str

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from custody_api.v1 import custody_pb2, custody_pb2_grpc
+from custody_server.attestations import Attestations
 from custody_server.audit_events import AuditSink
 from custody_server.batch_signing import BatchSigning
 from custody_server.bootstrap import prepare_access
@@ -32,6 +33,7 @@ from custody_server.policy import PolicyStore, RequestLimits
 from custody_server.policy.revocation import RevocationStore
 from custody_server.serving import OPERATOR, ServingHealth
 from custody_server.signing import SigningLimits, SigningService
+from custody_server.store import STORE_UNAVAILABLE, AttestationStore, StoreWatch, open_store
 from custody_server.tls_bootstrap import LocalTls, local_tls_dir
 from custody_server.transport.authz import AccessControl, AccessInterceptor, KeyDefaults
 from custody_server.transport.in_progress import CallCounter
@@ -65,6 +67,8 @@ class RunningServer:
     calls_in_progress: CallCounter = field(default_factory=CallCounter)
     serving: ServingHealth = field(init=False)  # NOT_SERVING while any reason holds
     gate: ShutdownGate | None = None  # closed by stop: new calls get UNAVAILABLE
+    store: AttestationStore | None = None  # links and layouts (custody_server.store)
+    store_watch: StoreWatch | None = None  # its health probe and retention sweep
 
     def __post_init__(self) -> None:
         self.serving = ServingHealth(self._publish)
@@ -94,9 +98,13 @@ class RunningServer:
         self.serving.shut_down()
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.store_watch is not None:
+            self.store_watch.close()
         gate = self.gate
         if grace is None or gate is None:
             event: threading.Event = self.server.stop(grace)
+            if grace is None:
+                self._close_store()
             return event
         deadline = time.monotonic() + grace
         stopped = threading.Event()
@@ -104,10 +112,15 @@ class RunningServer:
         def drain_then_stop() -> None:
             gate.wait_drained(grace)
             self.server.stop(max(0.0, deadline - time.monotonic())).wait()
+            self._close_store()
             stopped.set()
 
         threading.Thread(target=drain_then_stop, name="custody-drain", daemon=True).start()
         return stopped
+
+    def _close_store(self) -> None:
+        if self.store is not None:
+            self.store.sql.source.close()
 
 
 def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
@@ -159,6 +172,9 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
             ("grpc.so_reuseport", int(config.worker_count > 1)),
         ],
     )
+    # Before the first signature: a link that cannot be stored is not returned.
+    store = open_store(config.store, state_dir=config.state_dir, audit=audit, clock=clock)
+    attestations = Attestations(store=store, keys=keys)
     lifecycle = KeyLifecycle(keys=keys, audit=audit, clock=clock, settings=config.lifecycle)
     # pre-rotation: aliases made before it get their next version now (docs/KEYS.md)
     lifecycle.prepare_all(trigger="start")
@@ -169,15 +185,18 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
             max_response_bytes=limits.max_message_bytes),  # nothing signed that cannot go
         settings=config.lifecycle,
         prepare_next=lambda alias: lifecycle.ensure_next(alias, trigger="sign-layout",
-                                                         caller="lifecycle"))
-    verification = VerificationService(keys=keys, audit=audit, clock=clock)
+                                                         caller="lifecycle"),
+        store=store)
+    verification = VerificationService(keys=keys, audit=audit, clock=clock,
+                                       attestations=attestations)
     batch = BatchSigning(signing=signing, audit=audit, max_links=limits.max_links_per_batch,
                          max_response_bytes=limits.max_message_bytes)
     custody_pb2_grpc.add_CustodyServicer_to_server(  # type: ignore[no-untyped-call]
         CustodyServicer(signing=signing, verification=verification,
                         default_link_key=config.default_link_key,
                         default_layout_key=config.default_layout_key,
-                        batch=batch, check_link=access.check_link),
+                        batch=batch, check_link=access.check_link,
+                        attestations=attestations),
         server,
     )
     custody_pb2_grpc.add_KeyAdminServicer_to_server(  # type: ignore[no-untyped-call]
@@ -194,9 +213,14 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
                  if config.lifecycle.scheduler else None)
     running = RunningServer(server=server, port=port, health=health_servicer, keys=keys,
                             scheduler=scheduler, access=access,
-                            calls_in_progress=calls_in_progress, gate=gate)
+                            calls_in_progress=calls_in_progress, gate=gate, store=store)
     if scheduler is not None:
         scheduler.start()
+    # NOT_SERVING while the store cannot be written; probed until it can again
+    store.set_health_listener(running.health_listener(STORE_UNAVAILABLE))
+    running.store_watch = StoreWatch(
+        store, retention=config.store.retention,
+        sweep_interval=config.store.sweep_interval.total_seconds()).start()
     running.serving.announce()  # SERVING, for every service name
     return running
 

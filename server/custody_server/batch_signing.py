@@ -8,7 +8,8 @@ as its link was signed measured about 30% more CPU per link than this: more, sma
 writes, and the interpreter lock passed back and forth between signing and recording.) A link's
 result is given only once its own entry is on disk (fail-closed per link): when an entry
 cannot be written, that link's signature is withheld (UNAVAILABLE) and the others are
-not affected.
+not affected. The links whose entries are written then go into the attestation store in
+one transaction; if that fails, each of them is withheld (UNAVAILABLE).
 
 A link refused before signing (the policy, the rate, a malformed field) comes in as a
 RefusedLink carrying its error and the audit event that records it. The response as a
@@ -94,8 +95,18 @@ class BatchSigning:
             used += _response_size(prepared[-1])
         # All entries queue at once, so that the trail's writes take many each.
         recordings = [self._record(item) for item in prepared]
-        return [_outcome(item, recording)
-                for item, recording in zip(prepared, recordings, strict=True)]
+        recorded = [_recorded(recording) for recording in recordings]
+        # The links whose entries are written go into the attestation store together
+        # (one transaction); if that fails, none of them is delivered.
+        withheld: CustodyError | None = None
+        try:
+            self._signing.keep([item for item, error in zip(prepared, recorded, strict=True)
+                                if error is None])
+        except CustodyError as error:  # StoreUnavailableError
+            withheld = error
+        return [error or (withheld if withheld is not None and item.result is not None
+                          else None) or _delivered(item)
+                for item, error in zip(prepared, recorded, strict=True)]
 
     def _record(self, prepared: PreparedLink) -> Future[None] | None:
         if prepared.event is _NOT_RECORDED:
@@ -118,13 +129,17 @@ def _response_size(prepared: PreparedLink) -> int:
     return len(str(prepared.error)) + ERROR_ALLOWANCE
 
 
-def _outcome(prepared: PreparedLink, recording: Future[None] | None) -> LinkResult:
-    """The link's result once its entry is on disk; its audit error if it is not."""
+def _recorded(recording: Future[None] | None) -> CustodyError | None:
+    """None once the link's entry is on disk; its audit error if it is not."""
     if recording is not None:
         try:
             recording.result()
         except CustodyError as error:  # AuditUnavailableError: withheld
             return error
+    return None
+
+
+def _delivered(prepared: PreparedLink) -> LinkResult:
     try:
         return prepared.deliver()
     except CustodyError as error:

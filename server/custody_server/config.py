@@ -54,6 +54,11 @@ A config file looks like this (every key is optional; see README "Configuration"
 
     [metrics]
     listen = "127.0.0.1:9464"   # Prometheus /metrics; none: no endpoint (--metrics-listen)
+
+    [store]                     # the attestation store: see docs/STORE.md
+    url = "postgresql://custody@db/custody"  # default: SQLite, state_dir/store.sqlite3
+    retention = "400d"          # delete what was stored longer ago; default: keep all
+    sweep_interval = "1h"       # how often retention is applied
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from typing import Any
 
 from custody_server.errors import ConfigError
 from custody_server.lifecycle.settings import LifecycleSettings, lifecycle_settings_from_table
+from custody_server.store.settings import StoreConfig, store_config_from_table
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_TOKEN_LABEL = "custody"  # noqa: S105 (a label, not a secret)
@@ -276,6 +282,7 @@ class ServerConfig:
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     shutdown_grace_seconds: float = 10.0
     workers: int | None = None  # server processes on one port; None: auto (worker_count)
 
@@ -341,6 +348,7 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
         _section(table.pop("audit", {}), "audit", set(AuditConfig.__dataclass_fields__)).items()
     }
     metrics = _section(table.pop("metrics", {}), "metrics", {"listen"})
+    store = store_config_from_table(table.pop("store", {}), base=base)
     if not isinstance(metrics.get("listen", ""), str):
         raise ConfigError("metrics.listen must be a string host:port")
     top = _section(table, "", {"listen", "state_dir", "default_link_key", "default_layout_key",
@@ -370,6 +378,7 @@ def config_from_dict(data: dict[str, Any], *, base: Path) -> ServerConfig:
             lifecycle=lifecycle_settings_from_table(lifecycle, base=base),
             audit=AuditConfig(**audit),
             metrics=MetricsConfig(listen=metrics.get("listen")),
+            store=store,
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"bad config value: {error}") from None

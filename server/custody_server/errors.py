@@ -28,3 +28,12 @@ class MalformedRequestError(RequestError):
 class ResponseTooLargeError(CustodyError):
     """The response would exceed the message size limit; found before anything was
     signed, so nothing was (RESOURCE_EXHAUSTED)."""
+
+
+class StoreUnavailableError(CustodyError):
+    """The attestation store cannot be read or written: a link that cannot be stored is
+    not returned (UNAVAILABLE; the service recovers by itself when the database does)."""
+
+
+class NotFoundError(CustodyError):
+    """A stored link or run that does not exist (NOT_FOUND)."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from custody_core.api_enums import EnvelopeKind
 from custody_core.envelope import (
@@ -49,11 +49,18 @@ from custody_server.lifecycle.functionaries import (
 from custody_server.lifecycle.keyring import KeyRing, KeyVersion, ServiceKey
 from custody_server.lifecycle.layout_lifetime import lifetime_warnings
 from custody_server.lifecycle.settings import LifecycleSettings
+from custody_server.store.records import NewRecord, check_run_id
+
+if TYPE_CHECKING:
+    from custody_server.store.service import AttestationStore
 
 ALIAS_PREFIX = "alias:"
 # The link's environment records who asked for it (the client certificate's identity,
 # docs/SECURITY.md); a client cannot set this key itself.
 REQUESTED_BY = "custody.requested-by"
+# The pipeline run the agent gave (SignLinkRequest.run_id): the attestation store groups
+# links by it, and the signed link says which run it belongs to.
+RUN_ID = "custody.run-id"
 DEFAULT_MAX_BYPRODUCTS_BYTES = 8 * 1024 * 1024
 # A response holds, besides the signed file: its file name (a step name, at most 240
 # bytes, and 14 more), the keyid, alias, version, envelope kind and a SHA-256, and the
@@ -84,6 +91,7 @@ class LinkRequest:
     key_alias: str
     envelope: EnvelopeKind
     preliminary_link: bytes = b""  # record stop: record start's signed link (its materials)
+    run_id: str = ""  # the pipeline run (custody_server.store.records.RUN_ID grammar)
 
 
 @dataclass(frozen=True)
@@ -107,10 +115,12 @@ class SigningService:
     def __init__(self, *, keys: KeyRing, audit: AuditSink, limits: SigningLimits | None = None,
                  max_artifacts: int | None = None,
                  settings: LifecycleSettings | None = None,
-                 prepare_next: Callable[[str], ServiceKey] | None = None) -> None:
+                 prepare_next: Callable[[str], ServiceKey] | None = None,
+                 store: AttestationStore | None = None) -> None:
         """`prepare_next(alias)`: the alias with a next version, made if it has none (an
         alias made before pre-rotation); without it SignLayout lists what there is.
-        `max_artifacts`, if given, overrides that of `limits`."""
+        `max_artifacts`, if given, overrides that of `limits`. `store`: every link and
+        layout signed is kept there before it is returned (None: nowhere)."""
         self._keys = keys
         self._audit = audit
         self._limits = limits or SigningLimits()
@@ -118,11 +128,23 @@ class SigningService:
             self._limits = replace(self._limits, max_artifacts=max_artifacts)
         self._settings = settings or LifecycleSettings()
         self._prepare_next = prepare_next
+        self._store = store
 
     def sign_link(self, request: LinkRequest, *, caller: str) -> SignedMetadata:
         prepared = self.prepare_link(request, caller=caller)
         record_or_refuse(self._audit, prepared.event, refusal=prepared.refusal)
+        self.keep([prepared])
         return prepared.deliver()
+
+    def keep(self, prepared: Sequence[PreparedLink]) -> None:
+        """Store the signed links among `prepared` (their audit entries are written), in
+        one transaction: StoreUnavailableError if they cannot be, and then none may be
+        delivered (custody_server.store.service)."""
+        if self._store is None:
+            return
+        self._store.keep_signed([(item.record, item.result.signed_sha256)
+                                 for item in prepared
+                                 if item.record is not None and item.result is not None])
 
     def prepare_link(self, request: LinkRequest, *, caller: str,
                      response_budget: int | None = None) -> PreparedLink:
@@ -137,6 +159,9 @@ class SigningService:
             if not request.step_name:
                 raise RequestError("step_name is required")
             check_step_name(request.step_name, what="step_name")
+            if request.run_id:
+                details["run_id"] = request.run_id[:200]
+                check_run_id(request.run_id)
             materials = request.materials
             if request.preliminary_link:
                 details["preliminary_link"] = True
@@ -154,7 +179,8 @@ class SigningService:
                 materials=materials,
                 products=request.products,
                 byproducts=request.byproducts,
-                environment=_recorded_environment(request.environment, caller=caller),
+                environment=_recorded_environment(request.environment, caller=caller,
+                                                  run_id=request.run_id),
             )
             version, signer = self._keys.signer(request.key_alias)
             file_name = link_file_name(request.step_name, version.public_key.keyid)
@@ -166,8 +192,12 @@ class SigningService:
                 error=error)
         result = self._result(signed, key=version, envelope=request.envelope,
                               file_name=file_name)
+        record = NewRecord.link(content=result.content, step=request.step_name,
+                                keyid=version.public_key.keyid, file_name=file_name,
+                                products=request.products, run_id=request.run_id,
+                                origin="signed", caller=caller)
         return PreparedLink(event=self._success_event("sign-link", result, details),
-                            result=result)
+                            result=result, record=record)
 
     def _preliminary_materials(self, request: LinkRequest, *,
                                caller: str) -> Mapping[str, Mapping[str, str]]:
@@ -350,11 +380,16 @@ class SigningService:
                         key: KeyVersion, envelope: EnvelopeKind, file_name: str = "",
                         warnings: tuple[str, ...] = (),
                         other_owners: tuple[str, ...] = ()) -> SignedMetadata:
-        """The result to return, once its audit entry is on disk (fail-closed)."""
+        """The result to return, once its audit entry is on disk (fail-closed) and the
+        layout is in the attestation store."""
         result = self._result(signed, key=key, envelope=envelope, file_name=file_name,
                               warnings=warnings, other_owners=other_owners)
         record_or_refuse(self._audit, self._success_event(action, result, details),
                          refusal=SIGNATURE_WITHHELD)
+        if self._store is not None:
+            self._store.keep_signed([(NewRecord.layout(
+                content=result.content, keyid=key.public_key.keyid,
+                caller=str(details.get("caller", ""))), result.signed_sha256)])
         return result
 
     @staticmethod
@@ -392,6 +427,7 @@ class PreparedLink:
     event: AuditEvent
     result: SignedMetadata | None = None
     error: CustodyError | None = None
+    record: NewRecord | None = None  # the signed link, for the attestation store
 
     @property
     def refusal(self) -> str:
@@ -524,9 +560,15 @@ def _check_names(layout: Layout) -> None:
         check_step_name(inspection.name, what=f"layout inspect[{index}].name")
 
 
-def _recorded_environment(environment: Mapping[str, str], *, caller: str) -> dict[str, str]:
-    if REQUESTED_BY in environment:
-        raise RequestError(f"environment key {REQUESTED_BY!r} is set by the service, "
-                           "not by the client")
-    return {**environment, REQUESTED_BY: caller}
+def _recorded_environment(environment: Mapping[str, str], *, caller: str,
+                          run_id: str = "") -> dict[str, str]:
+    for reserved in (REQUESTED_BY, RUN_ID):
+        if reserved in environment:
+            raise RequestError(f"environment key {reserved!r} is set by the service, "
+                               "not by the client" + (" (give run_id)" if reserved == RUN_ID
+                                                      else ""))
+    recorded = {**environment, REQUESTED_BY: caller}
+    if run_id:
+        recorded[RUN_ID] = run_id
+    return recorded
 

@@ -18,6 +18,7 @@ from custody_core.keys import PublicKey
 from custody_core.strict_json import JsonLimits, parse_json
 from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Stage, Verdict, warning
+from custody_server.attestations import Attestations, StoredLinks
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import RequestError
 from custody_server.lifecycle.keyring import KeyRing, KeyVersion
@@ -49,14 +50,24 @@ class VerifyInput:
     plan: bool = False
     # files the gate holds: each must be a final step's product (custody_core.final_product)
     artifacts: tuple[GivenArtifact, ...] = ()
+    # verify the attestation store's links (of `run_id`, or of the run that made the
+    # artifacts) instead of `links` (custody_server.attestations)
+    stored_links: bool = False
+    run_id: str = ""
+
+
+# Stages about the layout alone, before any link is read.
+_LAYOUT_STAGES = (Stage.LAYOUT_SIGNATURE, Stage.EXPIRY, Stage.PARAMETERS)
 
 
 class VerificationService:
     def __init__(self, *, keys: KeyRing, audit: AuditSink,
-                 clock: Callable[[], datetime], layout_limits: JsonLimits | None = None
-                 ) -> None:
+                 clock: Callable[[], datetime], layout_limits: JsonLimits | None = None,
+                 attestations: Attestations | None = None) -> None:
         """`layout_limits`: the size and nesting a layout may have (the core's reader
-        refuses more than 64 levels in every document anyway)."""
+        refuses more than 64 levels in every document anyway). `attestations`: the store
+        a request with `stored_links` takes its links from."""
+        self._attestations = attestations
         self._keys = keys
         self._layout_limits = layout_limits or JsonLimits()
         self._audit = audit
@@ -64,6 +75,10 @@ class VerificationService:
 
     def verify(self, request: VerifyInput, *, caller: str) -> Verdict:
         """The verdict, recorded in the audit trail (fail-closed) unless it is a plan."""
+        return self.verify_run(request, caller=caller)[0]
+
+    def verify_run(self, request: VerifyInput, *, caller: str) -> tuple[Verdict, str]:
+        """The verdict and, with `stored_links`, the run whose links it verified."""
         details: dict[str, Any] = {
             "caller": caller,
             "layout_sha256": hashlib.sha256(request.layout).hexdigest(),
@@ -74,16 +89,25 @@ class VerificationService:
         if request.artifacts:  # what the gate asked about (the first 20), as digests
             details["artifacts"] = len(request.artifacts)
             details["artifact_digests"] = [_digest_text(a) for a in request.artifacts[:20]]
+        run_id = ""
         try:
             if not request.layout:
                 raise RequestError("layout is required")
             self._layout_limits.check_size_and_depth(request.layout, what="layout")
             now = self._clock()
             layout_keys = self.resolve_keys(request.layout_keys, layout=request.layout, now=now)
+            links, unlisted = request.links, request.unlisted_links
+            not_found = None
+            if request.stored_links:
+                stored = self._stored(request)
+                run_id = stored.run_id
+                details.update(stored_links=True, run_id=run_id, links=len(stored.links),
+                               unlisted_links=len(stored.unlisted))
+                links, unlisted, not_found = stored.links, stored.unlisted, stored.not_found
             verdict = verify_supply_chain(
                 layout=request.layout,
                 layout_keys=layout_keys,
-                links=request.links,
+                links=links,
                 inspection_links=request.inspection_links,
                 # the wire cannot tell no parameters from none given: both mean none, so
                 # nothing is substituted (as in-toto-verify)
@@ -92,15 +116,31 @@ class VerificationService:
                 key_policy=ServiceKeyPolicy(self._keys.versions_by_keyid()),
                 artifacts=request.artifacts,
             )
+            # no run: that is the verdict, unless the layout itself failed already
+            if not_found is not None and verdict.failed_stage not in _LAYOUT_STAGES:
+                verdict = Verdict.of(failures=(not_found,), warnings=verdict.warnings)
             verdict = self._warn_layout_key_windows(verdict, layout_keys, now)
             verdict = explain_rotations(verdict, layout=request.layout,
-                                        links={**request.unlisted_links, **request.links},
-                                        keys=self._keys)
+                                        links={**unlisted, **links}, keys=self._keys)
         except CustodyError as error:
             if not request.plan:
                 self._record(AuditEvent.failure(action="verify", category="process",
                                                 error=error, details=details))
             raise
+        return self._recorded(verdict, request, details), run_id
+
+    def _stored(self, request: VerifyInput) -> StoredLinks:
+        if request.links:
+            raise RequestError("stored_links: send no links (they come from the store)")
+        if self._attestations is None:
+            raise RequestError("stored_links: this server keeps no attestation store")
+        return self._attestations.links_for(layout=request.layout,
+                                            artifacts=request.artifacts,
+                                            run_id=request.run_id)
+
+    def _recorded(self, verdict: Verdict, request: VerifyInput,
+                  details: dict[str, Any]) -> Verdict:
+        """The verdict, once audited and counted (a plan: neither)."""
         if request.plan:
             return verdict
         first = verdict.failures[0] if verdict.failures else None

@@ -68,7 +68,7 @@ def test_verify_accepts_in_totos_verification_keys_and_repeated_params() -> None
                  "--param", "A=1", "B=x=y", "--param", "C=", "--json", "--trace")
     assert args.layout_keys == ["a.pub", "b.pub"]
     assert parse_parameters(args.params) == {"A": "1", "B": "x=y", "C": ""}
-    assert args.json and args.trace and args.link_dir == "."
+    assert args.json and args.trace and args.link_dir is None  # ".", without --artifact
     with pytest.raises(InputError, match="KEY=VALUE"):
         parse_parameters(["novalue"])
 

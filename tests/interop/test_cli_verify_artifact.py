@@ -61,8 +61,10 @@ def gate(chain: Path, where: Path, *, layout: str = "plain", tamper: bool = Fals
 
 
 def verify(cli: Cli, where: Path, *extra: str) -> Any:
-    return cli("verify", "-l", "root.layout", "--layout-key-alias", "owner", *extra, cwd=where,
-               check=False)
+    """With the gate's link directory (without it, --artifact finds the links in the
+    attestation store: tests/interop/test_cli_store_pipeline.py)."""
+    return cli("verify", "-l", "root.layout", "--layout-key-alias", "owner", "--link-dir",
+               ".", *extra, cwd=where, check=False)
 
 
 def test_an_intact_artifact_passes(cli: Cli, chain: Path, tmp_path: Path) -> None:

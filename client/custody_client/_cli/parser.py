@@ -109,6 +109,58 @@ def _signing_options(parser: argparse.ArgumentParser) -> None:
                         help="same as --envelope dsse (in-toto's flag)")
 
 
+def _run_id_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-id", metavar="ID",
+                        help="the pipeline run this step belongs to: the server's "
+                             "attestation store groups links by it (default: "
+                             "$CUSTODY_RUN_ID, else github:$GITHUB_RUN_ID, else "
+                             "gitlab:$CI_PIPELINE_ID; none: no run)")
+
+
+def _links_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    links = _command(commands, common, "links",
+                     help="the server's attestation store: list, get and add links")
+    link_commands = links.add_subparsers(dest="links_command", required=True,
+                                         metavar="list|get|add")
+    listing = _command(link_commands, common, "list", help="stored links, newest first",
+                       description="Stored links (or layouts) found by run, step, product "
+                                   "and time, newest first.")
+    listing.add_argument("--run-id", metavar="ID")
+    listing.add_argument("--step", metavar="NAME")
+    found_by = listing.add_mutually_exclusive_group()
+    found_by.add_argument("--artifact", metavar="PATH",
+                          help="links with a product of this file's SHA-256")
+    found_by.add_argument("--digest", metavar="sha256:HEX",
+                          help="links with a product of this digest")
+    listing.add_argument("--since", metavar="TIME", help="stored at or after (ISO 8601)")
+    listing.add_argument("--until", metavar="TIME", help="stored before (ISO 8601)")
+    listing.add_argument("--limit", type=int, default=100, metavar="N",
+                         help="at most N (default 100; 0: every page)")
+    listing.add_argument("--layouts", action="store_true",
+                         help="stored layouts instead of links")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    get = _command(link_commands, common, "get", help="one stored link or layout",
+                   description="Write a stored file as it was signed (or, with --json, "
+                               "what the store knows of it).")
+    get.add_argument("id", metavar="ID", help="its id (SHA-256 of the file) or 8+ digits of it")
+    get.add_argument("-o", "--output", default="-", metavar="FILE",
+                     help="where to write it (default: stdout)")
+    get.add_argument("-d", "--directory", metavar="DIR",
+                     help="write it to DIR under its link file name")
+    get.add_argument("--json", action="store_true", help="print what is known of it")
+    add = _command(link_commands, common, "add",
+                   help="store links signed elsewhere (checked by the server)",
+                   description="Store link files signed by another tool: the server checks "
+                               "that a key it knows, or one given, signed each.")
+    add.add_argument("files", nargs="+", metavar="LINK")
+    add.add_argument("--run-id", metavar="ID", help="the run they belong to (default: as "
+                                                    "for run)")
+    add.add_argument("--keys", nargs="+", metavar="FILE",
+                     help="public keys (PEM or in-toto JSON) that may have signed them")
+    add.add_argument("--key-alias", nargs="+", metavar="ALIAS",
+                     help="service keys that may have signed them (any version)")
+
+
 def _command(subparsers: Any, common: argparse.ArgumentParser, name: str,
              **kwargs: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -138,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="record and sign without running a command")
     run.add_argument("--run-timeout", type=_seconds, metavar="S",
                      help="kill the command after S seconds (default: no limit)")
+    _run_id_option(run)
     run.add_argument("--no-digest-cache", action="store_true",
                      help="read every product again, even files whose size, inode, mtime "
                           "and ctime show they did not change since the materials were read")
@@ -158,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record products, have the link signed and written")
     stop.add_argument("-n", "--step-name", required=True, metavar="NAME")
     stop.add_argument("-p", "--products", nargs="+", metavar="PATH")
+    _run_id_option(stop)
     _recording_options(stop)
     _signing_options(stop)
 
@@ -172,13 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
                                              "have signed the layout")
     verify.add_argument("--layout-key-alias", nargs="+", metavar="ALIAS",
                         help="service keys that must have signed the layout")
-    verify.add_argument("--link-dir", default=".", metavar="DIR",
-                        help="where the links are (default: .)")
+    verify.add_argument("--link-dir", metavar="DIR",
+                        help="where the links are (default: ., unless --artifact or "
+                             "--run-id is given without it: then the server's attestation "
+                             "store)")
     verify.add_argument("--artifact", dest="artifacts", nargs="+", action="extend",
                         metavar="PATH",
                         help="files to release (e.g. dist/app.tar.gz): pass only if each "
                              "one's SHA-256 is a product of the layout's final step(s) in "
-                             "the links verified")
+                             "the links verified; without --link-dir the links are those "
+                             "of the newest stored run whose final step made them")
+    verify.add_argument("--run-id", metavar="ID",
+                        help="verify the links the attestation store holds for this run")
     verify.add_argument("--param", dest="params", nargs="+", action="extend",
                         metavar="KEY=VALUE", help="layout parameter substitution")
     verify.add_argument("--inspection-timeout", type=_seconds, metavar="S",
@@ -203,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="links per SignLinks call (default: 100; the server takes "
                                  "at most its limits.max_links_per_batch)")
     _signing_options(sign_links)
+
+    _links_commands(commands, common)
 
     sign_layout = _command(commands, common, "sign-layout", help="sign a layout with a service key")
     sign_layout.add_argument("layout_file", nargs="?", metavar="LAYOUT",

@@ -22,6 +22,7 @@ from custody_client.errors import InputError
 from custody_client.link_draft import LinkDraft
 from custody_client.models import Byproducts, SignedMetadata
 from custody_client.recording import iter_artifacts
+from custody_client.run_ids import run_id
 from custody_client.settings import DEFAULT_MAX_MESSAGE_BYTES
 from custody_core.errors import MetadataError
 from custody_core.step_names import check_step_name
@@ -73,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result: CommandResult | None = None
     with ClientInBackground(args) as connecting:
         draft = LinkDraft(step_name=step, command=command)
+        draft.set_run_id(run_id(args.run_id))
         if args.materials:
             count = draft.add_materials(iter_artifacts(
                 args.materials, options, progress=progress.callback("materials"), cache=cache))
@@ -175,6 +177,7 @@ def cmd_record_stop(args: argparse.Namespace) -> int:
     with ClientInBackground(args) as connecting:
         client = connecting.client()
         draft = LinkDraft(step_name=step)
+        draft.set_run_id(run_id(args.run_id))
         draft.set_preliminary_link(preliminary)  # its materials, if the server signed them
         count = draft.add_products(iter_artifacts(
             args.products or [], options, progress=progress.callback("products")))

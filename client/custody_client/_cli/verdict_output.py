@@ -50,9 +50,12 @@ def format_verdict(
     show_trace: bool = False,
     quiet: bool = False,
     artifacts: int = 0,
+    stored_run: str | None = None,
 ) -> str:
     """Human lines: the verdict first, then what failed (stage, step, rule, artifacts),
-    then warnings; the rule trace on request. Quiet keeps only the failures."""
+    then warnings; the rule trace on request. Quiet keeps only the failures.
+    `stored_run`: the links came from the attestation store, of this run ("": none
+    found)."""
     lines: list[str] = []
     if result.passed:
         if not quiet:
@@ -66,6 +69,8 @@ def format_verdict(
         lines.append(f"FAIL: {layout_name} did not verify (failed at {stage})")
         for failure in result.failures:
             lines.extend(_failure_lines(failure))
+    if stored_run and not quiet:
+        lines.insert(1, f"links: run {stored_run}, from the attestation store")
     if not quiet:
         for warning in result.warnings:
             where = f"{warning.step}: " if warning.step else ""
@@ -76,8 +81,12 @@ def format_verdict(
 
 
 def verdict_json(result: VerifyResult, *, layout_name: str,
-                 inspections_run: Sequence[str]) -> str:
+                 inspections_run: Sequence[str], run_id: str | None = None) -> str:
+    """`run_id`: the links came from the attestation store, of this run (a key only
+    then)."""
+    stored = {} if run_id is None else {"run_id": run_id or None}
     return json.dumps({
+        **stored,
         "passed": result.passed,
         "layout": layout_name,
         "failures": [

@@ -105,18 +105,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if parameters:
         with contextlib.suppress(MetadataError):
             root = layout.substituted(parameters)
-    links = collect_links(Path(args.link_dir), layout)
-    log.info("sending %d link files from %s", len(links), args.link_dir)
-    # files the layout does not name, to explain a failure (a key rotation): never counted
-    unlisted = unlisted_links(Path(args.link_dir), layout, sent=links)
+    # No link directory but an artifact or a run: the links are the attestation store's.
+    stored = args.link_dir is None and bool(artifacts or args.run_id)
+    links: dict[str, bytes] = {}
+    unlisted: dict[str, bytes] = {}
+    if args.run_id and not stored:
+        raise InputError("--run-id takes the links from the attestation store: give no "
+                         "--link-dir with it")
+    if stored:
+        log.info("taking the links from the attestation store (%s)",
+                 f"run {args.run_id}" if args.run_id else "the run that made the artifacts")
+    else:
+        link_dir = Path(args.link_dir or ".")
+        links = collect_links(link_dir, layout)
+        log.info("sending %d link files from %s", len(links), link_dir)
+        # files the layout does not name, to explain a failure (a key rotation): never
+        # counted
+        unlisted = unlisted_links(link_dir, layout, sent=links)
     inspection_links: dict[str, bytes] = {}
     ran: list[str] = []
     could_not_run: _CouldNotRunError | None = None
+    run = args.run_id or ""  # once a plan found the run, every later call verifies it
     with open_client(args) as client:
         def verify(*, plan: bool) -> VerifyResult:
-            return client.verify(layout=layout_bytes, layout_keys=keys, links=links,
-                                 inspection_links=inspection_links, parameters=parameters,
-                                 unlisted_links=unlisted, plan=plan, artifacts=artifacts)
+            nonlocal run
+            result = client.verify(layout=layout_bytes, layout_keys=keys, links=links,
+                                   inspection_links=inspection_links, parameters=parameters,
+                                   unlisted_links=unlisted, plan=plan, artifacts=artifacts,
+                                   stored_links=stored, run_id=run)
+            run = run or result.run_id
+            return result
 
         sublayouts = any(_is_layout(data) for data in links.values())
         if root.inspections or sublayouts:
@@ -140,16 +158,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         result = verify(plan=False)  # the one Verify that is recorded
     if could_not_run is not None:
         result = _could_not_run(result, could_not_run.name, could_not_run.cause)
-    _print(result, args=args, steps=len(layout.steps), ran=ran, artifacts=len(artifacts))
+    _print(result, args=args, steps=len(layout.steps), ran=ran, artifacts=len(artifacts),
+           stored=stored)
     return EXIT_OK if result.passed else EXIT_FAILED
 
 
 def _print(result: VerifyResult, *, args: argparse.Namespace, steps: int,
-           ran: list[str], artifacts: int) -> None:
+           ran: list[str], artifacts: int, stored: bool) -> None:
     if args.json:
-        print(verdict_json(result, layout_name=args.layout, inspections_run=ran))
+        print(verdict_json(result, layout_name=args.layout, inspections_run=ran,
+                           run_id=result.run_id if stored else None))
         return
     text = format_verdict(result, layout_name=args.layout, steps=steps, inspections_run=ran,
-                          show_trace=args.trace, quiet=args.quiet, artifacts=artifacts)
+                          show_trace=args.trace, quiet=args.quiet, artifacts=artifacts,
+                          stored_run=result.run_id if stored else None)
     if text:
         print(text)

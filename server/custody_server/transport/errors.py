@@ -14,8 +14,10 @@ from custody_core.errors import CustodyError, KeyFormatError, MetadataError, Sig
 from custody_server.errors import (
     AuditUnavailableError,
     ConfigError,
+    NotFoundError,
     RequestError,
     ResponseTooLargeError,
+    StoreUnavailableError,
 )
 from custody_server.keystore import (
     KeyExistsError,
@@ -33,6 +35,8 @@ STATUS_BY_ERROR: dict[type[CustodyError], grpc.StatusCode] = {
     SignatureError: grpc.StatusCode.FAILED_PRECONDITION,
     KeystoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
     AuditUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
     ResponseTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
     CustodyError: grpc.StatusCode.INTERNAL,

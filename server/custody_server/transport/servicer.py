@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -15,12 +16,24 @@ from custody_api.v1 import custody_pb2_grpc as pb_grpc
 from custody_core.api_enums import ENVELOPE_NUMBERS, ENVELOPES_BY_NUMBER, UNSPECIFIED, EnvelopeKind
 from custody_core.errors import CustodyError
 from custody_core.final_product import GivenArtifact
+from custody_core.keys import PublicKey
 from custody_core.step_names import step_name_for_audit
+from custody_core.strict_json import parse_json
 from custody_core.verdict import Verdict
+from custody_server.attestations import Attestations
 from custody_server.audit_events import AuditEvent
 from custody_server.batch_signing import BatchSigning, RefusedLink
 from custody_server.errors import RequestError
 from custody_server.signing import LinkRequest, SignedMetadata, SigningService
+from custody_server.store.records import (
+    DEFAULT_LIMIT,
+    LinkQuery,
+    StoredRecord,
+    check_run_id,
+    page_token,
+    parse_digest,
+    parse_page_token,
+)
 from custody_server.transport.authz import AccessRefused, authenticated_identity
 from custody_server.transport.errors import client_message, status_for
 from custody_server.verification import TrustedKeySpec, VerificationService, VerifyInput
@@ -52,7 +65,9 @@ class CustodyServicer(pb_grpc.CustodyServicer):
     def __init__(self, *, signing: SigningService, verification: VerificationService,
                  default_link_key: str, default_layout_key: str,
                  batch: BatchSigning | None = None,
-                 check_link: CheckLink | None = None) -> None:
+                 check_link: CheckLink | None = None,
+                 attestations: Attestations | None = None) -> None:
+        self._attestations = attestations
         self._signing = signing
         self._verification = verification
         self._default_link_key = default_link_key
@@ -114,6 +129,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             key_alias=request.key_alias or self._default_link_key,
             envelope=_envelope(request.envelope),
             preliminary_link=request.preliminary_link,
+            run_id=request.run_id,
         )
 
     def SignLayout(self, request: pb.SignLayoutRequest,
@@ -133,7 +149,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
 
     def Verify(self, request: pb.VerifyRequest,
                context: grpc.ServicerContext) -> pb.VerifyResponse:
-        verdict = self._verification.verify(VerifyInput(
+        verdict, run_id = self._verification.verify_run(VerifyInput(
             layout=request.layout,
             layout_keys=tuple(
                 TrustedKeySpec(alias=k.alias, public_key_json=k.public_key_json,
@@ -146,8 +162,75 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             unlisted_links=_files(request.unlisted_links, what="unlisted_links"),
             plan=request.plan,
             artifacts=tuple(GivenArtifact(a.path, dict(a.digest)) for a in request.artifacts),
+            stored_links=request.stored_links,
+            run_id=request.run_id,
         ), caller=caller_identity(context))
-        return verdict_to_pb(verdict)
+        response = verdict_to_pb(verdict)
+        response.run_id = run_id
+        return response
+
+    # The attestation store
+
+    def _store(self) -> Attestations:
+        if self._attestations is None:
+            raise RequestError("this server keeps no attestation store")
+        return self._attestations
+
+    def AddLink(self, request: pb.AddLinkRequest,
+                context: grpc.ServicerContext) -> pb.AddLinkResponse:
+        attestations = self._store()
+        trusted: dict[str, PublicKey] = {}
+        for index, key in enumerate(request.keys):
+            if key.alias:
+                trusted.update(attestations.service_key_versions(key.alias))
+            elif key.public_key_json:
+                what = f"keys[{index}].public_key_json"
+                data = parse_json(key.public_key_json.encode(), what=what).value
+                if not isinstance(data, dict):
+                    raise RequestError(f"{what} must be a JSON object")
+                public = PublicKey.from_dict(data)
+                trusted[public.keyid] = public
+            elif key.public_key_pem:
+                public = PublicKey.from_pem(key.public_key_pem)
+                trusted[public.keyid] = public
+            else:
+                raise RequestError(f"keys[{index}] is empty: give an alias, a key dict or a PEM")
+        record = attestations.add_link(request.link, run_id=request.run_id, trusted=trusted,
+                                       caller=caller_identity(context))
+        return pb.AddLinkResponse(link=_stored_link(record))
+
+    def GetLink(self, request: pb.GetLinkRequest,
+                context: grpc.ServicerContext) -> pb.GetLinkResponse:
+        return pb.GetLinkResponse(link=_stored_link(self._store().get(request.id)))
+
+    def ListLinks(self, request: pb.ListLinksRequest,
+                  context: grpc.ServicerContext) -> pb.ListLinksResponse:
+        query = LinkQuery(
+            kind=request.kind or "link",
+            run_id=check_run_id(request.run_id),
+            step=request.step,
+            digest=parse_digest(request.artifact_digest) if request.artifact_digest else "",
+            since=(request.since.ToDatetime(tzinfo=UTC) if request.HasField("since")
+                   else None),
+            until=(request.until.ToDatetime(tzinfo=UTC) if request.HasField("until")
+                   else None),
+            limit=request.limit or DEFAULT_LIMIT,
+            before_seq=parse_page_token(request.page_token),
+            include_content=request.include_content)
+        records = self._store().list(query)
+        token = page_token(records[-1].seq) if len(records) == query.limit else ""
+        return pb.ListLinksResponse(links=[_stored_link(r) for r in records],
+                                    next_page_token=token)
+
+
+def _stored_link(record: StoredRecord) -> pb.StoredLink:
+    message = pb.StoredLink(id=record.id, kind=record.kind, run_id=record.run_id,
+                            step=record.step, keyid=record.keyid, file_name=record.file_name,
+                            origin=record.origin, caller=record.caller)
+    message.stored.FromDatetime(record.stored_at)
+    if record.content is not None:
+        message.content = record.content
+    return message
 
 
 def _sign_link_response(signed: SignedMetadata) -> pb.SignLinkResponse:

@@ -1,0 +1,115 @@
+"""The attestation store's RPCs and Verify's stored links: what the servicer and the
+verification service ask of the store (custody_server.store), in domain terms.
+
+A gate that holds only the artifact and the layout finds the run by the artifact: the
+newest run in which a link of one of the layout's final steps
+(custody_core.final_product) has a product with the artifact's digest (each artifact's,
+when there are several). That run's links are then verified as a link directory would
+be: the newest file of each name the layout's steps look for; files of its steps signed
+by keys the layout does not list go as unlisted links (they only explain a rotation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from custody_core.envelope import parse_envelope
+from custody_core.final_product import GivenArtifact, check_artifacts, final_steps
+from custody_core.keys import PublicKey
+from custody_core.link import link_file_name
+from custody_core.models import Layout
+from custody_core.verdict import Failure, Stage, failure
+from custody_server.errors import RequestError
+from custody_server.lifecycle.keyring import KeyRing
+from custody_server.store.records import (
+    LinkQuery,
+    StoredRecord,
+    check_run_id,
+    chosen_digest,
+)
+from custody_server.store.service import AttestationStore
+
+MAX_UNLISTED = 32  # as the CLI sends (custody_client._cli.unlisted_links)
+
+
+@dataclass(frozen=True)
+class StoredLinks:
+    """The links of one stored run, as Verify takes them; or why none were found."""
+
+    run_id: str
+    links: Mapping[str, bytes] = field(default_factory=dict)
+    unlisted: Mapping[str, bytes] = field(default_factory=dict)
+    not_found: Failure | None = None
+
+
+class Attestations:
+    def __init__(self, *, store: AttestationStore, keys: KeyRing) -> None:
+        self.store = store
+        self._keys = keys
+
+    def add_link(self, content: bytes, *, run_id: str, trusted: Mapping[str, PublicKey],
+                 caller: str) -> StoredRecord:
+        """AddLink: a link signed by a version of a service key or by one of `trusted`."""
+        known = {keyid: version.public_key
+                 for keyid, version in self._keys.versions_by_keyid().items()}
+        return self.store.add_link(content, run_id=run_id, trusted=trusted, known=known,
+                                   caller=caller)
+
+    def service_key_versions(self, alias: str) -> dict[str, PublicKey]:
+        """Every version of a service key, by keyid (a trusted key named by alias)."""
+        return {v.keyid: v.public_key for v in self._keys.get(alias).versions}
+
+    def get(self, id_prefix: str) -> StoredRecord:
+        return self.store.get(id_prefix)
+
+    def list(self, query: LinkQuery) -> list[StoredRecord]:
+        return self.store.query(query)
+
+    def links_for(self, *, layout: bytes, artifacts: Sequence[GivenArtifact],
+                  run_id: str) -> StoredLinks:
+        """The stored links to verify `layout` with: those of `run_id`, or of the newest
+        run whose final step made every artifact."""
+        parsed = Layout.from_payload(parse_envelope(layout).payload)
+        if run_id:
+            check_run_id(run_id)
+        else:
+            if not artifacts:
+                raise RequestError("stored_links: give run_id or the artifacts to find the "
+                                   "run by")
+            check_artifacts(artifacts)
+            finals = final_steps(parsed)
+            digests = list(dict.fromkeys(chosen_digest(a.digest) for a in artifacts))
+            runs = self.store.find_runs(digests, finals)
+            if not runs:
+                return StoredLinks(run_id="", not_found=_no_run(artifacts, finals))
+            run_id = runs[0]
+        return _as_link_directory(parsed, self.store.run_links(run_id), run_id)
+
+
+def _as_link_directory(layout: Layout, records: Sequence[StoredRecord],
+                       run_id: str) -> StoredLinks:
+    wanted = {link_file_name(step.name, keyid) for step in layout.steps
+              for keyid in step.pubkeys}
+    steps = {step.name for step in layout.steps}
+    links: dict[str, bytes] = {}
+    unlisted: dict[str, bytes] = {}
+    for record in records:  # oldest first: a newer file of the same name wins
+        if record.content is None:
+            continue
+        if record.file_name in wanted:
+            links[record.file_name] = record.content
+        elif record.step in steps and (record.file_name in unlisted
+                                       or len(unlisted) < MAX_UNLISTED):
+            unlisted[record.file_name] = record.content
+    return StoredLinks(run_id=run_id, links=links, unlisted=unlisted)
+
+
+def _no_run(artifacts: Sequence[GivenArtifact], finals: Sequence[str]) -> Failure:
+    steps = ", ".join(f"'{name}'" for name in finals) or "(none: the layout has no steps)"
+    names = ", ".join(a.path for a in artifacts[:5]) + (", ..." if len(artifacts) > 5 else "")
+    return failure(Stage.ARTIFACT,
+                   f"no run in the attestation store has {names} as a product of the final "
+                   f"step{'s' if len(finals) > 1 else ''} {steps}",
+                   step=finals[0] if len(finals) == 1 else None,
+                   paths=tuple(a.path for a in artifacts))

@@ -1,0 +1,76 @@
+"""The `[store]` table: where the attestation store is and how long it keeps things.
+
+    [store]
+    url = "postgresql://custody@db.internal/custody"  # default: SQLite, state_dir/store.sqlite3
+    retention = "400d"          # delete links and layouts stored longer ago; default: keep all
+    sweep_interval = "1h"       # how often a server looks for what retention deletes
+
+`url` is `sqlite:///ABSOLUTE/PATH` (or a relative `sqlite:PATH`, from the config file's
+directory) or a PostgreSQL URL (`postgresql://` or `postgres://`, libpq's form: replicas
+share it). A password belongs in libpq's PGPASSFILE, not in the URL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from custody_server.errors import ConfigError
+from custody_server.lifecycle.durations import parse_duration
+
+STORE_FILE = "store.sqlite3"
+DEFAULT_SWEEP_INTERVAL = timedelta(hours=1)
+KEYS = ("url", "retention", "sweep_interval")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """None for `sqlite_path` and `postgres_url`: SQLite at state_dir/store.sqlite3."""
+
+    sqlite_path: Path | None = None
+    postgres_url: str | None = None
+    retention: timedelta | None = None  # None: keep everything
+    sweep_interval: timedelta = DEFAULT_SWEEP_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.sqlite_path is not None and self.postgres_url is not None:
+            raise ConfigError("[store] names both a SQLite file and a PostgreSQL URL")
+        if self.retention is not None and self.retention <= timedelta(0):
+            raise ConfigError("store.retention must be positive (leave it out to keep all)")
+        if self.sweep_interval <= timedelta(0):
+            raise ConfigError("store.sweep_interval must be positive")
+
+    def sqlite_file(self, state_dir: Path) -> Path:
+        return self.sqlite_path or state_dir / STORE_FILE
+
+
+def store_config_from_table(table: Any, *, base: Path) -> StoreConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("[store] must be a table")
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [store]: {', '.join(unknown)}")
+    url = table.get("url")
+    sqlite_path: Path | None = None
+    postgres_url: str | None = None
+    if url is not None:
+        if not isinstance(url, str) or not url:
+            raise ConfigError("store.url must be a non-empty string")
+        if url.startswith(("postgresql://", "postgres://")):
+            postgres_url = url
+        elif url.startswith("sqlite:"):
+            path = Path(url.removeprefix("sqlite:").removeprefix("//")).expanduser()
+            sqlite_path = path if path.is_absolute() else base / path
+        else:
+            raise ConfigError("store.url must start with postgresql://, postgres:// or sqlite:")
+    try:
+        retention = (parse_duration(table["retention"], what="store.retention")
+                     if "retention" in table else None)
+        interval = (parse_duration(table["sweep_interval"], what="store.sweep_interval")
+                    if "sweep_interval" in table else DEFAULT_SWEEP_INTERVAL)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return StoreConfig(sqlite_path=sqlite_path, postgres_url=postgres_url,
+                       retention=retention, sweep_interval=interval)

@@ -1,0 +1,272 @@
+"""The store's SQL, one text for SQLite and PostgreSQL (the sources differ in connections
+and placeholders, custody_server.store.sqlite and .postgres), and the versioned schema.
+
+Migrations are numbered SQL files, `migrations/<dialect>/NNNN_<name>.sql`, applied in
+order inside one transaction each, and recorded in `schema_version` (version,
+description, applied_at). A database whose schema is newer than this server knows is
+refused at start: an older server must not write into a schema it does not understand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Protocol
+
+from custody_server.errors import ConfigError
+from custody_server.store.records import (
+    LinkQuery,
+    NewRecord,
+    StoredRecord,
+    from_micros,
+    to_micros,
+)
+
+MAX_RUN_LINKS = 10_000  # the links of one run that a verification takes
+_MIGRATION = re.compile(r"(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql")
+_COLUMNS = "seq, id, kind, run_id, step, keyid, file_name, origin, caller, stored_at"
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Source(Protocol):
+    """Connections to one database, as transactions."""
+
+    dialect: str  # "sqlite" or "postgresql"
+    placeholder: str  # "?" or "%s"
+
+    def transaction(self, *, write: bool) -> contextlib.AbstractContextManager[Cursor]:
+        """A cursor inside a transaction: committed when the block ends, rolled back if it
+        raises. StoreUnavailableError when the database cannot be reached."""
+
+    def migrate_lock(self, cursor: Cursor) -> None:
+        """Hold off other servers migrating the same database (until the commit)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    def statements(self) -> list[str]:
+        lines = [line for line in self.sql.splitlines() if not line.lstrip().startswith("--")]
+        return [text.strip() for text in "\n".join(lines).split(";") if text.strip()]
+
+
+def migrations(dialect: str) -> list[Migration]:
+    """The numbered migrations of a dialect, in order (1, 2, ... without gaps)."""
+    folder = resources.files("custody_server.store").joinpath("migrations", dialect)
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION.fullmatch(entry.name)
+        if match is not None:
+            found.append(Migration(int(match["version"]), match["name"],
+                                   entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise ConfigError(f"store migrations for {dialect} are not numbered 1..n")
+    return found
+
+
+class SqlStore:
+    """Every query of the attestation store over one Source."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._p = source.placeholder
+
+    @property
+    def dialect(self) -> str:
+        return self.source.dialect
+
+    def _sql(self, text: str) -> str:
+        return text if self._p == "?" else text.replace("?", self._p)
+
+    # schema
+
+    def migrate(self, *, now: datetime) -> tuple[int, int]:
+        """Apply what is missing; (version before, version now)."""
+        known = migrations(self.dialect)
+        with self.source.transaction(write=True) as cursor:
+            self.source.migrate_lock(cursor)
+            cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER "
+                           "PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)")
+            cursor.execute("SELECT MAX(version) FROM schema_version")
+            row = cursor.fetchone()
+            before = int(row[0]) if row and row[0] is not None else 0
+            if before > len(known):
+                raise ConfigError(f"the attestation store's schema is version {before}, newer "
+                                  f"than this server knows ({len(known)}): upgrade the server")
+            for migration in known[before:]:
+                for statement in migration.statements():
+                    cursor.execute(statement)
+                cursor.execute(self._sql("INSERT INTO schema_version (version, description, "
+                                         "applied_at) VALUES (?, ?, ?)"),
+                               (migration.version, migration.name,
+                                now.astimezone(UTC).isoformat()))
+        return before, len(known)
+
+    def schema_version(self) -> int:
+        with self.source.transaction(write=False) as cursor:
+            cursor.execute("SELECT MAX(version) FROM schema_version")
+            row = cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # writes
+
+    def insert(self, records: Sequence[NewRecord], *, stored_at: datetime,
+               confirm: Callable[[int], None] | None = None) -> int:
+        """Store the records in one transaction (a record whose file is stored already is
+        left as it is); how many were new. With `confirm`, the transaction commits only
+        if `confirm(new)` returns (it audits)."""
+        micros = to_micros(stored_at)
+        added = 0
+        insert = self._sql(
+            "INSERT INTO attestations (id, kind, run_id, step, keyid, file_name, origin, "
+            "caller, stored_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING RETURNING seq")
+        products = self._sql("INSERT INTO products (digest, seq, path) VALUES (?, ?, ?) "
+                             "ON CONFLICT DO NOTHING")
+        with self.source.transaction(write=True) as cursor:
+            for record in records:
+                cursor.execute(insert, (record.id, record.kind, record.run_id, record.step,
+                                        record.keyid, record.file_name, record.origin,
+                                        record.caller, micros, record.content))
+                row = cursor.fetchone()
+                if row is None:
+                    continue  # stored already
+                added += 1
+                if record.products:
+                    seq = int(row[0])
+                    cursor.executemany(products, [(digest, seq, path)
+                                                  for digest, path in record.products])
+            if confirm is not None:
+                confirm(added)
+        return added
+
+    def delete_before(self, cutoff: datetime, *, limit: int,
+                      confirm: Callable[[int, list[str]], None]) -> int:
+        """Delete up to `limit` records stored before `cutoff`, oldest first, in one
+        transaction that commits only if `confirm(count, run ids)` returns (it audits)."""
+        micros = to_micros(cutoff)
+        with self.source.transaction(write=True) as cursor:
+            cursor.execute(self._sql("SELECT seq, run_id FROM attestations WHERE stored_at < ? "
+                                     "ORDER BY seq LIMIT ?"), (micros, limit))
+            rows = cursor.fetchall()
+            if not rows:
+                return 0
+            last = int(rows[-1][0])
+            cursor.execute(self._sql("DELETE FROM products WHERE seq IN (SELECT seq FROM "
+                                     "attestations WHERE stored_at < ? AND seq <= ?)"),
+                           (micros, last))
+            cursor.execute(self._sql("DELETE FROM attestations WHERE stored_at < ? AND "
+                                     "seq <= ?"), (micros, last))
+            count = int(cursor.rowcount)
+            confirm(count, list(dict.fromkeys(str(row[1]) for row in rows if row[1])))
+        return count
+
+    # reads
+
+    def get(self, id_prefix: str) -> list[StoredRecord]:
+        """Records whose id starts with `id_prefix` (two at most: more is ambiguous)."""
+        with self.source.transaction(write=False) as cursor:
+            cursor.execute(self._sql(f"SELECT {_COLUMNS}, content FROM attestations "  # noqa: S608
+                                     "WHERE id >= ? AND id < ? ORDER BY id LIMIT 2"),
+                           (id_prefix, id_prefix + "g"))
+            return [_record(row, content=True) for row in cursor.fetchall()]
+
+    def query(self, query: LinkQuery) -> list[StoredRecord]:
+        """Newest first, `query.limit` at most."""
+        where: list[str] = ["a.kind = ?"]
+        params: list[str | int] = [query.kind]
+        if query.run_id:
+            where.append("a.run_id = ?")
+            params.append(query.run_id)
+        if query.step:
+            where.append("a.step = ?")
+            params.append(query.step)
+        if query.since is not None:
+            where.append("a.stored_at >= ?")
+            params.append(to_micros(query.since))
+        if query.until is not None:
+            where.append("a.stored_at < ?")
+            params.append(to_micros(query.until))
+        if query.before_seq is not None:
+            where.append("a.seq < ?")
+            params.append(query.before_seq)
+        if query.digest:
+            where.append("a.seq IN (SELECT p.seq FROM products p WHERE p.digest = ?)")
+            params.append(query.digest)
+        columns = ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(","))
+        if query.include_content:
+            columns += ", a.content"
+        # Constant column names and conditions; every value is a parameter.
+        sql = (f"SELECT {columns} FROM attestations a WHERE {' AND '.join(where)} "  # noqa: S608
+               "ORDER BY a.seq DESC LIMIT ?")
+        params.append(query.limit)
+        with self.source.transaction(write=False) as cursor:
+            cursor.execute(self._sql(sql), params)
+            return [_record(row, content=query.include_content) for row in cursor.fetchall()]
+
+    def find_runs(self, digests: Sequence[str], steps: Sequence[str], *,
+                  limit: int = 1) -> list[str]:
+        """Runs, newest first, in which a link of one of `steps` has a product with each
+        of `digests` (digest keys)."""
+        if not digests or not steps:
+            return []
+        digest_marks, step_marks = ", ".join("?" * len(digests)), ", ".join("?" * len(steps))
+        sql = (
+            "SELECT a.run_id, MAX(a.seq) AS newest FROM products p "  # noqa: S608 (marks only)
+            "JOIN attestations a ON a.seq = p.seq "
+            f"WHERE p.digest IN ({digest_marks}) AND a.kind = 'link' "
+            f"AND a.run_id <> '' AND a.step IN ({step_marks}) "
+            "GROUP BY a.run_id HAVING COUNT(DISTINCT p.digest) = ? "
+            "ORDER BY newest DESC LIMIT ?")
+        with self.source.transaction(write=False) as cursor:
+            cursor.execute(self._sql(sql), [*digests, *steps, len(set(digests)), limit])
+            return [str(row[0]) for row in cursor.fetchall()]
+
+    def run_links(self, run_id: str) -> list[StoredRecord]:
+        """A run's links, oldest first, with their files (MAX_RUN_LINKS at most)."""
+        with self.source.transaction(write=False) as cursor:
+            cursor.execute(self._sql(f"SELECT {_COLUMNS}, content FROM attestations WHERE "  # noqa: S608
+                                     "run_id = ? AND kind = 'link' ORDER BY seq LIMIT ?"),
+                           (run_id, MAX_RUN_LINKS))
+            return [_record(row, content=True) for row in cursor.fetchall()]
+
+    def has_product(self, digest: str) -> bool:
+        """Whether a stored link of a run has a product with this digest key."""
+        with self.source.transaction(write=False) as cursor:
+            cursor.execute(self._sql("SELECT 1 FROM products p JOIN attestations a ON "
+                                     "a.seq = p.seq WHERE p.digest = ? AND a.run_id <> '' "
+                                     "LIMIT 1"), (digest,))
+            return cursor.fetchone() is not None
+
+    def ping(self) -> None:
+        with self.source.transaction(write=False) as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+
+
+def _record(row: Sequence[Any], *, content: bool) -> StoredRecord:
+    return StoredRecord(
+        seq=int(row[0]), id=str(row[1]), kind=str(row[2]), run_id=str(row[3]),
+        step=str(row[4]), keyid=str(row[5]), file_name=str(row[6]), origin=str(row[7]),
+        caller=str(row[8]), stored_at=from_micros(int(row[9])),
+        content=bytes(row[10]) if content else None)
+

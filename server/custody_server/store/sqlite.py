@@ -1,0 +1,70 @@
+"""The embedded default's database: SQLite (the standard library's), in WAL mode.
+
+One connection per process, one transaction at a time under a lock (SQLite has one
+writer anyway; a read is a few index lookups). Several processes may share the file
+(workers on one host): a writer waits for another's lock up to `busy_timeout`.
+`synchronous = FULL`: a transaction is on disk when its commit returns, as the audit
+trail's entries are (docs/STORE.md#durability measures the cost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from custody_server.errors import StoreUnavailableError
+from custody_server.store.sql import Cursor
+
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+class SqliteSource:
+    dialect = "sqlite"
+    placeholder = "?"
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.description = f"sqlite:{path}"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS,
+                                               isolation_level=None, check_same_thread=False)
+            self._connection.execute("PRAGMA journal_mode = WAL")
+            self._connection.execute(f"PRAGMA synchronous = {synchronous}")
+            self._connection.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as error:
+            raise StoreUnavailableError(f"cannot open the attestation store {path}: "
+                                        f"{error}") from None
+        with contextlib.suppress(OSError):
+            path.chmod(0o600)
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Cursor]:
+        with self._lock:
+            connection = self._connection
+            try:
+                connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                cursor = connection.cursor()
+                try:
+                    yield cursor
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                if connection.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
+                raise StoreUnavailableError(
+                    f"attestation store unavailable: {str(error)[:200]}") from error
+
+    def migrate_lock(self, cursor: Cursor) -> None:
+        pass  # BEGIN IMMEDIATE holds the database's write lock already
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()

@@ -1,0 +1,146 @@
+"""The attestation store end to end, through the real CLI and server (SQLite, the embedded
+default): a three-step pipeline recorded by three `custody run` calls in three working
+directories, no link file carried anywhere, is verified at the gate from the artifact
+alone: `custody verify --artifact demo-project.tar.gz -l root.layout`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .interop_support import Cli, agent_env, demo_layout, write_template
+
+pytestmark = pytest.mark.slow
+TARBALL = "demo-project.tar.gz"
+PACKAGE_COMMAND = ["tar", "--exclude", ".git", "-zcvf", TARBALL, "demo-project"]
+
+
+@pytest.fixture(scope="module")
+def cli(custody_server_address: str, client_tls: Any,
+        tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    return Cli(agent_env(server=custody_server_address, state_dir=client_tls.state_dir,
+                         home=tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(scope="module")
+def layout(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The demo layout (with its untar inspection), signed by the owner key."""
+    work = tmp_path_factory.mktemp("layout")
+    (work / "layout.json").write_text(json.dumps(demo_layout(functionary="alias:build")))
+    cli("sign-layout", "-l", "layout.json", "--key", "owner", "-o", "root.layout", cwd=work)
+    return (work / "root.layout").read_bytes()
+
+
+def record_pipeline(cli: Cli, work: Path, *, version: str, run: list[str],
+                    env: dict[str, str] | None = None) -> Path:
+    """clone, update-version and package, each in a working directory of its own (as
+    three CI jobs, which pass on the sources but never a link file). The tarball."""
+    agent = cli.with_env(**env) if env else cli
+    template = write_template(work)
+    clone, edit, package = (work / name for name in ("clone", "edit", "package"))
+    for directory in (clone, edit, package):
+        directory.mkdir()
+    agent("run", "-n", "clone", *run, "-p", "demo-project", "--",
+          "cp", "-r", str(template / "demo-project"), ".", cwd=clone)
+    shutil.copytree(clone / "demo-project", edit / "demo-project")
+    agent("run", "-n", "update-version", *run, "-m", "demo-project", "-p", "demo-project",
+          "--", sys.executable, "-c",
+          f"open('demo-project/foo.py', 'w').write(\"VERSION = '{version}'\\n\")", cwd=edit)
+    shutil.copytree(edit / "demo-project", package / "demo-project")
+    agent("run", "-n", "package", *run, "-m", "demo-project", "-p", TARBALL, "--",
+          *PACKAGE_COMMAND, cwd=package)
+    for directory in (clone, edit, package):  # each job wrote only its own link
+        assert len(list(directory.glob("*.link"))) == 1
+    return package / TARBALL
+
+
+def gate(where: Path, layout: bytes, artifact: Path, *, tamper: bool = False) -> Path:
+    """The release gate: the layout and the artifact, nothing else."""
+    where.mkdir()
+    (where / "root.layout").write_bytes(layout)
+    shutil.copy(artifact, where / TARBALL)
+    if tamper:
+        with (where / TARBALL).open("ab") as tarball:
+            tarball.write(b"\0")
+    return where
+
+
+def verify_artifact(cli: Cli, where: Path, *extra: str) -> Any:
+    return cli("verify", "-l", "root.layout", "--layout-key-alias", "owner", "--artifact",
+               TARBALL, *extra, cwd=where, check=False)
+
+
+def test_a_pipeline_of_three_jobs_verifies_from_the_artifact_alone(
+        cli: Cli, layout: bytes, tmp_path: Path) -> None:
+    first = record_pipeline(cli, tmp_path / "one", version="foo-v1",
+                            run=["--run-id", "pipeline-one"])
+    # The second pipeline's run id comes from the CI's environment (GitHub Actions).
+    second = record_pipeline(cli, tmp_path / "two", version="foo-v2", run=[],
+                             env={"GITHUB_RUN_ID": "9001"})
+    for artifact, run in ((first, "pipeline-one"), (second, "github:9001")):
+        where = gate(tmp_path / f"gate-{run.replace(':', '-')}", layout, artifact)
+        result = verify_artifact(cli, where)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith(
+            "PASS: root.layout verified (3 steps, 1 inspection run here, 1 artifact checked)")
+        assert f"links: run {run}, from the attestation store" in result.stdout
+    unpacked = tmp_path / "gate-pipeline-one" / "demo-project" / "foo.py"
+    assert unpacked.read_text() == "VERSION = 'foo-v1'\n"
+    where = gate(tmp_path / "gate-json", layout, second)
+    as_json = json.loads(verify_artifact(cli, where, "--json").stdout)
+    assert as_json["passed"] is True and as_json["run_id"] == "github:9001"
+
+
+def test_a_changed_artifact_has_no_run(cli: Cli, layout: bytes, tmp_path: Path) -> None:
+    artifact = record_pipeline(cli, tmp_path / "one", version="foo-v3",
+                               run=["--run-id", "pipeline-three"])
+    where = gate(tmp_path / "gate", layout, artifact, tamper=True)
+    result = verify_artifact(cli, where)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.startswith("FAIL: root.layout did not verify (failed at artifact)")
+    assert (f"no run in the attestation store has {TARBALL} as a product of the final step "
+            "'package'") in result.stdout
+    assert not (where / "demo-project").exists()  # no inspection ran
+
+
+def test_a_run_missing_a_step_fails_naming_it(cli: Cli, layout: bytes,
+                                              tmp_path: Path) -> None:
+    """The package job of a run whose update-version job never recorded its link: the
+    run is found by the artifact, and the verdict says which link is missing."""
+    work = tmp_path / "partial"
+    template = write_template(work)
+    package = work / "package"
+    package.mkdir()
+    shutil.copytree(template / "demo-project", package / "demo-project")
+    (package / "demo-project" / "foo.py").write_text("VERSION = 'unrecorded'\n")
+    cli("run", "-n", "package", "--run-id", "partial", "-m", "demo-project", "-p", TARBALL,
+        "--", *PACKAGE_COMMAND, cwd=package)
+    where = gate(tmp_path / "gate", layout, package / TARBALL)
+    result = verify_artifact(cli, where)
+    assert result.returncode == 1
+    assert "links: run partial, from the attestation store" in result.stdout
+    assert "step 'clone' needs 1 link(s)" in result.stdout, result.stdout
+    assert "step 'update-version' needs 1 link(s)" in result.stdout
+
+
+def test_links_list_and_get(cli: Cli, tmp_path: Path) -> None:
+    artifact = record_pipeline(cli, tmp_path / "one", version="foo-v4",
+                               run=["--run-id", "pipeline-listed"])
+    listed = cli("links", "list", "--run-id", "pipeline-listed", "--json", cwd=tmp_path)
+    links = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [link["step"] for link in links] == ["package", "update-version", "clone"]
+    assert {link["origin"] for link in links} == {"signed"}
+    by_artifact = cli("links", "list", "--artifact", str(artifact), "--json", cwd=tmp_path)
+    (package,) = [json.loads(line) for line in by_artifact.stdout.splitlines()]
+    assert package["run_id"] == "pipeline-listed" and package["step"] == "package"
+    # The stored file is the file the job wrote, byte for byte.
+    written = next((tmp_path / "one" / "package").glob("package.*.link"))
+    cli("links", "get", package["id"][:12], "-d", str(tmp_path), cwd=tmp_path)
+    assert (tmp_path / written.name).read_bytes() == written.read_bytes()
+    missing = cli("links", "get", "0" * 64, cwd=tmp_path, check=False)
+    assert missing.returncode == 4 and "NOT_FOUND" in missing.stderr
