@@ -20,7 +20,7 @@ from custody_core.canonical import encode_canonical, encode_canonical_as_written
 from custody_core.errors import MetadataError, SignatureError
 from custody_core.keys import PublicKey
 from custody_core.signer import Signer
-from custody_core.strict_json import DEFAULT_MAX_DEPTH, ParsedJson, parse_json
+from custody_core.strict_json import DEFAULT_MAX_DEPTH, ArtifactMaps, ParsedJson, parse_json
 
 __all__ = [
     "COMPACT_ABOVE_BYTES",
@@ -75,7 +75,7 @@ class Envelope:
     """A parsed envelope. `payload` is compared and hashed through `signed_bytes`."""
 
     kind: EnvelopeKind
-    signed_bytes: bytes
+    signed_bytes: bytes | memoryview  # a view of the input: parse_envelope(for_verification)
     payload: Mapping[str, Any] = field(compare=False, hash=False)
     payload_type: str | None
     signatures: tuple[Signature, ...]
@@ -103,23 +103,41 @@ class Envelope:
         return frozenset(verified)
 
 
-def parse_envelope(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Envelope:
-    """Parse a Metablock or a DSSE envelope; MetadataError on anything malformed."""
-    parsed = parse_json(data, what="envelope", max_depth=max_depth)
+# A link's artifact maps, read compact (custody_core.artifacts) when asked for.
+_METABLOCK_MAPS = ArtifactMaps(root="signed", names=frozenset({"materials", "products"}),
+                               canonical_text=True)
+_PAYLOAD_MAPS = ArtifactMaps(root=None, names=frozenset({"materials", "products"}))
+
+
+def parse_envelope(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
+                   for_verification: bool = False,
+                   digest_pool: dict[str, str] | None = None) -> Envelope:
+    """Parse a Metablock or a DSSE envelope; MetadataError on anything malformed.
+
+    `for_verification`, for links that are only read and verified, in less memory (a
+    link of 100,000 artifacts: docs/PERFORMANCE.md): a payload's `materials` and
+    `products` may be custody_core.artifacts.FrozenArtifacts (read-only Mappings)
+    instead of dicts, and a Metablock's `signed_bytes` a memoryview of `data` when they
+    are the bytes written there. The same values otherwise. Links parsed with one
+    `digest_pool` share their equal digests (strict_json.parse_json)."""
+    parsed = parse_json(data, what="envelope", max_depth=max_depth,
+                        artifact_maps=_METABLOCK_MAPS if for_verification else None,
+                        digest_pool=digest_pool)
     document = parsed.value
     if not isinstance(document, dict):
         raise MetadataError("envelope: must be a JSON object")
     if "payload" in document and "signed" in document:
         raise MetadataError("envelope: has both 'payload' (DSSE) and 'signed' (Metablock)")
     if "payload" in document:
-        return _parse_dsse(document, max_depth=max_depth)
+        return _parse_dsse(document, max_depth=max_depth,
+                           maps=_PAYLOAD_MAPS if for_verification else None, pool=digest_pool)
     if "signed" in document:
         signed = document["signed"]
         if not isinstance(signed, dict):
             raise MetadataError("envelope: 'signed' must be a JSON object")
         return Envelope(
             kind="metablock",
-            signed_bytes=_canonical_signed(parsed, signed),
+            signed_bytes=_canonical_signed(parsed, signed, view=for_verification),
             payload=signed,
             payload_type=None,
             signatures=_parse_signatures(document, decode=_decode_hex, encoding="hex"),
@@ -127,11 +145,17 @@ def parse_envelope(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Envelo
     raise MetadataError("envelope: neither a Metablock ('signed') nor DSSE ('payload')")
 
 
-def _canonical_signed(parsed: ParsedJson, signed: dict[str, Any]) -> bytes:
-    """The canonical JSON of a Metablock's `signed`: the bytes its signatures cover."""
+def _canonical_signed(parsed: ParsedJson, signed: dict[str, Any], *,
+                      view: bool = False) -> bytes | memoryview:
+    """The canonical JSON of a Metablock's `signed`: the bytes its signatures cover.
+    With `view`, a memoryview of the parsed bytes when they are canonical as written
+    (no copy of a 20 MB link)."""
     member = parsed.members.get("signed")
     if member is None or member.has_floats:
         return encode_canonical(signed)  # checks everything; refuses the floats
+    if (view and parsed.keys_sorted and parsed.compact and parsed.text.isascii()
+            and parsed.raw.find(b"\\", member.start, member.end) < 0):
+        return memoryview(parsed.raw)[member.start : member.end]
     return encode_canonical_as_written(
         parsed.member_bytes("signed"),
         signed,
@@ -140,7 +164,8 @@ def _canonical_signed(parsed: ParsedJson, signed: dict[str, Any]) -> bytes:
     )
 
 
-def _parse_dsse(document: dict[str, Any], *, max_depth: int) -> Envelope:
+def _parse_dsse(document: dict[str, Any], *, max_depth: int, maps: ArtifactMaps | None,
+                pool: dict[str, str] | None) -> Envelope:
     payload_b64 = document["payload"]
     payload_type = document.get("payloadType")
     if not isinstance(payload_b64, str):
@@ -148,7 +173,8 @@ def _parse_dsse(document: dict[str, Any], *, max_depth: int) -> Envelope:
     if not isinstance(payload_type, str):
         raise MetadataError("envelope: DSSE 'payloadType' must be a string")
     payload = _decode_base64(payload_b64, where="DSSE 'payload'")
-    statement = parse_json(payload, what="DSSE payload", max_depth=max_depth).value
+    statement = parse_json(payload, what="DSSE payload", max_depth=max_depth,
+                           artifact_maps=maps, digest_pool=pool).value
     if not isinstance(statement, dict):
         raise MetadataError("envelope: DSSE payload must be a JSON object")
     return Envelope(

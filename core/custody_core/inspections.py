@@ -23,7 +23,7 @@ from custody_core.verdict import Failure, Stage, failure
 def parse_inspection_link(data: bytes) -> Link:
     """A recorded link: in a Metablock or DSSE envelope (signed or not), or a bare link dict."""
     try:
-        return link_from_envelope(parse_envelope(data))
+        return link_from_envelope(parse_envelope(data, for_verification=True))
     except MetadataError as envelope_error:
         try:
             bare = parse_json(data, what="inspection link").value

@@ -162,7 +162,7 @@ class PublicKey:
         """Whether in-toto 3.1 loads a layout that lists this key (see REFERENCE_SCHEMES)."""
         return self.scheme in REFERENCE_SCHEMES
 
-    def verify(self, signature: bytes, data: bytes) -> bool:
+    def verify(self, signature: bytes, data: bytes | memoryview) -> bool:
         """Whether `signature` is valid over `data`. Never raises on a bad signature."""
         key = self._crypto_key
         scheme = _SCHEME_TABLE[self.scheme]
@@ -180,7 +180,7 @@ class PublicKey:
                     if scheme.rsa_padding == "pss"
                     else padding.PKCS1v15()
                 )
-                key.verify(signature, data, pad, digest)
+                key.verify(signature, data, pad, digest)  # type: ignore[arg-type]  # any buffer
             else:  # ML-DSA, over securesystemslib's payload
                 key.verify(signature, _MLDSA_CONTEXT + hashlib.sha512(data).digest())
         except (InvalidSignature, ValueError, TypeError):

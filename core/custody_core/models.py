@@ -11,10 +11,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from itertools import chain, repeat
+from itertools import chain
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any
 
+from custody_core.artifacts import FrozenArtifacts
 from custody_core.errors import KeyFormatError, MetadataError, UnusableKeyError
 from custody_core.keys import PublicKey
 from custody_core.rule_syntax import ArtifactRule, parse_rules
@@ -241,31 +242,13 @@ class Layout:
         )
 
 
-class FrozenArtifacts(dict[str, HashDict]):
-    """A link's artifacts (path -> hash dict), read-only.
-
-    A dict rather than a MappingProxyType over one: the rule engine looks paths up by
-    the 100,000, and a proxy's get() is a Python-level method call each time.
-    """
-
-    __slots__ = ()
-
-    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
-        raise TypeError("link artifacts are read-only")
-
-    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
-    __ior__ = _read_only
-
-    def __reduce__(self) -> tuple[type[FrozenArtifacts], tuple[dict[str, HashDict]]]:
-        return (type(self), (dict(self),))  # copy and pickle without __setitem__
-
-
 def _artifacts(value: object, where: str) -> Artifacts:
     if not isinstance(value, Mapping):
         raise MetadataError(f"{where} must be a JSON object of path -> hash dict")
-    artifacts = FrozenArtifacts(value)
+    # as the reader made it (strict_json's artifact maps), else a compact copy
+    artifacts = value if isinstance(value, FrozenArtifacts) else FrozenArtifacts(value)
     if not _artifacts_look_valid(artifacts):
-        for path, hashes in artifacts.items():  # slow path: find and name the culprit
+        for path, hashes in value.items():  # slow path: find and name the culprit
             if (
                 not isinstance(path, str)
                 or not isinstance(hashes, Mapping)
@@ -278,38 +261,21 @@ def _artifacts(value: object, where: str) -> Artifacts:
     return artifacts
 
 
-def _artifacts_look_valid(artifacts: dict[Any, Any]) -> bool:
+def _artifacts_look_valid(artifacts: FrozenArtifacts) -> bool:
     """All paths and algorithm names strings, all digests non-empty hex; at C speed.
 
     A link lists up to 100,000s of artifacts: join and strip instead of a Python loop.
     """
     try:
-        "".join(artifacts)  # TypeError unless every path is a str
-        hash_dicts = list(artifacts.values())
-        digests = _single_algorithm_digests(hash_dicts)
-        if digests is None:
-            "".join(chain.from_iterable(map(dict.keys, hash_dicts)))  # dict.keys: TypeError if
-            digests = list(chain.from_iterable(map(dict.values, hash_dicts)))  # not a dict
+        "".join(artifacts.keys())  # TypeError unless every path is a str
+        digests = list(artifacts.digests())
+        if artifacts.algorithm is None:  # hash dicts
+            "".join(chain.from_iterable(map(dict.keys, digests)))  # dict.keys: TypeError if
+            digests = list(chain.from_iterable(map(dict.values, digests)))  # not a dict
         non_hex = "".join(digests).encode("ascii").translate(None, _HEX_BYTES)
     except (TypeError, UnicodeEncodeError):
         return False
     return not non_hex and all(digests)
-
-
-def _single_algorithm_digests(hash_dicts: list[Any]) -> list[Any] | None:
-    """The digests if every hash dict is a dict of one and the same algorithm (the usual
-    link): one look-up per dict instead of iterating each one twice. Else None."""
-    if not hash_dicts or type(hash_dicts[0]) is not dict or len(hash_dicts[0]) != 1:
-        return None
-    algorithm = next(iter(hash_dicts[0]))
-    if type(algorithm) is not str:
-        return None
-    try:  # dict.__getitem__ also checks the type: TypeError for anything but a dict
-        digests = list(map(dict.__getitem__, hash_dicts, repeat(algorithm)))
-    except (KeyError, TypeError):
-        return None
-    # Each has this key; with one key each, it is the only one.
-    return digests if sum(map(len, hash_dicts)) == len(hash_dicts) else None
 
 
 @dataclass(frozen=True)

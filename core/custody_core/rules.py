@@ -23,6 +23,7 @@ from itertools import compress, filterfalse, islice, repeat
 from operator import eq
 from typing import Protocol
 
+from custody_core.artifacts import comparable_table
 from custody_core.rule_syntax import ArtifactRule, ArtifactType, RuleKind, parse_rules
 
 __all__ = [
@@ -189,16 +190,21 @@ def _same_hashes(
     """The source paths whose hash dict equals the one at the paired dest path.
 
     Usually all are equal: two lists compared at once is twice as fast as pairing them
-    one by one; only a mismatch pays for the pairwise pass.
+    one by one; only a mismatch pays for the pairwise pass. Links of one algorithm
+    compare their digests (custody_core.artifacts).
     """
-    source_hashes = _values_at(source_paths, source)
-    dest_hashes = _values_at(dest_paths, dest)
+    source_table, source_kind = comparable_table(source)
+    dest_table, dest_kind = comparable_table(dest)
+    if source_kind != dest_kind:  # one algorithm against another, or hash dicts
+        source_table, dest_table = source, dest
+    source_hashes = _values_at(source_paths, source_table)
+    dest_hashes = _values_at(dest_paths, dest_table)
     if source_hashes == dest_hashes:
         return source_paths
     return list(compress(source_paths, map(eq, source_hashes, dest_hashes)))
 
 
-def _values_at(paths: list[str], artifacts: Artifacts) -> list[HashDict | None]:
+def _values_at(paths: list[str], artifacts: Mapping[str, object]) -> list[object]:
     """The hash dict of each path (None if absent).
 
     Links list their artifacts sorted, so `paths` are often a run of the link's own
@@ -283,7 +289,7 @@ def _consumed_by_type(
     if kind is RuleKind.DELETE:  # in materials, not in products
         return frozenset() if from_products else _absent_from(queue.as_set(matched), products)
     # MODIFY: in both, with different hash dicts
-    other = materials if from_products else products
+    other = comparable_table(materials if from_products else products)[0]
     both = list(filter(other.__contains__, matched))
     return frozenset(both).difference(_same_hashes(both, materials, both, products))
 
@@ -294,12 +300,13 @@ def _absent_from(paths: frozenset[str], artifacts: Artifacts) -> frozenset[str]:
     Few paths: a look-up each. Many: walk `artifacts` in its order with set look-ups,
     twice as fast as a dict look-up per path (each a cache miss in 100,000 keys).
     """
-    if len(paths) * 4 < len(artifacts):
-        absent = frozenset(filterfalse(artifacts.__contains__, paths))
+    table = comparable_table(artifacts)[0]  # a dict's own look-ups, not a Mapping's
+    if len(paths) * 4 < len(table):
+        absent = frozenset(filterfalse(table.__contains__, paths))
         return paths if len(absent) == len(paths) else absent
-    if paths.isdisjoint(artifacts.keys()):  # the usual CREATE or DELETE: takes them all
+    if paths.isdisjoint(table.keys()):  # the usual CREATE or DELETE: takes them all
         return paths
-    return paths.difference(artifacts.keys())
+    return paths.difference(table.keys())
 
 
 def apply_rules(

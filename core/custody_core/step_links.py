@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from custody_core.artifacts import FrozenArtifacts
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, Envelope, parse_envelope
 from custody_core.errors import MetadataError
 from custody_core.key_policy import KeyPolicy
@@ -50,13 +51,15 @@ def link_from_envelope(envelope: Envelope) -> Link:
     return Link.from_payload(link_payload_from_envelope(envelope))  # names what is wrong
 
 
-def parse_link_file(file_name: str, keyid: str, data: bytes) -> LoadedLink:
+def parse_link_file(file_name: str, keyid: str, data: bytes, *,
+                    digest_pool: dict[str, str] | None = None) -> LoadedLink:
     """Parse one link file (Metablock or DSSE; a link, a Statement or a sublayout).
 
     MetadataError names the file. The signature is checked later, over these same bytes.
+    Links parsed with one `digest_pool` share equal digests (less memory).
     """
     try:
-        envelope = parse_envelope(data)
+        envelope = parse_envelope(data, for_verification=True, digest_pool=digest_pool)
         if envelope.kind == "dsse" and envelope.payload_type != PAYLOAD_TYPE_INTOTO:
             raise MetadataError(f"DSSE payloadType must be {PAYLOAD_TYPE_INTOTO}")
         if envelope.payload.get("_type") == "layout":
@@ -66,6 +69,15 @@ def parse_link_file(file_name: str, keyid: str, data: bytes) -> LoadedLink:
     except MetadataError as exc:
         raise MetadataError(f"{file_name}: {exc}") from None
     return LoadedLink(file_name, keyid, envelope, link=link)
+
+
+def digest_pool_of(link: Link | None) -> dict[str, str]:
+    """A pool of the digests of `link`'s products, to share with the next link read."""
+    products = None if link is None else link.products
+    if not isinstance(products, FrozenArtifacts) or products.algorithm is None:
+        return {}
+    digests = list(products.digests())
+    return dict(zip(digests, digests, strict=True))
 
 
 def load_step_links(
@@ -78,6 +90,7 @@ def load_step_links(
     """
     loaded: dict[str, list[LoadedLink]] = {}
     failures: list[Failure] = []
+    pool: dict[str, str] = {}  # equal digests, one string (strict_json.parse_json)
     for step in layout.steps:
         step_links: list[LoadedLink] = []
         for keyid in dict.fromkeys(step.pubkeys):
@@ -86,7 +99,9 @@ def load_step_links(
             if data is None:
                 continue
             try:
-                step_links.append(parse_link_file(file_name, keyid, data))
+                step_links.append(parse_link_file(file_name, keyid, data, digest_pool=pool))
+                # A step's products are usually the next one's materials: only they stay.
+                pool = digest_pool_of(step_links[-1].link)
             except MetadataError as exc:
                 failures.append(failure(Stage.LINKS, f"malformed link: {exc}", step=step.name))
         loaded[step.name] = step_links

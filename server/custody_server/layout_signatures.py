@@ -99,7 +99,7 @@ def check_custody_signatures(layout: SignedLayout, *, keys: KeyidLookup, what: s
 
 def appended(layout: SignedLayout, signer: Signer) -> bytes:
     """The layout with one more signature, by `signer`, over what the others cover."""
-    data = layout.envelope.signed_bytes
+    data = bytes(layout.envelope.signed_bytes)  # bytes already: parse_envelope default
     signature = signer.sign(data)
     if not signer.public_key.verify(signature, data):
         raise SignatureError(f"signer {signer.public_key.keyid} produced a signature that "
