@@ -175,6 +175,8 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     # Before the first signature: a link that cannot be stored is not returned.
     store = open_store(config.store, state_dir=config.state_dir, audit=audit, clock=clock)
     attestations = Attestations(store=store, keys=keys)
+    if metrics is not None:
+        metrics.watch_store(lambda: store.healthy)
     lifecycle = KeyLifecycle(keys=keys, audit=audit, clock=clock, settings=config.lifecycle)
     # pre-rotation: aliases made before it get their next version now (docs/KEYS.md)
     lifecycle.prepare_all(trigger="start")

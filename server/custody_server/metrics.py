@@ -64,6 +64,12 @@ VERDICT_STAGES: tuple[str, ...] = (
     *(str(stage) for stage in Stage  # command alignment only warns
       if stage not in (Stage.THRESHOLD, Stage.COMMAND_ALIGNMENT)),
     *(str(cause) for cause in Cause))
+# The SLIs that need the attestation store (counted at each recorded Verify, from its
+# audit entry): the layout's steps with and without a link, and the artifacts asked
+# about, by verdict, with and without links retained in the store.
+STEP_LINKS = ("present", "missing")
+ARTIFACT_LINKS = ("retained", "missing")
+VERDICT_RESULTS = ("passed", "failed")
 AUDIT_FAILURE_KINDS = ("write", "checkpoint", "anchor")
 RELOADED_FILES = {"policy-reload": "policy", "crl-reload": "crl"}
 UNKNOWN_ALIAS = "(unknown)"  # a failed signing request naming an alias never seen signing
@@ -105,6 +111,16 @@ class ServiceMetrics:
             "custody_verifications",
             "Verify verdicts (audited; plan calls are not counted) by result and first "
             "failure stage", ("result", "stage"), registry=registry)
+        self.verified_steps = Counter(
+            "custody_verified_steps",
+            "Steps of the layouts of recorded Verify calls, by whether the links verified "
+            "held one for the step (links per run against the layout's steps)", ("links",),
+            registry=registry)
+        self.verified_artifacts = Counter(
+            "custody_verified_artifacts",
+            "Artifacts of recorded Verify calls (custody verify --artifact), by verdict and "
+            "by whether the attestation store keeps a link that made them", ("result", "links"),
+            registry=registry)
         self.policy_reloads = Counter(
             "custody_policy_reloads", "Reloads (SIGHUP) of the access policy and the CRL, "
             "by file and outcome", ("file", "outcome"), registry=registry)
@@ -145,6 +161,11 @@ class ServiceMetrics:
         self.verifications.labels("error", "request")
         for stage in VERDICT_STAGES:
             self.verifications.labels("failed", stage)
+        for links in STEP_LINKS:
+            self.verified_steps.labels(links)
+        for result in VERDICT_RESULTS:
+            for links in ARTIFACT_LINKS:
+                self.verified_artifacts.labels(result, links)
         for file in RELOADED_FILES.values():
             for outcome in OUTCOMES:
                 self.policy_reloads.labels(file, outcome)
@@ -249,8 +270,29 @@ class ServiceMetrics:
                 result = "passed" if details["passed"] else "failed"
                 stage = str(details.get("failure_stage") or "")
             self.verifications.labels(result, stage).inc()
+            if result != "error":
+                self._observe_indicators(details, result=result)
         elif event.action in RELOADED_FILES:
             self.policy_reloads.labels(RELOADED_FILES[event.action], event.outcome).inc()
+
+    def _observe_indicators(self, details: Mapping[str, Any], *, result: str) -> None:
+        """The store's SLIs from a recorded verdict's entry
+        (VerificationService._indicators)."""
+        steps, linked = details.get("layout_steps"), details.get("steps_with_links")
+        if isinstance(steps, int) and isinstance(linked, int) and 0 <= linked <= steps:
+            self.verified_steps.labels("present").inc(linked)
+            self.verified_steps.labels("missing").inc(steps - linked)
+        artifacts, retained = details.get("artifacts"), details.get("artifacts_retained")
+        if isinstance(artifacts, int) and isinstance(retained, int) \
+                and 0 <= retained <= artifacts:
+            self.verified_artifacts.labels(result, "retained").inc(retained)
+            self.verified_artifacts.labels(result, "missing").inc(artifacts - retained)
+
+    def watch_store(self, available: Callable[[], bool]) -> None:
+        """The attestation store: whether links can be stored (and so signed)."""
+        self._scraped.set("custody_store_available",
+                          "1 while the attestation store can be written, else 0 (links "
+                          "are then withheld)", (), lambda: {(): 1.0 if available() else 0.0})
 
     def _alias_label(self, event: AuditEvent) -> str:
         """The alias, when it is a key's: a refused request may name any string, and a

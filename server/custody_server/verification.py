@@ -5,6 +5,7 @@ The service never runs a command: inspection links come from the caller.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from custody_core.envelope import parse_envelope
 from custody_core.errors import CustodyError, MetadataError
 from custody_core.final_product import GivenArtifact
 from custody_core.keys import PublicKey
+from custody_core.link import link_file_name
+from custody_core.models import Layout
 from custody_core.strict_json import JsonLimits, parse_json
 from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Stage, Verdict, warning
@@ -25,6 +28,7 @@ from custody_server.lifecycle.keyring import KeyRing, KeyVersion
 from custody_server.lifecycle.rotation import KeyState, format_time
 from custody_server.lifecycle.rotation_diagnosis import explain_rotations
 from custody_server.lifecycle.service_key_policy import ServiceKeyPolicy
+from custody_server.store.records import chosen_digest
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,29 @@ class VerificationService:
                 self._record(AuditEvent.failure(action="verify", category="process",
                                                 error=error, details=details))
             raise
+        if not request.plan:
+            details.update(self._indicators(request, links))
         return self._recorded(verdict, request, details), run_id
+
+    def _indicators(self, request: VerifyInput, links: Mapping[str, bytes]) -> dict[str, Any]:
+        """What the SLIs count (custody_server.metrics): the layout's steps and how many
+        of them had a link, and of the artifacts, how many the store keeps links of."""
+        indicators: dict[str, Any] = {}
+        try:
+            layout = Layout.from_payload(parse_envelope(request.layout).payload)
+        except MetadataError:  # verified already: only a layout the core refused
+            return indicators
+        indicators["layout_steps"] = len(layout.steps)
+        indicators["steps_with_links"] = sum(
+            any(link_file_name(step.name, keyid) in links for keyid in step.pubkeys)
+            for step in layout.steps)
+        if request.artifacts and self._attestations is not None:
+            store = self._attestations.store
+            # the store down: not counted, the verdict stands
+            with contextlib.suppress(CustodyError):
+                indicators["artifacts_retained"] = sum(
+                    store.has_product(chosen_digest(a.digest)) for a in request.artifacts)
+        return indicators
 
     def _stored(self, request: VerifyInput) -> StoredLinks:
         if request.links:
