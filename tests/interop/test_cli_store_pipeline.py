@@ -144,3 +144,59 @@ def test_links_list_and_get(cli: Cli, tmp_path: Path) -> None:
     assert (tmp_path / written.name).read_bytes() == written.read_bytes()
     missing = cli("links", "get", "0" * 64, cwd=tmp_path, check=False)
     assert missing.returncode == 4 and "NOT_FOUND" in missing.stderr
+
+
+def test_links_signed_by_in_toto_run_are_added_and_verified_from_the_artifact(
+        cli: Cli, tmp_path: Path) -> None:
+    """Links another tool signed (in-toto-run with a software key the server does not
+    hold) go into the store with `custody links add`, checked against the key given; the
+    gate then finds their run by the artifact as for links the service signed."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from in_toto.models._signer import load_crypto_signer_from_pkcs8_file
+
+    from .interop_support import reference
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    key, pub = tmp_path / "alice.pem", tmp_path / "alice.pub"
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    pub.write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    alice = load_crypto_signer_from_pkcs8_file(str(key)).public_key
+    layout = {**demo_layout(functionary=alice.keyid,
+                            functionary_key={**alice.to_dict(), "keyid": alice.keyid}),
+              "inspect": []}
+    (tmp_path / "layout.json").write_text(json.dumps(layout))
+    cli("sign-layout", "-l", "layout.json", "--key", "owner", "-o", "root.layout",
+        cwd=tmp_path)
+    work = tmp_path / "work"
+    template = write_template(work)
+    functionary = work / "functionary"
+    functionary.mkdir()
+    signing = ["--signing-key", str(key)]
+    steps = [
+        ["-n", "clone", "-p", "demo-project", *signing, "--", "cp", "-r",
+         str(template / "demo-project"), "."],
+        ["-n", "update-version", "-m", "demo-project", "-p", "demo-project", *signing, "--",
+         "sh", "-c", "echo \"VERSION = 'elsewhere'\" > demo-project/foo.py"],
+        ["-n", "package", "-m", "demo-project", "-p", TARBALL, *signing, "--",
+         *PACKAGE_COMMAND]]
+    for step in steps:
+        made = reference("in-toto-run", *step, cwd=functionary)
+        assert made.returncode == 0, made.stderr
+    links = sorted(str(path) for path in functionary.glob("*.link"))
+    refused = cli("links", "add", *links, "--run-id", "elsewhere", cwd=tmp_path, check=False)
+    assert refused.returncode == 4 and "FAILED_PRECONDITION" in refused.stderr  # unknown key
+    added = cli("links", "add", *links, "--run-id", "elsewhere", "--keys", str(pub),
+                cwd=tmp_path)
+    assert added.stdout.count("stored as") == 3
+    listed = [json.loads(line) for line in cli("links", "list", "--run-id", "elsewhere",
+                                               "--json", cwd=tmp_path).stdout.splitlines()]
+    assert {(link["origin"], link["keyid"]) for link in listed} == {("added", alice.keyid)}
+    where = gate(tmp_path / "gate", (tmp_path / "root.layout").read_bytes(),
+                 functionary / TARBALL)
+    result = verify_artifact(cli, where)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "links: run elsewhere, from the attestation store" in result.stdout
