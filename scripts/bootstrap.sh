@@ -4,12 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v softhsm2-util >/dev/null 2>&1; then
-    echo "bootstrap: installing SoftHSM2 from Debian's packages" >&2
+# Debian's packages: SoftHSM2 for the service; with --test also what the tests start
+# (Prometheus with promtool for the rules and dashboard, PostgreSQL for the shared store).
+missing=()
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+if [ "${1:-}" = "--test" ]; then
+    { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bootstrap: installing ${missing[*]} from Debian's packages" >&2
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq softhsm2 >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 python="${PYTHON:-python3}"
