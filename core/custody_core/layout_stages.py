@@ -169,8 +169,11 @@ def apply_item_rules(
             result = apply_rules(
                 item_name=item.name, source_type=artifact_type, rules=rules, links=links
             )
+            source = links[item.name]
+            paths = source.products if artifact_type is ArtifactType.PRODUCTS else source.materials
             trace.extend(
-                TraceEntry(prefix + item.name, str(artifact_type), a.rule.text, a.consumed)
+                TraceEntry(prefix + item.name, str(artifact_type), a.rule.text,
+                           _in_order(a.consumed, paths))
                 for a in result.trace
             )
             violation = result.violation
@@ -186,6 +189,15 @@ def apply_item_rules(
                     )
                 )
     return failures, trace
+
+
+def _in_order(consumed: frozenset[str], artifacts: Mapping[str, object]) -> tuple[str, ...]:
+    """The consumed paths, sorted. A link lists its paths in order: taking those of its
+    own list is linear, where sorting 100,000 paths from a set is not (and a tuple holds
+    them in a quarter of a set's memory, for as long as the verdict lives)."""
+    if len(consumed) < 64:
+        return tuple(sorted(consumed))
+    return tuple(sorted(filter(consumed.__contains__, artifacts.keys())))
 
 
 def summary_link(layout: Layout, reduced: Mapping[str, Link], name: str) -> Link:

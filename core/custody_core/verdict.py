@@ -101,7 +101,7 @@ class TraceEntry:
     step: str
     artifact_type: str  # "materials" or "products"
     rule: str
-    consumed: frozenset[str]
+    consumed: tuple[str, ...]  # sorted
 
     def to_dict(self) -> dict[str, Any]:
         return {

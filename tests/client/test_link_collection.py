@@ -152,3 +152,32 @@ def test_unsafe_relative_paths(name: str) -> None:
 def test_safe_relative_paths() -> None:
     assert relative_link_path("build/compile.AB12CD34.link") == "build/compile.AB12CD34.link"
     assert relative_link_path("..a.link") == "..a.link"
+
+
+def test_a_sublayout_is_found_without_parsing_every_link(tmp_path: Path) -> None:
+    """Links are not parsed to find the sublayouts among them (20 MB each), unless they
+    may be one: a Metablock can only say `"_type": "layout"` in those bytes or with
+    escapes, DSSE only in its payload. A sublayout written with escapes is still found."""
+    from custody_client._cli.link_files import holds_layout, may_hold_layout
+
+    sub = _layout(_step("inner", ALICE))
+    plain = json.dumps({"signatures": [], "signed": sub}).encode()
+    escaped = plain.replace(b'"_type": "layout"', b'"_type": "l\\u0061yout"')
+    dsse = json.dumps({"payload": "e30=", "payloadType": "application/vnd.in-toto+json",
+                       "signatures": []}).encode()
+    link = json.dumps({"signatures": [], "signed": _link("build")}).encode()
+    assert escaped != plain and json.loads(escaped) == json.loads(plain)
+    assert [may_hold_layout(data) for data in (plain, escaped, dsse, link)] == [
+        True, True, True, False]
+    assert [holds_layout(data) for data in (plain, escaped, dsse, link)] == [
+        True, True, False, False]
+    # the "y" each word holds is looked for first; a link full of them is searched whole
+    yes = json.dumps({"signatures": [], "signed": {**sub, "readme": "y" * 2000}}).encode()
+    no = json.dumps({"signatures": [], "signed": _link("y" * 2000)}).encode()
+    assert (may_hold_layout(yes), may_hold_layout(no)) == (True, False)
+    assert may_hold_layout(b'"layout"') and not may_hold_layout(b'layout"')
+    (tmp_path / f"outer.{BOB[:8]}.link").write_bytes(escaped)
+    (tmp_path / f"outer.{BOB[:8]}").mkdir()
+    (tmp_path / f"outer.{BOB[:8]}" / f"inner.{ALICE[:8]}.link").write_bytes(link)
+    found = collect_links(tmp_path, Layout.from_payload(_layout(_step("outer", BOB))))
+    assert set(found) == {f"outer.{BOB[:8]}.link", f"outer.{BOB[:8]}/inner.{ALICE[:8]}.link"}

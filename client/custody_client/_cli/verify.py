@@ -15,13 +15,12 @@ from custody_client._cli.inspections import (
     parse_parameters,
     run_inspection,
 )
-from custody_client._cli.link_files import collect_links
+from custody_client._cli.link_files import collect_links, holds_layout
 from custody_client._cli.unlisted_links import unlisted_links
 from custody_client._cli.verdict_output import format_verdict, verdict_json
 from custody_client.errors import InputError, RecordingError
 from custody_client.hashing import sha256_file
 from custody_client.models import LayoutKey, VerifyFailure, VerifyResult
-from custody_core.envelope import parse_envelope
 from custody_core.errors import MetadataError
 
 log = logging.getLogger("custody.cli")
@@ -85,10 +84,7 @@ def _run_inspections(wanted: list[PendingInspection], links: dict[str, bytes],
 
 def _is_layout(data: bytes) -> bool:
     """Whether a link file holds a (sub)layout, whose inspections may want running."""
-    try:
-        return parse_envelope(data).payload.get("_type") == "layout"
-    except MetadataError:
-        return False
+    return holds_layout(data)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
