@@ -111,18 +111,18 @@ _PAYLOAD_MAPS = ArtifactMaps(root=None, names=frozenset({"materials", "products"
 
 def parse_envelope(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
                    for_verification: bool = False,
-                   digest_pool: dict[str, str] | None = None) -> Envelope:
+                   earlier_digests: Sequence[str] = ()) -> Envelope:
     """Parse a Metablock or a DSSE envelope; MetadataError on anything malformed.
 
     `for_verification`, for links that are only read and verified, in less memory (a
     link of 100,000 artifacts: docs/PERFORMANCE.md): a payload's `materials` and
     `products` may be custody_core.artifacts.FrozenArtifacts (read-only Mappings)
     instead of dicts, and a Metablock's `signed_bytes` a memoryview of `data` when they
-    are the bytes written there. The same values otherwise. Links parsed with one
-    `digest_pool` share their equal digests (strict_json.parse_json)."""
+    are the bytes written there. The same values otherwise. `earlier_digests`: the
+    previous step's products, whose equal digests are kept once (strict_json.parse_json)."""
     parsed = parse_json(data, what="envelope", max_depth=max_depth,
                         artifact_maps=_METABLOCK_MAPS if for_verification else None,
-                        digest_pool=digest_pool)
+                        earlier_digests=earlier_digests)
     document = parsed.value
     if not isinstance(document, dict):
         raise MetadataError("envelope: must be a JSON object")
@@ -130,7 +130,8 @@ def parse_envelope(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
         raise MetadataError("envelope: has both 'payload' (DSSE) and 'signed' (Metablock)")
     if "payload" in document:
         return _parse_dsse(document, max_depth=max_depth,
-                           maps=_PAYLOAD_MAPS if for_verification else None, pool=digest_pool)
+                           maps=_PAYLOAD_MAPS if for_verification else None,
+                           earlier=earlier_digests)
     if "signed" in document:
         signed = document["signed"]
         if not isinstance(signed, dict):
@@ -165,7 +166,7 @@ def _canonical_signed(parsed: ParsedJson, signed: dict[str, Any], *,
 
 
 def _parse_dsse(document: dict[str, Any], *, max_depth: int, maps: ArtifactMaps | None,
-                pool: dict[str, str] | None) -> Envelope:
+                earlier: Sequence[str]) -> Envelope:
     payload_b64 = document["payload"]
     payload_type = document.get("payloadType")
     if not isinstance(payload_b64, str):
@@ -174,7 +175,7 @@ def _parse_dsse(document: dict[str, Any], *, max_depth: int, maps: ArtifactMaps 
         raise MetadataError("envelope: DSSE 'payloadType' must be a string")
     payload = _decode_base64(payload_b64, where="DSSE 'payload'")
     statement = parse_json(payload, what="DSSE payload", max_depth=max_depth,
-                           artifact_maps=maps, digest_pool=pool).value
+                           artifact_maps=maps, earlier_digests=earlier).value
     if not isinstance(statement, dict):
         raise MetadataError("envelope: DSSE payload must be a JSON object")
     return Envelope(

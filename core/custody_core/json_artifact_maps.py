@@ -4,8 +4,8 @@ An artifact map is a link's `materials` or `products`, `{path: {algorithm: diges
 link of 100,000 artifacts would hold 100,000 dicts of one member each; read compact it
 holds custody_core.artifacts.FrozenArtifacts (path -> digest) instead. The C parser
 calls `digest_hook` for every object it makes: an object whose one member is the
-algorithm with a string becomes that string (one string for equal digests, through a
-pool shared by the links of one verification), and is noted. `settle_maps` then makes
+algorithm with a string becomes that string (one string for the equal digests of
+consecutive maps and links), and is noted. `settle_maps` then makes
 the maps FrozenArtifacts, but only if what the hook took is exactly their hash dicts (a
 hash dict anywhere else, or a map with any other value, and the document is read again
 without the hook). The reader's own checks see the same document: the members a compact
@@ -15,7 +15,7 @@ map holds out of their sight are counted, its keys' order checked.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import is_
@@ -56,21 +56,47 @@ def algorithm_hint(text: str) -> str:
     return "sha256"
 
 
+_LOOK_AHEAD = 16
+
+
 def digest_hook(algorithm: str, digests: list[str],
-                pool: dict[str, str]) -> Callable[[dict[str, Any]], Any]:
+                earlier: Sequence[str]) -> Callable[[dict[str, Any]], Any]:
     """object_hook for artifact maps: an object whose one member is `algorithm` with a
-    string becomes that string (the one in `pool` if an equal one is there), noted in
-    `digests`; any other object stays."""
+    string becomes that string, noted in `digests`; any other object stays.
+
+    A map's digest equal to the one at the same place in the map before it (a step's
+    products are mostly its materials), or for a document's first map in `earlier` (the
+    previous step's products, its materials), is that string: one string where a chain
+    of links would hold several equal ones. Places are followed by position, past new
+    paths and past up to _LOOK_AHEAD paths gone at a time, without hashing 100,000
+    digests."""
     note = digests.append
-    share = pool.setdefault
+    candidates: Sequence[str] = earlier
+    place, end = 0, len(earlier)
+    start = 0  # where the digests of the map being read begin in `digests`
 
     def hook(obj: dict[str, Any]) -> Any:
+        nonlocal candidates, place, end, start
         if len(obj) == 1:
             digest = obj.get(algorithm)
             if type(digest) is str:
-                digest = share(digest, digest)
+                if place < end:
+                    if candidates[place] == digest:
+                        digest = candidates[place]
+                        place += 1
+                    else:  # paths gone: look a few places on; a new path: stay
+                        try:
+                            found = candidates.index(digest, place + 1,
+                                                     min(place + _LOOK_AHEAD, end))
+                        except ValueError:
+                            pass
+                        else:
+                            digest = candidates[found]
+                            place = found + 1
                 note(digest)
                 return digest
+        if len(digests) > start:  # a map's hash dicts ended: the next map follows this one
+            candidates, place, end, start = digests, start, len(digests), len(digests)
         return obj
 
     return hook

@@ -6,7 +6,7 @@ findings; none raises for a verification failure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,14 +52,14 @@ def link_from_envelope(envelope: Envelope) -> Link:
 
 
 def parse_link_file(file_name: str, keyid: str, data: bytes, *,
-                    digest_pool: dict[str, str] | None = None) -> LoadedLink:
+                    earlier_digests: Sequence[str] = ()) -> LoadedLink:
     """Parse one link file (Metablock or DSSE; a link, a Statement or a sublayout).
 
     MetadataError names the file. The signature is checked later, over these same bytes.
-    Links parsed with one `digest_pool` share equal digests (less memory).
+    `earlier_digests`: the previous link's products, whose equal digests are kept once.
     """
     try:
-        envelope = parse_envelope(data, for_verification=True, digest_pool=digest_pool)
+        envelope = parse_envelope(data, for_verification=True, earlier_digests=earlier_digests)
         if envelope.kind == "dsse" and envelope.payload_type != PAYLOAD_TYPE_INTOTO:
             raise MetadataError(f"DSSE payloadType must be {PAYLOAD_TYPE_INTOTO}")
         if envelope.payload.get("_type") == "layout":
@@ -71,13 +71,13 @@ def parse_link_file(file_name: str, keyid: str, data: bytes, *,
     return LoadedLink(file_name, keyid, envelope, link=link)
 
 
-def digest_pool_of(link: Link | None) -> dict[str, str]:
-    """A pool of the digests of `link`'s products, to share with the next link read."""
+def products_digests(link: Link | None) -> list[str]:
+    """The digests of `link`'s products, in its order, when they are of one algorithm:
+    usually the next step's materials (parse_link_file's `earlier_digests`)."""
     products = None if link is None else link.products
     if not isinstance(products, FrozenArtifacts) or products.algorithm is None:
-        return {}
-    digests = list(products.digests())
-    return dict(zip(digests, digests, strict=True))
+        return []
+    return list(products.digests())
 
 
 def load_step_links(
@@ -90,7 +90,7 @@ def load_step_links(
     """
     loaded: dict[str, list[LoadedLink]] = {}
     failures: list[Failure] = []
-    pool: dict[str, str] = {}  # equal digests, one string (strict_json.parse_json)
+    earlier: list[str] = []  # the products of the link read last
     for step in layout.steps:
         step_links: list[LoadedLink] = []
         for keyid in dict.fromkeys(step.pubkeys):
@@ -99,9 +99,9 @@ def load_step_links(
             if data is None:
                 continue
             try:
-                step_links.append(parse_link_file(file_name, keyid, data, digest_pool=pool))
-                # A step's products are usually the next one's materials: only they stay.
-                pool = digest_pool_of(step_links[-1].link)
+                step_links.append(parse_link_file(file_name, keyid, data,
+                                                  earlier_digests=earlier))
+                earlier = products_digests(step_links[-1].link)
             except MetadataError as exc:
                 failures.append(failure(Stage.LINKS, f"malformed link: {exc}", step=step.name))
         loaded[step.name] = step_links

@@ -36,7 +36,7 @@ import json.scanner
 import math
 import re
 from _json import scanstring
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from operator import itemgetter
@@ -142,13 +142,13 @@ class JsonLimits:
 
 def parse_json(data: bytes, *, what: str, max_depth: int = DEFAULT_MAX_DEPTH,
                max_bytes: int | None = None, artifact_maps: ArtifactMaps | None = None,
-               digest_pool: dict[str, str] | None = None) -> ParsedJson:
+               earlier_digests: Sequence[str] = ()) -> ParsedJson:
     """Parse `data`; `what` names the document in error messages (the request field).
-    `artifact_maps`: read those compact, when they are artifact maps of one algorithm;
-    their equal digests are then one string, also across the documents read with the
-    same `digest_pool` (a link's products are the next step's materials)."""
+    `artifact_maps`: read those compact, when they are artifact maps of one algorithm,
+    keeping a digest once when it is also the one at the same place in the map before it
+    or, for the first map, in `earlier_digests` (the previous step's products)."""
     return _parse(data, what=what, limits=JsonLimits(max_bytes=max_bytes, max_depth=max_depth),
-                  maps=artifact_maps, pool=digest_pool)
+                  maps=artifact_maps, earlier=earlier_digests)
 
 
 def _setting_note(setting: str) -> str:
@@ -168,7 +168,7 @@ def _check_depth(skeleton: Skeleton, *, what: str, limits: JsonLimits) -> None:
 
 
 def _parse(data: bytes, *, what: str, limits: JsonLimits, maps: ArtifactMaps | None = None,
-           pool: dict[str, str] | None = None) -> ParsedJson:
+           earlier: Sequence[str] = ()) -> ParsedJson:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MetadataError(f"{what}: expected bytes, got {type(data).__name__}")
     _check_size(data, what=what, limits=limits)
@@ -184,7 +184,7 @@ def _parse(data: bytes, *, what: str, limits: JsonLimits, maps: ArtifactMaps | N
                              or _may_hold_lone_surrogates(raw)):
         maps = None  # compact maps could not be encoded, or checked for surrogates
     try:
-        parsed = _FastParse.of(text, maps, pool=pool)
+        parsed = _FastParse.of(text, maps, earlier=earlier)
     except _RefusedValue as exc:
         raise MetadataError(f"{what}: {exc}") from None
     except NotCompact:
@@ -325,7 +325,7 @@ class _FastParse:
 
     @classmethod
     def of(cls, text: str, maps: ArtifactMaps | None = None,
-           pool: dict[str, str] | None = None) -> _FastParse | None:
+           earlier: Sequence[str] = ()) -> _FastParse | None:
         """None if the text is not valid JSON or repeats a top-level key (the precise
         parser then says why). The top-level object is read here, a few members, so that
         the position of each value is known; everything inside is read in C. `maps`: the
@@ -340,7 +340,7 @@ class _FastParse:
         algorithm = ""
         if maps is not None:
             algorithm = algorithm_hint(text)
-            hook = digest_hook(algorithm, digests, {} if pool is None else pool)
+            hook = digest_hook(algorithm, digests, earlier)
             scan_maps = json.scanner.make_scanner(cast(Any, json.JSONDecoder(
                 object_hook=hook, parse_float=floats, parse_int=integers,
                 parse_constant=_refuse_constant)))

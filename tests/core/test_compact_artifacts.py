@@ -54,8 +54,8 @@ def assert_same_reading(data: bytes) -> Envelope | None:
     plain = _outcome(data)
     compact = _outcome(data, for_verification=True)
     assert compact == plain
-    pooled = _outcome(data, for_verification=True, digest_pool={SHA: SHA})
-    assert pooled == plain
+    shared = _outcome(data, for_verification=True, earlier_digests=[SHA, OTHER, SHA.upper()])
+    assert shared == plain
     return parse_envelope(data, for_verification=True) if plain[0] == "envelope" else None
 
 
@@ -148,15 +148,33 @@ def test_the_usual_link_is_read_compact_and_its_signed_bytes_are_not_copied() ->
         assert not any(isinstance(v, FrozenArtifacts) for v in payload.values()), name
 
 
-def test_equal_digests_share_one_string_across_links() -> None:
-    pool: dict[str, str] = {}
-    first = parse_envelope(CASES["usual"], for_verification=True, digest_pool=pool)
-    second = parse_envelope(CASES["dsse"], for_verification=True, digest_pool=pool)
-    ours, theirs = first.payload["products"], second.payload["materials"]
-    shared = [path for path in theirs if path in ours]
-    assert len(shared) == len(_MANY)
-    digest = dict(zip(ours.keys(), ours.digests(), strict=True))
+def test_equal_digests_share_one_string_across_maps_and_links() -> None:
+    first = parse_envelope(CASES["usual"], for_verification=True)
+    materials, products = first.payload["materials"], first.payload["products"]
+    # products: one path more ("app.tgz", first); every other digest is the materials'
+    assert next(iter(products)) == "app.tgz" and len(products) == len(materials) + 1
+    assert all(a is b for a, b in zip(list(products.digests())[1:], materials.digests(),
+                                      strict=True))
+    earlier = list(products.digests())
+    second = parse_envelope(CASES["dsse"], for_verification=True, earlier_digests=earlier)
+    theirs = second.payload["materials"]
+    digest = dict(zip(products.keys(), products.digests(), strict=True))
     assert all(d is digest[path] for path, d in zip(theirs.keys(), theirs.digests(), strict=True))
+    # paths more or fewer, or a digest that differs, are followed too
+    fewer = {path: hashes for i, (path, hashes) in enumerate(_MANY.items()) if i % 7 > 2}
+    changed = {**_MANY, "out/f0007.o": {"sha256": SHA}}
+    more = {}
+    for i, (path, hashes) in enumerate(_MANY.items()):
+        more[path] = hashes
+        if i % 5 == 0:
+            more[path + ".new"] = {"sha256": f"{i + 1000:064x}"}
+    for materials_now in (fewer, changed, more):
+        third = parse_envelope(_metablock(_link(materials_now)), for_verification=True,
+                               earlier_digests=earlier)
+        same = [path for path in materials_now if materials_now[path] == _MANY.get(path)]
+        taken = dict(zip(third.payload["materials"].keys(),
+                         third.payload["materials"].digests(), strict=True))
+        assert all(taken[path] is digest[path] for path in same)
 
 
 _path = st.text(min_size=1, max_size=6)
