@@ -171,3 +171,19 @@ def test_progress_shows_on_a_terminal_only_and_is_cleared() -> None:
     assert text.endswith("\r\x1b[K")
     assert ProgressLine(enabled=True, stream=io.StringIO()).callback("x") is None  # a pipe
     assert ProgressLine(enabled=False, stream=_Terminal()).callback("x") is None  # --quiet
+
+
+def test_the_servers_verdict_json_is_read_only_when_looked_at() -> None:
+    """A verdict printed without --trace or --json never reads the megabytes of a large
+    chain's rule trace; read, it goes through the strict reader."""
+    from custody_client.client import _VerdictJson
+
+    trace = [{"step": "a", "artifact_type": "products", "rule": "ALLOW *", "consumed": ["x"]}]
+    verdict = _VerdictJson(json.dumps({"passed": True, "trace": trace}))
+    assert verdict._value is None  # nothing read yet
+    result = VerifyResult(passed=True, failures=(), warnings=(), verdict=verdict)
+    assert format_verdict(result, layout_name="l", steps=1, inspections_run=[]).startswith(
+        "PASS") and verdict._value is None
+    assert result.trace == trace and verdict["passed"] is True and len(verdict) == 2
+    for refused in ('{"a": 1, "a": 2}', "[1]", "not json", ""):
+        assert dict(_VerdictJson(refused)) == {}
