@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -187,16 +188,17 @@ def test_links_signed_by_in_toto_run_are_added_and_verified_from_the_artifact(
         made = reference("in-toto-run", *step, cwd=functionary)
         assert made.returncode == 0, made.stderr
     links = sorted(str(path) for path in functionary.glob("*.link"))
-    refused = cli("links", "add", *links, "--run-id", "elsewhere", cwd=tmp_path, check=False)
+    run = f"elsewhere-{uuid.uuid4().hex[:8]}"  # the session's store holds other tests' runs
+    refused = cli("links", "add", *links, "--run-id", run, cwd=tmp_path, check=False)
     assert refused.returncode == 4 and "FAILED_PRECONDITION" in refused.stderr  # unknown key
-    added = cli("links", "add", *links, "--run-id", "elsewhere", "--keys", str(pub),
+    added = cli("links", "add", *links, "--run-id", run, "--keys", str(pub),
                 cwd=tmp_path)
     assert added.stdout.count("stored as") == 3
-    listed = [json.loads(line) for line in cli("links", "list", "--run-id", "elsewhere",
+    listed = [json.loads(line) for line in cli("links", "list", "--run-id", run,
                                                "--json", cwd=tmp_path).stdout.splitlines()]
     assert {(link["origin"], link["keyid"]) for link in listed} == {("added", alice.keyid)}
     where = gate(tmp_path / "gate", (tmp_path / "root.layout").read_bytes(),
                  functionary / TARBALL)
     result = verify_artifact(cli, where)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "links: run elsewhere, from the attestation store" in result.stdout
+    assert f"links: run {run}, from the attestation store" in result.stdout

@@ -27,6 +27,7 @@ from custody_core.step_links import link_from_envelope
 from custody_core.step_names import check_step_name
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import NotFoundError, RequestError, StoreUnavailableError
+from custody_server.store.group_commit import GroupCommit
 from custody_server.store.records import (
     LinkQuery,
     NewRecord,
@@ -56,6 +57,8 @@ class AttestationStore:
         self._listener: HealthListener | None = None
         self._lock = threading.Lock()
         self._failed = threading.Event()  # wakes the watch
+        # SQLite: concurrent calls' links share a transaction (store/group_commit.py)
+        self._group = (GroupCommit(self._insert) if sql.dialect == "sqlite" else None)
 
     @property
     def description(self) -> str:
@@ -117,9 +120,10 @@ class AttestationStore:
         cannot be, after a `store-link` failure entry for each (best effort)."""
         if not records:
             return
+        group = self._group
+        kept = [record for record, _ in records]
         try:
-            self._guarded(lambda: self.sql.insert([r for r, _ in records],
-                                                  stored_at=self._clock()))
+            self._guarded(lambda: self._insert(kept) if group is None else group.insert(kept))
         except StoreUnavailableError as error:
             for record, signed_sha256 in records:
                 with contextlib.suppress(Exception):  # the store failure is what counts
@@ -130,6 +134,9 @@ class AttestationStore:
                             "run_id": record.run_id, "caller": record.caller,
                             "signed_sha256": signed_sha256, "store": self.description}))
             raise StoreUnavailableError(WITHHELD) from error
+
+    def _insert(self, records: Sequence[NewRecord]) -> int:
+        return self.sql.insert(records, stored_at=self._clock())
 
     # AddLink
 

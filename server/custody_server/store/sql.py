@@ -27,6 +27,7 @@ from custody_server.store.records import (
 )
 
 MAX_RUN_LINKS = 10_000  # the links of one run that a verification takes
+MAX_DIGEST_MATCHES = 10_000  # the newest links with one product digest that are looked at
 _MIGRATION = re.compile(r"(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql")
 _COLUMNS = "seq, id, kind, run_id, step, keyid, file_name, origin, caller, stored_at"
 
@@ -191,7 +192,8 @@ class SqlStore:
             return [_record(row, content=True) for row in cursor.fetchall()]
 
     def query(self, query: LinkQuery) -> list[StoredRecord]:
-        """Newest first, `query.limit` at most."""
+        """Newest first, `query.limit` at most. With a digest, among the
+        MAX_DIGEST_MATCHES newest links with a product of that digest."""
         where: list[str] = ["a.kind = ?"]
         params: list[str | int] = [query.kind]
         if query.run_id:
@@ -209,37 +211,67 @@ class SqlStore:
         if query.before_seq is not None:
             where.append("a.seq < ?")
             params.append(query.before_seq)
-        if query.digest:
-            where.append("a.seq IN (SELECT p.seq FROM products p WHERE p.digest = ?)")
-            params.append(query.digest)
         columns = ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(","))
         if query.include_content:
             columns += ", a.content"
         # Constant column names and conditions; every value is a parameter.
-        sql = (f"SELECT {columns} FROM attestations a WHERE {' AND '.join(where)} "  # noqa: S608
-               "ORDER BY a.seq DESC LIMIT ?")
-        params.append(query.limit)
+        select = f"SELECT {columns} FROM attestations a WHERE {' AND '.join(where)}"  # noqa: S608
+        found: list[StoredRecord] = []
         with self.source.transaction(write=False) as cursor:
-            cursor.execute(self._sql(sql), params)
-            return [_record(row, content=query.include_content) for row in cursor.fetchall()]
+            if not query.digest:
+                cursor.execute(self._sql(select + " ORDER BY a.seq DESC LIMIT ?"),
+                               [*params, query.limit])
+                return [_record(row, content=query.include_content)
+                        for row in cursor.fetchall()]
+            matches = self._matching(cursor, [query.digest], before_seq=query.before_seq)
+            for chunk in _chunks(sorted({seq for seq, _ in matches}, reverse=True)):
+                marks = ", ".join("?" * len(chunk))
+                cursor.execute(self._sql(f"{select} AND a.seq IN ({marks}) "
+                                         "ORDER BY a.seq DESC LIMIT ?"),
+                               [*params, *chunk, query.limit - len(found)])
+                found += [_record(row, content=query.include_content)
+                          for row in cursor.fetchall()]
+                if len(found) >= query.limit:
+                    break
+        return found
+
+    def _matching(self, cursor: Cursor, digests: Sequence[str], *,
+                  before_seq: int | None = None) -> list[tuple[int, str]]:
+        """(seq, digest) of the newest links with a product of one of `digests`: the
+        product index alone (the planner need not know how selective a digest is)."""
+        marks = ", ".join("?" * len(digests))
+        before = " AND seq < ?" if before_seq is not None else ""
+        cursor.execute(self._sql(
+            f"SELECT DISTINCT seq, digest FROM products WHERE digest IN ({marks}){before} "  # noqa: S608
+            "ORDER BY seq DESC LIMIT ?"),
+            [*digests, *([before_seq] if before_seq is not None else []), MAX_DIGEST_MATCHES])
+        return [(int(row[0]), str(row[1])) for row in cursor.fetchall()]
 
     def find_runs(self, digests: Sequence[str], steps: Sequence[str], *,
                   limit: int = 1) -> list[str]:
         """Runs, newest first, in which a link of one of `steps` has a product with each
-        of `digests` (digest keys)."""
+        of `digests` (digest keys), among the MAX_DIGEST_MATCHES newest such links."""
         if not digests or not steps:
             return []
-        digest_marks, step_marks = ", ".join("?" * len(digests)), ", ".join("?" * len(steps))
-        sql = (
-            "SELECT a.run_id, MAX(a.seq) AS newest FROM products p "  # noqa: S608 (marks only)
-            "JOIN attestations a ON a.seq = p.seq "
-            f"WHERE p.digest IN ({digest_marks}) AND a.kind = 'link' "
-            f"AND a.run_id <> '' AND a.step IN ({step_marks}) "
-            "GROUP BY a.run_id HAVING COUNT(DISTINCT p.digest) = ? "
-            "ORDER BY newest DESC LIMIT ?")
+        wanted = set(digests)
+        runs: dict[str, tuple[set[str], int]] = {}
+        step_marks = ", ".join("?" * len(steps))
         with self.source.transaction(write=False) as cursor:
-            cursor.execute(self._sql(sql), [*digests, *steps, len(set(digests)), limit])
-            return [str(row[0]) for row in cursor.fetchall()]
+            matches = self._matching(cursor, sorted(wanted))
+            digests_of: dict[int, set[str]] = {}
+            for seq, digest in matches:
+                digests_of.setdefault(seq, set()).add(digest)
+            for chunk in _chunks(sorted(digests_of, reverse=True)):
+                marks = ", ".join("?" * len(chunk))
+                cursor.execute(self._sql(
+                    f"SELECT seq, run_id FROM attestations WHERE seq IN ({marks}) "  # noqa: S608
+                    f"AND kind = 'link' AND run_id <> '' AND step IN ({step_marks})"),
+                    [*chunk, *steps])
+                for seq, run_id in cursor.fetchall():
+                    found, newest = runs.get(str(run_id), (set(), 0))
+                    runs[str(run_id)] = (found | digests_of[int(seq)], max(newest, int(seq)))
+        complete = [(newest, run) for run, (found, newest) in runs.items() if found >= wanted]
+        return [run for _newest, run in sorted(complete, reverse=True)[:limit]]
 
     def run_links(self, run_id: str) -> list[StoredRecord]:
         """A run's links, oldest first, with their files (MAX_RUN_LINKS at most)."""
@@ -250,17 +282,26 @@ class SqlStore:
             return [_record(row, content=True) for row in cursor.fetchall()]
 
     def has_product(self, digest: str) -> bool:
-        """Whether a stored link of a run has a product with this digest key."""
+        """Whether a stored link of a run has a product with this digest key (among the
+        MAX_DIGEST_MATCHES newest links with it)."""
         with self.source.transaction(write=False) as cursor:
-            cursor.execute(self._sql("SELECT 1 FROM products p JOIN attestations a ON "
-                                     "a.seq = p.seq WHERE p.digest = ? AND a.run_id <> '' "
-                                     "LIMIT 1"), (digest,))
-            return cursor.fetchone() is not None
+            seqs = sorted({seq for seq, _ in self._matching(cursor, [digest])}, reverse=True)
+            for chunk in _chunks(seqs):
+                marks = ", ".join("?" * len(chunk))
+                cursor.execute(self._sql(f"SELECT 1 FROM attestations WHERE seq IN ({marks}) "  # noqa: S608
+                                         "AND run_id <> '' LIMIT 1"), chunk)
+                if cursor.fetchone() is not None:
+                    return True
+        return False
 
     def ping(self) -> None:
         with self.source.transaction(write=False) as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
+
+
+def _chunks(seqs: list[int], size: int = 500) -> list[list[int]]:
+    return [seqs[start:start + size] for start in range(0, len(seqs), size)]
 
 
 def _record(row: Sequence[Any], *, content: bool) -> StoredRecord:
