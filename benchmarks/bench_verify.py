@@ -1,6 +1,7 @@
 """Verify a two-step supply chain with N artifacts per link: custody_core vs in-toto 3.1.
 
     python benchmarks/bench_verify.py [--artifacts N] [--repeat R] [--core-runs K]
+                                      [--no-whole-process | --only-whole-process]
 
 build (Ed25519 functionary) turns N sources into N objects; package (ECDSA) archives
 them. Every rule list is closed with DISALLOW *, MATCH rules link the steps. The core
@@ -13,6 +14,11 @@ the core K times (its median) and the reference once, and gives one ratio (wall 
 CPU time of the process in parentheses, steadier on a shared machine). Both sides are
 warmed up first (imports, caches) outside the timing. Prints every round, the median
 ratio, and the core's peak memory (tracemalloc) at 10k/50k/N artifacts.
+
+Then the whole process, as a release gate runs it: `custody verify` (the CLI, the RPC
+and a real custody-server started here with its SoftHSM token, as bench_record.py
+starts it) against `in-toto-verify` on the same files, R alternating rounds, the median
+ratio and the server's CPU time per verification.
 """
 
 from __future__ import annotations
@@ -217,13 +223,73 @@ def peak_memory(chain: dict[str, Any]) -> int:
         tracemalloc.stop()
 
 
+def whole_process(chain: dict[str, Any], rounds: int) -> None:
+    """`custody verify` (CLI, RPC to a real custody-server, verdict printed) against
+    `in-toto-verify` on the same files, as whole processes, alternating."""
+    import os
+
+    import bench_record as processes
+    from cryptography.hazmat.primitives import serialization
+
+    with tempfile.TemporaryDirectory(prefix="custody-bench-verify-") as tmp:
+        work = Path(tmp)
+        write_files(chain, work)
+        owner = chain["layout_keys"][next(iter(chain["layout_keys"]))]
+        (work / "owner.pub").write_bytes(owner.crypto_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        custody = processes.console_script(work)
+        try:
+            server = processes.Server(work / "state")
+        except RuntimeError as error:
+            print(f"whole process: no server ({error}); skipped")
+            return
+        try:
+            env = {**os.environ, "CUSTODY_STATE_DIR": str(work / "state"),
+                   "CUSTODY_SERVER": server.address}
+            ours = [str(custody), "verify", "-l", "root.layout", "--layout-keys", "owner.pub"]
+            reference = Path(sys.executable).parent / "in-toto-verify"  # this venv's
+            theirs = [str(reference), "-l", "root.layout", "--verification-keys", "owner.pub"]
+            processes.timed(ours, cwd=work, env=env)  # warm-up: page cache, server imports
+            processes.timed(theirs, cwd=work)
+            times: dict[str, list[float]] = {"custody": [], "in-toto": [], "server": []}
+            for index in range(rounds):  # alternating, as the in-process rounds
+                for name in ("custody", "in-toto")[:: 1 if index % 2 == 0 else -1]:
+                    if name == "in-toto":
+                        times[name].append(processes.timed(theirs, cwd=work))
+                        continue
+                    before = server.cpu_seconds()
+                    times[name].append(processes.timed(ours, cwd=work, env=env))
+                    after = server.cpu_seconds()
+                    if before is not None and after is not None:
+                        times["server"].append(after - before)
+                print(f"  round {index + 1}: custody verify {times['custody'][-1]:6.2f} s, "
+                      f"in-toto-verify {times['in-toto'][-1]:6.2f} s: "
+                      f"{times['in-toto'][-1] / times['custody'][-1]:4.1f} x", flush=True)
+        finally:
+            server.stop()
+    ratios = [t / c for t, c in zip(times["in-toto"], times["custody"], strict=True)]
+    server_cpu = (f"; the server's CPU {statistics.median(times['server']):.2f} s"
+                  if times["server"] else "")
+    print(f"whole process, median of {rounds}: custody verify "
+          f"{statistics.median(times['custody']):.2f} s (CLI, RPC, server{server_cpu}), "
+          f"in-toto-verify {statistics.median(times['in-toto']):.2f} s: "
+          f"{statistics.median(ratios):.1f} x (range {min(ratios):.1f}-{max(ratios):.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--core-runs", type=int, default=3, help="core runs per round")
+    whole = parser.add_mutually_exclusive_group()
+    whole.add_argument("--no-whole-process", dest="whole_process", action="store_false",
+                       help="skip `custody verify` against `in-toto-verify` as processes")
+    whole.add_argument("--only-whole-process", action="store_true", help="only that")
     args = parser.parse_args()
     n = args.artifacts
+    if args.only_whole_process:
+        whole_process(build_chain(n), args.repeat)
+        return
 
     chain = build_chain(n)
     size = sum(len(data) for data in chain["links"].values())
@@ -258,6 +324,8 @@ def main() -> None:
         sample = chain if count == n else build_chain(count)
         peak = peak_memory(sample)
         print(f"  {count:>8,} artifacts  {peak / 1e6:8.1f} MB  ({peak / count:6.0f} B/artifact)")
+    if args.whole_process:
+        whole_process(chain, args.repeat)
 
 
 if __name__ == "__main__":
