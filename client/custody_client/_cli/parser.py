@@ -19,7 +19,7 @@ keys. A drop-in for in-toto-run, in-toto-record and in-toto-verify without a pri
 """
 
 EXIT_STATUS = """\
-exit status (every command):
+exit status (every command but audit verify, which says its own):
   0  done; for verify: the supply chain verified
   1  verify: the supply chain did not verify (as in-toto-verify); other commands:
      a failure that no other code names
