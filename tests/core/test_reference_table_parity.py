@@ -73,8 +73,13 @@ def _same_key_two_keyids() -> tuple[Party, Party]:
 
 
 def _upper_case_party() -> Party:
-    private = ed25519.Ed25519PrivateKey.generate()
-    key = SSlibKey.from_crypto(private.public_key())
+    """A key whose keyid's first 8 hex digits hold a letter: upper case must differ from
+    lower case where the link file name takes them (all digits, 1 in 40, would not)."""
+    while True:
+        private = ed25519.Ed25519PrivateKey.generate()
+        key = SSlibKey.from_crypto(private.public_key())
+        if not key.keyid[:8].isdigit():
+            break
     upper = SSlibKey(key.keyid.upper(), key.keytype, key.scheme, dict(key.keyval))
     return Party("frank", CryptoSigner(private, upper))
 
