@@ -8,8 +8,7 @@ synchronous FULL) and PostgreSQL (a cluster made by tests/store/postgres_support
 Debian's packages, when there is one):
 
   - store: every link in a transaction of its own, as SignLink stores it (the added cost
-    per signature), and 100 links per transaction, as a SignLinks call of 100; then 8
-    callers at once, a transaction each against a group commit (alternating rounds);
+    per signature), and 100 links per transaction, as a SignLinks call of 100;
   - find: what `custody verify --artifact` asks of the store (Attestations.links_for: the
     layout's final steps, the newest run whose package link made the tarball, that run's
     links as a link directory) for random runs, at 100 runs stored and at 10,000; beside it
@@ -29,7 +28,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -54,7 +52,6 @@ from custody_server.store import (  # noqa: E402
     StoreConfig,
     open_store,
 )
-from custody_server.store.group_commit import GroupCommit  # noqa: E402
 
 FILES = 20
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
@@ -167,32 +164,6 @@ def lookups(store: AttestationStore, chain: Chain, runs: int, count: int) -> dic
     return {"found": found, "verified": verified, "by_run": by_run, "by_digest": by_digest}
 
 
-def concurrent(store: AttestationStore, chain: Chain, first_run: int, *, threads: int,
-               runs: int, grouped: bool) -> tuple[float, int]:
-    """`threads` callers storing one link per call, as concurrent SignLinks do: links/s,
-    and the transactions it took (grouped: AttestationStore.keep_signed's group commit;
-    else a transaction per call)."""
-    records = [record for n in range(first_run, first_run + runs) for record in chain.links(n)]
-    share = [records[i::threads] for i in range(threads)]
-    group = GroupCommit(lambda batch: store.sql.insert(batch, stored_at=NOW))
-
-    def worker(mine: list[NewRecord]) -> None:
-        for record in mine:
-            if grouped:
-                group.insert([record])
-            else:
-                store.sql.insert([record], stored_at=NOW)
-
-    workers = [threading.Thread(target=worker, args=(mine,)) for mine in share]
-    began = time.perf_counter()
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    return len(records) / elapsed, (group.transactions if grouped else len(records))
-
-
 def bench(name: str, store: AttestationStore, size: Callable[[], int], *, runs: int,
           count: int) -> None:
     chain = Chain()
@@ -213,13 +184,6 @@ def bench(name: str, store: AttestationStore, size: Callable[[], int], *, runs: 
     print(f"ListLinks by run: {quantiles(at_size['by_run'])}; by product digest: "
           f"{quantiles(at_size['by_digest'])}")
     print(f"database size: {size() / 2**20:.1f} MiB ({size() / links:.0f} bytes per link)")
-    extra = runs
-    for grouped in (False, True, False, True):
-        rate, transactions = concurrent(store, chain, extra, threads=8, runs=200,
-                                        grouped=grouped)
-        extra += 200
-        print(f"8 callers, one link per call, {'group commit' if grouped else 'a transaction each'}"
-              f": {rate:.0f} links/s ({600 / transactions:.1f} links per transaction)")
 
 
 def sqlite_run(runs: int, count: int) -> None:

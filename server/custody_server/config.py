@@ -59,6 +59,7 @@ A config file looks like this (every key is optional; see README "Configuration"
     url = "postgresql://custody@db/custody"  # default: SQLite, state_dir/store.sqlite3
     retention = "400d"          # delete what was stored longer ago; default: keep all
     sweep_interval = "1h"       # how often retention is applied
+    sqlite_synchronous = "full" # or "normal": no fsync per commit (docs/STORE.md)
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ final product, pages, retention (audited, fail-closed), AddLink's checks, health
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from custody_core.errors import MetadataError, SignatureError
 from custody_core.software_signer import SoftwareSigner
 from custody_server.audit_events import AuditEvent, MemoryAuditSink
 from custody_server.errors import ConfigError, RequestError, StoreUnavailableError
-from custody_server.store import AttestationStore, LinkQuery, NewRecord
+from custody_server.store import AttestationStore, LinkQuery, NewRecord, open_store
 from custody_server.store.sql import SqlStore, migrations
 
 from .store_support import Clock, FailingSource, signed_link, sqlite_store
@@ -212,3 +213,48 @@ def test_a_failing_store_withholds_audits_and_recovers(tmp_path: Path) -> None:
     assert store.probe() and health == [True, False, True]
     store.keep_signed([(record("build", "r", {"a": sha("a")}), "x")])
     assert len(store.query(LinkQuery())) == 1
+
+
+def test_the_store_table_of_the_config(tmp_path: Path) -> None:
+    from custody_server.config import config_from_dict
+
+    config = config_from_dict({"store": {"url": "sqlite:store/links.db", "retention": "30d",
+                                         "sweep_interval": "10m",
+                                         "sqlite_synchronous": "NORMAL"}}, base=tmp_path)
+    assert config.store.sqlite_file(tmp_path / "state") == tmp_path / "store" / "links.db"
+    assert (config.store.retention, config.store.sweep_interval) == (
+        timedelta(days=30), timedelta(minutes=10))
+    assert config.store.sqlite_synchronous == "normal"
+    absolute = config_from_dict({"store": {"url": "sqlite:///var/custody.db"}}, base=tmp_path)
+    assert absolute.store.sqlite_file(tmp_path) == Path("/var/custody.db")
+    shared = config_from_dict({"store": {"url": "postgresql://c@db/custody"}}, base=tmp_path)
+    assert shared.store.postgres_url == "postgresql://c@db/custody"
+    assert config_from_dict({}, base=tmp_path).store.sqlite_file(tmp_path) == (
+        tmp_path / "store.sqlite3")
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"url": "mysql://x"}, "store.url must start with"),
+    ({"retention": "0s"}, "store.retention must be positive"),
+    ({"retention": "soon"}, "store.retention"),
+    ({"sqlite_synchronous": "off"}, "sqlite_synchronous"),
+    ({"pool": 3}, "unknown key(s) in [store]: pool"),
+])
+def test_a_bad_store_table_is_refused(tmp_path: Path, table: dict[str, object],
+                                      message: str) -> None:
+    from custody_server.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict({"store": table}, base=tmp_path)
+
+
+def test_normal_sync_is_what_sqlite_runs_with(tmp_path: Path) -> None:
+    from custody_server.config import config_from_dict
+
+    config = config_from_dict({"store": {"sqlite_synchronous": "normal"}}, base=tmp_path)
+    store = open_store(config.store, state_dir=tmp_path, audit=MemoryAuditSink(),
+                       clock=Clock())
+    connection = store.sql.source._connection  # type: ignore[attr-defined]
+    assert connection.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.sql.source.close()

@@ -29,7 +29,8 @@ def open_store(config: StoreConfig, *, state_dir: Path, audit: AuditSink,
     else:
         from custody_server.store.sqlite import SqliteSource
 
-        sql = SqlStore(SqliteSource(config.sqlite_file(state_dir)))
+        sql = SqlStore(SqliteSource(config.sqlite_file(state_dir),
+                                    synchronous=config.sqlite_synchronous.upper()))
     try:
         sql.migrate(now=clock())
     except BaseException:

@@ -27,7 +27,6 @@ from custody_core.step_links import link_from_envelope
 from custody_core.step_names import check_step_name
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import NotFoundError, RequestError, StoreUnavailableError
-from custody_server.store.group_commit import GroupCommit
 from custody_server.store.records import (
     LinkQuery,
     NewRecord,
@@ -57,8 +56,6 @@ class AttestationStore:
         self._listener: HealthListener | None = None
         self._lock = threading.Lock()
         self._failed = threading.Event()  # wakes the watch
-        # SQLite: concurrent calls' links share a transaction (store/group_commit.py)
-        self._group = (GroupCommit(self._insert) if sql.dialect == "sqlite" else None)
 
     @property
     def description(self) -> str:
@@ -120,10 +117,9 @@ class AttestationStore:
         cannot be, after a `store-link` failure entry for each (best effort)."""
         if not records:
             return
-        group = self._group
         kept = [record for record, _ in records]
         try:
-            self._guarded(lambda: self._insert(kept) if group is None else group.insert(kept))
+            self._guarded(lambda: self._insert(kept))
         except StoreUnavailableError as error:
             for record, signed_sha256 in records:
                 with contextlib.suppress(Exception):  # the store failure is what counts

@@ -4,6 +4,7 @@
     url = "postgresql://custody@db.internal/custody"  # default: SQLite, state_dir/store.sqlite3
     retention = "400d"          # delete links and layouts stored longer ago; default: keep all
     sweep_interval = "1h"       # how often a server looks for what retention deletes
+    sqlite_synchronous = "full" # or "normal": SQLite commits without an fsync each
 
 `url` is `sqlite:///ABSOLUTE/PATH` (or a relative `sqlite:PATH`, from the config file's
 directory) or a PostgreSQL URL (`postgresql://` or `postgres://`, libpq's form: replicas
@@ -22,7 +23,8 @@ from custody_server.lifecycle.durations import parse_duration
 
 STORE_FILE = "store.sqlite3"
 DEFAULT_SWEEP_INTERVAL = timedelta(hours=1)
-KEYS = ("url", "retention", "sweep_interval")
+KEYS = ("url", "retention", "sweep_interval", "sqlite_synchronous")
+SQLITE_SYNCHRONOUS = ("full", "normal")
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,13 @@ class StoreConfig:
     postgres_url: str | None = None
     retention: timedelta | None = None  # None: keep everything
     sweep_interval: timedelta = DEFAULT_SWEEP_INTERVAL
+    # "full": a link is on disk (fsync) when its SignLink returns; "normal": committed to
+    # SQLite's WAL, which survives the process but not a power loss (docs/STORE.md)
+    sqlite_synchronous: str = "full"
 
     def __post_init__(self) -> None:
+        if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise ConfigError("store.sqlite_synchronous must be \"full\" or \"normal\"")
         if self.sqlite_path is not None and self.postgres_url is not None:
             raise ConfigError("[store] names both a SQLite file and a PostgreSQL URL")
         if self.retention is not None and self.retention <= timedelta(0):
@@ -72,5 +79,9 @@ def store_config_from_table(table: Any, *, base: Path) -> StoreConfig:
                     if "sweep_interval" in table else DEFAULT_SWEEP_INTERVAL)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    synchronous = table.get("sqlite_synchronous", "full")
+    if not isinstance(synchronous, str):
+        raise ConfigError("store.sqlite_synchronous must be \"full\" or \"normal\"")
     return StoreConfig(sqlite_path=sqlite_path, postgres_url=postgres_url,
-                       retention=retention, sweep_interval=interval)
+                       retention=retention, sweep_interval=interval,
+                       sqlite_synchronous=synchronous.lower())

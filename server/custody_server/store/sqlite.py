@@ -3,8 +3,9 @@
 One connection per process, one transaction at a time under a lock (SQLite has one
 writer anyway; a read is a few index lookups). Several processes may share the file
 (workers on one host): a writer waits for another's lock up to `busy_timeout`.
-`synchronous = FULL`: a transaction is on disk when its commit returns, as the audit
-trail's entries are (docs/STORE.md#durability measures the cost).
+`synchronous = FULL` by default: a transaction is on disk when its commit returns, as
+the audit trail's entries are; `[store] sqlite_synchronous = "normal"` commits to the WAL
+without an fsync each (docs/STORE.md#durability, with the cost of each).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class SqliteSource:
     placeholder = "?"
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous {synchronous!r}")
         self.path = path
         self.description = f"sqlite:{path}"
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
