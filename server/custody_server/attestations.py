@@ -89,20 +89,28 @@ class Attestations:
 
 def _as_link_directory(layout: Layout, records: Sequence[StoredRecord],
                        run_id: str) -> StoredLinks:
-    wanted = {link_file_name(step.name, keyid) for step in layout.steps
-              for keyid in step.pubkeys}
+    """For each file name the layout's steps look for, the newest record of that name
+    signed by the very keyid the step lists (a stranger's key whose id merely starts with
+    the same 8 digits does not displace it), else the newest of that name."""
+    keyids: dict[str, set[str]] = {}
+    for step in layout.steps:
+        for keyid in step.pubkeys:
+            keyids.setdefault(link_file_name(step.name, keyid), set()).add(keyid.lower())
     steps = {step.name for step in layout.steps}
-    links: dict[str, bytes] = {}
+    exact: dict[str, bytes] = {}
+    by_name: dict[str, bytes] = {}
     unlisted: dict[str, bytes] = {}
-    for record in records:  # oldest first: a newer file of the same name wins
+    for record in records:  # oldest first: a newer file wins
         if record.content is None:
             continue
-        if record.file_name in wanted:
-            links[record.file_name] = record.content
+        if record.file_name in keyids:
+            by_name[record.file_name] = record.content
+            if record.keyid.lower() in keyids[record.file_name]:
+                exact[record.file_name] = record.content
         elif record.step in steps and (record.file_name in unlisted
                                        or len(unlisted) < MAX_UNLISTED):
             unlisted[record.file_name] = record.content
-    return StoredLinks(run_id=run_id, links=links, unlisted=unlisted)
+    return StoredLinks(run_id=run_id, links={**by_name, **exact}, unlisted=unlisted)
 
 
 def _no_run(artifacts: Sequence[GivenArtifact], finals: Sequence[str]) -> Failure:
