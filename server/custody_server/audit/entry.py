@@ -45,6 +45,10 @@ CATEGORIZATION: Mapping[str, tuple[str, str]] = {
     "sign-link": ("api", "creation"),  # a signature made with a key in the HSM
     "sign-layout": ("api", "creation"),
     "verify": ("api", "info"),
+    # the attestation store (ECS: a database expects access, change, info or error)
+    "store-link": ("database", "change"),
+    "add-link": ("database", "change"),
+    "store-retention": ("database", "change"),
     "key-create": ("configuration", "creation"),
     "key-prepare": ("configuration", "creation"),
     "key-rotate": ("configuration", "change"),
