@@ -44,10 +44,14 @@ class SqliteSource:
         with contextlib.suppress(OSError):
             path.chmod(0o600)
         self._lock = threading.Lock()
+        self._closed = False
 
     @contextlib.contextmanager
     def transaction(self, *, write: bool) -> Iterator[Cursor]:
         with self._lock:
+            if self._closed:  # a call still running as the server stops
+                raise StoreUnavailableError("attestation store unavailable: it is closed "
+                                            "(the server is stopping)")
             connection = self._connection
             try:
                 connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -59,8 +63,8 @@ class SqliteSource:
                     raise
                 connection.execute("COMMIT")
             except sqlite3.Error as error:
-                if connection.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(sqlite3.Error):
+                    if connection.in_transaction:
                         connection.execute("ROLLBACK")
                 raise StoreUnavailableError(
                     f"attestation store unavailable: {str(error)[:200]}") from error
@@ -70,4 +74,5 @@ class SqliteSource:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._connection.close()
