@@ -416,34 +416,8 @@ class MetricsServer:
     """
 
     def __init__(self, metrics: ServiceMetrics, *, host: str, port: int) -> None:
-        registry = metrics.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?", 1)[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                try:
-                    body = encoder(registry)
-                except Exception:
-                    log.exception("metrics.scrape_failed")
-                    self.send_error(500)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes are not worth a log line
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = serve_registry(metrics.registry, host=host, port=port)
         self.port: int = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="custody-metrics",
-                         daemon=True).start()
 
     @classmethod
     def start(cls, metrics: ServiceMetrics, *, listen: str) -> MetricsServer:
@@ -453,3 +427,36 @@ class MetricsServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def serve_registry(registry: CollectorRegistry, *, host: str, port: int
+                   ) -> ThreadingHTTPServer:
+    """GET /metrics of `registry` (text or OpenMetrics, as the scraper asks), served in a
+    daemon thread; anything else is 404. The server's and a worker supervisor's."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404)
+                return
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            try:
+                body = encoder(registry)
+            except Exception:
+                log.exception("metrics.scrape_failed")
+                self.send_error(500)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes are not worth a log line
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="custody-metrics",
+                     daemon=True).start()
+    return server

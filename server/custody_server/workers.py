@@ -41,19 +41,18 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import FrameType
-from typing import Any
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from custody_server.audit import AuditSettings
 from custody_server.bootstrap import prepare_access
 from custody_server.config import ServerConfig
+from custody_server.metrics import serve_registry
 
 log = structlog.get_logger("custody.workers")
 
@@ -232,7 +231,7 @@ class Supervisor:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_WorkerMetrics(lambda: self._metric_ports()))
         host, _, port = self._config.metrics.listen.rpartition(":")
-        server = metrics_http_server(registry, host=host.strip("[]"), port=int(port))
+        server = serve_registry(registry, host=host.strip("[]"), port=int(port))
         print(f"custody-server: metrics on port {server.server_address[1]} (every worker's)",
               file=sys.stderr, flush=True)
         return server
@@ -297,38 +296,6 @@ class _WorkerMetrics:
                                    for sample in family.samples]
         yield up
         yield from families.values()
-
-
-def metrics_http_server(registry: CollectorRegistry, *, host: str,
-                        port: int) -> ThreadingHTTPServer:
-    """GET /metrics of `registry` (the supervisor's), in a daemon thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/metrics":
-                self.send_error(404)
-                return
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            try:
-                body = encoder(registry)
-            except Exception:
-                log.exception("metrics.scrape_failed")
-                self.send_error(500)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="custody-metrics",
-                     daemon=True).start()
-    return server
 
 
 def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
