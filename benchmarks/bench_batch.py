@@ -27,12 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-from bench_service import start_server
+from bench_service import local_credentials, start_server
 from timing import process_cpu_seconds
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
-from custody_client.local_tls import find_local_tls
 
 
 def link(index: int) -> pb.SignLinkRequest:
@@ -54,11 +53,7 @@ def main() -> int:
     process, address = start_server(state)
     load_before = os.getloadavg()[0]
     try:
-        tls = find_local_tls({"CUSTODY_STATE_DIR": str(state)})
-        if tls is None:
-            raise SystemExit("the server made no local TLS files")
-        credentials = grpc.ssl_channel_credentials(
-            tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes())
+        credentials = local_credentials(state)
         channel = grpc.secure_channel(address, credentials)
         grpc.channel_ready_future(channel).result(timeout=30)
         custody = custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_service import local_credentials
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_api.v1 import custody_pb2_grpc
-from custody_client.local_tls import find_local_tls
 
 MB = 1_000_000
 
@@ -143,11 +143,7 @@ def run_case(name: str, *, max_message_bytes: int, tree: Path | None = None) -> 
     config.write_text(f"[limits]\nmax_message_bytes = {max_message_bytes}\n")
     process, address = _start(state, config, tree)
     try:
-        tls = find_local_tls({"CUSTODY_STATE_DIR": str(state)})
-        if tls is None:
-            raise SystemExit("the server made no local TLS files")
-        credentials = grpc.ssl_channel_credentials(
-            tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes())
+        credentials = local_credentials(state)
         options = [("grpc.max_send_message_length", 1 << 30),
                    ("grpc.max_receive_message_length", 1 << 30)]
         with grpc.secure_channel(address, credentials, options=options) as channel:

@@ -47,6 +47,15 @@ from custody_api.v1 import custody_pb2_grpc
 from custody_client.local_tls import find_local_tls
 
 
+def local_credentials(state: Path) -> grpc.ChannelCredentials:
+    """mTLS with the local CA and client certificate the server made in `state`."""
+    tls = find_local_tls({"CUSTODY_STATE_DIR": str(state)})
+    if tls is None:
+        raise SystemExit("the server made no local TLS files")
+    return grpc.ssl_channel_credentials(tls.ca.read_bytes(), tls.key.read_bytes(),
+                                        tls.cert.read_bytes())
+
+
 def start_server(state: Path, *, workers: int | None = None
                  ) -> tuple[subprocess.Popen[str], str]:
     process, address, _ = start_workers(state, workers=workers)
@@ -126,11 +135,7 @@ def baseline(options: argparse.Namespace) -> None:
     verdicts: list[str] = []
     cpu_lines: list[str] = []
     try:
-        tls = find_local_tls({"CUSTODY_STATE_DIR": str(state)})
-        if tls is None:
-            raise SystemExit("the server made no local TLS files")
-        credentials = grpc.ssl_channel_credentials(
-            tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes())
+        credentials = local_credentials(state)
         channel = grpc.secure_channel(address, credentials)
         grpc.channel_ready_future(channel).result(timeout=30)
         health = health_pb2_grpc.HealthStub(channel)
