@@ -79,3 +79,18 @@ def scrape(port: int) -> dict[str, float]:
             series, _, value = line.rpartition(" ")
             samples[series] = float(value)
     return samples
+
+
+def stop_group(process: subprocess.Popen[bytes], how: signal.Signals, *,
+               log: str | None = None) -> int:
+    """Signal a server process (SIGKILL: its whole process group, workers included) and
+    wait for its exit status; a process that does not stop is killed and fails the test."""
+    if how == signal.SIGKILL:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        process.send_signal(how)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError("did not stop:\n" + (log or "")) from None

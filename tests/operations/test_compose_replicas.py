@@ -28,6 +28,7 @@ from custody_client.link_draft import LinkDraft
 from custody_client.settings import ConnectionSettings, TlsMaterial
 
 from .compose_support import ComposeService, free_port, load_compose
+from .ops_support import stop_group
 
 pytestmark = pytest.mark.slow
 CLIENTS = 16
@@ -73,15 +74,7 @@ class Replica:
         """SIGTERM to the server process, as compose stops a container; SIGKILL to the
         whole container (every process in it)."""
         assert self.process is not None
-        if how == signal.SIGKILL:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        else:
-            self.process.send_signal(how)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            raise AssertionError("did not stop:\n" + self.log()) from None
+        return stop_group(self.process, how, log=self.log())
 
     def log(self) -> str:
         return bytes(self.output).decode(errors="replace")[-4000:]

@@ -30,7 +30,7 @@ from custody_server.config import ServerConfig, config_from_dict
 from custody_server.errors import ConfigError
 
 from .compose_support import free_port
-from .ops_support import PYTHONPATH, ROOT, scrape
+from .ops_support import PYTHONPATH, ROOT, scrape, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -88,12 +88,7 @@ class Supervised:
         return Counter(entry["event"]["action"] for entry in self.trail(worker))
 
     def stop(self, how: signal.Signals = signal.SIGTERM) -> int:
-        self.process.send_signal(how)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            raise AssertionError("did not stop:\n" + self.log()) from None
+        return stop_group(self.process, how, log=self.log())
 
     def kill_group(self) -> None:
         if self.process.poll() is None:
