@@ -86,7 +86,10 @@ def test_disk_full_during_load(state: Path) -> None:
     assert load.details <= {"audit log unavailable: signature withheld",
                             "attestation store unavailable: link withheld"}
     logged = signed_digests(audit_log(state))
-    assert sum(logged.values()) == len(load.returned)  # nothing for withheld signatures
+    # Every returned signature is in the trail, once. A link the attestation store could
+    # not keep (it writes after the audit) is withheld with its entry already written:
+    # the trail may hold a few signatures nobody received, never one missing.
+    assert set(logged) >= {r.sha256 for r in load.returned}
     assert all(logged[r.sha256] == 1 for r in load.returned)
     from prometheus_client.parser import text_string_to_metric_families
 
