@@ -29,6 +29,13 @@ stamp=.venv/.custody-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "bootstrap: installing Custody and its test tools into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip
+    # The distribution was named `custody` before `custody-intoto` (PyPI's `custody` is
+    # another project): an old editable install would claim the same packages and the
+    # `custody` script, and its egg-info in the checkout would still be found as installed.
+    if .venv/bin/python -m pip show -q custody >/dev/null 2>&1; then
+        .venv/bin/python -m pip uninstall -q -y custody
+    fi
+    rm -rf custody.egg-info
     .venv/bin/python -m pip install -q -e '.[server,test]'
     touch "$stamp"
 fi

@@ -1,14 +1,21 @@
-"""Repository promises: compose names real files, the client installs without the server."""
+"""Repository promises: compose names real files, the client installs without the server,
+the wheel is the `custody-intoto` distribution with Custody's packages and commands."""
 
 from __future__ import annotations
 
+import configparser
 import posixpath
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
+from email.parser import Parser
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,3 +161,63 @@ def test_server_extra_holds_the_hsm_dependencies() -> None:
     for dependency in ("python-pkcs11", "structlog"):
         assert dependency not in base
         assert dependency in server
+
+
+DISTRIBUTION = "custody-intoto"  # PyPI's `custody` is an unrelated project
+IMPORT_PACKAGES = {"custody_core", "custody_client", "custody_server", "custody_api"}
+COMMANDS = {"custody": "custody_client.cli:main", "custody-server": "custody_server.main:main"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    """The wheel pip builds from what the Dockerfile copies (in a copy: no build/ or
+    egg-info left in the checkout), offline: the venv's own setuptools, no index."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "src"
+    for path in dockerfile_copies((ROOT / "Dockerfile").read_text(encoding="utf-8")):
+        original = ROOT / path
+        if original.is_dir():
+            shutil.copytree(original, source / path, ignore=shutil.ignore_patterns(
+                "__pycache__", "*.egg-info"))
+        else:
+            (source / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(original, source / path)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--no-index", "--quiet", "--wheel-dir", str(tmp / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (built_wheel,) = (tmp / "dist").glob("*.whl")
+    return zipfile.ZipFile(built_wheel)
+
+
+def test_the_wheel_is_custody_intoto_with_the_packages_and_commands(
+        wheel: zipfile.ZipFile) -> None:
+    names = wheel.namelist()
+    (metadata_file,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    fields = Parser().parsestr(wheel.read(metadata_file).decode())
+    assert fields["Name"] == DISTRIBUTION
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert fields["Version"] == version
+    assert Path(str(wheel.filename)).name.startswith(f"custody_intoto-{version}-")
+    packages = {n.split("/")[0] for n in names if n.endswith("/__init__.py")}
+    assert packages == IMPORT_PACKAGES
+    # what the server reads at run time besides modules: the store's schema migrations
+    assert any(n.startswith("custody_server/store/migrations/") and n.endswith(".sql")
+               for n in names)
+    (entry_points_file,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    entry_points = configparser.ConfigParser()
+    entry_points.read_string(wheel.read(entry_points_file).decode())
+    assert dict(entry_points["console_scripts"]) == COMMANDS
+
+
+def test_the_server_reports_the_installed_distributions_version() -> None:
+    """custody_build_info{version} and the ECS `service.version`: read from the installed
+    distribution by its name, which must be pyproject's (else "0+unknown")."""
+    import custody_server
+
+    assert custody_server.DISTRIBUTION == DISTRIBUTION
+    assert custody_server.__version__ == metadata.version(DISTRIBUTION)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION
+    assert custody_server.__version__ == project["version"]
