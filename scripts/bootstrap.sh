@@ -11,6 +11,9 @@ command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 if [ "${1:-}" = "--test" ]; then
     { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    # Node.js and npm for the Node client's tests (clients/node, tests/node)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing ${missing[*]} from Debian's packages" >&2
@@ -38,4 +41,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     rm -rf custody.egg-info
     .venv/bin/python -m pip install -q -e '.[server,test]'
     touch "$stamp"
+fi
+
+# With --test: the Node client's packages, exactly as clients/node/package-lock.json pins
+# them (buf, protoc-gen-es, TypeScript and the runtime); the tests build the client.
+if [ "${1:-}" = "--test" ]; then
+    node_stamp=clients/node/node_modules/.custody-installed
+    if [ ! -f "$node_stamp" ] || [ clients/node/package-lock.json -nt "$node_stamp" ]; then
+        echo "bootstrap: installing the Node client's packages (npm ci)" >&2
+        (cd clients/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        touch "$node_stamp"
+    fi
 fi
