@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="record and sign without running a command")
     run.add_argument("--run-timeout", type=_seconds, metavar="S",
                      help="kill the command after S seconds (default: no limit)")
+    run.add_argument("--no-sign-on-failure", action="store_true",
+                     help="a command that fails (non-zero exit) gets no link: nothing is "
+                          "signed or stored, and run exits with its code (default: the "
+                          "link records the failure, as in-toto-run's)")
     _run_id_option(run)
     run.add_argument("--no-digest-cache", action="store_true",
                      help="read every product again, even files whose size, inode, mtime "

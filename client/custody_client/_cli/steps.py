@@ -86,6 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  timeout=args.run_timeout)
             draft.set_byproducts(Byproducts(stdout=result.stdout, stderr=result.stderr,
                                             return_value=result.return_code))
+            if result.return_code != 0 and args.no_sign_on_failure:
+                log.error("%s returned %d: no link signed (--no-sign-on-failure)",
+                          command[0], result.return_code)
+                return _exit_code(result)
             if result.return_code != 0:
                 log.warning("%s returned %d", command[0], result.return_code)
         if args.products:
