@@ -3,7 +3,8 @@
 Through prometheus_client, in a registry of each server's own (tests run several servers in
 one process). `ServiceMetrics` holds Custody's metrics and is fed by an interceptor
 (requests by RPC and status code, latency, calls in flight, rate-limit refusals), by the
-audit sink it wraps (signatures, verdicts by failure stage, policy and CRL reloads), by the
+audit sink it wraps (signatures, verdicts by failure stage, policy and CRL reloads, what the
+attestation store could not keep), by the
 audit trail (write latency, failures, the last checkpoint) and by callables read at scrape
 time (HSM token, audit health, key versions, overlap windows, next rotations, the CRL).
 
@@ -42,6 +43,7 @@ from custody_core.verdict import Cause, Stage
 from custody_server import __version__
 from custody_server.audit_events import AuditEvent, AuditSink
 from custody_server.policy.rpcs import RPC_CATALOG
+from custody_server.store.records import KINDS as STORED_KINDS
 
 log = structlog.get_logger("custody.metrics")
 # No `_created` series beside every counter and histogram: they double the series and
@@ -121,6 +123,11 @@ class ServiceMetrics:
             "Artifacts of recorded Verify calls (custody verify --artifact), by verdict and "
             "by whether the attestation store keeps a link that made them", ("result", "links"),
             registry=registry)
+        self.store_withheld = Counter(
+            "custody_store_withheld",
+            "Links and layouts signed (and audited) but withheld from the caller "
+            "(UNAVAILABLE) because the attestation store could not keep them, by kind",
+            ("kind",), registry=registry)
         self.policy_reloads = Counter(
             "custody_policy_reloads", "Reloads (SIGHUP) of the access policy and the CRL, "
             "by file and outcome", ("file", "outcome"), registry=registry)
@@ -166,6 +173,8 @@ class ServiceMetrics:
         for result in VERDICT_RESULTS:
             for links in ARTIFACT_LINKS:
                 self.verified_artifacts.labels(result, links)
+        for kind in STORED_KINDS:
+            self.store_withheld.labels(kind)
         for file in RELOADED_FILES.values():
             for outcome in OUTCOMES:
                 self.policy_reloads.labels(file, outcome)
@@ -274,6 +283,11 @@ class ServiceMetrics:
                 self._observe_indicators(details, result=result)
         elif event.action in RELOADED_FILES:
             self.policy_reloads.labels(RELOADED_FILES[event.action], event.outcome).inc()
+        elif event.action == "store-link" and event.outcome == "failure":
+            # AttestationStore.keep_signed: one entry per withheld link or layout
+            kind = str(details.get("kind", ""))
+            if kind in STORED_KINDS:
+                self.store_withheld.labels(kind).inc()
 
     def _observe_indicators(self, details: Mapping[str, Any], *, result: str) -> None:
         """The store's SLIs from a recorded verdict's entry

@@ -2,11 +2,14 @@
 real custody-server process, evaluates deploy/prometheus/custody-rules.yml, and answers
 every recording rule and every query of deploy/grafana/custody.json with data. Every
 metric a rule or a panel names must be in the server's own exposition: a query naming a
-metric the server does not export fails here."""
+metric the server does not export fails here. A release gate's verdicts move the store's
+SLIs, as recorded by the rules, to the values they stand for."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import socket
 import subprocess
 import time
@@ -55,6 +58,8 @@ def until(what: str, probe: Callable[[], T | None], seconds: float = WAIT_SECOND
 @dataclass
 class Stack:
     server: ServerProcess
+    state: Path
+    grpc_port: int
     metrics_port: int
     prometheus: subprocess.Popen[bytes]
     api: str  # http://127.0.0.1:PORT
@@ -86,13 +91,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def make_traffic(state: Path, port: int) -> None:
-    """A key in its overlap window (a rotation), signed links, a Verify verdict."""
+def open_channel(state: Path, port: int) -> grpc.Channel:
+    """mTLS with the server's local client certificate."""
     tls = LocalTls(local_tls_dir(state))
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca_cert.read_bytes(), private_key=tls.client_key.read_bytes(),
         certificate_chain=tls.client_cert.read_bytes())
-    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+    return grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+
+
+def make_traffic(state: Path, port: int) -> None:
+    """A key in its overlap window (a rotation), signed links, a Verify verdict."""
+    with open_channel(state, port) as channel:
         admin: Any = custody_pb2_grpc.KeyAdminStub(channel)  # type: ignore[no-untyped-call]
         custody: Any = custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]
         admin.RotateKey(pb.RotateKeyRequest(alias="build", overlap=Duration(seconds=3600)),
@@ -136,7 +146,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
              f"--storage.tsdb.path={tmp / 'data'}",
              f"--web.listen-address=127.0.0.1:{api_port}", "--log.level=warn"],
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-        stack = Stack(server=server, metrics_port=metrics_port, prometheus=prometheus,
+        stack = Stack(server=server, state=state, grpc_port=grpc_port,
+                      metrics_port=metrics_port, prometheus=prometheus,
                       api=f"http://127.0.0.1:{api_port}")
 
         def ready() -> bool | None:
@@ -211,3 +222,59 @@ def test_every_metric_named_in_rules_and_dashboard_is_exported(stack: Stack) -> 
     # and Prometheus stored what the server exported under the same names
     stored = set(stack.get("/api/v1/label/__name__/values"))
     assert {name for names in named.values() for name in names} <= stored | {"up"}
+
+
+GATE_LAYOUT = {
+    "_type": "layout", "expires": "2099-01-01T00:00:00Z", "keys": {}, "inspect": [],
+    "steps": [{"_type": "step", "name": "package", "threshold": 1, "pubkeys": ["alias:build"],
+               "expected_command": [], "expected_materials": [],
+               "expected_products": [["CREATE", "app.tgz"], ["DISALLOW", "*"]]}]}
+
+
+def test_a_release_gate_moves_the_store_slis(stack: Stack) -> None:
+    """One artifact released with its link in the store, one tampered artifact refused:
+    Prometheus records every step linked, half of the gate's artifacts passed, and audit
+    coverage 1 (a refused artifact does not count against it)."""
+    def scraped_before_the_gate() -> bool | None:  # a rate needs the zero before the rise
+        return True if stack.query("custody_verified_artifacts_total") else None
+
+    until("a scrape of the SLI counters at zero", scraped_before_the_gate)
+
+    def artifact(text: str) -> Any:
+        return pb.Artifact(path="app.tgz", digest={"sha256": hashlib.sha256(
+            text.encode()).hexdigest()})
+
+    with open_channel(stack.state, stack.grpc_port) as channel:
+        custody: Any = custody_pb2_grpc.CustodyStub(channel)  # type: ignore[no-untyped-call]
+        layout = custody.SignLayout(pb.SignLayoutRequest(
+            layout=json.dumps(GATE_LAYOUT).encode(), key_alias="owner"), timeout=30).signed
+        custody.SignLink(pb.SignLinkRequest(step_name="package", run_id="live-gate",
+                                            products=[artifact("app")]), timeout=30)
+
+        def gate(text: str, **fields: Any) -> bool:
+            verdict = custody.Verify(pb.VerifyRequest(
+                layout=layout, layout_keys=[pb.TrustedKey(alias="owner")],
+                artifacts=[artifact(text)], stored_links=True, **fields), timeout=30)
+            return bool(verdict.passed)
+
+        assert gate("app")  # the run found by its final product, from the store
+        assert not gate("app, changed after the build", run_id="live-gate")
+
+    expected = {"job:custody_verified_steps_linked:ratio_rate1h": 1.0,
+                "job:custody_verified_artifacts_passed:ratio_rate1h": 0.5,
+                "job:custody_verified_artifacts_retained:ratio_rate1h": 1.0}
+
+    def recorded() -> dict[str, float] | None:
+        values = {}
+        for name in expected:
+            result = stack.query(name)
+            if not result:
+                return None
+            values[name] = float(result[0]["value"][1])
+        return values if all(math.isclose(values[n], expected[n]) for n in expected) \
+            else None
+
+    try:
+        until("the store's SLIs to be recorded from the gate's verdicts", recorded)
+    except AssertionError:
+        raise AssertionError(f"recorded: { {n: stack.query(n) for n in expected} }") from None

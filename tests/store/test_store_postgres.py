@@ -2,15 +2,18 @@
 temporary directory by the test), shared by two server processes on one SoftHSM token:
 a pipeline recorded through both verifies at the gate from the artifact alone; the
 database stopped under load and started again: no link was returned that is not stored,
-every signature is accounted for in the audit trails, and signing recovers by itself."""
+every signature is accounted for in the audit trails (and in each server's
+custody_store_withheld_total), and signing recovers by itself."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,6 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lifecycle.process_support import Replica, start_server, stop_server, within
 from policy_support import open_policy
+from prometheus_client.parser import text_string_to_metric_families
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_server.audit_events import MemoryAuditSink
@@ -77,6 +81,9 @@ insecure = true
 
 [store]
 url = "{url}"
+
+[metrics]
+listen = "127.0.0.1:0"
 """
 
 
@@ -192,6 +199,20 @@ def _health(replica: Replica) -> int:
     return status
 
 
+def _metrics(replica: Replica) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The replica's /metrics, read with prometheus_client's parser: (name, labels) ->
+    value."""
+    def announced() -> str | None:  # stderr is read on by a thread of process_support's
+        match = re.search(r"metrics on port (\d+)", "".join(replica.output))
+        return match[1] if match else None
+
+    port, _ = within(30, announced)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def _health_is(replica: Replica, status: int) -> None:
     within(30, lambda: True if _health(replica) == status else None)
 
@@ -244,3 +265,11 @@ def test_postgres_stopped_under_load_loses_no_returned_link(
         # Every signature was either returned (and stored) or withheld with an entry.
         assert signed == len(load.returned[name]) + len(withheld), name
         assert len(load.refused[name]) == len(withheld), name
+        # ... and counted (CustodyStoreWithholding): one per store-link failure entry this
+        # server process wrote, from zero
+        metrics = _metrics(replica)
+        entries = [e for e in replica.audit_events("store-link")
+                   if e["event"]["outcome"] == "failure"]
+        assert metrics["custody_store_withheld_total", (("kind", "link"),)] == \
+            len(entries) >= len(withheld), name
+        assert metrics["custody_store_available", ()] == 1, name
