@@ -1,0 +1,2 @@
+"""The CI integrations (integrations/): GitHub Actions and the GitLab CI template, run here
+as their CI would run them."""
