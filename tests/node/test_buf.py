@@ -43,7 +43,8 @@ def test_the_breaking_check_has_teeth(tmp_path: Path) -> None:
 
 
 def test_each_language_has_its_package() -> None:
-    """The options custody.proto states (the Python descriptor is built from it)."""
+    """The options README's "Other languages" documents (the Python descriptor is built
+    from the same proto)."""
     options = custody_pb2.DESCRIPTOR.GetOptions()
     assert options.go_package == "github.com/custody-dev/custody/gen/go/custody/v1;custodyv1"
     assert (options.java_package, options.java_outer_classname) == ("dev.custody.api.v1",
@@ -52,3 +53,6 @@ def test_each_language_has_its_package() -> None:
     assert options.csharp_namespace == "Custody.Api.V1"
     assert options.ruby_package == "Custody::Api::V1"
     assert options.php_namespace == "Custody\\Api\\V1"
+    readme = (ROOT / "README.md").read_text()
+    for value in ("github.com/custody-dev/custody/gen/go/custody/v1", "dev.custody.api.v1"):
+        assert value in readme
