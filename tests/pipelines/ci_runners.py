@@ -286,10 +286,16 @@ class GitlabTemplate:
         return _merge(resolved, own)
 
     def run_job(self, job: Mapping[str, Any], *, name: str, project_dir: Path,
-                env: Mapping[str, str], pipeline_id: str, timeout: float = 180
+                env: Mapping[str, str], pipeline_id: str,
+                pipeline_variables: Mapping[str, Any] | None = None,
+                settings: Mapping[str, str] | None = None, timeout: float = 180
                 ) -> JobResult:
         """Run `job` (a job of the including pipeline: `extends`, `variables`, ...) in a
-        checkout at `project_dir`, as a job of pipeline `pipeline_id`."""
+        checkout at `project_dir`, as a job of pipeline `pipeline_id`.
+
+        `pipeline_variables`: the including file's top-level `variables:` (they override
+        the template's); `settings`: the project's CI/CD variables, which override any
+        variable the YAML gives."""
         resolved = self.resolve(job)
         for key in ("rules", "only", "except", "when", "trigger", "services"):
             if key in resolved:
@@ -305,9 +311,11 @@ class GitlabTemplate:
             "CI_PROJECT_DIR": str(project_dir),
             "CI_BUILDS_DIR": str(project_dir.parent),
         }
-        variables = {**(self.spec.get("variables") or {}), **(resolved.get("variables") or {})}
+        variables = {**(self.spec.get("variables") or {}), **(pipeline_variables or {}),
+                     **(resolved.get("variables") or {})}
         for variable, value in variables.items():
             known[variable] = _expand(_variable_value(value), known)
+        known.update(settings or {})
         script = [*flatten(resolved.get("before_script", [])), *flatten(resolved["script"])]
         returncode, output = _run_shell(
             "\n".join(script) + "\n", cwd=project_dir, env=known,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from interop.interop_support import Cli
 
 from .ci_runners import JobResult
-from .pipeline_support import CiPipeline
+from .pipeline_support import CiPipeline, Connection
 
 pytestmark = pytest.mark.slow
 TARBALL = "demo-project.tar.gz"
@@ -189,3 +190,21 @@ def test_custody_run_no_sign_on_failure(cli: Cli, tmp_path: Path) -> None:
     cli("run", "-n", "build", "--run-id", "no-sign-on-failure", "-p", "out",
         "--no-sign-on-failure", "--", "sh", "-c", "echo whole > out", cwd=tmp_path)
     assert stored_steps(cli, "no-sign-on-failure", tmp_path) == ["build"]
+
+
+def test_no_verdict_fails_the_gate_and_says_why(connection: Connection, custody_bin: Path,
+                                                layout: bytes, tmp_path: Path) -> None:
+    """The service cannot be reached (exit 3): the gate fails without a verdict."""
+    nowhere = CiPipeline(flavour="github", base=tmp_path, bin_dir=custody_bin,
+                         connection=replace(connection, server="127.0.0.1:1"))
+    workspace, tmp, home = job(nowhere, "gate")
+    (workspace / TARBALL).write_bytes(b"anything")
+    (workspace / "root.layout").write_bytes(layout)
+    result = nowhere.gate(workspace, tmp=tmp, home=home, artifacts=TARBALL,
+                          layout="root.layout", layout_key_alias="owner",
+                          args="--timeout 2")
+    assert result.returncode == 3, result
+    status = "no verdict: the Custody service could not be reached (exit 3; retrying may help)"
+    assert f"release gate {status}" in result.output
+    assert result.summary.startswith(f"### Custody release gate: {status}\n")
+    assert result.outputs["passed"] == "false"

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from custody_client.run_ids import ENV_RUN_ID
-from custody_client.settings import ENV_CA, ENV_CERT, ENV_KEY_FILE, ENV_SERVER
+from custody_client.settings import ENV_SERVER
 
 from .ci_runners import (
     GITHUB_ACTIONS,
@@ -25,36 +24,23 @@ from .ci_runners import (
     flatten,
     operands,
 )
+from .template_rules import (
+    CLI_VARIABLES,
+    GITLAB_GLOBAL_KEYWORDS,
+    GITLAB_JOB_KEYWORDS,
+    SCRIPT,
+    TEMPLATE_VARIABLES,
+    script_variables,
+)
 
 ACTIONS = sorted(path.parent.name for path in GITHUB_ACTIONS.glob("*/action.yml"))
-SCRIPT = SCRIPTS / "custody-ci.sh"
 SUBCOMMANDS = {"install", "record", "gate"}
 ACTION_KEYS = {"name", "description", "author", "inputs", "outputs", "runs", "branding"}
 INPUT_KEYS = {"description", "required", "default", "deprecationMessage"}
 COMPOSITE_STEP_KEYS = {"name", "id", "run", "shell", "env", "working-directory", "if",
                        "uses", "with", "continue-on-error"}
-GITLAB_JOB_KEYWORDS = {
-    "after_script", "allow_failure", "artifacts", "before_script", "cache", "coverage",
-    "dast_configuration", "dependencies", "environment", "extends", "hooks", "id_tokens",
-    "identity", "image", "inherit", "interruptible", "manual_confirmation", "needs", "pages",
-    "parallel", "release", "resource_group", "retry", "rules", "run", "script", "secrets",
-    "services", "stage", "tags", "timeout", "trigger", "variables", "when"}
-GITLAB_GLOBAL_KEYWORDS = {"default", "include", "stages", "variables", "workflow"}
-# The GitLab template's own: where custody-ci.sh comes from.
-TEMPLATE_VARIABLES = {"CUSTODY_SCRIPTS", "CUSTODY_SCRIPTS_URL", "CUSTODY_SCRIPTS_SHA256"}
-# The variables the CLI itself reads: the script passes them on as they are.
-CLI_VARIABLES = {ENV_SERVER, ENV_CA, ENV_CERT, ENV_KEY_FILE, ENV_RUN_ID}
 ACTION_RUN = re.compile(r'"\$GITHUB_ACTION_PATH/(?P<path>[^"]+)" (?P<command>[a-z]+)')
 GITLAB_RUN = re.compile(r'bash "\$CUSTODY_CI" (?P<command>[a-z]+)')
-
-
-def script_variables() -> tuple[set[str], set[str]]:
-    """(the variables custody-ci.sh's head documents, those its body uses)."""
-    text = SCRIPT.read_text(encoding="utf-8")
-    head, _, body = text.partition("\nset -euo pipefail\n")
-    assert body, "custody-ci.sh: no `set -euo pipefail` after its head"
-    named = re.compile(r"\bCUSTODY_[A-Z0-9_]+\b")
-    return set(named.findall(head)), set(named.findall(body))
 
 
 def test_the_script_is_executable_and_documents_every_variable_it_reads() -> None:
@@ -65,6 +51,8 @@ def test_the_script_is_executable_and_documents_every_variable_it_reads() -> Non
     # CUSTODY_SERVER is only the CLI's: the script never reads it.
     assert documented == used | {ENV_SERVER}
     assert documented >= CLI_VARIABLES
+    dispatched = re.findall(r"^    (\w+)\) cmd_\1 ;;$", SCRIPT.read_text(), flags=re.M)
+    assert set(dispatched) == SUBCOMMANDS
 
 
 @pytest.mark.parametrize("name", ACTIONS)
