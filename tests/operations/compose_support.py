@@ -8,7 +8,14 @@ translated the same way. The image's system files (/usr) are this machine's. The
 /opt/custody is this repository; its `custody-server` entrypoint is
 `python -m custody_server.main`. The one thing changed on purpose: every container listens
 on 50051 in a network of its own, while here they share one host, so each one is given a
-port of its own (--listen, --metrics-listen on top of the compose command).
+port of its own (--listen, --metrics-listen on top of the compose command), and a service
+the others reach by name (`postgres:5432`) gets a local port that every config file and
+command naming it is translated to.
+
+The `postgres` service (the official image) runs as Debian's PostgreSQL, initialized as
+the image's entrypoint does it from the service's environment: the superuser and the
+database it names, the password read (as root) from POSTGRES_PASSWORD_FILE, password
+authentication over TCP.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ import re
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from store.postgres_support import PostgresCluster, find_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHONPATH = os.pathsep.join(str(ROOT / part) for part in ("core", "client", "server"))
@@ -30,6 +38,8 @@ IMAGE_WORKDIR = "/opt/custody"  # the Dockerfile's WORKDIR, where it copies this
 CONTAINER_PORT = 50051
 _SYSTEM = ("/usr/",)  # the image's own files: the same packages on this machine
 _QUOTED_PATH = re.compile(r"""(["'])(/[^"'\n]*)\1""")
+# Services the others reach by name in the compose network, and the port each listens on.
+NETWORK_PORTS = {"postgres": 5432}
 
 
 def free_port() -> int:
@@ -41,11 +51,13 @@ def free_port() -> int:
 
 @dataclass
 class ComposeService:
-    """One service of the compose file, its paths translated to `root`."""
+    """One service of the compose file, its paths translated to `root`, and the network
+    addresses it names (`postgres:5432`) to the local ones in `addresses`."""
 
     name: str
     spec: dict[str, Any]
     root: Path
+    addresses: dict[str, str] = field(default_factory=dict)
 
     def mounts(self) -> dict[str, str]:
         """Path in the container -> volume name or ./host path."""
@@ -84,8 +96,12 @@ class ComposeService:
                 point.symlink_to(mounted)
 
     def translate(self, text: str) -> str:
-        """Every quoted absolute path in `text` (a config file, a script) translated."""
-        return _QUOTED_PATH.sub(lambda m: m[1] + self.path(m[2]) + m[1], text)
+        """Every quoted absolute path in `text` (a config file, a script) translated, and
+        every network address of a service (`postgres:5432`)."""
+        text = _QUOTED_PATH.sub(lambda m: m[1] + self.path(m[2]) + m[1], text)
+        for address, local in self.addresses.items():
+            text = re.sub(rf"(?<![\w.-]){re.escape(address)}(?!\d)", local, text)
+        return text
 
     def arguments(self, words: list[str]) -> list[str]:
         return [self.path(word) if word.startswith("/") else word for word in words]
@@ -123,8 +139,37 @@ class ComposeService:
 def load_compose(root: Path) -> dict[str, ComposeService]:
     """The compose file's services, each with its file system mounted under `root`."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
-    services = {name: ComposeService(name, spec, root)
+    addresses = {f"{name}:{port}": f"127.0.0.1:{free_port()}"
+                 for name, port in NETWORK_PORTS.items() if name in compose["services"]}
+    services = {name: ComposeService(name, spec, root, addresses)
                 for name, spec in compose["services"].items()}
     for service in services.values():
         service.mount()
     return services
+
+
+def local_port(service: ComposeService) -> int:
+    """The port a service reached by name in the compose network listens on here."""
+    return int(service.addresses[f"{service.name}:{NETWORK_PORTS[service.name]}"]
+               .rsplit(":", 1)[1])
+
+
+def start_postgres(service: ComposeService) -> PostgresCluster:
+    """The `postgres` service, as the official image's entrypoint starts it (PostgresMissing
+    without Debian's PostgreSQL)."""
+    environment = service.spec["environment"]
+    assert "POSTGRES_PASSWORD" not in environment, "a password literal in the compose file"
+    assert environment["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    # the entrypoint's file_env: the file's content without trailing newlines
+    password = Path(service.path(environment["POSTGRES_PASSWORD_FILE"])).read_text()
+    return PostgresCluster.create(user=environment["POSTGRES_USER"],
+                                  database=environment["POSTGRES_DB"],
+                                  password=password.rstrip("\n"), port=local_port(service))
+
+
+def postgres_healthcheck(service: ComposeService) -> subprocess.CompletedProcess[str]:
+    """The `postgres` service's healthcheck command (pg_isready), against its port here."""
+    kind, program, *rest = service.spec["healthcheck"]["test"]
+    assert kind == "CMD" and program == "pg_isready", service.spec["healthcheck"]
+    return subprocess.run([str(find_bin() / program), *rest, "--port", str(local_port(service))],
+                          capture_output=True, text=True, timeout=30, check=False)

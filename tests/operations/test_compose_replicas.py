@@ -1,13 +1,18 @@
-"""docker-compose.yml run for real, without Docker: its init container and its two
-replicas, from the config files it mounts (tests/operations/compose_support.py says how
-its paths are translated). On a fresh token the first `custody run` succeeds; 16 clients
-then sign through both replicas (client-side round robin) while one replica is stopped
-with SIGTERM and started again, and the other killed with SIGKILL and started again: no
-client call fails, every signature a client got is in one of the two audit trails, and
-both trails verify with `custody audit verify`."""
+"""docker-compose.yml run for real, without Docker: its init containers, its PostgreSQL
+(Debian's, initialized as the official image would be) and its two replicas, from the
+config files it mounts (tests/operations/compose_support.py says how its paths and
+addresses are translated). The database password is drawn at the first start, and the
+replicas reach the database with it through their PGPASSFILE, never a password in a
+file of the repository. On a fresh token the first `custody run` succeeds, and its link
+is found through either replica; 16 clients then sign through both replicas (client-side
+round robin) while one replica is stopped with SIGTERM and started again, and the other
+killed with SIGKILL and started again: no client call fails, every signature a client
+got is in one of the two audit trails and in the one shared store, and both trails
+verify with `custody audit verify`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,13 +26,20 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from store.postgres_support import PostgresCluster, PostgresMissing
 
 from custody_client.client import CustodyClient
 from custody_client.errors import ClientError
 from custody_client.link_draft import LinkDraft
 from custody_client.settings import ConnectionSettings, TlsMaterial
 
-from .compose_support import ComposeService, free_port, load_compose
+from .compose_support import (
+    ComposeService,
+    free_port,
+    load_compose,
+    postgres_healthcheck,
+    start_postgres,
+)
 from .ops_support import stop_group
 
 pytestmark = pytest.mark.slow
@@ -111,7 +123,8 @@ class Load:
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
-        self.returned: list[str] = []
+        self.returned: list[str] = []  # signed_sha256: what the signature covers
+        self.files: list[str] = []  # SHA-256 of each signed file: its id in the store
         self.failures: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -135,6 +148,7 @@ class Load:
                     continue
                 with self._lock:
                     self.returned.append(signed.sha256)
+                    self.files.append(hashlib.sha256(signed.content).hexdigest())
 
     def count(self) -> int:
         with self._lock:
@@ -154,8 +168,32 @@ def eventually(what: str, condition: Callable[[], bool], seconds: float = 120) -
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
-    services = load_compose(tmp_path)
+def services(tmp_path: Path) -> dict[str, ComposeService]:
+    return load_compose(tmp_path)
+
+
+@pytest.fixture
+def database(services: dict[str, ComposeService]) -> Iterator[PostgresCluster]:
+    """store-secret-init, then `postgres` once it ended, waited on by its healthcheck."""
+    secret = services["store-secret-init"].run_to_end()
+    assert secret.returncode == 0, secret.stderr
+    try:
+        cluster = start_postgres(services["postgres"])
+    except PostgresMissing as missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {missing}", pytrace=False)
+        pytest.skip(f"{missing}")
+    try:
+        eventually("postgres healthy",
+                   lambda: postgres_healthcheck(services["postgres"]).returncode == 0)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def replicas(services: dict[str, ComposeService], database: PostgresCluster
+             ) -> Iterator[tuple[Replica, Replica]]:
     init = services["softhsm-init"].run_to_end()
     assert init.returncode == 0, init.stderr
     first, second = Replica(services["custody-1"]), Replica(services["custody-2"])
@@ -179,6 +217,7 @@ def run_custody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_compose_replicas_sign_through_restarts(replicas: tuple[Replica, Replica],
+                                                 database: PostgresCluster,
                                                  tmp_path: Path) -> None:
     first, second = replicas
     tls_dir = Path(first.service.path("/var/lib/custody/tls"))
@@ -202,9 +241,15 @@ def test_compose_replicas_sign_through_restarts(replicas: tuple[Replica, Replica
     work.mkdir()
     (work / "src.c").write_text("int main(void) { return 0; }\n")
     first_run = run_custody("run", "-n", "build", "--server", both, *tls_flags, "-p", "src.c",
-                            "--", "true", cwd=work)
+                            "--run-id", "compose-first", "--", "true", cwd=work)
     assert first_run.returncode == 0, first_run.stderr
     assert len(list(work.glob("build.*.link"))) == 1
+    # One store: whichever replica signed it, each one finds the link.
+    for replica in replicas:
+        listed = run_custody("links", "list", "--server", replica.address, *tls_flags,
+                             "--run-id", "compose-first", "--json", cwd=work)
+        assert listed.returncode == 0, listed.stderr
+        assert [json.loads(line)["step"] for line in listed.stdout.splitlines()] == ["build"]
 
     settings = ConnectionSettings(address=both, timeout=60, tls=TlsMaterial.from_files(
         ca=tls_flags[1], cert=tls_flags[3], key=tls_flags[5]))
@@ -245,6 +290,11 @@ def test_compose_replicas_sign_through_restarts(replicas: tuple[Replica, Replica
     returned = set(load.returned)
     assert len(returned) == len(load.returned)
     assert returned <= first.digests() | second.digests()
+    # Every link a client got, through either replica, is in the one shared store.
+    stored = set(database.psql("SELECT id FROM attestations WHERE kind = 'link'").split())
+    missing = set(load.files) - stored
+    assert not missing, f"{len(missing)} links returned but not stored"
+    assert returned & first.digests() and returned & second.digests()
     for trail in (trail for replica in replicas for trail in replica.trails()):
         verified = run_custody("audit", "verify", *map(str, trail), "--key", str(key_file),
                                cwd=tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import posixpath
+import re
 import shutil
 import subprocess
 import sys
@@ -24,21 +25,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_file_names_what_exists() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     services = compose["services"]
-    assert {"softhsm-init", "custody-1", "custody-2"} <= set(services)
-    for service in services.values():
-        assert service["build"] == "."
+    assert {"softhsm-init", "store-secret-init", "postgres", "custody-1", "custody-2"} \
+        <= set(services)
+    for name, service in services.items():
+        if name == "postgres":  # the official image (Docker Hub's library/postgres)
+            assert re.fullmatch(r"postgres:\d+(-\w+)?", service["image"]), service["image"]
+        else:
+            assert service["build"] == "."
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), f"compose mounts missing {source}"
             else:
                 assert source in compose["volumes"], f"undeclared volume {source}"
-    init_script = services["softhsm-init"]["entrypoint"][1]
-    assert init_script.startswith("/opt/custody/")
-    assert (ROOT / init_script.removeprefix("/opt/custody/")).is_file()
     copies = dockerfile_copies((ROOT / "Dockerfile").read_text(encoding="utf-8"))
-    assert any(init_script.startswith(f"{landed}/") for landed in copies.values()), \
-        f"the image does not hold {init_script}"
+    for init in ("softhsm-init", "store-secret-init"):
+        init_script = services[init]["entrypoint"][1]
+        assert init_script.startswith("/opt/custody/")
+        assert (ROOT / init_script.removeprefix("/opt/custody/")).is_file()
+        assert any(init_script.startswith(f"{landed}/") for landed in copies.values()), \
+            f"the image does not hold {init_script}"
 
 
 def compose_mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -102,6 +108,56 @@ def test_compose_replicas_keep_secrets_and_trails_apart() -> None:
     assert volume_of(entrypoint[2], init) == "custody-token"
     assert volume_of(entrypoint[entrypoint.index("--pin-file") + 1], init) == "custody-pin"
     assert entrypoint[entrypoint.index("--pin-file") + 1] == str(parsed.hsm.pin_file)
+
+
+def test_compose_replicas_share_one_postgres_store_and_no_password_is_committed() -> None:
+    """Both replicas' config names the `postgres` service's database, by a URL without a
+    password; libpq reads it from PGPASSFILE, on a volume of its own (not the database's)
+    that only the init container writes, the replicas read-only; the postgres image reads
+    the same volume's password file. The replicas wait for a healthy database."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    from custody_server.config import config_from_dict
+
+    parsed = config_from_dict(tomllib.loads((ROOT / "deploy" / "custody.toml").read_text()),
+                              base=ROOT / "deploy")
+    assert parsed.store.postgres_url is not None, "the replicas must share PostgreSQL"
+    dsn = conninfo_to_dict(parsed.store.postgres_url)
+    assert "password" not in dsn and "passfile" not in dsn
+    assert (dsn["host"], dsn.get("port"), dsn["dbname"], dsn["user"]) == (
+        "postgres", "5432", "custody", "custody")
+    postgres = services["postgres"]
+    environment = postgres["environment"]
+    assert environment["POSTGRES_USER"] == dsn["user"]
+    assert environment["POSTGRES_DB"] == dsn["dbname"]
+    assert not {"POSTGRES_PASSWORD", "PGPASSWORD"} & {
+        name for service in services.values() for name in service.get("environment") or {}}
+    assert environment["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    db_mounts = compose_mounts(postgres)
+    data_volume = db_mounts["/var/lib/postgresql/data"]
+    secret_volume = volume_of(environment["POSTGRES_PASSWORD_FILE"], db_mounts)
+    assert secret_volume is not None and secret_volume != data_volume
+    assert f"{secret_volume}:/run/custody-db-secret:ro" in postgres["volumes"]
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert "ports" not in postgres, "the database is reached inside the compose network"
+    assert postgres["depends_on"]["store-secret-init"]["condition"] == \
+        "service_completed_successfully"
+    init = services["store-secret-init"]
+    assert volume_of(init["entrypoint"][2], compose_mounts(init)) == secret_volume
+    for name in ("custody-1", "custody-2"):
+        service = services[name]
+        mounts = compose_mounts(service)
+        assert volume_of(service["environment"]["PGPASSFILE"], mounts) == secret_volume
+        assert any(v.startswith(f"{secret_volume}:") and v.endswith(":ro")
+                   for v in service["volumes"]), "the replicas only read the password"
+        assert data_volume not in mounts.values()
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # no literal password anywhere a deployment would copy from
+    for text in ((ROOT / "docker-compose.yml").read_text(),
+                 (ROOT / "deploy" / "custody.toml").read_text()):
+        assert not re.search(r"(?i)password\s*[:=]\s*\S|://[^/@\s]*:[^/@\s]*@", text)
 
 
 def dockerfile_copies(dockerfile: str) -> dict[str, str]:
