@@ -197,7 +197,7 @@ tls_files() {
         case "$value" in
             *-----BEGIN*)
                 workdir
-                file="$WORK/${name,,}.pem"
+                file="$WORK/$name.pem"
                 (umask 077 && printf '%s\n' "$value" >"$file")
                 export "$name=$file"
                 ;;

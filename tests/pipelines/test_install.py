@@ -187,3 +187,30 @@ def test_gitlab_says_where_to_get_the_script_from(tmp_path: Path) -> None:
     result = gitlab_gate(tmp_path, {"CUSTODY_SCRIPTS_URL": ""})
     assert result.returncode == 2, result
     assert "custody-ci: set CUSTODY_SCRIPTS_URL" in result.output
+
+
+def test_pem_text_goes_to_a_private_file_for_the_cli_and_is_removed(tmp_path: Path) -> None:
+    """A secret's PEM text (client-key) reaches the CLI as a file of mode 600, removed
+    when the step ends; a path (ca) is passed on as it is, and one that cannot be read
+    is refused before the CLI runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "custody").write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "custody 0.1.0"; exit; fi\n'
+        'echo "key mode $(stat -c %a "$CUSTODY_KEY_FILE"): $(head -n 1 "$CUSTODY_KEY_FILE")"\n'
+        'echo "ca $CUSTODY_CA"\n')
+    (bin_dir / "custody").chmod(0o755)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    key = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----"
+    result, _, runner_temp = install(tmp_path, {"client-key": key, "ca": str(ca)},
+                                     bin_dir=bin_dir, stub=tmp_path / "unused", steps=None)
+    assert result.returncode == 0, result
+    assert "key mode 600: -----BEGIN PRIVATE KEY-----" in result.output
+    assert f"ca {ca}" in result.output and "c2VjcmV0" not in result.output
+    assert not list(runner_temp.glob("custody-ci.*"))
+    result, _, _ = install(tmp_path, {"ca": str(tmp_path / "missing.pem")},
+                           bin_dir=bin_dir, stub=tmp_path / "unused", steps=None)
+    assert result.returncode == 2, result
+    assert f"CUSTODY_CA: cannot read {tmp_path}/missing.pem" in result.output
