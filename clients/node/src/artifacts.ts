@@ -87,13 +87,12 @@ class ExcludeFilter {
   }
 }
 
-/** Python's os.path.normpath for POSIX paths. */
+/** Python's os.path.normpath for POSIX paths ("./src/" -> "src", "a/../b" -> "b"); one
+ * difference: a path that starts with exactly two slashes keeps one here. */
 export function normpath(path: string): string {
   if (path === "") return ".";
   const normalized = posix.normalize(path);
   const trimmed = normalized.length > 1 ? normalized.replace(/\/+$/, "") : normalized;
-  // normpath keeps exactly two leading slashes; posix.normalize keeps one: both are fine
-  // for a recorded name, which in-toto writes relative in practice.
   return trimmed === "" ? "/" : trimmed;
 }
 
