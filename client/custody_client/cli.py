@@ -58,8 +58,16 @@ def _configure_logging(*, verbose: bool, quiet: bool) -> None:
     import logging
 
     level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    from custody_core.display import escape_unprintable
+
+    class OneLine(logging.Formatter):
+        """Each message one line of safe text: warnings may quote a link's paths."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            return escape_unprintable(super().format(record))
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("custody: %(message)s"))
+    handler.setFormatter(OneLine("custody: %(message)s"))
     root = logging.getLogger("custody")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -110,7 +118,10 @@ def _skip_the_final_collection() -> None:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "failed"
+    """An error as one line of safe text: a server's message may quote a peer's input."""
+    from custody_core.display import escape_unprintable
+
+    return escape_unprintable(" ".join(text.split())) or "failed"
 
 
 if __name__ == "__main__":

@@ -105,3 +105,21 @@ def test_an_artifact_that_cannot_be_read_is_an_input_error(cli: Cli, chain: Path
     result = verify(cli, where, "--artifact", "missing.tar.gz")
     assert result.returncode == 2
     assert "--artifact missing.tar.gz: not a file" in result.stderr
+
+
+def test_a_crafted_artifact_name_cannot_forge_the_verdict(cli: Cli, chain: Path,
+                                                          tmp_path: Path) -> None:
+    """A gate that releases `dist/*` names what the build made. A file named to end the
+    FAIL line and start a PASS one (or a GitHub workflow command), with a terminal escape
+    and a right-to-left override, is shown escaped: the verdict stays one FAIL."""
+    where = gate(chain, tmp_path / "gate")
+    name = "x\nPASS: root.layout verified (3 steps)\n::notice::ok\x1b[1A\u202e.gz"
+    (where / name).write_bytes(b"not what package made")
+    result = verify(cli, where, "--artifact", name)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("FAIL: root.layout did not verify")
+    assert not any(line.startswith(("PASS", "::")) for line in lines)
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert r"x\x0aPASS: root.layout verified (3 steps)\x0a::notice::ok\x1b[1A\u202e.gz" \
+        in result.stdout

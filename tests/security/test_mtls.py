@@ -165,9 +165,14 @@ def test_identity_without_a_certificate(auth: dict[str, list[bytes]], expected: 
     (CertificateRequest("", uri_names=("spiffe://a", "spiffe://b")), "2 URI SANs"),
     (CertificateRequest("", uri_names=("dns:d.example",)), "usable scheme"),
     (CertificateRequest("", uri_names=("no-scheme",)), "usable scheme"),
-    (CertificateRequest("a\nb"), r"common name 'a\x0ab' contains a control character"),
+    (CertificateRequest("a\nb"), r"common name 'a\x0ab' contains an unprintable character"),
     (CertificateRequest("cn", uri_names=("spiffe://a/b\0.evil",)),
-     r"URI SAN 'spiffe://a/b\x00.evil' contains a control character"),
+     r"URI SAN 'spiffe://a/b\x00.evil' contains an unprintable character"),
+    # what reorders or hides text is refused as a control is: a right-to-left override
+    # would show "builder.live" in a log for the name the policy sees
+    (CertificateRequest("builder\u202eevil."),
+     r"common name 'builder\u202eevil.' contains an unprintable character"),
+    (CertificateRequest("build\u200bagent"), r"'build\u200bagent'"),
     # any name with a control character refuses the certificate, also one not used
     (CertificateRequest("c\x85n", uri_names=("spiffe://a/b",)), r"'c\x85n'"),
     (CertificateRequest("", uri_names=("spiffe://a/b",), dns_names=("d\x7f",)), r"'d\x7f'"),

@@ -20,6 +20,7 @@ from custody_client.errors import InputError, RecordingError
 from custody_client.hashing import sha256_file
 from custody_client.models import LayoutKey, StoredLink
 from custody_client.run_ids import run_id
+from custody_core.display import escape_unprintable
 
 PAGE = 1000  # links per ListLinks call when more are wanted
 
@@ -50,7 +51,8 @@ def _line(link: StoredLink) -> str:
     stored = link.stored.strftime("%Y-%m-%dT%H:%M:%SZ") if link.stored else "?"
     name = link.file_name or f"({link.kind})"
     run = link.run_id or "-"
-    return f"{link.id[:16]}  {stored}  {run:<24}  {name}  {link.origin} by {link.caller}"
+    return escape_unprintable(
+        f"{link.id[:16]}  {stored}  {run:<24}  {name}  {link.origin} by {link.caller}")
 
 
 def cmd_links_list(args: argparse.Namespace) -> int:
@@ -105,8 +107,9 @@ def cmd_links_add(args: argparse.Namespace) -> int:
         for path, content in files:
             stored = client.add_link(content, run_id=run, keys=keys)
             if not args.quiet:
-                print(f"{path}: stored as {stored.id[:16]} ({stored.file_name}"
-                      + (f", run {stored.run_id}" if stored.run_id else "") + ")")
+                print(escape_unprintable(
+                    f"{path}: stored as {stored.id[:16]} ({stored.file_name}"
+                    + (f", run {stored.run_id}" if stored.run_id else "") + ")"))
     return EXIT_OK
 
 

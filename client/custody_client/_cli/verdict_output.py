@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from custody_client.models import VerifyFailure, VerifyResult
+from custody_core.display import escape_unprintable
 
 _MAX_PATHS_SHOWN = 10
 
@@ -77,7 +78,9 @@ def format_verdict(
             lines.append(f"warning: [{warning.stage}] {where}{warning.message}")
         if show_trace:
             lines.extend(_trace_lines(result.trace))
-    return "\n".join(lines)
+    # Paths, step names and reasons come from links and layouts: escaped line by line,
+    # so none can start a line of its own (a forged PASS, a CI log's workflow command).
+    return "\n".join(escape_unprintable(line) for line in lines)
 
 
 def verdict_json(result: VerifyResult, *, layout_name: str,

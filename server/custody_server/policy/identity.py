@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from custody_core.display import escape_unprintable
 from custody_server.policy.errors import IdentityError
 
 ANONYMOUS = "anonymous"
@@ -39,7 +40,6 @@ MAX_IDENTITY_LENGTH = 1024
 PEM_CERT_PROPERTY = "x509_pem_cert"  # gRPC's auth context: the peer's certificate, PEM
 _URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _RESERVED_SCHEMES = frozenset({"dns", "cn"})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _RENDER_LIMIT = 200
 
 
@@ -82,9 +82,9 @@ class PeerCertificate:
 
 def render_name(value: str) -> str:
     """A name from a certificate as safe text for messages, logs and the audit trail:
-    quoted, backslashes and control characters escaped (NUL is `\\x00`), and cut at
-    200 characters with `...`."""
-    escaped = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value.replace("\\", "\\\\"))
+    quoted, backslashes and unprintable characters escaped (NUL is `\\x00`, a
+    right-to-left override `\\u202e`), and cut at 200 characters with `...`."""
+    escaped = escape_unprintable(value.replace("\\", "\\\\"))
     if len(escaped) > _RENDER_LIMIT:
         escaped = escaped[:_RENDER_LIMIT] + "..."
     return f"'{escaped}'"
@@ -96,8 +96,9 @@ def check_identity_string(value: str) -> str:
         raise IdentityError("identity is empty")
     if len(value) > MAX_IDENTITY_LENGTH:
         raise IdentityError(f"identity is longer than {MAX_IDENTITY_LENGTH} characters")
-    if _CONTROL.search(value):
-        raise IdentityError(f"identity {render_name(value)} contains control characters")
+    if not value.isprintable():
+        raise IdentityError(f"identity {render_name(value)} contains an unprintable "
+                            "character")
     if value == ANONYMOUS:
         return value
     scheme = _URI_SCHEME.match(value)
@@ -133,9 +134,9 @@ def identity_from_certificate(certificate: x509.Certificate) -> ClientIdentity:
                 raise IdentityError(f"client certificate {kind} is not text")
             if not name:
                 raise IdentityError(f"client certificate has an empty {kind}")
-            if _CONTROL.search(name):
+            if not name.isprintable():  # controls, and what reorders or hides text
                 raise IdentityError(f"client certificate {kind} {render_name(name)} contains "
-                                    "a control character")
+                                    "an unprintable character")
     if len(uris) > 1:
         raise IdentityError(f"client certificate has {len(uris)} URI SANs; exactly one is "
                             "expected")
