@@ -37,8 +37,9 @@
 #                       shell; for pipes or `&&`: bash -c '...'
 #   CUSTODY_MATERIALS   paths recorded before the command runs
 #   CUSTODY_PRODUCTS    paths recorded after it
-#   CUSTODY_RUN_ID      the run the link belongs to (default: the CLI's: github:$GITHUB_RUN_ID,
-#                       gitlab:$CI_PIPELINE_ID)
+#   CUSTODY_RUN_ID      the run the link belongs to (default: the CLI's,
+#                       github:<host>/<owner>/<repo>/$GITHUB_RUN_ID or
+#                       gitlab:$CI_SERVER_HOST/$CI_PROJECT_PATH/$CI_PIPELINE_ID)
 #   CUSTODY_EXCLUDE     patterns not recorded (--exclude; default: the CLI's)
 #   CUSTODY_BASE_PATH   record paths relative to this directory (--base-path)
 #   CUSTODY_LSTRIP_PATHS  prefixes removed from recorded paths (--lstrip-paths)

@@ -15,6 +15,17 @@ from custody_client.run_ids import run_id
     (None, {"CUSTODY_RUN_ID": "mine", "GITHUB_RUN_ID": "7"}, "mine"),
     (None, {"GITHUB_RUN_ID": "7", "CI_PIPELINE_ID": "8"}, "github:7"),
     (None, {"CI_PIPELINE_ID": "8"}, "gitlab:8"),
+    # GITHUB_RUN_ID is unique within a repository: two repositories' run 7 are two runs
+    (None, {"GITHUB_RUN_ID": "7", "GITHUB_REPOSITORY": "acme/app",
+            "GITHUB_SERVER_URL": "https://github.com"}, "github:github.com/acme/app/7"),
+    (None, {"GITHUB_RUN_ID": "7", "GITHUB_REPOSITORY": "acme/lib",
+            "GITHUB_SERVER_URL": "https://ghe.example:8443"}, "github:ghe.example:8443/acme/lib/7"),
+    (None, {"GITHUB_RUN_ID": "7", "GITHUB_REPOSITORY": "acme/app"},
+     "github:github.com/acme/app/7"),
+    (None, {"CI_PIPELINE_ID": "8", "CI_SERVER_HOST": "gitlab.example",
+            "CI_PROJECT_PATH": "group/sub/app"}, "gitlab:gitlab.example/group/sub/app/8"),
+    (None, {"CI_PIPELINE_ID": "8", "CI_SERVER_HOST": "gitlab.example"},
+     "gitlab:gitlab.example/8"),
     (None, {}, ""),
     ("", {"GITHUB_RUN_ID": "7"}, ""),  # given empty: no run, whatever the CI says
 ])
@@ -28,6 +39,8 @@ def test_the_run_id_comes_from_the_flag_then_the_ci(given: str | None,
     ("has space", {}, "--run-id"),
     (None, {"CUSTODY_RUN_ID": "x" * 201}, "CUSTODY_RUN_ID"),
     (None, {"GITHUB_RUN_ID": "7;rm"}, "GITHUB_RUN_ID"),
+    (None, {"CI_PIPELINE_ID": "8", "CI_SERVER_HOST": "h",
+            "CI_PROJECT_PATH": "g/" * 100 + "app"}, "CI_PIPELINE_ID"),  # over 200
 ])
 def test_a_bad_run_id_is_an_input_error_naming_its_source(
         given: str | None, environ: dict[str, str], source: str) -> None:

@@ -223,3 +223,25 @@ def test_no_answer_without_the_client_certificate_or_server(agent: Agent, tmp_pa
                  cwd=tmp_path, check=False)
     assert down.returncode == 3, down.stderr
     assert not list(tmp_path.rglob("*.link"))
+
+
+@pytest.mark.parametrize("ci", [
+    {"GITHUB_RUN_ID": "41", "GITHUB_REPOSITORY": "acme/app",
+     "GITHUB_SERVER_URL": "https://ghe.example:8443"},
+    {"GITHUB_RUN_ID": "42"},
+    {"CI_PIPELINE_ID": "43", "CI_SERVER_HOST": "gitlab.example", "CI_PROJECT_PATH": "g/s/app"},
+    {"CI_PIPELINE_ID": "44", "CI_SERVER_HOST": "gitlab.example"},
+], ids=["github", "github-bare", "gitlab", "gitlab-no-project"])
+def test_the_agent_takes_the_ci_run_id_as_the_custody_cli_does(
+        agent: Agent, tmp_path: Path, ci: dict[str, str]) -> None:
+    """One run, whichever agent records a step: a Node job and a Python job of one
+    pipeline must file their links under the same id."""
+    from custody_client.run_ids import run_id
+
+    env = {name: value for name, value in agent.env.items()
+           if not name.startswith(("GITHUB_", "CI_", "CUSTODY_RUN_ID"))}
+    job = Agent(agent.node, agent.script, {**env, **ci})
+    (tmp_path / "out.txt").write_text("made\n")
+    job("run", "-n", "ci-run-id", "-p", "out.txt", "--no-command", cwd=tmp_path)
+    (link,) = tmp_path.glob("ci-run-id.*.link")
+    assert link_payload(link)["environment"]["custody.run-id"] == run_id(None, ci)

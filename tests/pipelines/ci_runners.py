@@ -36,6 +36,16 @@ _OPERAND = re.compile(r"(inputs|env|github)\.([A-Za-z_][A-Za-z0-9_-]*)"
                       r"|steps\.([A-Za-z_][A-Za-z0-9_-]*)\.outputs\.([A-Za-z_][A-Za-z0-9_-]*)"
                       r"|'((?:[^']|'')*)'")
 _JOB_IDS = itertools.count(1000)
+# Where the emulated runners say the project lives (the run id names it, as on a runner).
+GITHUB_SERVER = "https://github.com"
+GITLAB_HOST = "gitlab.example.com"
+PROJECT = "acme/app"
+
+
+def ci_run_id(flavour: str, number: str) -> str:
+    """The run id the CLI makes from the emulated runner's variables."""
+    host = "github.com" if flavour == "github" else GITLAB_HOST
+    return f"{flavour}:{host}/{PROJECT}/{number}"
 
 
 class UnsupportedError(AssertionError):
@@ -150,6 +160,8 @@ class GithubAction:
             "CI": "true",
             "GITHUB_ACTIONS": "true",
             "GITHUB_RUN_ID": run_id,
+            "GITHUB_REPOSITORY": PROJECT,
+            "GITHUB_SERVER_URL": GITHUB_SERVER,
             "GITHUB_RUN_ATTEMPT": "1",
             "GITHUB_WORKSPACE": str(workspace),
             "GITHUB_ACTION_PATH": str(self.directory),
@@ -306,6 +318,8 @@ class GitlabTemplate:
             "CI": "true",
             "GITLAB_CI": "true",
             "CI_PIPELINE_ID": pipeline_id,
+            "CI_SERVER_HOST": GITLAB_HOST,
+            "CI_PROJECT_PATH": PROJECT,
             "CI_JOB_ID": job_id,
             "CI_JOB_NAME": name,
             "CI_PROJECT_DIR": str(project_dir),

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .ci_runners import ROOT, SCRIPTS, GithubAction, GitlabTemplate, JobResult, operands
+from .ci_runners import (
+    ROOT,
+    SCRIPTS,
+    GithubAction,
+    GitlabTemplate,
+    JobResult,
+    ci_run_id,
+    operands,
+)
 
 FLAVOURS = ("github", "gitlab")
 
@@ -90,7 +98,7 @@ class CiPipeline:
     @property
     def run_id(self) -> str:
         """The run id the CLI takes from the CI's environment."""
-        return f"{self.flavour}:{self.number}"
+        return ci_run_id(self.flavour, self.number)
 
     def job_dirs(self, name: str) -> tuple[Path, Path, Path]:
         """(workspace, temp, home) of a new job."""

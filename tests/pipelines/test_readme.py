@@ -22,6 +22,7 @@ from .ci_runners import (
     GithubAction,
     GitlabTemplate,
     JobResult,
+    ci_run_id,
 )
 from .pipeline_support import CiPipeline, Connection, input_variables, job_env
 from .template_rules import GITLAB_JOB_KEYWORDS, TEMPLATE_VARIABLES, script_variables
@@ -221,4 +222,5 @@ def test_the_gitlab_snippet_runs(connection: Connection, build_layout: bytes, to
     shutil.copy(build / "dist" / "app.tar.gz", gate / "dist" / "app.tar.gz")
     gated = run_job("release-gate", gate)
     assert gated.returncode == 0, gated
-    assert f"links: run gitlab:{pipeline_id}, from the attestation store" in gated.output
+    run = ci_run_id("gitlab", pipeline_id)
+    assert f"links: run {run}, from the attestation store" in gated.output

@@ -113,8 +113,9 @@ def _run_id_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", metavar="ID",
                         help="the pipeline run this step belongs to: the server's "
                              "attestation store groups links by it (default: "
-                             "$CUSTODY_RUN_ID, else github:$GITHUB_RUN_ID, else "
-                             "gitlab:$CI_PIPELINE_ID; none: no run)")
+                             "$CUSTODY_RUN_ID, else the CI's: github:HOST/OWNER/REPO/"
+                             "$GITHUB_RUN_ID, else gitlab:$CI_SERVER_HOST/$CI_PROJECT_PATH/"
+                             "$CI_PIPELINE_ID; none: no run)")
 
 
 def _links_commands(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -89,8 +89,18 @@ function runId(given: string | undefined): string {
   const env = process.env;
   let value = given ?? env["CUSTODY_RUN_ID"] ?? "";
   if (given === undefined && !value) {
-    if (env["GITHUB_RUN_ID"]) value = `github:${env["GITHUB_RUN_ID"]}`;
-    else if (env["CI_PIPELINE_ID"]) value = `gitlab:${env["CI_PIPELINE_ID"]}`;
+    // A GitHub run number is unique only within its repository: the repository and
+    // server are part of the id (custody_client/run_ids.py says the same).
+    if (env["GITHUB_RUN_ID"]) {
+      const repository = env["GITHUB_REPOSITORY"];
+      const host = env["GITHUB_SERVER_URL"] ? new URL(env["GITHUB_SERVER_URL"]).host : "github.com";
+      value = repository ? `github:${host}/${repository}/${env["GITHUB_RUN_ID"]}`
+        : `github:${env["GITHUB_RUN_ID"]}`;
+    } else if (env["CI_PIPELINE_ID"]) {
+      const host = env["CI_SERVER_HOST"], project = env["CI_PROJECT_PATH"];
+      const where = [host, host ? project : undefined].filter(Boolean).join("/");
+      value = where ? `gitlab:${where}/${env["CI_PIPELINE_ID"]}` : `gitlab:${env["CI_PIPELINE_ID"]}`;
+    }
   }
   if (value && !/^[A-Za-z0-9._:/@+=-]{1,200}$/.test(value)) {
     throw new InputError(`${JSON.stringify(value.slice(0, 80))} is not a run id`);
