@@ -196,7 +196,7 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
     custody_pb2_grpc.add_CustodyServicer_to_server(  # type: ignore[no-untyped-call]
         CustodyServicer(signing=signing, verification=verification,
                         default_link_key=config.default_link_key,
-                        default_layout_key=config.default_layout_key,
+                        default_layout_key=config.default_layout_key, audit=audit,
                         batch=batch, check_link=access.check_link,
                         attestations=attestations),
         server,

@@ -1,6 +1,13 @@
 """Verify: resolve the trusted layout keys, run the core pipeline, audit the verdict.
 
 The service never runs a command: inspection links come from the caller.
+
+With `stored_links` the links come from the attestation store, which is a read of the
+store (docs/STORE.md, "Who may read the store"): the access gate lets only callers also
+granted ListLinks ask for it (custody_server.policy.rpcs.STORE_READ_RPC), the layout
+must pass its own stages (signature by the keys given, expiry, parameters) before the
+store is read at all, and every such call is audited: a verdict by its `verify` entry,
+a plan by a `store-read` entry (custody_server.store_reads).
 """
 
 from __future__ import annotations
@@ -8,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +36,7 @@ from custody_server.lifecycle.rotation import KeyState, format_time
 from custody_server.lifecycle.rotation_diagnosis import explain_rotations
 from custody_server.lifecycle.service_key_policy import ServiceKeyPolicy
 from custody_server.store.records import chosen_digest
+from custody_server.store_reads import STORE_READ, STORE_READ_CATEGORY
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,10 @@ class VerificationService:
         if request.artifacts:  # what the gate asked about (the first 20), as digests
             details["artifacts"] = len(request.artifacts)
             details["artifact_digests"] = [_digest_text(a) for a in request.artifacts[:20]]
+        if request.stored_links:
+            details.update(stored_links=True, store_read=False)
+            if request.run_id:  # the run asked for (a run found is `run_id` below)
+                details["requested_run_id"] = request.run_id[:200]
         run_id = ""
         try:
             if not request.layout:
@@ -102,24 +114,19 @@ class VerificationService:
             layout_keys = self.resolve_keys(request.layout_keys, layout=request.layout, now=now)
             links, unlisted = request.links, request.unlisted_links
             not_found = None
-            if request.stored_links:
-                stored = self._stored(request)
-                run_id = stored.run_id
-                details.update(stored_links=True, run_id=run_id, links=len(stored.links),
-                               unlisted_links=len(stored.unlisted))
-                links, unlisted, not_found = stored.links, stored.unlisted, stored.not_found
-            verdict = verify_supply_chain(
-                layout=request.layout,
-                layout_keys=layout_keys,
-                links=links,
-                inspection_links=request.inspection_links,
-                # the wire cannot tell no parameters from none given: both mean none, so
-                # nothing is substituted (as in-toto-verify)
-                parameters=request.parameters or None,
-                now=now,
-                key_policy=ServiceKeyPolicy(self._keys.versions_by_keyid()),
-                artifacts=request.artifacts,
-            )
+            # The store only for a layout that verifies: one that fails on its own (an
+            # unsigned or expired one, or one signed by other keys than those given) is
+            # answered without reading the store, so without a run or a link of it.
+            verdict = (self._layout_stage(request, layout_keys, now)
+                       if request.stored_links else None)
+            if verdict is None:
+                if request.stored_links:
+                    stored = self._stored(request)
+                    run_id = stored.run_id
+                    details.update(store_read=True, run_id=run_id, links=len(stored.links),
+                                   unlisted_links=len(stored.unlisted))
+                    links, unlisted, not_found = stored.links, stored.unlisted, stored.not_found
+                verdict = self._verify_chain(request, layout_keys, links, now)
             # no run: that is the verdict, unless the layout itself failed already
             if not_found is not None and verdict.failed_stage not in _LAYOUT_STAGES:
                 verdict = Verdict.of(failures=(not_found,), warnings=verdict.warnings)
@@ -130,10 +137,38 @@ class VerificationService:
             if not request.plan:
                 self._record(AuditEvent.failure(action="verify", category="process",
                                                 error=error, details=details))
+            elif request.stored_links:  # a plan that asked to read the store
+                self._record(AuditEvent.failure(action=STORE_READ, category=STORE_READ_CATEGORY,
+                                                error=error, details={**details, "plan": True}))
             raise
         if not request.plan:
             details.update(self._indicators(request, links))
         return self._recorded(verdict, request, details), run_id
+
+    def _verify_chain(self, request: VerifyInput, layout_keys: Mapping[str, PublicKey],
+                      links: Mapping[str, bytes], now: datetime) -> Verdict:
+        return verify_supply_chain(
+            layout=request.layout,
+            layout_keys=layout_keys,
+            links=links,
+            inspection_links=request.inspection_links,
+            # the wire cannot tell no parameters from none given: both mean none, so
+            # nothing is substituted (as in-toto-verify)
+            parameters=request.parameters or None,
+            now=now,
+            key_policy=ServiceKeyPolicy(self._keys.versions_by_keyid()),
+            artifacts=request.artifacts,
+        )
+
+    def _layout_stage(self, request: VerifyInput, layout_keys: Mapping[str, PublicKey],
+                      now: datetime) -> Verdict | None:
+        """The verdict if the layout fails on its own (signature by `layout_keys`, expiry,
+        parameters), before any link is looked at; None if it gets past them. The core's
+        pipeline with no links stops at the first stage that fails, so a failure in a
+        stage of the layout is exactly what the whole verification would report."""
+        verdict = self._verify_chain(replace(request, inspection_links={}, artifacts=()),
+                                     layout_keys, {}, now)
+        return verdict if verdict.failed_stage in _LAYOUT_STAGES else None
 
     def _indicators(self, request: VerifyInput, links: Mapping[str, bytes]) -> dict[str, Any]:
         """What the SLIs count (custody_server.metrics): the layout's steps and how many
@@ -166,10 +201,21 @@ class VerificationService:
 
     def _recorded(self, verdict: Verdict, request: VerifyInput,
                   details: dict[str, Any]) -> Verdict:
-        """The verdict, once audited and counted (a plan: neither)."""
-        if request.plan:
-            return verdict
+        """The verdict, once audited and counted (a plan: neither, but a plan that read,
+        or asked to read, the store is audited as a `store-read`)."""
         first = verdict.failures[0] if verdict.failures else None
+        if request.plan:
+            if request.stored_links:
+                read = bool(details.get("store_read"))
+                self._record(AuditEvent(
+                    action=STORE_READ, category=STORE_READ_CATEGORY,
+                    outcome="success" if read else "failure",
+                    reason="" if read or first is None else
+                    f"the store was not read: the layout failed at {first.stage}: "
+                    f"{first.reason}"[:500],
+                    details={**details, "plan": True, "passed": verdict.passed,
+                             "failure_stage": first.failure_stage if first else ""}))
+            return verdict
         self._record(AuditEvent(
             action="verify",
             category="process",

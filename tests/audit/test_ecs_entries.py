@@ -36,7 +36,7 @@ ACTIONS = ("sign-link", "sign-layout", "verify", "key-create", "key-rotate", "ke
            "key-prepare", "key-destroy", "authenticate", "authorize", "decode-request",
            "request-limit", "rate-limit", "policy-reload", "crl-reload", "server-start",
            "server-stop", "audit-open", "audit-recovered", "audit-checkpoint",
-           "audit-new-segment", "store-link", "add-link", "store-retention")
+           "audit-new-segment", "store-link", "add-link", "store-retention", "store-read")
 
 
 def entry(action: str, outcome: str = "success", category: str = "api") -> dict[str, Any]:

@@ -49,6 +49,7 @@ CATEGORIZATION: Mapping[str, tuple[str, str]] = {
     "store-link": ("database", "change"),
     "add-link": ("database", "change"),
     "store-retention": ("database", "change"),
+    "store-read": ("database", "access"),  # GetLink, ListLinks, a plan from the store
     "key-create": ("configuration", "creation"),
     "key-prepare": ("configuration", "creation"),
     "key-rotate": ("configuration", "change"),

@@ -14,6 +14,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from google.protobuf.descriptor import FileDescriptor
 
@@ -63,8 +64,20 @@ def build_catalog(descriptor: FileDescriptor) -> Mapping[str, RpcInfo]:
     return MappingProxyType(catalog)
 
 
-# Admitted, these only read: they write no audit entry (a refusal of them is audited).
+# Admitted, these only read public keys: they write no audit entry (a refusal of them is
+# audited). Every other call does, reads of the attestation store included.
 READS_WITHOUT_AUDIT = frozenset({"ListKeys", "GetPublicKey"})
+
+# The grant that lets a caller read the attestation store. Verify with `stored_links`
+# reads it as ListLinks does (the run found, its links in the verdict), so it is allowed
+# only to an identity that is also granted ListLinks (docs/SECURITY.md).
+STORE_READ_RPC = "ListLinks"
+
+
+def reads_store(rpc: str, request: Any) -> bool:
+    """Whether a call of `rpc` reads the attestation store although its RPC is not a
+    store RPC: Verify with `stored_links` (plans included)."""
+    return rpc == "Verify" and bool(getattr(request, "stored_links", False))
 
 RPC_CATALOG: Mapping[str, RpcInfo] = build_catalog(custody_pb2.DESCRIPTOR)
 RPCS_BY_NAME: Mapping[str, RpcInfo] = MappingProxyType(

@@ -19,7 +19,8 @@ For every Custody and KeyAdmin RPC, before the servicer runs, in this order:
    skips steps 2-4, the audit trail or the request id;
 6. the policy's decision on RPC, key alias and step name: PERMISSION_DENIED (audited);
    for SignLinks on the RPC alone, and each link then by `check_link` (one token of the
-   rate and a decision on its key alias and step name each);
+   rate and a decision on its key alias and step name each); Verify with `stored_links`
+   reads the attestation store, so it needs a grant of ListLinks as well;
 7. layout size and nesting limits (custody_core.strict_json.JsonLimits):
    INVALID_ARGUMENT naming the limit (audited as `request-limit`).
 
@@ -59,7 +60,12 @@ from custody_server.policy import (
 from custody_server.policy.identity import PeerCertificate, peer_from_auth_context
 from custody_server.policy.refusal_sampler import RefusalSampler
 from custody_server.policy.revocation import RevocationStore
-from custody_server.policy.rpcs import READS_WITHOUT_AUDIT, KeyScope
+from custody_server.policy.rpcs import (
+    READS_WITHOUT_AUDIT,
+    STORE_READ_RPC,
+    KeyScope,
+    reads_store,
+)
 from custody_server.transport.errors import status_for
 from custody_server.transport.in_progress import CallCounter
 
@@ -144,6 +150,8 @@ class AccessControl:
         if not decision.allowed:
             self._deny(grpc.StatusCode.PERMISSION_DENIED, "authorize", "iam",
                        f"permission denied: {decision.reason}", details)
+        if reads_store(rpc.name, request):
+            self._check_store_read(policy, identity.value, rpc, details)
         layout = getattr(request, "layout", None) if rpc.name in _LAYOUT_RPCS else None
         if isinstance(layout, bytes):
             try:
@@ -151,6 +159,18 @@ class AccessControl:
             except RequestError as refused:
                 self._deny(status_for(refused), "request-limit", "api", str(refused), details)
         return identity, request
+
+    def _check_store_read(self, policy: Policy, identity: str, rpc: RpcInfo,
+                          details: dict[str, Any]) -> None:
+        """A call that reads the attestation store beyond its RPC's name (Verify with
+        stored_links) is allowed only to an identity granted the store's read RPC."""
+        details["stored_links"] = True
+        decision = policy.decide(AccessRequest(identity=identity, rpc=STORE_READ_RPC))
+        if not decision.allowed:
+            self._deny(grpc.StatusCode.PERMISSION_DENIED, "authorize", "iam",
+                       f"permission denied: {rpc.name} with stored_links reads the "
+                       f"attestation store, which needs a grant of {STORE_READ_RPC}: "
+                       f"{decision.reason}", details)
 
     def check_link(self, *, identity: str, key_alias: str, step: str) -> None:
         """One link of a SignLinks call, decided as the link on its own: one token of the

@@ -21,7 +21,7 @@ from custody_core.step_names import step_name_for_audit
 from custody_core.strict_json import parse_json
 from custody_core.verdict import Verdict
 from custody_server.attestations import Attestations
-from custody_server.audit_events import AuditEvent
+from custody_server.audit_events import AuditEvent, AuditSink
 from custody_server.batch_signing import BatchSigning, RefusedLink
 from custody_server.errors import RequestError
 from custody_server.signing import LinkRequest, SignedMetadata, SigningService
@@ -30,10 +30,12 @@ from custody_server.store.records import (
     LinkQuery,
     StoredRecord,
     check_run_id,
+    check_step_filter,
     page_token,
     parse_digest,
     parse_page_token,
 )
+from custody_server.store_reads import audited_read, found_files
 from custody_server.transport.authz import AccessRefused, authenticated_identity
 from custody_server.transport.errors import client_message, status_for
 from custody_server.verification import TrustedKeySpec, VerificationService, VerifyInput
@@ -63,10 +65,12 @@ CheckLink = Callable[..., None]
 
 class CustodyServicer(pb_grpc.CustodyServicer):
     def __init__(self, *, signing: SigningService, verification: VerificationService,
-                 default_link_key: str, default_layout_key: str,
+                 default_link_key: str, default_layout_key: str, audit: AuditSink,
                  batch: BatchSigning | None = None,
                  check_link: CheckLink | None = None,
                  attestations: Attestations | None = None) -> None:
+        """`audit`: where the reads of the store (GetLink, ListLinks) are recorded."""
+        self._audit = audit
         self._attestations = attestations
         self._signing = signing
         self._verification = verification
@@ -199,16 +203,31 @@ class CustodyServicer(pb_grpc.CustodyServicer):
                                        caller=caller_identity(context))
         return pb.AddLinkResponse(link=_stored_link(record))
 
+    # Reads of the store: each audited as a `store-read` (what was asked, what was found,
+    # never a file's content) before the answer leaves; refused ones too.
+
     def GetLink(self, request: pb.GetLinkRequest,
                 context: grpc.ServicerContext) -> pb.GetLinkResponse:
-        return pb.GetLinkResponse(link=_stored_link(self._store().get(request.id)))
+        return audited_read(self._audit, lambda: self._get_link(request, context),
+                            caller=caller_identity(context),
+                            asked={"requested_id": request.id[:64]}, found=_found_link)
 
     def ListLinks(self, request: pb.ListLinksRequest,
                   context: grpc.ServicerContext) -> pb.ListLinksResponse:
+        return audited_read(self._audit, lambda: self._list_links(request, context),
+                            caller=caller_identity(context), asked=_list_filters(request),
+                            found=_found_links)
+
+    def _get_link(self, request: pb.GetLinkRequest,
+                  context: grpc.ServicerContext) -> pb.GetLinkResponse:
+        return pb.GetLinkResponse(link=_stored_link(self._store().get(request.id)))
+
+    def _list_links(self, request: pb.ListLinksRequest,
+                    context: grpc.ServicerContext) -> pb.ListLinksResponse:
         query = LinkQuery(
             kind=request.kind or "link",
             run_id=check_run_id(request.run_id),
-            step=request.step,
+            step=check_step_filter(request.step),
             digest=parse_digest(request.artifact_digest) if request.artifact_digest else "",
             since=(request.since.ToDatetime(tzinfo=UTC) if request.HasField("since")
                    else None),
@@ -221,6 +240,35 @@ class CustodyServicer(pb_grpc.CustodyServicer):
         token = page_token(records[-1].seq) if len(records) == query.limit else ""
         return pb.ListLinksResponse(links=[_stored_link(r) for r in records],
                                     next_page_token=token)
+
+
+def _list_filters(request: pb.ListLinksRequest) -> dict[str, Any]:
+    """A ListLinks request's filters as asked (capped: it may not parse), for its entry."""
+    filters: dict[str, Any] = {"kind": request.kind[:20] or "link",
+                               "limit": request.limit, "include_content": request.include_content}
+    if request.step:
+        filters.update(step_name_for_audit(request.step))
+    for name in ("run_id", "artifact_digest", "page_token"):
+        if value := getattr(request, name):
+            filters[name] = value[:200]
+    for name in ("since", "until"):
+        if request.HasField(name):
+            filters[name] = getattr(request, name).seconds
+    return filters
+
+
+def _found_links(response: pb.ListLinksResponse) -> dict[str, Any]:
+    return {**found_files((link.run_id for link in response.links),
+                          (len(link.content) for link in response.links),
+                          count=len(response.links)),
+            "more": bool(response.next_page_token)}
+
+
+def _found_link(response: pb.GetLinkResponse) -> dict[str, Any]:
+    link = response.link
+    return {**found_files((link.run_id,), (len(link.content),), count=1),
+            "id": link.id, "kind": link.kind, "keyid": link.keyid,
+            **step_name_for_audit(link.step)}
 
 
 def _stored_link(record: StoredRecord) -> pb.StoredLink:
