@@ -30,7 +30,6 @@ from custody_server.store.records import (
     LinkQuery,
     StoredRecord,
     check_run_id,
-    check_step_filter,
     page_token,
     parse_digest,
     parse_page_token,
@@ -227,7 +226,7 @@ class CustodyServicer(pb_grpc.CustodyServicer):
         query = LinkQuery(
             kind=request.kind or "link",
             run_id=check_run_id(request.run_id),
-            step=check_step_filter(request.step),
+            step=request.step,
             digest=parse_digest(request.artifact_digest) if request.artifact_digest else "",
             since=(request.since.ToDatetime(tzinfo=UTC) if request.HasField("since")
                    else None),
