@@ -6,7 +6,9 @@ newest run in which a link of one of the layout's final steps
 (custody_core.final_product) has a product with the artifact's digest (each artifact's,
 when there are several). That run's links are then verified as a link directory would
 be: the newest file of each name the layout's steps look for; files of its steps signed
-by keys the layout does not list go as unlisted links (they only explain a rotation).
+by keys the layout does not list go as unlisted links (they only explain a rotation). A
+file whose signed environment names another run (`custody.run-id`) is never taken for
+this one, whatever the database says.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from custody_core.envelope import parse_envelope
+from custody_core.errors import MetadataError
 from custody_core.final_product import GivenArtifact, check_artifacts, final_steps
 from custody_core.keys import PublicKey
 from custody_core.link import link_file_name
@@ -28,7 +31,7 @@ from custody_server.store.records import (
     check_run_id,
     chosen_digest,
 )
-from custody_server.store.service import AttestationStore
+from custody_server.store.service import AttestationStore, signed_run_id
 
 MAX_UNLISTED = 32  # as the CLI sends (custody_client._cli.unlisted_links)
 
@@ -91,7 +94,10 @@ def _as_link_directory(layout: Layout, records: Sequence[StoredRecord],
                        run_id: str) -> StoredLinks:
     """For each file name the layout's steps look for, the newest record of that name
     signed by the very keyid the step lists (a stranger's key whose id merely starts with
-    the same 8 digits does not displace it), else the newest of that name."""
+    the same 8 digits does not displace it), else the newest of that name. A record whose
+    signed environment names another run than `run_id` is passed over: its run column
+    (a database row, or an AddLink before runs were checked) does not make it this
+    run's."""
     keyids: dict[str, set[str]] = {}
     for step in layout.steps:
         for keyid in step.pubkeys:
@@ -100,17 +106,35 @@ def _as_link_directory(layout: Layout, records: Sequence[StoredRecord],
     exact: dict[str, bytes] = {}
     by_name: dict[str, bytes] = {}
     unlisted: dict[str, bytes] = {}
-    for record in records:  # oldest first: a newer file wins
-        if record.content is None:
+    for record in reversed(records):  # newest first: the first of a name that counts wins
+        content, name = record.content, record.file_name
+        if content is None:
             continue
-        if record.file_name in keyids:
-            by_name[record.file_name] = record.content
-            if record.keyid.lower() in keyids[record.file_name]:
-                exact[record.file_name] = record.content
-        elif record.step in steps and (record.file_name in unlisted
-                                       or len(unlisted) < MAX_UNLISTED):
-            unlisted[record.file_name] = record.content
+        if name in keyids:
+            listed = record.keyid.lower() in keyids[name]
+            if name in exact or (name in by_name and not listed):
+                continue  # a newer one is taken (each file is read only as needed)
+            if not _of_run(content, run_id):
+                continue
+            if listed:
+                exact[name] = content
+            by_name.setdefault(name, content)
+        elif (record.step in steps and name not in unlisted and len(unlisted) < MAX_UNLISTED
+              and _of_run(content, run_id)):
+            unlisted[name] = content
     return StoredLinks(run_id=run_id, links={**by_name, **exact}, unlisted=unlisted)
+
+
+def _of_run(content: bytes, run_id: str) -> bool:
+    """Whether a stored link may count for `run_id`: it names that run in its signed
+    environment, or none (signed elsewhere). A file that does not parse is left to the
+    verification, which fails on it as on a malformed file in a link directory."""
+    try:
+        payload = parse_envelope(content, for_verification=True).payload
+    except MetadataError:
+        return True
+    named = signed_run_id(payload)
+    return named is None or named == run_id
 
 
 def _no_run(artifacts: Sequence[GivenArtifact], finals: Sequence[str]) -> Failure:

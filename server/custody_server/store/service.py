@@ -22,7 +22,7 @@ import structlog
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, parse_envelope
 from custody_core.errors import CustodyError, MetadataError, SignatureError
 from custody_core.keys import PublicKey
-from custody_core.link import link_file_name
+from custody_core.link import STATEMENT_TYPE, link_file_name
 from custody_core.step_links import link_from_envelope
 from custody_core.step_names import check_step_name
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
@@ -42,6 +42,9 @@ STORE_UNAVAILABLE = "store"  # the health reason while the store cannot be writt
 PROBE_INTERVAL_SECONDS = 1.0  # while the store is failing
 SWEEP_BATCH = 10_000  # records deleted per transaction (and per audit entry)
 WITHHELD = "attestation store unavailable: link withheld"
+# The run a link names in its signed environment: custody_server.signing.RUN_ID, which
+# signing writes (that module imports the store, so the name cannot come from there).
+SIGNED_RUN_ID = "custody.run-id"
 
 HealthListener = Callable[[bool], None]
 
@@ -139,8 +142,10 @@ class AttestationStore:
     def add_link(self, content: bytes, *, run_id: str, trusted: Mapping[str, PublicKey],
                  known: Mapping[str, PublicKey], caller: str) -> StoredRecord:
         """Store a link signed elsewhere once it is shown to be a well-formed link signed
-        by a key of `known` (the service's) or `trusted` (given). Audited either way; the
-        record is committed only once its entry is written."""
+        by a key of `known` (the service's) or `trusted` (given). Filed under the run the
+        link names in its signed environment, if it names one: `run_id` must then be that
+        run (or empty). Audited either way; the record is committed only once its entry
+        is written."""
         details: dict[str, Any] = {"caller": caller, "run_id": run_id[:200],
                                    "bytes": len(content)}
         try:
@@ -148,7 +153,7 @@ class AttestationStore:
             record = _checked_link(content, run_id=run_id, keys={**known, **trusted},
                                    caller=caller)
             details.update(step=record.step, keyid=record.keyid, id=record.id,
-                           store=self.description)
+                           run_id=record.run_id, store=self.description)
             event = AuditEvent(action="add-link", category="database", outcome="success",
                                details=details)
 
@@ -233,10 +238,34 @@ def _checked_link(content: bytes, *, run_id: str, keys: Mapping[str, PublicKey],
     if not signers:
         raise SignatureError("the link has no valid signature by a key the service knows or "
                              "one given in keys")
+    signed_run = signed_run_id(envelope.payload)
+    if signed_run is not None:
+        if not isinstance(signed_run, str):
+            raise RequestError(f"the link's signed {SIGNED_RUN_ID} is not a string")
+        check_run_id(signed_run, what=f"the link's signed {SIGNED_RUN_ID}")
+        if run_id and run_id != signed_run:
+            raise RequestError(f"run_id {run_id!r} is not the run the link names in its "
+                               f"signed environment ({SIGNED_RUN_ID} {signed_run!r}): a "
+                               "link is filed only under its own run")
+        run_id = signed_run
     return NewRecord.link(content=content, step=link.name, keyid=signers[0],
                           file_name=link_file_name(link.name, signers[0]),
                           products=link.products, run_id=run_id, origin="added",
                           caller=caller)
+
+
+def signed_run_id(payload: Mapping[str, Any]) -> object | None:
+    """What a link payload (a classic link or a link Statement, as signed) names as its
+    run in its environment (`custody.run-id`), as it is written there; None if it names
+    none (a link signed elsewhere, or without a run)."""
+    if payload.get("_type") == STATEMENT_TYPE:
+        predicate = payload.get("predicate")
+        environment = predicate.get("environment") if isinstance(predicate, Mapping) else None
+    else:
+        environment = payload.get("environment")
+    if not isinstance(environment, Mapping):
+        return None
+    return environment.get(SIGNED_RUN_ID)
 
 
 class StoreWatch:

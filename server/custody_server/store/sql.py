@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Protocol
 
-from custody_server.errors import ConfigError
+from custody_server.errors import ConfigError, RequestError
 from custody_server.store.records import (
     LinkQuery,
     NewRecord,
@@ -132,15 +132,18 @@ class SqlStore:
 
     def insert(self, records: Sequence[NewRecord], *, stored_at: datetime,
                confirm: Callable[[int], None] | None = None) -> int:
-        """Store the records in one transaction (a record whose file is stored already is
-        left as it is); how many were new. With `confirm`, the transaction commits only
-        if `confirm(new)` returns (it audits)."""
+        """Store the records in one transaction (a record whose file is stored already
+        under the same run is left as it is); how many were new. With `confirm`, the
+        transaction commits only if `confirm(new)` returns (it audits). RequestError, and
+        nothing stored, if a file is stored already under another run: one file belongs to
+        one run, and the caller must not get another run's record back as its own."""
         micros = to_micros(stored_at)
         added = 0
         insert = self._sql(
             "INSERT INTO attestations (id, kind, run_id, step, keyid, file_name, origin, "
             "caller, stored_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO NOTHING RETURNING seq")
+        stored_run = self._sql("SELECT run_id FROM attestations WHERE id = ?")
         products = self._sql("INSERT INTO products (digest, seq, path) VALUES (?, ?, ?) "
                              "ON CONFLICT DO NOTHING")
         with self.source.transaction(write=True) as cursor:
@@ -149,8 +152,12 @@ class SqlStore:
                                         record.keyid, record.file_name, record.origin,
                                         record.caller, micros, record.content))
                 row = cursor.fetchone()
-                if row is None:
-                    continue  # stored already
+                if row is None:  # stored already (by another transaction, it has committed)
+                    cursor.execute(stored_run, (record.id,))
+                    found = cursor.fetchone()
+                    if found is not None and str(found[0]) != record.run_id:
+                        raise RequestError(_other_run(record, str(found[0])))
+                    continue
                 added += 1
                 if record.products:
                     seq = int(row[0])
@@ -298,6 +305,13 @@ class SqlStore:
         with self.source.transaction(write=False) as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
+
+
+def _other_run(record: NewRecord, stored: str) -> str:
+    where = f"under run {stored!r}" if stored else "without a run"
+    wanted = f"run {record.run_id!r}" if record.run_id else "no run"
+    return (f"this file is stored already, {where} (id {record.id[:16]}): it cannot also be "
+            f"filed under {wanted}")
 
 
 def _chunks(seqs: list[int], size: int = 500) -> list[list[int]]:

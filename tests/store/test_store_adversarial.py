@@ -1,0 +1,177 @@
+"""The attacks of the store review (2026-12-04) on the session's real server: links
+spliced into another run (through AddLink or a database edit), a given key claiming a
+service key's keyid, a stranger's link choosing the run the gate verifies, and the
+coverage metric counting a stranger's link. Each is refused or has no effect."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+
+from custody_api.v1 import custody_pb2 as pb
+from custody_core.envelope import sign_metablock
+from custody_core.link import build_link
+from custody_core.software_signer import SoftwareSigner
+from custody_server import signing
+from custody_server.store.service import SIGNED_RUN_ID
+
+# scan and build: no MATCH rule ties them, so each is a final step (a scan, an approval
+# or a test step is usually of this kind).
+LAYOUT = {
+    "_type": "layout", "expires": "2099-01-01T00:00:00Z", "keys": {}, "inspect": [],
+    "steps": [
+        {"_type": "step", "name": "scan", "threshold": 1, "pubkeys": ["alias:build"],
+         "expected_command": [], "expected_materials": [],
+         "expected_products": [["DISALLOW", "*"]]},
+        {"_type": "step", "name": "build", "threshold": 1, "pubkeys": ["alias:build"],
+         "expected_command": [], "expected_materials": [],
+         "expected_products": [["CREATE", "dist/app.tgz"], ["DISALLOW", "*"]]}]}
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def new_run() -> str:
+    return f"adv:{uuid.uuid4().hex[:12]}"
+
+
+def build_request(run: str, product: str, **fields: Any) -> pb.SignLinkRequest:
+    return pb.SignLinkRequest(
+        step_name="build", run_id=run, **fields,
+        products=[pb.Artifact(path="dist/app.tgz", digest={"sha256": sha(product)})])
+
+
+def stranger_link(signer: SoftwareSigner, step: str, product: str) -> bytes:
+    """A link signed elsewhere (no custody.run-id), as in-toto-run would write it."""
+    return sign_metablock(build_link(
+        name=step, command=[], materials={},
+        products={"dist/app.tgz": {"sha256": sha(product)}}, byproducts={},
+        environment={}), [signer])
+
+
+def given(key: dict[str, Any]) -> pb.TrustedKey:
+    return pb.TrustedKey(public_key_json=json.dumps(key))
+
+
+class Gate:
+    """The release gate: the signed layout, and Verify with links from the store."""
+
+    def __init__(self, custody: Any) -> None:
+        self.custody = custody
+        self.layout = custody.SignLayout(pb.SignLayoutRequest(
+            layout=json.dumps(LAYOUT).encode(), key_alias="owner")).signed
+
+    def verify(self, product: str = "", **fields: Any) -> Any:
+        artifacts = ([pb.Artifact(path="app.tgz", digest={"sha256": sha(product)})]
+                     if product else [])
+        return self.custody.Verify(pb.VerifyRequest(
+            layout=self.layout, layout_keys=[pb.TrustedKey(alias="owner")],
+            stored_links=True, artifacts=artifacts, **fields))
+
+
+@pytest.fixture
+def gate(custody: Any) -> Gate:
+    return Gate(custody)
+
+
+def refused(call: Any, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() == code, caught.value.details()
+    return str(caught.value.details())
+
+
+def add_link_entries(service: Any, since: int) -> list[Any]:
+    return [e for e in service.audit.events[since:] if e.action == "add-link"]
+
+
+def test_the_store_reads_the_run_key_signing_writes() -> None:
+    assert SIGNED_RUN_ID == signing.RUN_ID
+
+
+def test_a_link_of_another_run_cannot_be_added_to_a_run(custody: Any, service: Any,
+                                                        gate: Gate) -> None:
+    """Finding 1: r2's scan failed, so r2 has no scan link; r1's scan link, filed under
+    r2 (as it is, or re-serialized: the signature covers only the canonical `signed`),
+    would have made r2's release pass."""
+    r1, r2 = new_run(), new_run()
+    scan1 = custody.SignLink(pb.SignLinkRequest(step_name="scan", run_id=r1)).signed
+    custody.SignLink(build_request(r1, f"app1 {r1}"))
+    custody.SignLink(build_request(r2, f"app2 {r2}"))
+    before = gate.verify(f"app2 {r2}")
+    assert before.run_id == r2 and not before.passed
+    assert "step 'scan' needs 1 link" in before.failures[0].reason
+    events = len(service.audit.events)
+    respaced = json.dumps(json.loads(scan1), indent=3).encode()
+    for content in (scan1, respaced):
+        message = refused(lambda c=content: custody.AddLink(pb.AddLinkRequest(
+            link=c, run_id=r2)))
+        assert "is not the run the link names in its signed environment" in message
+        assert repr(r1) in message
+    entries = add_link_entries(service, events)
+    assert [e.outcome for e in entries] == ["failure", "failure"]
+    assert all(e.details["run_id"] == r2 for e in entries)
+    assert [link.step for link in custody.ListLinks(pb.ListLinksRequest(run_id=r2)).links
+            ] == ["build"]  # nothing stored
+    after = gate.verify(f"app2 {r2}")
+    assert after.run_id == r2 and not after.passed
+    assert "step 'scan' needs 1 link" in after.failures[0].reason
+    # Under its own run, or with no run given, it is filed under the run it names.
+    again = custody.AddLink(pb.AddLinkRequest(link=scan1, run_id=r1)).link
+    assert again.run_id == r1 and again.origin == "signed"  # the same file: stored once
+    moved = custody.AddLink(pb.AddLinkRequest(link=respaced)).link
+    assert (moved.run_id, moved.origin, moved.step) == (r1, "added", "scan")
+
+
+def test_a_statement_names_its_run_too(custody: Any) -> None:
+    r1, r2 = new_run(), new_run()
+    statement = custody.SignLink(pb.SignLinkRequest(step_name="scan", run_id=r1,
+                                                    envelope=pb.ENVELOPE_STATEMENT)).signed
+    respaced = json.dumps(json.loads(statement), indent=3).encode()
+    refused(lambda: custody.AddLink(pb.AddLinkRequest(link=respaced, run_id=r2)))
+    assert custody.AddLink(pb.AddLinkRequest(link=respaced, run_id=r1)).link.run_id == r1
+
+
+def test_a_database_edit_of_the_run_column_splices_nothing(custody: Any, service: Any,
+                                                           gate: Gate) -> None:
+    """Finding 1, at the database: the run column of r1's scan link set to r2. The gate
+    reads the run the link names in its signed environment, and passes it over."""
+    r1, r2 = new_run(), new_run()
+    scan1 = custody.SignLink(pb.SignLinkRequest(step_name="scan", run_id=r1)).signed
+    custody.SignLink(build_request(r2, f"app2 {r2}"))
+    with service.running.store.sql.source.transaction(write=True) as cursor:
+        cursor.execute("UPDATE attestations SET run_id = ? WHERE id = ?",
+                       (r2, hashlib.sha256(scan1).hexdigest()))
+        assert cursor.rowcount == 1
+    listed = custody.ListLinks(pb.ListLinksRequest(run_id=r2)).links
+    assert sorted(link.step for link in listed) == ["build", "scan"]  # the edit is there
+    verdict = gate.verify(f"app2 {r2}")
+    assert verdict.run_id == r2 and not verdict.passed
+    assert "step 'scan' needs 1 link" in verdict.failures[0].reason
+    assert not gate.verify(run_id=r2).passed
+
+
+def test_the_same_file_belongs_to_one_run(custody: Any, service: Any) -> None:
+    """Finding 11: a file stored already is not answered with another run's record."""
+    alice = SoftwareSigner.generate("ecdsa-sha2-nistp256")
+    key = given(alice.public_key.to_dict())
+    link = stranger_link(alice, "test", f"report {uuid.uuid4()}")
+    first, other = new_run(), new_run()
+    stored = custody.AddLink(pb.AddLinkRequest(link=link, run_id=first, keys=[key])).link
+    assert stored.run_id == first
+    again = custody.AddLink(pb.AddLinkRequest(link=link, run_id=first, keys=[key])).link
+    assert again.id == stored.id and again.run_id == first  # idempotent
+    events = len(service.audit.events)
+    message = refused(lambda: custody.AddLink(pb.AddLinkRequest(link=link, run_id=other,
+                                                                keys=[key])))
+    assert f"stored already, under run {first!r}" in message and repr(other) in message
+    assert [e.outcome for e in add_link_entries(service, events)] == ["failure"]
+    assert custody.ListLinks(pb.ListLinksRequest(run_id=other)).links == []
+    refused(lambda: custody.AddLink(pb.AddLinkRequest(link=link, keys=[key])))
+
