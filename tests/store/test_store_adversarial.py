@@ -175,3 +175,38 @@ def test_the_same_file_belongs_to_one_run(custody: Any, service: Any) -> None:
     assert custody.ListLinks(pb.ListLinksRequest(run_id=other)).links == []
     refused(lambda: custody.AddLink(pb.AddLinkRequest(link=link, keys=[key])))
 
+
+def test_a_given_key_cannot_claim_a_service_keyid(custody: Any, service: Any,
+                                                  gate: Gate) -> None:
+    """Finding 2: mallory's key given under the build key's keyid, her link signed with
+    it under that keyid, would be filed as build.<K8>.link, where the layout looks for
+    the service's link, and displace it (newest wins)."""
+    run, product = new_run(), f"app {uuid.uuid4()}"
+    service_keyid = custody.SignLink(build_request(run, product)).keyid
+    assert gate.verify(run_id=run).passed is False  # no scan yet
+    custody.SignLink(pb.SignLinkRequest(step_name="scan", run_id=run))
+    assert gate.verify(product).passed
+    mallory = SoftwareSigner.generate("ecdsa-sha2-nistp256")
+    forged = json.loads(stranger_link(mallory, "build", product))
+    forged["signatures"][0]["keyid"] = service_keyid
+    forged_link = json.dumps(forged).encode()
+    events = len(service.audit.events)
+    for claimed in (service_keyid, "ff" * 32):
+        key = given({**mallory.public_key.to_dict(), "keyid": claimed})
+        message = refused(lambda k=key: custody.AddLink(pb.AddLinkRequest(
+            link=forged_link, run_id=run, keys=[k])))
+        assert repr(claimed) in message
+    assert [e.outcome for e in add_link_entries(service, events)] == ["failure"] * 2
+    assert [link.origin for link in custody.ListLinks(pb.ListLinksRequest(run_id=run)).links
+            ] == ["signed", "signed"]
+    assert gate.verify(product).passed
+    # The build key itself, given as a key dict under its own keyid, is taken as a key
+    # (the link then still needs its signature).
+    build = service.keys.get("build").active.public_key
+    assert build.keyid == service_keyid
+    other = new_run()
+    link = stranger_link(mallory, "test", "x")  # a stranger's link: still refused
+    refused(lambda: custody.AddLink(pb.AddLinkRequest(
+        link=link, run_id=other, keys=[given(build.to_dict())])),
+        grpc.StatusCode.FAILED_PRECONDITION)
+

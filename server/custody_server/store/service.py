@@ -20,8 +20,13 @@ from typing import Any
 import structlog
 
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, parse_envelope
-from custody_core.errors import CustodyError, MetadataError, SignatureError
-from custody_core.keys import PublicKey
+from custody_core.errors import CustodyError, KeyFormatError, MetadataError, SignatureError
+from custody_core.keys import (
+    LEGACY_KEYID_HASH_ALGORITHMS,
+    PublicKey,
+    compute_keyid,
+    compute_legacy_keyid,
+)
 from custody_core.link import STATEMENT_TYPE, link_file_name
 from custody_core.step_links import link_from_envelope
 from custody_core.step_names import check_step_name
@@ -142,16 +147,17 @@ class AttestationStore:
     def add_link(self, content: bytes, *, run_id: str, trusted: Mapping[str, PublicKey],
                  known: Mapping[str, PublicKey], caller: str) -> StoredRecord:
         """Store a link signed elsewhere once it is shown to be a well-formed link signed
-        by a key of `known` (the service's) or `trusted` (given). Filed under the run the
-        link names in its signed environment, if it names one: `run_id` must then be that
-        run (or empty). Audited either way; the record is committed only once its entry
-        is written."""
+        by a key of `known` (the service's) or `trusted` (given: each must carry its own
+        keyid, and never stands in for a service key). Filed under the run the link names
+        in its signed environment, if it names one: `run_id` must then be that run (or
+        empty). Audited either way; the record is committed only once its entry is
+        written."""
         details: dict[str, Any] = {"caller": caller, "run_id": run_id[:200],
                                    "bytes": len(content)}
         try:
             check_run_id(run_id)
-            record = _checked_link(content, run_id=run_id, keys={**known, **trusted},
-                                   caller=caller)
+            keys = {**_given_keys(trusted, known=known), **known}  # a service key wins
+            record = _checked_link(content, run_id=run_id, keys=keys, caller=caller)
             details.update(step=record.step, keyid=record.keyid, id=record.id,
                            run_id=record.run_id, store=self.description)
             event = AuditEvent(action="add-link", category="database", outcome="success",
@@ -234,7 +240,9 @@ def _checked_link(content: bytes, *, run_id: str, keys: Mapping[str, PublicKey],
     link = link_from_envelope(envelope)
     check_step_name(link.name, what="the link's name")
     verified = envelope.verified_keyids(keys)
-    signers = [s.keyid for s in envelope.signatures if s.keyid in verified]
+    # The key that verified names the record (its keyid, its file name), in the order of
+    # the signatures.
+    signers = [keys[s.keyid].keyid for s in envelope.signatures if s.keyid in verified]
     if not signers:
         raise SignatureError("the link has no valid signature by a key the service knows or "
                              "one given in keys")
@@ -266,6 +274,39 @@ def signed_run_id(payload: Mapping[str, Any]) -> object | None:
     if not isinstance(environment, Mapping):
         return None
     return environment.get(SIGNED_RUN_ID)
+
+
+def _given_keys(given: Mapping[str, PublicKey], *, known: Mapping[str, PublicKey]
+                ) -> dict[str, PublicKey]:
+    """The keys a caller gave, each under its own keyid: a service key's keyid only for
+    that very key (its versions named by alias), any other keyid only if it is computed
+    from the key itself (KeyFormatError otherwise). A key that claims another's keyid
+    would file a link under that key's name, where a layout looks for the real one."""
+    checked: dict[str, PublicKey] = {}
+    for key in given.values():
+        service = known.get(key.keyid)
+        if service is not None:
+            if service.material != key.material:
+                raise KeyFormatError(f"keys: keyid {key.keyid[:64]!r} is a service key's; the "
+                                     "key given with it is another key")
+        elif key.keyid not in _own_keyids(key):
+            raise KeyFormatError(f"keys: keyid {key.keyid[:64]!r} is not computed from the key "
+                                 "given with it: give the key's own keyid, or none")
+        checked[key.keyid] = key
+    return checked
+
+
+def _own_keyids(key: PublicKey) -> frozenset[str]:
+    """The keyids securesystemslib gives this key: the modern formula, and the legacy one
+    (with the key's keyid_hash_algorithms, else the usual two), for ECDSA also with the
+    legacy keytype spelling (the scheme's name)."""
+    keytypes = {key.keytype, key.scheme} if key.keytype == "ecdsa" else {key.keytype}
+    algorithms = key.keyid_hash_algorithms or LEGACY_KEYID_HASH_ALGORITHMS
+    return frozenset(
+        keyid for keytype in keytypes for keyid in (
+            compute_keyid(keytype=keytype, scheme=key.scheme, public=key.public),
+            compute_legacy_keyid(keytype=keytype, scheme=key.scheme, public=key.public,
+                                 hash_algorithms=algorithms)))
 
 
 class StoreWatch:
