@@ -3,12 +3,12 @@ verification service ask of the store (custody_server.store), in domain terms.
 
 A gate that holds only the artifact and the layout finds the run by the artifact: the
 newest run in which a link of one of the layout's final steps
-(custody_core.final_product) has a product with the artifact's digest (each artifact's,
-when there are several). That run's links are then verified as a link directory would
-be: the newest file of each name the layout's steps look for; files of its steps signed
-by keys the layout does not list go as unlisted links (they only explain a rotation). A
-file whose signed environment names another run (`custody.run-id`) is never taken for
-this one, whatever the database says.
+(custody_core.final_product), signed by a keyid the layout lists for that step, has a
+product with the artifact's digest (each artifact's, when there are several). That run's
+links are then verified as a link directory would be: the newest file of each name the
+layout's steps look for; files of its steps signed by keys the layout does not list go
+as unlisted links (they only explain a rotation). A file whose signed environment names
+another run (`custody.run-id`) is never taken for this one, whatever the database says.
 """
 
 from __future__ import annotations
@@ -83,11 +83,18 @@ class Attestations:
             check_artifacts(artifacts)
             finals = final_steps(parsed)
             digests = list(dict.fromkeys(chosen_digest(a.digest) for a in artifacts))
-            runs = self.store.find_runs(digests, finals)
+            runs = self.store.find_runs(digests, final_signers(parsed))
             if not runs:
                 return StoredLinks(run_id="", not_found=_no_run(artifacts, finals))
             run_id = runs[0]
         return _as_link_directory(parsed, self.store.run_links(run_id), run_id)
+
+
+def final_signers(layout: Layout) -> dict[str, tuple[str, ...]]:
+    """The layout's final steps, each with the keyids it lists: whose links with the
+    artifact can name the run (a stranger's link with the same digest cannot)."""
+    finals = set(final_steps(layout))
+    return {step.name: tuple(step.pubkeys) for step in layout.steps if step.name in finals}
 
 
 def _as_link_directory(layout: Layout, records: Sequence[StoredRecord],

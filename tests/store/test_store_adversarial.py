@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,7 +20,10 @@ from custody_core.envelope import sign_metablock
 from custody_core.link import build_link
 from custody_core.software_signer import SoftwareSigner
 from custody_server import signing
+from custody_server.store import NewRecord, sql
 from custody_server.store.service import SIGNED_RUN_ID
+
+from .store_support import Clock, sqlite_store
 
 # scan and build: no MATCH rule ties them, so each is a final step (a scan, an approval
 # or a test step is usually of this kind).
@@ -210,3 +215,55 @@ def test_a_given_key_cannot_claim_a_service_keyid(custody: Any, service: Any,
         link=link, run_id=other, keys=[given(build.to_dict())])),
         grpc.StatusCode.FAILED_PRECONDITION)
 
+
+def test_a_strangers_link_with_the_product_does_not_choose_the_run(
+        custody: Any, gate: Gate) -> None:
+    """Finding 3: a newer link of the final step with the artifact's digest, signed by a
+    key of the caller's own and filed under a run of the caller's choosing, made the gate
+    verify that run (and fail) instead of the real one."""
+    run, product = new_run(), f"app {uuid.uuid4()}"
+    custody.SignLink(pb.SignLinkRequest(step_name="scan", run_id=run))
+    custody.SignLink(build_request(run, product))
+    mallory = SoftwareSigner.generate("ecdsa-sha2-nistp256")
+    key = given(mallory.public_key.to_dict())
+    planted = custody.AddLink(pb.AddLinkRequest(link=stranger_link(mallory, "build", product),
+                                                run_id=f"evil:{run}", keys=[key])).link
+    assert planted.run_id == f"evil:{run}"  # her own key, her own run: it is kept
+    verdict = gate.verify(product)
+    assert verdict.run_id == run and verdict.passed
+    only_hers = f"only hers {uuid.uuid4()}"  # her link alone names no run for the gate
+    custody.AddLink(pb.AddLinkRequest(link=stranger_link(mallory, "build", only_hers),
+                                      run_id=new_run(), keys=[key]))
+    missing = gate.verify(only_hers)
+    assert missing.run_id == "" and not missing.passed
+    assert "no run in the attestation store has app.tgz" in missing.failures[0].reason
+
+
+def test_a_flood_of_other_links_with_the_digest_hides_no_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run is found among the links of its final step by listed keys, however many
+    links of other steps, other keys or no run share the digest (read a page at a time:
+    three links here)."""
+    monkeypatch.setattr(sql, "_PAGE", 3)
+    clock = Clock()
+    store = sqlite_store(tmp_path, clock=clock)
+    app, docs = sha("app"), sha("docs")
+    listed, stranger = "ab" * 32, "cd" * 32
+
+    def link(step: str, run: str, keyid: str, products: dict[str, str]) -> NewRecord:
+        return NewRecord.link(content=uuid.uuid4().bytes, step=step, keyid=keyid,
+                              file_name=f"{step}.{keyid[:8]}.link", run_id=run,
+                              products={p: {"sha256": d} for p, d in products.items()},
+                              origin="added", caller="x")
+
+    store.keep_signed([(link("package", "real", listed, {"app.tgz": app}), "x"),
+                       (link("package", "real", listed.upper(), {"docs.tgz": docs}), "x")])
+    for number in range(10):
+        clock.advance(timedelta(seconds=1))
+        store.keep_signed([(link("package", f"evil-{number}", stranger, {"a": app}), "x"),
+                           (link("build", f"other-{number}", listed, {"a": app}), "x"),
+                           (link("package", "", listed, {"a": app, "d": docs}), "x")])
+    package = {"package": [listed]}
+    assert store.find_runs([f"sha256:{app}"], package) == ["real"]
+    assert store.find_runs([f"sha256:{app}", f"sha256:{docs}"], package) == ["real"]
+    assert store.find_runs([f"sha256:{app}"], {"package": [stranger]}) == ["evil-9"]

@@ -21,6 +21,7 @@ from custody_server.store.sql import SqlStore, migrations
 from .store_support import Clock, FailingSource, signed_link, sqlite_store
 
 ECDSA = "ecdsa-sha2-nistp256"
+KEYID = "ab" * 32  # the key of record()
 
 
 def sha(text: str) -> str:
@@ -30,7 +31,7 @@ def sha(text: str) -> str:
 def record(step: str, run: str, products: dict[str, str], *, content: bytes | None = None
            ) -> NewRecord:
     return NewRecord.link(content=content or f"{run}/{step}/{products}".encode(), step=step,
-                          keyid="ab" * 32, file_name=f"{step}.abababab.link",
+                          keyid=KEYID, file_name=f"{step}.abababab.link",
                           products={p: {"sha256": d} for p, d in products.items()},
                           run_id=run, origin="signed", caller="spiffe://ci/agent")
 
@@ -72,9 +73,11 @@ def test_runs_are_found_by_their_final_products(tmp_path: Path) -> None:
     clock.advance(timedelta(minutes=5))
     store.keep_signed([(record("package", "run-2", {"dist/app.tgz": app}), "x")])
     key = f"sha256:{app}"
-    assert store.find_runs([key], ["package"]) == ["run-2"]  # the newest first
-    assert store.find_runs([key, f"sha256:{docs}"], ["package"]) == ["run-1"]  # both
-    assert store.find_runs([f"sha256:{sha('obj')}"], ["package"]) == []  # not a final step
+    package = {"package": [KEYID]}
+    assert store.find_runs([key], package) == ["run-2"]  # the newest first
+    assert store.find_runs([key, f"sha256:{docs}"], package) == ["run-1"]  # both
+    assert store.find_runs([f"sha256:{sha('obj')}"], package) == []  # not a final step
+    assert store.find_runs([key], {"package": ["cd" * 32]}) == []  # not a listed key
     assert [r.step for r in store.run_links("run-1")] == ["build", "package"]
     assert store.has_product(key) and not store.has_product(f"sha256:{sha('nothing')}")
 
@@ -158,7 +161,8 @@ def test_add_link_stores_a_link_signed_by_a_known_key(tmp_path: Path,
     assert stored.keyid == alice.public_key.keyid
     assert stored.file_name == f"build.{alice.public_key.keyid[:8]}.link"
     assert store.get(stored.id[:10]).content == content
-    assert store.find_runs([f"sha256:{sha('app')}"], ["build"]) == ["run-9"]
+    assert store.find_runs([f"sha256:{sha('app')}"],
+                           {"build": [alice.public_key.keyid]}) == ["run-9"]
     (entry,) = [e for e in audit.events if e.action == "add-link"]
     assert entry.outcome == "success" and entry.details["id"] == stored.id
 

@@ -195,8 +195,11 @@ class AttestationStore:
         result: list[StoredRecord] = self._guarded(lambda: self.sql.query(query))
         return result
 
-    def find_runs(self, digests: Sequence[str], steps: Sequence[str]) -> list[str]:
-        result: list[str] = self._guarded(lambda: self.sql.find_runs(digests, steps))
+    def find_runs(self, digests: Sequence[str], signers: Mapping[str, Sequence[str]]
+                  ) -> list[str]:
+        """The newest run whose final-step link, by a keyid listed for that step (`signers`:
+        step -> keyids), made every digest (SqlStore.find_runs)."""
+        result: list[str] = self._guarded(lambda: self.sql.find_runs(digests, signers))
         return result
 
     def run_links(self, run_id: str) -> list[StoredRecord]:

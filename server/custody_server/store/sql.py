@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -28,6 +28,8 @@ from custody_server.store.records import (
 
 MAX_RUN_LINKS = 10_000  # the links of one run that a verification takes
 MAX_DIGEST_MATCHES = 10_000  # the newest links with one product digest that are looked at
+_PAGE = 1000  # links with a product digest read per query by find_runs and has_product
+_NO_SEQ = 1 << 62  # above every seq: the first page
 _MIGRATION = re.compile(r"(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql")
 _COLUMNS = "seq, id, kind, run_id, step, keyid, file_name, origin, caller, stored_at"
 
@@ -254,31 +256,31 @@ class SqlStore:
             [*digests, *([before_seq] if before_seq is not None else []), MAX_DIGEST_MATCHES])
         return [(int(row[0]), str(row[1])) for row in cursor.fetchall()]
 
-    def find_runs(self, digests: Sequence[str], steps: Sequence[str], *,
+    def find_runs(self, digests: Sequence[str], signers: Mapping[str, Sequence[str]], *,
                   limit: int = 1) -> list[str]:
-        """Runs, newest first, in which a link of one of `steps` has a product with each
-        of `digests` (digest keys), among the MAX_DIGEST_MATCHES newest such links."""
-        if not digests or not steps:
+        """Runs, newest first, in which a link of a final step, signed by a keyid the
+        layout lists for that step (`signers`: step -> keyids), has a product with each
+        of `digests` (digest keys); among the MAX_DIGEST_MATCHES newest such links per
+        digest. Links of other steps or by other keys with the digest are passed over,
+        however many there are: they can neither choose the run nor hide it."""
+        wanted = list(dict.fromkeys(digests))
+        if not wanted or not signers:
             return []
-        wanted = set(digests)
-        runs: dict[str, tuple[set[str], int]] = {}
-        step_marks = ", ".join("?" * len(steps))
+        newest: dict[str, int] = {}  # run -> its newest matching link
+        runs_of: list[set[str]] = []  # for each digest, the runs with it
         with self.source.transaction(write=False) as cursor:
-            matches = self._matching(cursor, sorted(wanted))
-            digests_of: dict[int, set[str]] = {}
-            for seq, digest in matches:
-                digests_of.setdefault(seq, set()).add(digest)
-            for chunk in _chunks(sorted(digests_of, reverse=True)):
-                marks = ", ".join("?" * len(chunk))
-                cursor.execute(self._sql(
-                    f"SELECT seq, run_id FROM attestations WHERE seq IN ({marks}) "  # noqa: S608
-                    f"AND kind = 'link' AND run_id <> '' AND step IN ({step_marks})"),
-                    [*chunk, *steps])
-                for seq, run_id in cursor.fetchall():
-                    found, newest = runs.get(str(run_id), (set(), 0))
-                    runs[str(run_id)] = (found | digests_of[int(seq)], max(newest, int(seq)))
-        complete = [(newest, run) for run, (found, newest) in runs.items() if found >= wanted]
-        return [run for _newest, run in sorted(complete, reverse=True)[:limit]]
+            for digest in wanted:
+                runs: set[str] = set()
+                for count, (seq, run_id) in enumerate(self._final_links(cursor, digest,
+                                                                        signers)):
+                    runs.add(run_id)
+                    newest[run_id] = max(newest.get(run_id, 0), seq)
+                    if count + 1 >= MAX_DIGEST_MATCHES or (len(wanted) == 1
+                                                           and len(runs) >= limit):
+                        break  # newest first: with one digest, the first runs are the answer
+                runs_of.append(runs)
+        complete = set.intersection(*runs_of)
+        return sorted(complete, key=lambda run: newest[run], reverse=True)[:limit]
 
     def run_links(self, run_id: str) -> list[StoredRecord]:
         """A run's links, oldest first, with their files (MAX_RUN_LINKS at most)."""
@@ -301,10 +303,48 @@ class SqlStore:
                     return True
         return False
 
+    def _final_links(self, cursor: Cursor, digest: str, signers: Mapping[str, Sequence[str]]
+                     ) -> Iterator[tuple[int, str]]:
+        """(seq, run id) of the links of a run with a product of `digest`, of a step of
+        `signers` by a keyid listed for it, newest first. The product index drives, a page
+        of links at a time (the LIMIT keeps either planner from starting at the
+        attestations); the step, key and run are judged in the same query."""
+        judged, params = _signed_by(signers)
+        if not params:
+            return  # no step with a listed key: nothing can count
+        page = self._sql(
+            "SELECT p.seq, a.run_id, CASE WHEN a.kind = 'link' AND a.run_id <> '' AND "  # noqa: S608
+            f"({judged}) THEN 1 ELSE 0 END FROM (SELECT DISTINCT seq FROM products "
+            "WHERE digest = ? AND seq < ? ORDER BY seq DESC LIMIT ?) p "
+            "CROSS JOIN attestations a WHERE a.seq = p.seq ORDER BY p.seq DESC")
+        before = _NO_SEQ
+        while True:
+            cursor.execute(page, [*params, digest, before, _PAGE])
+            rows = cursor.fetchall()
+            for seq, run_id, listed in rows:
+                if int(listed):
+                    yield int(seq), str(run_id)
+            if len(rows) < _PAGE:
+                return
+            before = int(rows[-1][0])
+
     def ping(self) -> None:
         with self.source.transaction(write=False) as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
+
+
+def _signed_by(signers: Mapping[str, Sequence[str]]) -> tuple[str, list[str]]:
+    """A condition on `a`: one of these steps, signed by a keyid listed for it (any case:
+    the layout's keyids are compared as _as_link_directory compares them)."""
+    terms: list[str] = []
+    params: list[str] = []
+    for step, keyids in signers.items():
+        listed = sorted({keyid.lower() for keyid in keyids})
+        if listed:
+            terms.append(f"(a.step = ? AND LOWER(a.keyid) IN ({', '.join('?' * len(listed))}))")
+            params += [step, *listed]
+    return " OR ".join(terms), params
 
 
 def _other_run(record: NewRecord, stored: str) -> str:
