@@ -90,6 +90,14 @@ class Attestations:
         return _as_link_directory(parsed, self.store.run_links(run_id), run_id)
 
 
+    def retained(self, layout: Layout, artifacts: Sequence[GivenArtifact]) -> int:
+        """How many of `artifacts` the store keeps a link of, as the gate would find their
+        run: a product of a final step's link by a keyid the layout lists for it."""
+        signers = final_signers(layout)
+        return sum(self.store.has_product(chosen_digest(a.digest), signers)
+                   for a in artifacts)
+
+
 def final_signers(layout: Layout) -> dict[str, tuple[str, ...]]:
     """The layout's final steps, each with the keyids it lists: whose links with the
     artifact can name the run (a stranger's link with the same digest cannot)."""

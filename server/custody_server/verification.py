@@ -35,7 +35,6 @@ from custody_server.lifecycle.keyring import KeyRing, KeyVersion
 from custody_server.lifecycle.rotation import KeyState, format_time
 from custody_server.lifecycle.rotation_diagnosis import explain_rotations
 from custody_server.lifecycle.service_key_policy import ServiceKeyPolicy
-from custody_server.store.records import chosen_digest
 from custody_server.store_reads import STORE_READ, STORE_READ_CATEGORY
 
 
@@ -183,11 +182,10 @@ class VerificationService:
             any(link_file_name(step.name, keyid) in links for keyid in step.pubkeys)
             for step in layout.steps)
         if request.artifacts and self._attestations is not None:
-            store = self._attestations.store
             # the store down: not counted, the verdict stands
             with contextlib.suppress(CustodyError):
-                indicators["artifacts_retained"] = sum(
-                    store.has_product(chosen_digest(a.digest)) for a in request.artifacts)
+                indicators["artifacts_retained"] = self._attestations.retained(
+                    layout, request.artifacts)
         return indicators
 
     def _stored(self, request: VerifyInput) -> StoredLinks:

@@ -239,6 +239,28 @@ def test_a_strangers_link_with_the_product_does_not_choose_the_run(
     assert "no run in the attestation store has app.tgz" in missing.failures[0].reason
 
 
+def test_a_strangers_link_is_no_retained_link(custody: Any, service: Any,
+                                              gate: Gate) -> None:
+    """Finding 12: audit coverage counted an artifact as retained when any stored link of
+    a run had it as a product, whoever signed it and whatever its step."""
+    mallory = SoftwareSigner.generate("ecdsa-sha2-nistp256")
+    hers, ours = f"hers {uuid.uuid4()}", f"ours {uuid.uuid4()}"
+    custody.AddLink(pb.AddLinkRequest(link=stranger_link(mallory, "build", hers),
+                                      run_id=new_run(), keys=[given(
+                                          mallory.public_key.to_dict())]))
+    run = new_run()
+    custody.SignLink(build_request(run, ours))
+    custody.SignLink(pb.SignLinkRequest(  # a step the layout does not have, by a listed key
+        step_name="notes", run_id=run,
+        products=[pb.Artifact(path="dist/app.tgz", digest={"sha256": sha(hers)})]))
+    events = len(service.audit.events)
+    gate.verify(hers)
+    gate.verify(ours)
+    retained = [e.details.get("artifacts_retained") for e in service.audit.events[events:]
+                if e.action == "verify"]
+    assert retained == [0, 1]
+
+
 def test_a_flood_of_other_links_with_the_digest_hides_no_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run is found among the links of its final step by listed keys, however many
@@ -267,3 +289,5 @@ def test_a_flood_of_other_links_with_the_digest_hides_no_run(
     assert store.find_runs([f"sha256:{app}"], package) == ["real"]
     assert store.find_runs([f"sha256:{app}", f"sha256:{docs}"], package) == ["real"]
     assert store.find_runs([f"sha256:{app}"], {"package": [stranger]}) == ["evil-9"]
+    assert store.has_product(f"sha256:{docs}", package)
+    assert not store.has_product(f"sha256:{docs}", {"build": [listed]})

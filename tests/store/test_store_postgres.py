@@ -66,6 +66,7 @@ def test_the_store_itself_on_postgres(postgres: PostgresCluster) -> None:
                               origin="signed", caller="unit")
         store.keep_signed([(item, "x"), (item, "x")])
         assert store.find_runs([f"sha256:{digest}"], {"package": ["cd" * 32]}) == ["unit-run"]
+        assert store.has_product(f"sha256:{digest}", {"package": ["CD" * 32]})
         assert store.get(item.id[:8]).content == b"unit-link"
         assert [r.id for r in store.query(LinkQuery(run_id="unit-run"))] == [item.id]
         assert store.sweep(retention=timedelta(days=1), now=now + timedelta(days=2)) >= 1

@@ -79,7 +79,8 @@ def test_runs_are_found_by_their_final_products(tmp_path: Path) -> None:
     assert store.find_runs([f"sha256:{sha('obj')}"], package) == []  # not a final step
     assert store.find_runs([key], {"package": ["cd" * 32]}) == []  # not a listed key
     assert [r.step for r in store.run_links("run-1")] == ["build", "package"]
-    assert store.has_product(key) and not store.has_product(f"sha256:{sha('nothing')}")
+    assert store.has_product(key, package)
+    assert not store.has_product(f"sha256:{sha('nothing')}", package)
 
 
 def test_the_same_file_is_stored_once(tmp_path: Path) -> None:
@@ -122,7 +123,7 @@ def test_retention_deletes_what_is_older_and_audits_it(tmp_path: Path) -> None:
     store.keep_signed([(record("build", "new", {"a": sha("new")}), "x")])
     assert store.sweep(retention=timedelta(days=5)) == 1
     assert [r.run_id for r in store.query(LinkQuery())] == ["new"]
-    assert not store.has_product(f"sha256:{sha('old')}")  # its products went too
+    assert not store.has_product(f"sha256:{sha('old')}", {"build": [KEYID]})  # products too
     (entry,) = [e for e in audit.events if e.action == "store-retention"]
     assert entry.outcome == "success" and entry.details["deleted"] == 1
     assert entry.details["runs"] == ["old"]

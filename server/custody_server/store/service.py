@@ -206,8 +206,8 @@ class AttestationStore:
         result: list[StoredRecord] = self._guarded(lambda: self.sql.run_links(run_id))
         return result
 
-    def has_product(self, digest: str) -> bool:
-        return bool(self._guarded(lambda: self.sql.has_product(digest)))
+    def has_product(self, digest: str, signers: Mapping[str, Sequence[str]]) -> bool:
+        return bool(self._guarded(lambda: self.sql.has_product(digest, signers)))
 
     # retention
 

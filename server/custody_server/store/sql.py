@@ -290,18 +290,12 @@ class SqlStore:
                            (run_id, MAX_RUN_LINKS))
             return [_record(row, content=True) for row in cursor.fetchall()]
 
-    def has_product(self, digest: str) -> bool:
-        """Whether a stored link of a run has a product with this digest key (among the
-        MAX_DIGEST_MATCHES newest links with it)."""
+    def has_product(self, digest: str, signers: Mapping[str, Sequence[str]]) -> bool:
+        """Whether a stored link of a run, of a final step and signed by a keyid the layout
+        lists for it (`signers`, as find_runs), has a product with this digest key: what
+        find_runs would find a run by."""
         with self.source.transaction(write=False) as cursor:
-            seqs = sorted({seq for seq, _ in self._matching(cursor, [digest])}, reverse=True)
-            for chunk in _chunks(seqs):
-                marks = ", ".join("?" * len(chunk))
-                cursor.execute(self._sql(f"SELECT 1 FROM attestations WHERE seq IN ({marks}) "  # noqa: S608
-                                         "AND run_id <> '' LIMIT 1"), chunk)
-                if cursor.fetchone() is not None:
-                    return True
-        return False
+            return next(iter(self._final_links(cursor, digest, signers)), None) is not None
 
     def _final_links(self, cursor: Cursor, digest: str, signers: Mapping[str, Sequence[str]]
                      ) -> Iterator[tuple[int, str]]:
