@@ -47,6 +47,12 @@ admin_keys = ["*"]
 # rpcs = ["SignLink"]
 # link_keys = ["build"]
 # steps = ["build", "test-*"]
+#
+# A release gate that verifies an artifact from the attestation store (custody verify
+# --artifact without --link-dir) reads the store, so it needs ListLinks as well:
+# [[grant]]
+# identities = ["spiffe://example.org/gate"]
+# rpcs = ["Verify", "ListLinks"]
 """
 
 
