@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from custody_core.digests import check_digest
 from custody_core.errors import MetadataError
 from custody_core.models import HashDict, Layout, Link
 from custody_core.rule_syntax import RuleKind
@@ -41,8 +42,6 @@ __all__ = [
 
 MAX_ARTIFACTS = 1000  # artifacts in one verification: a release, not a file system
 _MAX_PATH = 4096
-_MAX_ALGORITHM = 64
-_MAX_DIGEST = 512
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,7 @@ def check_artifacts(artifacts: Sequence[GivenArtifact]) -> None:
         if not artifact.digest:
             raise MetadataError(f"{where} ({artifact.path[:200]!r}): no digest given")
         for algorithm, value in artifact.digest.items():
-            if not algorithm or len(algorithm) > _MAX_ALGORITHM or not algorithm.isprintable():
-                raise MetadataError(f"{where}: a digest algorithm must be a short name")
-            if (not value or len(value) > _MAX_DIGEST or len(value) % 2
-                    or not all(c in "0123456789abcdefABCDEF" for c in value)):
-                raise MetadataError(f"{where} ({artifact.path[:200]!r}): the {algorithm[:64]} "
-                                    "digest must be hex digits")
+            check_digest(algorithm, value, where=f"{where} ({artifact.path[:200]!r})")
 
 
 def final_steps(layout: Layout) -> tuple[str, ...]:

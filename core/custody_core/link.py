@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, repeat
 from typing import Any
 
+from custody_core.digests import bad_algorithm, check_algorithm
 from custody_core.envelope import PAYLOAD_TYPE_INTOTO, Envelope
 from custody_core.errors import MetadataError
 
@@ -39,7 +40,8 @@ LINK_PREDICATE_TYPE = "https://in-toto.io/attestation/link/v0.3"
 
 ArtifactDigests = Mapping[str, Mapping[str, str]]  # path -> {"sha256": hex, ...}
 
-# in-toto checks digests with ^[0-9a-fA-F]+$ (in_toto.formats._check_hex).
+# in-toto checks digests with ^[0-9a-fA-F]+$ (in_toto.formats._check_hex); algorithm
+# names as custody_core.digests says.
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]+")
 _HEX_BYTES = b"0123456789abcdefABCDEF"
 
@@ -242,7 +244,8 @@ def _artifact_digests_fast(artifacts: Mapping[Any, Any]) -> dict[str, dict[str, 
     digest_sets = list(artifacts.values())
     if not _only(str, paths) or not _only(dict, digest_sets):
         return None
-    if not _only(str, chain.from_iterable(digest_sets)):
+    # A short printable name each (custody_core.digests), checked once per name.
+    if bad_algorithm(set(chain.from_iterable(digest_sets))) is not None:
         return None
     digests = list(chain.from_iterable(map(dict.values, digest_sets)))
     if not _only(str, digests) or not all(digests):
@@ -267,8 +270,7 @@ def _digest_set(digests: object, *, where: str) -> dict[str, str]:
     if not isinstance(digests, Mapping):
         raise MetadataError(f"{where} must map algorithm names to hex digests")
     for algorithm, value in digests.items():
-        if not isinstance(algorithm, str):
-            raise MetadataError(f"{where}: algorithm names must be strings")
+        check_algorithm(algorithm, where=where)
         if not isinstance(value, str) or not _HEX_DIGEST.fullmatch(value):
             raise MetadataError(f"{where}[{algorithm!r}] must be a hex string")
     return {algorithm: digests[algorithm] for algorithm in sorted(digests)}

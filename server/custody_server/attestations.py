@@ -29,6 +29,7 @@ from custody_server.store.records import (
     LinkQuery,
     StoredRecord,
     check_run_id,
+    check_step_filter,
     chosen_digest,
 )
 from custody_server.store.service import AttestationStore, signed_run_id
@@ -74,6 +75,8 @@ class Attestations:
         """The stored links to verify `layout` with: those of `run_id`, or of the newest
         run whose final step made every artifact."""
         parsed = Layout.from_payload(parse_envelope(layout).payload)
+        for step in parsed.steps:  # the names looked up: as the store takes them
+            check_step_filter(step.name, what="the layout's step name")
         if run_id:
             check_run_id(run_id)
         else:

@@ -49,7 +49,7 @@ from custody_server.lifecycle.functionaries import (
 from custody_server.lifecycle.keyring import KeyRing, KeyVersion, ServiceKey
 from custody_server.lifecycle.layout_lifetime import lifetime_warnings
 from custody_server.lifecycle.settings import LifecycleSettings
-from custody_server.store.records import NewRecord, check_run_id
+from custody_server.store.records import NewRecord, check_run_id, product_rows
 
 if TYPE_CHECKING:
     from custody_server.store.service import AttestationStore
@@ -173,6 +173,9 @@ class SigningService:
                     "per link (limits.max_artifacts_per_link)"
                 )
             self._check_byproducts(request.byproducts)
+            # what the attestation store indexes, checked as it checks it: a link the
+            # store would refuse is refused before the HSM signs it
+            products = product_rows(request.products) if self._store is not None else ()
             link = build_link(
                 name=request.step_name,
                 command=request.command,
@@ -194,7 +197,7 @@ class SigningService:
                               file_name=file_name)
         record = NewRecord.link(content=result.content, step=request.step_name,
                                 keyid=version.public_key.keyid, file_name=file_name,
-                                products=request.products, run_id=request.run_id,
+                                products=products, run_id=request.run_id,
                                 origin="signed", caller=caller)
         return PreparedLink(event=self._success_event("sign-link", result, details),
                             result=result, record=record)

@@ -5,7 +5,9 @@ fails (the server went away, a network error) is closed and dropped with every i
 (they most likely went with it), so the next transaction opens a new one, and a store
 that comes back is used again without a restart. Each connection has a connect timeout
 and a statement timeout: a database that hangs fails the call (UNAVAILABLE) instead of
-holding a signing thread.
+holding a signing thread. A value the database refuses as data (psycopg's DataError: a NUL
+in text, a number out of range; an index row too long) is the request's fault: a
+RequestError (INVALID_ARGUMENT) that leaves the connection and the health as they are.
 
 The URL may hold a password, which is never logged: `description` names host and database
 only. Prefer libpq's PGPASSFILE (or ~/.pgpass) to a password in the config file.
@@ -18,8 +20,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
+
 from custody_server.errors import ConfigError, StoreUnavailableError
+from custody_server.store.records import unstorable
 from custody_server.store.sql import Cursor
+
+log = structlog.get_logger("custody.store")
 
 POOL_SIZE = 8
 CONNECT_TIMEOUT_SECONDS = 5
@@ -71,6 +78,14 @@ class PostgresSource:
                 with connection.transaction(), connection.cursor() as cursor:
                     yield cursor
                 healthy = True
+            except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded,
+                    UnicodeEncodeError) as error:
+                # The request's value, not the database: rolled back, the connection is
+                # fine, and health stays as it is (records.unstorable).
+                healthy = connection is not None and not connection.closed
+                log.warning("store.value_refused", error=type(error).__name__,
+                            reason=_one_line(error))
+                raise unstorable(error) from error
             except (psycopg.OperationalError, psycopg.InterfaceError,
                     psycopg.errors.QueryCanceled) as error:
                 self._drop_idle()  # they most likely went with this one: not used again

@@ -3,6 +3,14 @@
 A record is one file (a signed link or layout, its exact bytes) with what it is found by:
 its run, its step, the key that signed it and the digests of its products. Its id is the
 hex SHA-256 of the file.
+
+Every text that reaches the database is checked here first, so that a request the store
+cannot take is a request error (INVALID_ARGUMENT) before any query, and the same on SQLite
+and PostgreSQL (whose text cannot hold a NUL): run ids by their grammar, step names by
+custody_core.step_names, digests by custody_core.digests, keyids as short printable
+text. Free text a link may carry (a product's path, the caller's identity) is kept
+escaped in its column (NUL as `\\0`, a lone surrogate as `\\udXXX`, a path cut to
+MAX_INDEXED_PATH_BYTES): those columns are for people, and the file keeps the exact text.
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from custody_core.digests import bad_algorithm, check_digest, check_digest_values
+from custody_core.errors import MetadataError
+from custody_core.step_names import check_step_name
 from custody_server.errors import RequestError
 
 KINDS = ("link", "layout")
@@ -21,6 +32,11 @@ RUN_ID = re.compile(r"[A-Za-z0-9._:/@+=-]{1,200}")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MIN_ID_PREFIX = 8
+MAX_KEYID = 256  # characters; a SHA-512 keyid is 128
+# A product's path in the index: the PostgreSQL B-tree of (digest, seq, path) takes rows
+# of at most 2704 bytes, and a digest key is at most 577.
+MAX_INDEXED_PATH_BYTES = 1024
+MAX_SEQ = 2**63 - 1  # seq is a 64-bit integer on both databases
 _HEX = re.compile(r"[0-9a-f]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -38,21 +54,83 @@ def digest_key(algorithm: str, value: str) -> str:
 
 
 def parse_digest(text: str, *, what: str = "artifact_digest") -> str:
-    """"sha256:<hex>", "<algorithm>:<hex>" or bare hex (sha256), as a digest key."""
+    """"sha256:<hex>", "<algorithm>:<hex>" or bare hex (sha256), as a digest key; a
+    digest as custody_core.digests defines it (RequestError otherwise)."""
     algorithm, _, value = text.rpartition(":")
-    algorithm = algorithm or "sha256"
-    value = value.lower()
-    if not value or len(value) > 512 or not _HEX.fullmatch(value) or len(algorithm) > 64:
-        raise RequestError(f"{what} {text[:80]!r}: expected sha256:<hex> (or <algorithm>:<hex>)")
-    return digest_key(algorithm, value)
+    try:
+        check_digest(algorithm or "sha256", value, where=what)
+    except MetadataError as error:
+        raise RequestError(f"{what} {text[:80]!a}: expected sha256:<hex> (or "
+                           f"<algorithm>:<hex>): {error}") from None
+    return digest_key(algorithm or "sha256", value)
 
 
-def product_rows(products: Mapping[str, Mapping[str, str]]) -> tuple[tuple[str, str], ...]:
-    """(digest key, path) for each product and algorithm; a NUL in a path (which no
-    database text column takes) is written as \\0."""
-    return tuple((digest_key(algorithm, value), path.replace("\0", "\\0"))
+ProductRows = tuple[tuple[str, str], ...]  # (digest key, path as indexed)
+
+
+def product_rows(products: Mapping[str, Mapping[str, str]]) -> ProductRows:
+    """(digest key, path) for each product and algorithm, once every digest is shown to
+    be one (custody_core.digests: MetadataError otherwise, naming the product). A path
+    is kept as `indexed_path` writes it."""
+    rows = tuple((digest_key(algorithm, value), indexed_path(path))
                  for path, digests in products.items()
                  for algorithm, value in digests.items())
+    # In bulk: the distinct algorithms, then every value in one pass (100,000s of them).
+    names = {algorithm for digests in products.values() for algorithm in digests}
+    if bad_algorithm(names) is not None or not check_digest_values(
+            [value for digests in products.values() for value in digests.values()]):
+        for path, digests in products.items():
+            for algorithm, value in digests.items():
+                check_digest(algorithm, value, where=f"products[{path[:200]!a}]")
+    return rows
+
+
+def indexed_path(path: str) -> str:
+    """A path as the product index keeps it: a NUL (which PostgreSQL text cannot hold) as
+    \\0, a lone surrogate (which UTF-8 cannot) as \\udXXX, cut to MAX_INDEXED_PATH_BYTES
+    of UTF-8. The column is what a person reads; the stored file has the path exactly."""
+    if path.isascii() and len(path) <= MAX_INDEXED_PATH_BYTES and "\0" not in path:
+        return path
+    encoded = path.replace("\0", "\\0").encode("utf-8", "backslashreplace")
+    return encoded[:MAX_INDEXED_PATH_BYTES].decode("utf-8", "ignore")
+
+
+def storable_text(text: str, *, limit: int) -> str:
+    """Free text for a column (a caller's identity): escaped as `indexed_path`, cut to
+    `limit` characters."""
+    if "\0" in text or not text.isascii():
+        text = text.replace("\0", "\\0").encode("utf-8", "backslashreplace").decode()
+    return text[:limit]
+
+
+def check_keyid(keyid: str) -> str:
+    """A keyid the store keeps and looks up: 1 to MAX_KEYID printable characters (keyids
+    are opaque; in-toto's are hex)."""
+    if not keyid or len(keyid) > MAX_KEYID or not keyid.isprintable():
+        raise RequestError(f"keyid {keyid[:80]!a}: expected 1 to {MAX_KEYID} printable "
+                           "characters")
+    return keyid
+
+
+def check_step_filter(step: str, *, what: str = "step") -> str:
+    """A step name to look up ("" for none): the grammar of the names Custody signs and
+    stores (custody_core.step_names), so no other name is stored to be found."""
+    return check_step_name(step, what=what) if step else step
+
+
+def unstorable(error: BaseException) -> RequestError:
+    """The request error for a value the database refused as data, past the checks above
+    (a NUL in text, a number out of range, a value too long for an index): a bad request,
+    never an outage (custody_server.store.sqlite and .postgres map their errors here)."""
+    if isinstance(error, UnicodeEncodeError):
+        what = "text that is not Unicode (a lone surrogate)"
+    elif isinstance(error, OverflowError):
+        what = "a number out of range"
+    elif type(error).__name__ == "ProgramLimitExceeded":
+        what = "a value too long to index"
+    else:
+        what = "a character or number the database does not take (a NUL)"
+    return RequestError(f"the attestation store cannot take a value of this request: {what}")
 
 
 def to_micros(moment: datetime) -> int:
@@ -79,22 +157,32 @@ class NewRecord:
     id: str = field(init=False)
 
     def __post_init__(self) -> None:
+        """RequestError or MetadataError for a value the store would not take."""
         if self.kind not in KINDS or self.origin not in ORIGINS:
             raise ValueError(f"kind {self.kind!r} / origin {self.origin!r}")
+        check_run_id(self.run_id)
+        check_keyid(self.keyid)
+        if self.kind == "link":
+            check_step_name(self.step, what="the link's step name")
+            if not self.file_name.isprintable() or len(self.file_name) > 300:
+                raise RequestError(f"file name {self.file_name[:80]!a}: not a link's")
+        object.__setattr__(self, "caller", storable_text(self.caller, limit=500))
         object.__setattr__(self, "id", hashlib.sha256(self.content).hexdigest())
 
     @classmethod
     def link(cls, *, content: bytes, step: str, keyid: str, file_name: str,
-             products: Mapping[str, Mapping[str, str]], run_id: str, origin: str,
-             caller: str) -> NewRecord:
-        return cls(content=content, kind="link", keyid=keyid, origin=origin,
-                   caller=caller[:500], run_id=run_id, step=step, file_name=file_name,
-                   products=product_rows(products))
+             products: Mapping[str, Mapping[str, str]] | ProductRows, run_id: str,
+             origin: str, caller: str) -> NewRecord:
+        """`products`: path -> digests, or their `product_rows` made already (SignLink
+        makes them before it signs: what the store would refuse is refused first)."""
+        rows = products if isinstance(products, tuple) else product_rows(products)
+        return cls(content=content, kind="link", keyid=keyid, origin=origin, caller=caller,
+                   run_id=run_id, step=step, file_name=file_name, products=rows)
 
     @classmethod
     def layout(cls, *, content: bytes, keyid: str, caller: str) -> NewRecord:
         return cls(content=content, kind="layout", keyid=keyid, origin="signed",
-                   caller=caller[:500])
+                   caller=caller)
 
 
 @dataclass(frozen=True)
@@ -129,10 +217,15 @@ class LinkQuery:
     include_content: bool = False
 
     def __post_init__(self) -> None:
+        """RequestError (or MetadataError) for a filter the store would not take."""
         if self.kind not in KINDS:
             raise RequestError(f"kind {self.kind[:40]!r}: expected link or layout")
         if not 1 <= self.limit <= MAX_LIMIT:
             raise RequestError(f"limit must be from 1 to {MAX_LIMIT}")
+        check_run_id(self.run_id)
+        check_step_filter(self.step)
+        if self.digest:
+            parse_digest(self.digest, what="digest")
 
 
 def page_token(seq: int) -> str:

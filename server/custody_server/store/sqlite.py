@@ -16,8 +16,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import structlog
+
 from custody_server.errors import StoreUnavailableError
+from custody_server.store.records import unstorable
 from custody_server.store.sql import Cursor
+
+log = structlog.get_logger("custody.store")
 
 BUSY_TIMEOUT_SECONDS = 10.0
 
@@ -62,6 +67,15 @@ class SqliteSource:
                     connection.execute("ROLLBACK")
                     raise
                 connection.execute("COMMIT")
+            except (sqlite3.DataError, OverflowError, UnicodeEncodeError) as error:
+                # A value SQLite cannot bind or keep (an integer beyond 64 bits, a lone
+                # surrogate): the request's fault, rolled back above (records.unstorable).
+                with contextlib.suppress(sqlite3.Error):
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                log.warning("store.value_refused", error=type(error).__name__,
+                            reason=str(error)[:200])
+                raise unstorable(error) from error
             except sqlite3.Error as error:
                 with contextlib.suppress(sqlite3.Error):
                     if connection.in_transaction:
