@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from custody_api.v1 import custody_pb2 as pb
 from custody_core.envelope import sign_metablock
@@ -218,3 +219,23 @@ def test_a_value_the_database_refuses_is_a_request_error(
         assert store.probe() and store.healthy
     finally:
         store.sql.source.close()
+
+
+def test_page_tokens_and_times_out_of_range(server: StoreServer) -> None:
+    """Finding 9: a page token beyond a 64-bit seq (SQLite's OverflowError) and a time
+    outside the Timestamp's range (protobuf's ValueError) were INTERNAL, logged as
+    rpc.crash. Both are INVALID_ARGUMENT now; the extremes themselves are taken."""
+    custody = server.custody
+    seconds = (-62135596800, 253402300799)  # 0001-01-01, 9999-12-31T23:59:59 UTC
+    assert "page_token" in refused(lambda: custody.ListLinks(pb.ListLinksRequest(
+        page_token="s9999999999999999999")))
+    for stamp in (Timestamp(seconds=seconds[1] + 1), Timestamp(seconds=seconds[0] - 1),
+                  Timestamp(seconds=0, nanos=-1), Timestamp(seconds=0, nanos=10**9)):
+        for name in ("since", "until"):
+            message = refused(lambda s=stamp, n=name: custody.ListLinks(
+                pb.ListLinksRequest(**{n: s})))
+            assert message.startswith(f"{name}: not a time from 0001-01-01"), message
+    custody.ListLinks(pb.ListLinksRequest(page_token=f"s{2**63 - 1}"))
+    custody.ListLinks(pb.ListLinksRequest(since=Timestamp(seconds=seconds[0]),
+                                          until=Timestamp(seconds=seconds[1], nanos=10**9 - 1)))
+    still_serving(server)

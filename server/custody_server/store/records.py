@@ -224,6 +224,8 @@ class LinkQuery:
             raise RequestError(f"limit must be from 1 to {MAX_LIMIT}")
         check_run_id(self.run_id)
         check_step_filter(self.step)
+        if self.before_seq is not None and not 0 <= self.before_seq <= MAX_SEQ:
+            raise RequestError("page_token: not a token this server gave")
         if self.digest:
             parse_digest(self.digest, what="digest")
 
@@ -233,9 +235,11 @@ def page_token(seq: int) -> str:
 
 
 def parse_page_token(token: str) -> int | None:
+    """The seq a page token continues before; RequestError for what this server does not
+    give (a seq is a 64-bit integer: 19 digits may be more)."""
     if not token:
         return None
-    if not re.fullmatch(r"s[0-9]{1,19}", token):
+    if not re.fullmatch(r"s[0-9]{1,19}", token) or int(token[1:]) > MAX_SEQ:
         raise RequestError("page_token: not a token this server gave")
     return int(token[1:])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -228,10 +228,8 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             run_id=check_run_id(request.run_id),
             step=request.step,
             digest=parse_digest(request.artifact_digest) if request.artifact_digest else "",
-            since=(request.since.ToDatetime(tzinfo=UTC) if request.HasField("since")
-                   else None),
-            until=(request.until.ToDatetime(tzinfo=UTC) if request.HasField("until")
-                   else None),
+            since=_moment(request, "since"),
+            until=_moment(request, "until"),
             limit=request.limit or DEFAULT_LIMIT,
             before_seq=parse_page_token(request.page_token),
             include_content=request.include_content)
@@ -268,6 +266,19 @@ def _found_link(response: pb.GetLinkResponse) -> dict[str, Any]:
     return {**found_files((link.run_id,), (len(link.content),), count=1),
             "id": link.id, "kind": link.kind, "keyid": link.keyid,
             **step_name_for_audit(link.step)}
+
+
+def _moment(request: pb.ListLinksRequest, name: str) -> datetime | None:
+    """A Timestamp field as a time, None if unset; RequestError outside the Timestamp's
+    range (0001-01-01 to 9999-12-31 UTC, nanos under a second), not a crash."""
+    if not request.HasField(name):
+        return None
+    try:
+        moment: datetime = getattr(request, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise RequestError(f"{name}: not a time from 0001-01-01 to 9999-12-31 UTC "
+                           f"({str(error)[:120]})") from None
+    return moment
 
 
 def _stored_link(record: StoredRecord) -> pb.StoredLink:
