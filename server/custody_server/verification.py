@@ -28,7 +28,7 @@ from custody_core.models import Layout
 from custody_core.strict_json import JsonLimits, parse_json
 from custody_core.supply_chain import verify_supply_chain
 from custody_core.verdict import Stage, Verdict, warning
-from custody_server.attestations import Attestations, StoredLinks
+from custody_server.attestations import Attestations
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import RequestError
 from custody_server.lifecycle.keyring import KeyRing, KeyVersion
@@ -116,11 +116,14 @@ class VerificationService:
             # The store only for a layout that verifies: one that fails on its own (an
             # unsigned or expired one, or one signed by other keys than those given) is
             # answered without reading the store, so without a run or a link of it.
+            store = self._store_for(request) if request.stored_links else None
             verdict = (self._layout_stage(request, layout_keys, now)
-                       if request.stored_links else None)
+                       if store is not None else None)
             if verdict is None:
-                if request.stored_links:
-                    stored = self._stored(request)
+                if store is not None:
+                    stored = store.links_for(layout=request.layout,
+                                             artifacts=request.artifacts,
+                                             run_id=request.run_id)
                     run_id = stored.run_id
                     details.update(store_read=True, run_id=run_id, links=len(stored.links),
                                    unlisted_links=len(stored.unlisted))
@@ -188,14 +191,14 @@ class VerificationService:
                     layout, request.artifacts)
         return indicators
 
-    def _stored(self, request: VerifyInput) -> StoredLinks:
+    def _store_for(self, request: VerifyInput) -> Attestations:
+        """The store `request` takes its links from; RequestError if it may not (checked
+        before the layout, so that a malformed request is refused as such)."""
         if request.links:
             raise RequestError("stored_links: send no links (they come from the store)")
         if self._attestations is None:
             raise RequestError("stored_links: this server keeps no attestation store")
-        return self._attestations.links_for(layout=request.layout,
-                                            artifacts=request.artifacts,
-                                            run_id=request.run_id)
+        return self._attestations
 
     def _recorded(self, verdict: Verdict, request: VerifyInput,
                   details: dict[str, Any]) -> Verdict:

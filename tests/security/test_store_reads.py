@@ -206,6 +206,12 @@ def test_the_layout_must_verify_before_the_store_is_read(store: Store) -> None:
                 (entry,) = store.events("store-read" if plan else "verify", before)
                 assert entry.outcome == "failure" and entry.details["store_read"] is False
                 assert "run_id" not in entry.details
+    with pytest.raises(grpc.RpcError) as caught:  # a malformed request stays one
+        reader.Verify(pb.VerifyRequest(layout=unsigned, layout_keys=owner, stored_links=True,
+                                       links=[pb.MetadataFile(path="build.link", content=b"{}")],
+                                       artifacts=[store.artifact]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "send no links" in str(caught.value.details())
     for keys, signed in ((owner, store.owner_layout()),
                          ([own_key(signer)], own_layout(store, signer))):
         answer = reader.Verify(pb.VerifyRequest(layout=signed, layout_keys=keys,
