@@ -56,8 +56,9 @@ class VerifyInput:
     parameters: Mapping[str, str]
     # files no authorized keyid names: only to explain a failure (lifecycle.rotation_diagnosis)
     unlisted_links: Mapping[str, bytes] = field(default_factory=dict)
-    # a plan: the verdict without an audit entry or a verdict count (the CLI's way to
-    # learn which inspections to run before the one Verify that is recorded)
+    # a plan: the verdict without a `verify` entry or a verdict count (the CLI's way to
+    # learn which inspections to run before the one Verify that is recorded); one that
+    # takes its links from the store is audited as a read of it (`store-read`)
     plan: bool = False
     # files the gate holds: each must be a final step's product (custody_core.final_product)
     artifacts: tuple[GivenArtifact, ...] = ()
