@@ -121,8 +121,9 @@ class CustodyClient(SigningClient):
     ) -> VerifyResult:
         """`unlisted_links`: link files of the layout's steps that no authorized keyid
         names; never counted, they only let a failed verdict name a key rotation.
-        `plan`: the verdict without an audit entry or a verdict count (to learn which
-        inspections to run before the Verify that is recorded). `artifacts`: (path,
+        `plan`: the verdict, neither recorded nor counted (to learn which inspections
+        to run before the Verify that is recorded; a plan that reads the store still
+        leaves a store-read audit entry). `artifacts`: (path,
         {algorithm: hex}) of files the caller holds, each of which must be a product of
         the layout's final step(s). `stored_links`: verify the links the server's
         attestation store holds for `run_id`, or without it for the newest run that made

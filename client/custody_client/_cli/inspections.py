@@ -7,7 +7,7 @@ to Verify as `<inspection>.link` (or `<sublayout dir>/<inspection>.link`).
 
 Inspections run only after the server has checked everything before them (layout
 signature, expiry, links, thresholds, step rules): the client asks Verify for a plan first
-(`plan`: neither audited nor counted) and runs exactly the inspections whose links the
+(`plan`: no verdict recorded or counted) and runs exactly the inspections whose links the
 planned verdict says are missing, then sends the one Verify that is recorded. A command
 from a layout that does not verify is never run.
 """

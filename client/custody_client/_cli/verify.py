@@ -134,7 +134,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
         sublayouts = any(_is_layout(data) for data in links.values())
         if root.inspections or sublayouts:
-            # Plans (neither audited nor counted) say which inspections the verdict lacks:
+            # Plans (no verdict recorded or counted) say which inspections the verdict lacks:
             # they run only once everything before them checked out. Each round runs one
             # more level of sublayouts' inspections.
             planned = verify(plan=True)

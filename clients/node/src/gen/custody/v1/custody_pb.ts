@@ -514,10 +514,11 @@ export type VerifyRequest = Message<"custody.v1.VerifyRequest"> & {
   unlistedLinks: MetadataFile[];
 
   /**
-   * A plan, not a verdict: run the same checks and return the verdict, but write no
-   * audit entry and count no verification. The CLI asks one to learn which inspections
-   * the layout wants run (they run only after everything before them checked out), then
-   * sends the one Verify that is recorded.
+   * A plan, not a verdict: run the same checks and return the verdict, but record no
+   * verdict (no verify entry in the audit, no verification counted). The CLI asks one
+   * to learn which inspections the layout wants run (they run only after everything
+   * before them checked out), then sends the one Verify that is recorded. A plan that
+   * reads the attestation store (stored_links) still writes a store-read audit entry.
    *
    * @generated from field: bool plan = 7;
    */
