@@ -26,6 +26,7 @@ from custody_core.verdict import Failure, Stage, failure
 from custody_server.errors import RequestError
 from custody_server.lifecycle.keyring import KeyRing
 from custody_server.store.records import (
+    LinkPage,
     LinkQuery,
     StoredRecord,
     check_run_id,
@@ -67,8 +68,8 @@ class Attestations:
     def get(self, id_prefix: str) -> StoredRecord:
         return self.store.get(id_prefix)
 
-    def list(self, query: LinkQuery) -> list[StoredRecord]:
-        return self.store.query(query)
+    def list(self, query: LinkQuery) -> LinkPage:
+        return self.store.page(query)
 
     def links_for(self, *, layout: bytes, artifacts: Sequence[GivenArtifact],
                   run_id: str) -> StoredLinks:

@@ -230,6 +230,20 @@ class LinkQuery:
             parse_digest(self.digest, what="digest")
 
 
+@dataclass(frozen=True)
+class LinkPage:
+    """A page of ListLinks: its records (newest first), and the seq the next page goes
+    on before (None: there is no more). A page may end before `limit` with more to come
+    (it looked at as many links as one page may)."""
+
+    records: list[StoredRecord]
+    next_before: int | None = None
+
+    @property
+    def next_page_token(self) -> str:
+        return "" if self.next_before is None else page_token(self.next_before)
+
+
 def page_token(seq: int) -> str:
     return f"s{seq}"
 

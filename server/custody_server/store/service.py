@@ -33,6 +33,7 @@ from custody_core.step_names import check_step_name
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
 from custody_server.errors import NotFoundError, RequestError, StoreUnavailableError
 from custody_server.store.records import (
+    LinkPage,
     LinkQuery,
     NewRecord,
     StoredRecord,
@@ -193,6 +194,11 @@ class AttestationStore:
 
     def query(self, query: LinkQuery) -> list[StoredRecord]:
         result: list[StoredRecord] = self._guarded(lambda: self.sql.query(query))
+        return result
+
+    def page(self, query: LinkQuery) -> LinkPage:
+        """A page of ListLinks, with where the next one goes on (SqlStore.page)."""
+        result: LinkPage = self._guarded(lambda: self.sql.page(query))
         return result
 
     def find_runs(self, digests: Sequence[str], signers: Mapping[str, Sequence[str]]

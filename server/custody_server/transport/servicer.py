@@ -30,7 +30,6 @@ from custody_server.store.records import (
     LinkQuery,
     StoredRecord,
     check_run_id,
-    page_token,
     parse_digest,
     parse_page_token,
 )
@@ -233,10 +232,9 @@ class CustodyServicer(pb_grpc.CustodyServicer):
             limit=request.limit or DEFAULT_LIMIT,
             before_seq=parse_page_token(request.page_token),
             include_content=request.include_content)
-        records = self._store().list(query)
-        token = page_token(records[-1].seq) if len(records) == query.limit else ""
-        return pb.ListLinksResponse(links=[_stored_link(r) for r in records],
-                                    next_page_token=token)
+        page = self._store().list(query)
+        return pb.ListLinksResponse(links=[_stored_link(r) for r in page.records],
+                                    next_page_token=page.next_page_token)
 
 
 def _list_filters(request: pb.ListLinksRequest) -> dict[str, Any]:
