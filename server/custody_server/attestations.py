@@ -91,7 +91,11 @@ class Attestations:
             if not runs:
                 return StoredLinks(run_id="", not_found=_no_run(artifacts, finals))
             run_id = runs[0]
-        return _as_link_directory(parsed, self.store.run_links(run_id), run_id)
+        # the files of the names the layout's steps look for, and of MAX_UNLISTED others
+        records = self.store.run_links(
+            run_id, steps={step.name: step.pubkeys for step in parsed.steps},
+            unlisted=MAX_UNLISTED)
+        return _as_link_directory(parsed, records, run_id)
 
 
     def retained(self, layout: Layout, artifacts: Sequence[GivenArtifact]) -> int:

@@ -60,6 +60,7 @@ A config file looks like this (every key is optional; see README "Configuration"
     retention = "400d"          # delete what was stored longer ago; default: keep all
     sweep_interval = "1h"       # how often retention is applied
     sqlite_synchronous = "full" # or "normal": no fsync per commit (docs/STORE.md)
+    max_link_bytes = 16777216   # AddLink: the largest link file taken
 """
 
 from __future__ import annotations

@@ -36,4 +36,5 @@ def open_store(config: StoreConfig, *, state_dir: Path, audit: AuditSink,
     except BaseException:
         sql.source.close()
         raise
-    return AttestationStore(sql, audit=audit, clock=clock)
+    return AttestationStore(sql, audit=audit, clock=clock,
+                            max_link_bytes=config.max_link_bytes)

@@ -31,7 +31,12 @@ from custody_core.link import STATEMENT_TYPE, link_file_name
 from custody_core.step_links import link_from_envelope
 from custody_core.step_names import check_step_name
 from custody_server.audit_events import AuditEvent, AuditSink, record_or_refuse
-from custody_server.errors import NotFoundError, RequestError, StoreUnavailableError
+from custody_server.errors import (
+    LimitExceededError,
+    NotFoundError,
+    RequestError,
+    StoreUnavailableError,
+)
 from custody_server.store.records import (
     LinkPage,
     LinkQuery,
@@ -40,6 +45,7 @@ from custody_server.store.records import (
     check_id_prefix,
     check_run_id,
 )
+from custody_server.store.settings import DEFAULT_MAX_LINK_BYTES
 from custody_server.store.sql import SqlStore
 
 log = structlog.get_logger("custody.store")
@@ -56,9 +62,11 @@ HealthListener = Callable[[bool], None]
 
 
 class AttestationStore:
-    def __init__(self, sql: SqlStore, *, audit: AuditSink,
-                 clock: Callable[[], datetime]) -> None:
+    def __init__(self, sql: SqlStore, *, audit: AuditSink, clock: Callable[[], datetime],
+                 max_link_bytes: int = DEFAULT_MAX_LINK_BYTES) -> None:
+        """`max_link_bytes`: AddLink refuses a larger file before parsing it."""
         self.sql = sql
+        self.max_link_bytes = max_link_bytes
         self._audit = audit
         self._clock = clock
         self._healthy = True
@@ -156,6 +164,10 @@ class AttestationStore:
         details: dict[str, Any] = {"caller": caller, "run_id": run_id[:200],
                                    "bytes": len(content)}
         try:
+            if len(content) > self.max_link_bytes:  # before it is parsed: memory
+                raise LimitExceededError(
+                    f"the link is {len(content)} bytes, over the limit of "
+                    f"{self.max_link_bytes} (store.max_link_bytes)")
             check_run_id(run_id)
             keys = {**_given_keys(trusted, known=known), **known}  # a service key wins
             record = _checked_link(content, run_id=run_id, keys=keys, caller=caller)
@@ -208,8 +220,11 @@ class AttestationStore:
         result: list[str] = self._guarded(lambda: self.sql.find_runs(digests, signers))
         return result
 
-    def run_links(self, run_id: str) -> list[StoredRecord]:
-        result: list[StoredRecord] = self._guarded(lambda: self.sql.run_links(run_id))
+    def run_links(self, run_id: str, *, steps: Mapping[str, Sequence[str]],
+                  unlisted: int) -> list[StoredRecord]:
+        """The links of a run a layout's verification can use (SqlStore.run_links)."""
+        result: list[StoredRecord] = self._guarded(
+            lambda: self.sql.run_links(run_id, steps=steps, unlisted=unlisted))
         return result
 
     def has_product(self, digest: str, signers: Mapping[str, Sequence[str]]) -> bool:

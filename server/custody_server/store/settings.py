@@ -5,6 +5,7 @@
     retention = "400d"          # delete links and layouts stored longer ago; default: keep all
     sweep_interval = "1h"       # how often a server looks for what retention deletes
     sqlite_synchronous = "full" # or "normal": SQLite commits without an fsync each
+    max_link_bytes = 16777216   # AddLink: the largest link file taken (16 MiB)
 
 `url` is `sqlite:///ABSOLUTE/PATH` (or a relative `sqlite:PATH`, from the config file's
 directory) or a PostgreSQL URL (`postgresql://` or `postgres://`, libpq's form: replicas
@@ -23,7 +24,11 @@ from custody_server.lifecycle.durations import parse_duration
 
 STORE_FILE = "store.sqlite3"
 DEFAULT_SWEEP_INTERVAL = timedelta(hours=1)
-KEYS = ("url", "retention", "sweep_interval", "sqlite_synchronous")
+# AddLink parses the whole file in memory (its JSON values take several times its size):
+# as large as the largest layout taken (limits.max_layout_bytes), and twice the
+# byproducts SignLink takes (limits.max_byproducts_bytes).
+DEFAULT_MAX_LINK_BYTES = 16 * 1024 * 1024
+KEYS = ("url", "retention", "sweep_interval", "sqlite_synchronous", "max_link_bytes")
 SQLITE_SYNCHRONOUS = ("full", "normal")
 
 
@@ -38,8 +43,12 @@ class StoreConfig:
     # "full": a link is on disk (fsync) when its SignLink returns; "normal": committed to
     # SQLite's WAL, which survives the process but not a power loss (docs/STORE.md)
     sqlite_synchronous: str = "full"
+    max_link_bytes: int = DEFAULT_MAX_LINK_BYTES  # AddLink: larger is refused unparsed
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_link_bytes, bool) or not isinstance(self.max_link_bytes, int) \
+                or self.max_link_bytes < 1:
+            raise ConfigError("store.max_link_bytes must be a whole number of bytes, at least 1")
         if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
             raise ConfigError("store.sqlite_synchronous must be \"full\" or \"normal\"")
         if self.sqlite_path is not None and self.postgres_url is not None:
@@ -84,4 +93,5 @@ def store_config_from_table(table: Any, *, base: Path) -> StoreConfig:
         raise ConfigError("store.sqlite_synchronous must be \"full\" or \"normal\"")
     return StoreConfig(sqlite_path=sqlite_path, postgres_url=postgres_url,
                        retention=retention, sweep_interval=interval,
-                       sqlite_synchronous=synchronous.lower())
+                       sqlite_synchronous=synchronous.lower(),
+                       max_link_bytes=table.get("max_link_bytes", DEFAULT_MAX_LINK_BYTES))

@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Protocol, cast
 
+from custody_core.link import link_file_name
 from custody_server.errors import ConfigError, RequestError
 from custody_server.store.records import (
     LinkPage,
@@ -27,10 +28,21 @@ from custody_server.store.records import (
     to_micros,
 )
 
-MAX_RUN_LINKS = 10_000  # the links of one run that a verification takes
+MAX_RUN_LINKS = 10_000  # the links of one run (of the layout's steps) a verification looks at
+# Of each file name a verification looks for: the newest may not count (another run's, by
+# its signed custody.run-id), so an older one is read too, up to this many.
+MAX_PER_NAME = 3
+# The files of one verification's run beyond the newest of each name: a run whose re-runs
+# or strangers' links are large is read up to this much (unlisted links only explain a
+# key rotation; older files of a name count only when a newer one does not).
+MAX_RUN_CONTENT_BYTES = 64 * 1024 * 1024
 # The links with one product digest that a ListLinks page looks at (find_runs: per digest)
 MAX_DIGEST_MATCHES = 10_000
 _DIGEST_CHUNK = 500  # links with a product digest read per query by a ListLinks page
+# The files of one ListLinks page (include_content): a page is held in memory two or three
+# times (rows, the reply, its bytes) and must fit in one gRPC message (64 MiB by default,
+# limits.max_message_bytes). A page stops before the file that would pass this.
+MAX_PAGE_CONTENT_BYTES = 16 * 1024 * 1024
 _PAGE = 1000  # links with a product digest read per query by find_runs and has_product
 _NO_SEQ = 1 << 62  # above every seq: the first page
 _MIGRATION = re.compile(r"(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql")
@@ -230,22 +242,56 @@ class SqlStore:
             where.append("a.stored_at < ?")
             params.append(to_micros(query.until))
         columns = ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(","))
-        if query.include_content:
-            columns += ", a.content"
         # Constant column names and conditions; every value is a parameter.
         select = f"SELECT {columns} FROM attestations a WHERE {' AND '.join(where)}"  # noqa: S608
         with self.source.transaction(write=False) as cursor:
             if query.digest and query.run_id:
-                return self._run_page_by_digest(cursor, query, select, where, params)
-            if query.digest:
-                return self._page_by_digest(cursor, query, select, params)
-            before = [query.before_seq] if query.before_seq is not None else []
-            cursor.execute(self._sql(select + (" AND a.seq < ?" if before else "")
-                                     + " ORDER BY a.seq DESC LIMIT ?"),
-                           [*params, *before, query.limit])
-            records = [_record(row, content=query.include_content)
-                       for row in cursor.fetchall()]
-        return LinkPage(records, records[-1].seq if len(records) == query.limit else None)
+                page = self._run_page_by_digest(cursor, query, select, where, params)
+            elif query.digest:
+                page = self._page_by_digest(cursor, query, select, params)
+            else:
+                before = [query.before_seq] if query.before_seq is not None else []
+                cursor.execute(self._sql(select + (" AND a.seq < ?" if before else "")
+                                         + " ORDER BY a.seq DESC LIMIT ?"),
+                               [*params, *before, query.limit])
+                records = [_record(row, content=False) for row in cursor.fetchall()]
+                page = LinkPage(records,
+                                records[-1].seq if len(records) == query.limit else None)
+            return self._with_contents(cursor, page) if query.include_content else page
+
+    def _with_contents(self, cursor: Cursor, page: LinkPage) -> LinkPage:
+        """The page with its files, newest first, as many as come to at most
+        MAX_PAGE_CONTENT_BYTES together (the first whatever its size): their sizes are read
+        first, without the files, so a page of large files stops early, and its token
+        goes on from the last one it holds."""
+        sizes: dict[int, int] = {}
+        for chunk in _chunks([record.seq for record in page.records]):
+            cursor.execute(self._sql(
+                f"SELECT seq, length(content) FROM attestations WHERE seq IN "  # noqa: S608
+                f"({', '.join('?' * len(chunk))})"), chunk)
+            sizes.update((int(seq), int(size)) for seq, size in cursor.fetchall())
+        kept: list[StoredRecord] = []
+        total = 0
+        for record in page.records:
+            size = sizes.get(record.seq)
+            if size is None:
+                continue  # deleted since (retention)
+            if kept and total + size > MAX_PAGE_CONTENT_BYTES:
+                return LinkPage(self._contents(cursor, kept), kept[-1].seq)
+            kept.append(record)
+            total += size
+        return LinkPage(self._contents(cursor, kept), page.next_before)
+
+    def _contents(self, cursor: Cursor, records: list[StoredRecord]) -> list[StoredRecord]:
+        """`records` with their files (those still stored)."""
+        contents: dict[int, bytes] = {}
+        for chunk in _chunks([record.seq for record in records]):
+            cursor.execute(self._sql(
+                f"SELECT seq, content FROM attestations WHERE seq IN "  # noqa: S608
+                f"({', '.join('?' * len(chunk))})"), chunk)
+            contents.update((int(seq), bytes(content)) for seq, content in cursor.fetchall())
+        return [replace(record, content=contents[record.seq]) for record in records
+                if record.seq in contents]
 
     def _page_by_digest(self, cursor: Cursor, query: LinkQuery, select: str,
                         params: list[str | int]) -> LinkPage:
@@ -261,7 +307,7 @@ class SqlStore:
         found: list[StoredRecord] = []
         for start in range(0, len(seqs), _DIGEST_CHUNK):
             chunk = seqs[start:start + _DIGEST_CHUNK]
-            found += self._records(cursor, select, params, chunk, query,
+            found += self._records(cursor, select, params, chunk,
                                    limit=query.limit - len(found))
             if len(found) >= query.limit:
                 return LinkPage(found, found[-1].seq)
@@ -290,7 +336,7 @@ class SqlStore:
                 [query.digest, *seqs])
             with_digest = sorted((int(row[0]) for row in cursor.fetchall()), reverse=True)
             if with_digest:
-                found += self._records(cursor, select, params, with_digest, query,
+                found += self._records(cursor, select, params, with_digest,
                                        limit=query.limit - len(found))
                 if len(found) >= query.limit:
                     return LinkPage(found, found[-1].seq)
@@ -310,12 +356,13 @@ class SqlStore:
             cursor.execute(sql, params)
 
     def _records(self, cursor: Cursor, select: str, params: list[str | int],
-                 seqs: list[int], query: LinkQuery, *, limit: int) -> list[StoredRecord]:
-        """The rows of `seqs` (by primary key) that pass the filters, newest first."""
+                 seqs: list[int], *, limit: int) -> list[StoredRecord]:
+        """The rows of `seqs` (by primary key) that pass the filters, newest first, without
+        their files."""
         marks = ", ".join("?" * len(seqs))
         cursor.execute(self._sql(f"{select} AND a.seq IN ({marks}) ORDER BY a.seq DESC "
                                  "LIMIT ?"), [*params, *seqs, limit])
-        return [_record(row, content=query.include_content) for row in cursor.fetchall()]
+        return [_record(row, content=False) for row in cursor.fetchall()]
 
     def find_runs(self, digests: Sequence[str], signers: Mapping[str, Sequence[str]], *,
                   limit: int = 1) -> list[str]:
@@ -343,13 +390,31 @@ class SqlStore:
         complete = set.intersection(*runs_of)
         return sorted(complete, key=lambda run: newest[run], reverse=True)[:limit]
 
-    def run_links(self, run_id: str) -> list[StoredRecord]:
-        """A run's links, oldest first, with their files (MAX_RUN_LINKS at most)."""
+    def run_links(self, run_id: str, *, steps: Mapping[str, Sequence[str]],
+                  unlisted: int) -> list[StoredRecord]:
+        """The links of a run that a verification of a layout can use, oldest first, with
+        their files. `steps`: the layout's steps, each with the keyids it lists. Among
+        the run's MAX_RUN_LINKS newest links of those steps (their rows only), for each
+        file name a step looks for (`<step>.<keyid8>.link`) the MAX_PER_NAME newest signed
+        by a keyid the step lists and the MAX_PER_NAME newest of that name; for at most
+        `unlisted` other names of those steps, the MAX_PER_NAME newest each. Only their
+        files are read: the newest listed and the newest of each name always, the others
+        while all come to at most MAX_RUN_CONTENT_BYTES."""
+        if not steps:
+            return []
         with self.source.transaction(write=False) as cursor:
-            cursor.execute(self._sql(f"SELECT {_COLUMNS}, content FROM attestations WHERE "  # noqa: S608
-                                     "run_id = ? AND kind = 'link' ORDER BY seq LIMIT ?"),
-                           (run_id, MAX_RUN_LINKS))
-            return [_record(row, content=True) for row in cursor.fetchall()]
+            rows: list[tuple[StoredRecord, int]] = []
+            names = sorted(steps)
+            for start in range(0, len(names), 500):
+                chunk = names[start:start + 500]
+                cursor.execute(self._sql(
+                    f"SELECT {_COLUMNS}, length(content) FROM attestations WHERE "  # noqa: S608
+                    f"run_id = ? AND kind = 'link' AND step IN ({', '.join('?' * len(chunk))}) "
+                    "ORDER BY seq DESC LIMIT ?"), [run_id, *chunk, MAX_RUN_LINKS])
+                rows += [(_record(row, content=False), int(row[10])) for row in cursor.fetchall()]
+            rows.sort(key=lambda pair: pair[0].seq, reverse=True)
+            chosen = _chosen(rows[:MAX_RUN_LINKS], steps, unlisted=unlisted)
+            return sorted(self._contents(cursor, chosen), key=lambda record: record.seq)
 
     def has_product(self, digest: str, signers: Mapping[str, Sequence[str]]) -> bool:
         """Whether a stored link of a run, of a final step and signed by a keyid the layout
@@ -407,6 +472,51 @@ def _other_run(record: NewRecord, stored: str) -> str:
     wanted = f"run {record.run_id!r}" if record.run_id else "no run"
     return (f"this file is stored already, {where} (id {record.id[:16]}): it cannot also be "
             f"filed under {wanted}")
+
+
+def _chosen(rows: Sequence[tuple[StoredRecord, int]], steps: Mapping[str, Sequence[str]], *,
+            unlisted: int) -> list[StoredRecord]:
+    """Of a run's links, newest first with their sizes, those whose files a verification
+    reads (SqlStore.run_links): the newest signed by a listed keyid and the newest of
+    each name the layout looks for; then, while they fit, older ones by a listed keyid,
+    older ones of those names, and the others."""
+    listed: dict[str, set[str]] = {}
+    for step, keyids in steps.items():
+        for keyid in keyids:
+            listed.setdefault(link_file_name(step, keyid), set()).add(keyid.lower())
+    first: list[StoredRecord] = []
+    total = 0
+    more: tuple[list[tuple[StoredRecord, int]], ...] = ([], [], [])  # in this order
+    newer: dict[str, int] = {}  # of each name: how many newer ones were seen
+    newer_listed: dict[str, int] = {}  # ... signed by a keyid the step lists
+    others: dict[str, int] = {}
+    for record, size in rows:
+        name = record.file_name
+        if name in listed:
+            # its rank among those of its name, or if signed by a listed keyid, of those
+            rank, tier = newer.get(name, 0), 1
+            newer[name] = rank + 1
+            if record.keyid.lower() in listed[name]:
+                rank, tier = newer_listed.get(name, 0), 0
+                newer_listed[name] = rank + 1
+            if rank == 0:
+                first.append(record)
+                total += size
+            elif rank < MAX_PER_NAME:
+                more[tier].append((record, size))
+        elif record.step in steps and (name in others or len(others) < unlisted):
+            others[name] = others.get(name, 0) + 1
+            if others[name] <= MAX_PER_NAME:
+                more[2].append((record, size))
+    for record, size in (pair for tier in more for pair in tier):
+        if total + size <= MAX_RUN_CONTENT_BYTES:
+            first.append(record)
+            total += size
+    return first
+
+
+def _chunks(seqs: list[int], size: int = 500) -> list[list[int]]:
+    return [seqs[start:start + size] for start in range(0, len(seqs), size)]
 
 
 def _record(row: Sequence[Any], *, content: bool) -> StoredRecord:
