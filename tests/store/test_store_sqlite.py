@@ -91,6 +91,22 @@ def test_the_same_file_is_stored_once(tmp_path: Path) -> None:
     assert len(store.query(LinkQuery())) == 1
 
 
+def test_a_signed_link_the_store_refuses_for_any_reason_is_audited_as_withheld(
+        tmp_path: Path) -> None:
+    """Not only an outage: whatever keeps a signed link out of the store, its signature
+    was made and audited, so its withholding is audited too (here: the same file already
+    filed under another run, which the intake makes unreachable from SignLink)."""
+    audit = MemoryAuditSink()
+    store = sqlite_store(tmp_path, audit=audit)
+    content = b"one signed file"
+    store.keep_signed([(record("build", "run-1", {"a": sha("a")}, content=content), "x")])
+    with pytest.raises(Exception, match="run-1"):
+        store.keep_signed([(record("build", "run-2", {"a": sha("a")}, content=content),
+                            "y")])
+    (entry,) = [e for e in audit.events if e.action == "store-link"]
+    assert entry.outcome == "failure" and entry.details["signed_sha256"] == "y"
+
+
 def test_lists_page_newest_first_without_repeats(tmp_path: Path) -> None:
     clock = Clock()
     store = sqlite_store(tmp_path, clock=clock)

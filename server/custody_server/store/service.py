@@ -137,7 +137,9 @@ class AttestationStore:
         kept = [record for record, _ in records]
         try:
             self._guarded(lambda: self._insert(kept))
-        except StoreUnavailableError as error:
+        except Exception as error:
+            # Whatever stopped it (intake refuses what the store cannot hold, so a request
+            # error here is a bug), a signature was made and is withheld: say so.
             for record, signed_sha256 in records:
                 with contextlib.suppress(Exception):  # the store failure is what counts
                     self._audit.record(AuditEvent(
@@ -146,7 +148,9 @@ class AttestationStore:
                             "kind": record.kind, "step": record.step[:240],
                             "run_id": record.run_id, "caller": record.caller,
                             "signed_sha256": signed_sha256, "store": self.description}))
-            raise StoreUnavailableError(WITHHELD) from error
+            if isinstance(error, StoreUnavailableError):
+                raise StoreUnavailableError(WITHHELD) from error
+            raise
 
     def _insert(self, records: Sequence[NewRecord]) -> int:
         return self.sql.insert(records, stored_at=self._clock())
