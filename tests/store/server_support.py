@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ class StoreServer:
     def stop(self) -> None:
         self.channel.close()
         self.running.stop(grace=1).wait()
+
+
+STORE_NOW = datetime(2026, 5, 1, tzinfo=UTC)  # the clock of the `store` fixture
 
 
 def postgres_cluster() -> Iterator[PostgresCluster]:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,10 @@ from custody_core.envelope import sign_metablock
 from custody_core.software_signer import SoftwareSigner
 from custody_server.audit_events import MemoryAuditSink
 from custody_server.errors import RequestError
-from custody_server.keystore import Pkcs11KeyStore
 from custody_server.store import StoreConfig, open_store
 
 from .postgres_support import PostgresCluster
-from .server_support import DIALECTS, StoreServer, postgres_cluster, start_store_server
+from .server_support import DIALECTS, StoreServer
 
 pytestmark = pytest.mark.slow
 NUL_ALGORITHM = "sha\x00256"
@@ -41,26 +39,6 @@ NUL_ALGORITHM = "sha\x00256"
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresCluster]:
-    yield from postgres_cluster()
-
-
-@pytest.fixture(scope="module", params=DIALECTS)
-def server(request: pytest.FixtureRequest, keystore: Pkcs11KeyStore,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreServer]:
-    dialect = str(request.param)
-    if dialect == "postgresql":
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        store = StoreConfig(postgres_url=cluster.url)
-    else:
-        store = StoreConfig()
-    running = start_store_server(keystore, tmp_path_factory.mktemp(dialect), store,
-                                 dialect=dialect)
-    yield running
-    running.stop()
 
 
 def refused(call: Any) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -22,52 +20,15 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_core.envelope import sign_metablock
 from custody_core.link import link_file_name
 from custody_core.software_signer import SoftwareSigner
-from custody_server.audit_events import MemoryAuditSink
 from custody_server.errors import ConfigError
-from custody_server.keystore import Pkcs11KeyStore
-from custody_server.store import AttestationStore, LinkQuery, NewRecord, StoreConfig, open_store
+from custody_server.store import AttestationStore, LinkQuery, NewRecord
 from custody_server.store import sql as store_sql
 from custody_server.store.settings import DEFAULT_MAX_LINK_BYTES, store_config_from_table
 
-from .postgres_support import PostgresCluster
-from .server_support import DIALECTS, StoreServer, postgres_cluster, start_store_server
+from .server_support import STORE_NOW, StoreServer
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
-NOW = datetime(2026, 5, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresCluster]:
-    yield from postgres_cluster()
-
-
-@pytest.fixture(scope="module", params=DIALECTS)
-def server(request: pytest.FixtureRequest, keystore: Pkcs11KeyStore,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreServer]:
-    dialect = str(request.param)
-    if dialect == "postgresql":
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        store = StoreConfig(postgres_url=cluster.url)
-    else:
-        store = StoreConfig()
-    running = start_store_server(keystore, tmp_path_factory.mktemp(dialect), store,
-                                 dialect=dialect)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(params=DIALECTS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AttestationStore]:
-    if request.param == "postgresql":
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        config = StoreConfig(postgres_url=cluster.url)
-        cluster.psql("DROP TABLE IF EXISTS attestations, products, schema_version")
-    else:
-        config = StoreConfig()
-    opened = open_store(config, state_dir=tmp_path, audit=MemoryAuditSink(), clock=lambda: NOW)
-    yield opened
-    opened.sql.source.close()
 
 
 def big_link(signer: SoftwareSigner, step: str, size: int, run: str) -> bytes:
@@ -145,7 +106,7 @@ def test_a_verification_reads_the_files_it_can_use(store: AttestationStore,
     unlisted = [record("test", f"{n:02x}" * 32, f"unlisted {n}".encode()) for n in range(6)]
     elsewhere = [record("deploy", LISTED, b"another step"),
                  record("build", LISTED, b"another run", run="r2")]
-    store.sql.insert([*rerun, *lookalikes, *unlisted, *elsewhere], stored_at=NOW)
+    store.sql.insert([*rerun, *lookalikes, *unlisted, *elsewhere], stored_at=STORE_NOW)
     steps = {"build": [LISTED], "test": []}
 
     def read() -> list[bytes]:
@@ -169,7 +130,7 @@ def test_a_page_of_files_at_a_small_budget(store: AttestationStore,
                               products={"app": {"sha256": digest}}, run_id="r1",
                               origin="added", caller="test")
                for n, size in enumerate([50, 10, 10, 80, 10])]
-    store.sql.insert(records, stored_at=NOW)
+    store.sql.insert(records, stored_at=STORE_NOW)
     monkeypatch.setattr(store_sql, "MAX_PAGE_CONTENT_BYTES", 60)
     for query in (LinkQuery(include_content=True), LinkQuery(run_id="r1", include_content=True),
                   LinkQuery(digest=f"sha256:{digest}", include_content=True),

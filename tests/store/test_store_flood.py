@@ -9,42 +9,18 @@ here (in-process); both databases."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-from custody_server.audit_events import MemoryAuditSink
-from custody_server.store import AttestationStore, LinkQuery, NewRecord, StoreConfig, open_store
+from custody_server.store import AttestationStore, LinkQuery, NewRecord
 from custody_server.store import sql as store_sql
 
-from .postgres_support import PostgresCluster
-from .server_support import DIALECTS, postgres_cluster
+from .server_support import STORE_NOW
 
 pytestmark = pytest.mark.slow
-NOW = datetime(2026, 5, 1, tzinfo=UTC)
 FLOODED = hashlib.sha256(b"the release").hexdigest()
 DIGEST = f"sha256:{FLOODED}"
 KEYID = "ab" * 32
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresCluster]:
-    yield from postgres_cluster()
-
-
-@pytest.fixture(params=DIALECTS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AttestationStore]:
-    if request.param == "postgresql":
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        config = StoreConfig(postgres_url=cluster.url)
-        cluster.psql("DROP TABLE IF EXISTS attestations, products, schema_version")
-    else:
-        config = StoreConfig()
-    opened = open_store(config, state_dir=tmp_path, audit=MemoryAuditSink(), clock=lambda: NOW)
-    yield opened
-    opened.sql.source.close()
 
 
 def link(step: str, run: str, n: int, *, keyid: str = KEYID) -> NewRecord:
@@ -73,9 +49,9 @@ def test_junk_with_the_digest_hides_no_run(store: AttestationStore,
     monkeypatch.setattr(store_sql, "MAX_DIGEST_MATCHES", 5)
     monkeypatch.setattr(store_sql, "_DIGEST_CHUNK", 2)
     real = link("package", "release-1", 0)
-    store.sql.insert([real], stored_at=NOW)
+    store.sql.insert([real], stored_at=STORE_NOW)
     junk = [link("scan", "", n, keyid="cd" * 32) for n in range(12)]  # newer, no run
-    store.sql.insert(junk, stored_at=NOW)
+    store.sql.insert(junk, stored_at=STORE_NOW)
     # the run's own links drive: found at once, whatever the flood
     assert [r.id for r in store.query(LinkQuery(run_id="release-1", digest=DIGEST))] == [
         real.id]
@@ -94,7 +70,7 @@ def test_junk_with_the_digest_hides_no_run(store: AttestationStore,
 
 def test_a_full_page_by_digest_goes_on_from_its_last_link(store: AttestationStore) -> None:
     records = [link("package", f"run-{n}", n) for n in range(7)]
-    store.sql.insert(records, stored_at=NOW)
+    store.sql.insert(records, stored_at=STORE_NOW)
     first = store.page(LinkQuery(digest=DIGEST, limit=3))
     assert [r.id for r in first.records] == [r.id for r in reversed(records)][:3]
     assert first.next_before == first.records[-1].seq

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 import time
@@ -31,22 +30,10 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_server.audit_events import MemoryAuditSink
 from custody_server.store import LinkQuery, NewRecord, StoreConfig, open_store
 
-from .postgres_support import PostgresCluster, PostgresMissing
+from .postgres_support import PostgresCluster
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresCluster]:
-    try:
-        cluster = PostgresCluster.create()
-    except PostgresMissing as missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {missing}", pytrace=False)
-        pytest.skip(f"{missing}")
-    yield cluster
-    cluster.destroy()
 
 
 def test_the_store_itself_on_postgres(postgres: PostgresCluster) -> None:
