@@ -43,9 +43,9 @@ def test_the_store_itself_on_postgres(postgres: PostgresCluster) -> None:
     store = open_store(StoreConfig(postgres_url=postgres.url), state_dir=Path("/nonexistent"),
                        audit=audit, clock=lambda: now)
     try:
-        assert store.sql.schema_version() == 1
+        assert store.sql.schema_version() == 2
         assert postgres.psql("SELECT version, description FROM schema_version").split() == [
-            "1|attestations"]
+            "1|attestations", "2|run_step_index"]
         digest = hashlib.sha256(b"unit").hexdigest()
         item = NewRecord.link(content=b"unit-link", step="package", keyid="cd" * 32,
                               file_name="package.cdcdcdcd.link",

@@ -38,28 +38,41 @@ def record(step: str, run: str, products: dict[str, str], *, content: bytes | No
 
 def test_the_schema_is_versioned_and_migrated_once(tmp_path: Path) -> None:
     store = sqlite_store(tmp_path)
-    assert store.sql.schema_version() == len(migrations("sqlite")) == 1
+    assert store.sql.schema_version() == len(migrations("sqlite")) == 2
     store.sql.source.close()
     again = sqlite_store(tmp_path)  # a second start applies nothing
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
         rows = db.execute("SELECT version, description FROM schema_version").fetchall()
-    assert rows == [(1, "attestations")]
-    assert again.sql.migrate(now=Clock()()) == (1, 1)
+    assert rows == [(1, "attestations"), (2, "run_step_index")]
+    assert again.sql.migrate(now=Clock()()) == (2, 2)
     again.sql.source.close()
+
+
+def test_a_store_of_an_older_schema_is_migrated_in_place(tmp_path: Path) -> None:
+    sqlite_store(tmp_path).sql.source.close()
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:  # as version 1 left it
+        db.execute("DROP INDEX attestations_run_step")
+        db.execute("DELETE FROM schema_version WHERE version = 2")
+    store = sqlite_store(tmp_path)
+    assert store.sql.schema_version() == 2
+    store.sql.source.close()
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        indexes = {row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "attestations_run_step" in indexes
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     sqlite_store(tmp_path).sql.source.close()
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
-        db.execute("INSERT INTO schema_version VALUES (2, 'from the future', 'x')")
-    with pytest.raises(ConfigError, match="version 2, newer than this server knows"):
+        db.execute("INSERT INTO schema_version VALUES (3, 'from the future', 'x')")
+    with pytest.raises(ConfigError, match="version 3, newer than this server knows"):
         sqlite_store(tmp_path)
 
 
 def test_the_migrations_of_both_dialects_make_the_same_tables() -> None:
     for dialect in ("sqlite", "postgresql"):
-        (migration,) = migrations(dialect)
-        statements = migration.statements()
+        statements = migrations(dialect)[0].statements()
         assert [s.split("(")[0].split()[-1] for s in statements if s.startswith("CREATE TABLE")
                 ] == ["attestations", "products"]
 

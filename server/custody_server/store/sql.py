@@ -286,7 +286,10 @@ class SqlStore:
         """`records` with their files (those still stored)."""
         contents: dict[int, bytes] = {}
         for chunk in _chunks([record.seq for record in records]):
-            cursor.execute(self._sql(
+            # Planned for these values: the generic plan PostgreSQL made while the store
+            # was small scanned the table, and kept doing so as it grew (5.6 ms per gate
+            # lookup at 10,000 runs against 0.6 ms; docs/PERFORMANCE.md).
+            self._planned(cursor, self._sql(
                 f"SELECT seq, content FROM attestations WHERE seq IN "  # noqa: S608
                 f"({', '.join('?' * len(chunk))})"), chunk)
             contents.update((int(seq), bytes(content)) for seq, content in cursor.fetchall())
