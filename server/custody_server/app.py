@@ -173,7 +173,8 @@ def build_server(*, config: ServerConfig, keys: KeyRing, audit: AuditSink,
         ],
     )
     # Before the first signature: a link that cannot be stored is not returned.
-    store = open_store(config.store, state_dir=config.state_dir, audit=audit, clock=clock)
+    store = open_store(config.store, state_dir=config.state_dir, audit=audit, clock=clock,
+                       max_reply_bytes=limits.max_message_bytes)
     attestations = Attestations(store=store, keys=keys)
     if metrics is not None:
         metrics.watch_store(lambda: store.healthy)

@@ -24,7 +24,7 @@ from policy_support import open_policy
 
 from custody_api.v1 import custody_pb2_grpc
 from custody_server.audit_events import AuditEvent, MemoryAuditSink
-from custody_server.config import PolicyConfig, ServerConfig, TlsConfig
+from custody_server.config import Limits, PolicyConfig, ServerConfig, TlsConfig
 from custody_server.keystore import KeyAlgorithm, Pkcs11KeyStore
 from custody_server.store import StoreConfig
 
@@ -76,7 +76,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 
 
 def start_store_server(keystore: Pkcs11KeyStore, state: Path, store: StoreConfig,
-                       *, dialect: str) -> StoreServer:
+                       *, dialect: str, limits: Limits | None = None) -> StoreServer:
     from custody_server.app import build_server
     from custody_server.lifecycle.keyring import KeyRing
 
@@ -88,7 +88,8 @@ def start_store_server(keystore: Pkcs11KeyStore, state: Path, store: StoreConfig
     policy.write_text(open_policy("anonymous"))
     audit = MemoryAuditSink()
     config = ServerConfig(listen="127.0.0.1:0", state_dir=state, store=store,
-                          tls=TlsConfig(insecure=True), policy=PolicyConfig(file=policy))
+                          tls=TlsConfig(insecure=True), policy=PolicyConfig(file=policy),
+                          limits=limits or Limits())
     running = build_server(config=config, keys=keys, audit=audit)
     server = StoreServer(dialect=dialect, running=running, audit=audit,
                          channel=grpc.insecure_channel(f"127.0.0.1:{running.port}",

@@ -1,10 +1,11 @@
 """Memory the store's reads may take (review 2026-12-04, finding 6): ListLinks with
 include_content built a whole page of files (1000 of up to 64 MB) before gRPC refused to
 send it; a stored-links Verify read every file of the run (up to 10,000); AddLink took
-links as large as a gRPC message. Now a page of files stops at MAX_PAGE_CONTENT_BYTES
-with a page token, a verification reads the files it can use (the names its layout looks
-for, a few others), and AddLink refuses a file over store.max_link_bytes before parsing
-it. SQLite and PostgreSQL, through the API where the limit is the real one."""
+links as large as a gRPC message. Now a page of files stops at its budget (16 MiB, or
+half of limits.max_message_bytes when that is less) with a page token, a verification
+reads the files it can use (the names its layout looks for, a few others), and AddLink
+refuses a file over store.max_link_bytes before parsing it. SQLite and PostgreSQL, through
+the API where the limit is the real one."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_core.envelope import sign_metablock
 from custody_core.link import link_file_name
 from custody_core.software_signer import SoftwareSigner
+from custody_server.config import Limits
 from custody_server.errors import ConfigError
-from custody_server.store import AttestationStore, LinkQuery, NewRecord
+from custody_server.keystore import Pkcs11KeyStore
+from custody_server.store import AttestationStore, LinkQuery, NewRecord, StoreConfig
 from custody_server.store import sql as store_sql
 from custody_server.store.settings import DEFAULT_MAX_LINK_BYTES, store_config_from_table
 
-from .server_support import STORE_NOW, StoreServer
+from .server_support import STORE_NOW, StoreServer, start_store_server
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -61,6 +64,32 @@ def test_a_page_of_files_stops_at_its_budget(server: StoreServer) -> None:
     names = custody.ListLinks(pb.ListLinksRequest(run_id=run))
     assert len(names.links) == 3 and not names.next_page_token
     assert all(not link.content for link in names.links)
+
+
+def test_a_page_of_files_fits_a_smaller_reply_limit(keystore: Pkcs11KeyStore,
+                                                   tmp_path: Path) -> None:
+    """With limits.max_message_bytes at 8 MiB, three files of 3 MiB came as one page of 9
+    MiB that gRPC refused to send (RESOURCE_EXHAUSTED); the page budget is now half the
+    reply limit: a page of one file each, and every file comes back."""
+    server = start_store_server(keystore, tmp_path, StoreConfig(), dialect="sqlite",
+                                limits=Limits(max_message_bytes=8 * MIB))
+    try:
+        custody, run = server.custody, f"small:{uuid.uuid4().hex[:12]}"
+        alice = SoftwareSigner.generate("ecdsa-sha2-nistp256")
+        added = [big_link(alice, f"step{n}", 3 * MIB, run) for n in range(3)]
+        for content in added:
+            custody.AddLink(pb.AddLinkRequest(link=content, run_id=run, keys=[given(alice)]))
+        pages, token = [], ""
+        while True:
+            page = custody.ListLinks(pb.ListLinksRequest(run_id=run, include_content=True,
+                                                         page_token=token))
+            pages.append([link.content for link in page.links])
+            token = page.next_page_token
+            if not token:
+                break
+        assert pages == [[content] for content in reversed(added)]
+    finally:
+        server.stop()
 
 
 def test_add_link_refuses_a_file_over_the_limit_unparsed(server: StoreServer) -> None:
@@ -120,8 +149,7 @@ def test_a_verification_reads_the_files_it_can_use(store: AttestationStore,
     assert read() == [b"build 3", b"build 4", b"lookalike 3"]
 
 
-def test_a_page_of_files_at_a_small_budget(store: AttestationStore,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_page_of_files_at_a_small_budget(store: AttestationStore) -> None:
     """Every kind of ListLinks page stops at the budget (made small here), the first file
     whatever its size, and goes on where it stopped."""
     digest = hashlib.sha256(b"shipped").hexdigest()
@@ -131,7 +159,7 @@ def test_a_page_of_files_at_a_small_budget(store: AttestationStore,
                               origin="added", caller="test")
                for n, size in enumerate([50, 10, 10, 80, 10])]
     store.sql.insert(records, stored_at=STORE_NOW)
-    monkeypatch.setattr(store_sql, "MAX_PAGE_CONTENT_BYTES", 60)
+    store.sql.page_content_bytes = 60
     for query in (LinkQuery(include_content=True), LinkQuery(run_id="r1", include_content=True),
                   LinkQuery(digest=f"sha256:{digest}", include_content=True),
                   LinkQuery(run_id="r1", digest=f"sha256:{digest}", include_content=True)):

@@ -104,9 +104,11 @@ def migrations(dialect: str) -> list[Migration]:
 class SqlStore:
     """Every query of the attestation store over one Source."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, *, page_content_bytes: int = MAX_PAGE_CONTENT_BYTES
+                 ) -> None:
         self.source = source
         self._p = source.placeholder
+        self.page_content_bytes = page_content_bytes  # a ListLinks page's files, at most
 
     @property
     def dialect(self) -> str:
@@ -261,7 +263,7 @@ class SqlStore:
 
     def _with_contents(self, cursor: Cursor, page: LinkPage) -> LinkPage:
         """The page with its files, newest first, as many as come to at most
-        MAX_PAGE_CONTENT_BYTES together (the first whatever its size): their sizes are read
+        page_content_bytes together (the first whatever its size): their sizes are read
         first, without the files, so a page of large files stops early, and its token
         goes on from the last one it holds."""
         sizes: dict[int, int] = {}
@@ -276,7 +278,7 @@ class SqlStore:
             size = sizes.get(record.seq)
             if size is None:
                 continue  # deleted since (retention)
-            if kept and total + size > MAX_PAGE_CONTENT_BYTES:
+            if kept and total + size > self.page_content_bytes:
                 return LinkPage(self._contents(cursor, kept), kept[-1].seq)
             kept.append(record)
             total += size
