@@ -142,24 +142,23 @@ class _Balanced(grpc.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
                  credentials: Any = None, wait_for_ready: bool | None = None,
                  compression: Any = None) -> Any:
-        index = self._replicas.pick()
-        try:
-            return self._methods[index](request, timeout=timeout, metadata=metadata,
-                                        credentials=credentials,
-                                        wait_for_ready=wait_for_ready, compression=compression)
-        except grpc.RpcError as error:
-            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.UNAVAILABLE:
-                self._replicas.mark_down(index)
-            raise
+        return self._on_replica(lambda method: method(
+            request, timeout=timeout, metadata=metadata, credentials=credentials,
+            wait_for_ready=wait_for_ready, compression=compression))
 
     def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
                   credentials: Any = None, wait_for_ready: bool | None = None,
                   compression: Any = None) -> Any:
+        return self._on_replica(lambda method: method.with_call(
+            request, timeout=timeout, metadata=metadata, credentials=credentials,
+            wait_for_ready=wait_for_ready, compression=compression))
+
+    def _on_replica(self, call: Callable[[_UnaryUnary], Any]) -> Any:
+        """`call` on the picked replica's method; a replica that answers UNAVAILABLE is
+        marked down, so that the next call picks another."""
         index = self._replicas.pick()
         try:
-            return self._methods[index].with_call(
-                request, timeout=timeout, metadata=metadata, credentials=credentials,
-                wait_for_ready=wait_for_ready, compression=compression)
+            return call(self._methods[index])
         except grpc.RpcError as error:
             if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.UNAVAILABLE:
                 self._replicas.mark_down(index)

@@ -97,7 +97,6 @@ class Attestations:
             unlisted=MAX_UNLISTED)
         return _as_link_directory(parsed, records, run_id)
 
-
     def retained(self, layout: Layout, artifacts: Sequence[GivenArtifact]) -> int:
         """How many of `artifacts` the store keeps a link of, as the gate would find their
         run: a product of a final step's link by a keyid the layout lists for it."""
