@@ -113,6 +113,14 @@ PACKAGE = ["run", "-n", "package", "-m", "demo-project", "-p", "demo-project.tar
            "tar", "--exclude", ".git", "-zcvf", "demo-project.tar.gz", "demo-project"]
 
 
+
+def signed_demo_layout(cli: Cli, work: Path) -> bytes:
+    """The demo layout with `alias:build` as its functionary, signed by the owner key
+    through the CLI in `work`."""
+    (work / "layout.json").write_text(json.dumps(demo_layout(functionary="alias:build")))
+    cli("sign-layout", "-l", "layout.json", "--key", "owner", "-o", "root.layout", cwd=work)
+    return (work / "root.layout").read_bytes()
+
 def write_template(work: Path) -> Path:
     template = work / "template"
     (template / "demo-project").mkdir(parents=True)

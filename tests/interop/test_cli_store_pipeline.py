@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .interop_support import Cli, agent_env, demo_layout, write_template
+from .interop_support import Cli, demo_layout, signed_demo_layout, write_template
 
 pytestmark = pytest.mark.slow
 TARBALL = "demo-project.tar.gz"
@@ -22,19 +22,9 @@ PACKAGE_COMMAND = ["tar", "--exclude", ".git", "-zcvf", TARBALL, "demo-project"]
 
 
 @pytest.fixture(scope="module")
-def cli(custody_server_address: str, client_tls: Any,
-        tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    return Cli(agent_env(server=custody_server_address, state_dir=client_tls.state_dir,
-                         home=tmp_path_factory.mktemp("home")))
-
-
-@pytest.fixture(scope="module")
 def layout(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The demo layout (with its untar inspection), signed by the owner key."""
-    work = tmp_path_factory.mktemp("layout")
-    (work / "layout.json").write_text(json.dumps(demo_layout(functionary="alias:build")))
-    cli("sign-layout", "-l", "layout.json", "--key", "owner", "-o", "root.layout", cwd=work)
-    return (work / "root.layout").read_bytes()
+    return signed_demo_layout(cli, tmp_path_factory.mktemp("layout"))
 
 
 def record_pipeline(cli: Cli, work: Path, *, version: str, run: list[str],

@@ -3,12 +3,11 @@ flavour whose jobs reach the server with the address and mTLS files given as inp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from interop.interop_support import Cli, agent_env, demo_layout
+from interop.interop_support import Cli, agent_env, signed_demo_layout
 
 from .pipeline_support import CiPipeline, Connection, custody_shim
 
@@ -25,10 +24,7 @@ def cli(custody_server_address: str, client_tls: Any,
 def layout(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The in-toto demo layout (clone, update-version, package; an untar inspection),
     signed by the owner key."""
-    work = tmp_path_factory.mktemp("layout")
-    (work / "layout.json").write_text(json.dumps(demo_layout(functionary="alias:build")))
-    cli("sign-layout", "-l", "layout.json", "--key", "owner", "-o", "root.layout", cwd=work)
-    return (work / "root.layout").read_bytes()
+    return signed_demo_layout(cli, tmp_path_factory.mktemp("layout"))
 
 
 @pytest.fixture(scope="module")
