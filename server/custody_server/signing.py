@@ -49,7 +49,12 @@ from custody_server.lifecycle.functionaries import (
 from custody_server.lifecycle.keyring import KeyRing, KeyVersion, ServiceKey
 from custody_server.lifecycle.layout_lifetime import lifetime_warnings
 from custody_server.lifecycle.settings import LifecycleSettings
-from custody_server.store.records import NewRecord, check_run_id, product_rows
+from custody_server.store.records import (
+    SIGNED_RUN_ID,
+    NewRecord,
+    check_run_id,
+    product_rows,
+)
 
 if TYPE_CHECKING:
     from custody_server.store.service import AttestationStore
@@ -58,9 +63,6 @@ ALIAS_PREFIX = "alias:"
 # The link's environment records who asked for it (the client certificate's identity,
 # docs/SECURITY.md); a client cannot set this key itself.
 REQUESTED_BY = "custody.requested-by"
-# The pipeline run the agent gave (SignLinkRequest.run_id): the attestation store groups
-# links by it, and the signed link says which run it belongs to.
-RUN_ID = "custody.run-id"
 DEFAULT_MAX_BYPRODUCTS_BYTES = 8 * 1024 * 1024
 # A response holds, besides the signed file: its file name (a step name, at most 240
 # bytes, and 14 more), the keyid, alias, version, envelope kind and a SHA-256, and the
@@ -565,13 +567,13 @@ def _check_names(layout: Layout) -> None:
 
 def _recorded_environment(environment: Mapping[str, str], *, caller: str,
                           run_id: str = "") -> dict[str, str]:
-    for reserved in (REQUESTED_BY, RUN_ID):
+    for reserved in (REQUESTED_BY, SIGNED_RUN_ID):
         if reserved in environment:
+            given = " (give run_id)" if reserved == SIGNED_RUN_ID else ""
             raise RequestError(f"environment key {reserved!r} is set by the service, "
-                               "not by the client" + (" (give run_id)" if reserved == RUN_ID
-                                                      else ""))
+                               f"not by the client{given}")
     recorded = {**environment, REQUESTED_BY: caller}
     if run_id:
-        recorded[RUN_ID] = run_id
+        recorded[SIGNED_RUN_ID] = run_id
     return recorded
 

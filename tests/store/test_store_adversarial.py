@@ -19,9 +19,7 @@ from custody_api.v1 import custody_pb2 as pb
 from custody_core.envelope import sign_metablock
 from custody_core.link import build_link
 from custody_core.software_signer import SoftwareSigner
-from custody_server import signing
 from custody_server.store import NewRecord, sql
-from custody_server.store.service import SIGNED_RUN_ID
 
 from .store_support import Clock, sqlite_store
 
@@ -94,10 +92,6 @@ def refused(call: Any, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT)
 
 def add_link_entries(service: Any, since: int) -> list[Any]:
     return [e for e in service.audit.events[since:] if e.action == "add-link"]
-
-
-def test_the_store_reads_the_run_key_signing_writes() -> None:
-    assert SIGNED_RUN_ID == signing.RUN_ID
 
 
 def test_a_link_of_another_run_cannot_be_added_to_a_run(custody: Any, service: Any,

@@ -29,6 +29,9 @@ from custody_server.errors import RequestError
 KINDS = ("link", "layout")
 ORIGINS = ("signed", "added")
 RUN_ID = re.compile(r"[A-Za-z0-9._:/@+=-]{1,200}")
+# Where a link names its run, in its signed environment: SignLink writes it, AddLink and
+# the gate read it (a client cannot set it itself).
+SIGNED_RUN_ID = "custody.run-id"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MIN_ID_PREFIX = 8

@@ -38,6 +38,7 @@ from custody_server.errors import (
     StoreUnavailableError,
 )
 from custody_server.store.records import (
+    SIGNED_RUN_ID,
     LinkPage,
     LinkQuery,
     NewRecord,
@@ -54,9 +55,6 @@ STORE_UNAVAILABLE = "store"  # the health reason while the store cannot be writt
 PROBE_INTERVAL_SECONDS = 1.0  # while the store is failing
 SWEEP_BATCH = 10_000  # records deleted per transaction (and per audit entry)
 WITHHELD = "attestation store unavailable: link withheld"
-# The run a link names in its signed environment: custody_server.signing.RUN_ID, which
-# signing writes (that module imports the store, so the name cannot come from there).
-SIGNED_RUN_ID = "custody.run-id"
 
 HealthListener = Callable[[bool], None]
 
