@@ -164,6 +164,7 @@ def _no_run(artifacts: Sequence[GivenArtifact], finals: Sequence[str]) -> Failur
     names = ", ".join(a.path for a in artifacts[:5]) + (", ..." if len(artifacts) > 5 else "")
     return failure(Stage.ARTIFACT,
                    f"no run in the attestation store has {names} as a product of the final "
-                   f"step{'s' if len(finals) > 1 else ''} {steps}",
+                   f"step{'s' if len(finals) > 1 else ''} {steps} (a link recorded without a "
+                   "run id belongs to no run: verify it from its file, with a link directory)",
                    step=finals[0] if len(finals) == 1 else None,
                    paths=tuple(a.path for a in artifacts))
